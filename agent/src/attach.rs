@@ -1,0 +1,266 @@
+//! `agent attach`: one bounded capture of one process, then symbolize, write and summarize.
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use stallscope_common::{CONFIG_BLOCK, CONFIG_OFFCPU, Config, KernelOffsets};
+
+use crate::{
+    cli::AttachArgs,
+    collect::{self, Collector},
+    error::Error,
+    export,
+    kbtf::KernelBtf,
+    model::ProfileKind,
+    procmaps::MapsCache,
+    profiles::{self, Window},
+    report::{self, CaptureFacts, EndReason},
+    symbolize::Symbolizer,
+    system,
+};
+
+/// How often the capture loop refreshes the target's memory maps and checks it is alive.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What `attach` wrote, for the caller (and tests).
+#[derive(Debug)]
+pub struct AttachOutcome {
+    pub files: Vec<PathBuf>,
+    pub summary: String,
+}
+
+/// Offsets of kernel structures the programs need, from the running kernel's BTF.
+pub fn kernel_offsets() -> Result<KernelOffsets, Error> {
+    let btf = KernelBtf::from_sys_fs().map_err(|e| Error::BpfLoad(e.to_string()))?;
+    let off = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .map_err(|e| Error::BpfLoad(format!("{e} (needed to read scheduler events)")))
+    };
+    Ok(KernelOffsets {
+        task_pid: off("task_struct", "pid")?,
+        task_tgid: off("task_struct", "tgid")?,
+    })
+}
+
+/// Runs a whole capture. Prints progress to stderr on a terminal; returns the summary text.
+pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
+    if args.profile.is_empty() {
+        return Err(Error::Usage("--profile needs at least one profile".into()));
+    }
+    system::check_privileges()?;
+    system::check_btf()?;
+    let target = system::process_info(args.pid)?;
+    if target.tgid != target.pid {
+        return Err(Error::Usage(format!(
+            "{} is a thread of process {}; pass the process id: --pid {}",
+            target.pid, target.tgid, target.tgid
+        )));
+    }
+    std::fs::create_dir_all(&args.output).map_err(|source| Error::Output {
+        path: args.output.clone(),
+        source,
+    })?;
+    check_writable(&args.output)?;
+
+    let mut maps = MapsCache::new();
+    maps.refresh(target.pid)
+        .map_err(|_| Error::NoSuchProcess(target.pid))?;
+
+    let wants = |k: ProfileKind| args.profile.contains(&k);
+    let mut collector = Collector::load(kernel_offsets()?)?;
+    match collector.take_logger() {
+        Ok(fut) => {
+            tokio::spawn(fut);
+        }
+        Err(e) => tracing::debug!("BPF log forwarding unavailable: {e}"),
+    }
+    collector.add_target(target.pid)?;
+
+    let mut flags = 0;
+    if wants(ProfileKind::Offcpu) {
+        flags |= CONFIG_OFFCPU;
+    }
+    if wants(ProfileKind::Block) {
+        flags |= CONFIG_BLOCK;
+    }
+    collector.set_config(Config {
+        flags,
+        offcpu_min_ns: args.offcpu_min,
+        block_rate_ns: args.block_rate,
+    })?;
+
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let mut cpus = 0;
+    if wants(ProfileKind::Cpu) {
+        cpus = collector.start_cpu(args.frequency)?;
+    }
+    if flags != 0 {
+        collector.start_offcpu()?;
+    }
+    tracing::info!(
+        "attached to {} ({}) for {:?}: {:?}",
+        target.pid,
+        target.comm,
+        args.duration,
+        args.profile
+    );
+
+    let end = capture_loop(&target, &mut maps, args.duration).await;
+    // Stop recording first, then note the end time for intervals still open.
+    collector.set_config(Config::default())?;
+    collector.stop_cpu();
+    collector.stop_offcpu();
+    let end_ts = collect::ktime_now();
+    let elapsed = t0.elapsed();
+
+    let counters = collector.counters()?;
+    let window = Window {
+        start: started,
+        duration: elapsed,
+        comments: report::counter_comments(&counters),
+    };
+    let mut raws = Vec::new();
+    if wants(ProfileKind::Cpu) {
+        raws.push(profiles::cpu_profile(
+            &collector.cpu_records()?,
+            args.frequency,
+            &window,
+        ));
+    }
+    let mut runq = None;
+    if wants(ProfileKind::Offcpu) {
+        let mut records = collector.offcpu_records()?;
+        records.extend(profiles::close_open_intervals(
+            &collector.open_intervals()?,
+            end_ts,
+            args.offcpu_min,
+        ));
+        raws.push(profiles::offcpu_profile(&records, &window));
+        runq = profiles::runq_stats(&collector.runq_histogram()?);
+    }
+    if wants(ProfileKind::Block) {
+        raws.push(profiles::block_profile(
+            &collector.block_records()?,
+            args.block_rate,
+            &window,
+        ));
+    }
+    drop(collector);
+
+    let facts = CaptureFacts {
+        pid: target.pid,
+        comm: target.comm.clone(),
+        requested: args.duration,
+        elapsed,
+        end,
+        frequency: args.frequency,
+        cpus,
+        counters,
+        profiles: args.profile.clone(),
+        block_rate_ns: args.block_rate,
+        runq,
+    };
+
+    // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
+    let out_dir = args.output.clone();
+    let top_n = args.top;
+    let (files, sections) = tokio::task::spawn_blocking(move || {
+        let mut symbolizer = Symbolizer::new();
+        let mut files = Vec::new();
+        let mut sections = Vec::new();
+        for raw in raws {
+            let kind = raw.kind;
+            let profile = symbolizer.symbolize(raw, &maps);
+            let pb = out_dir.join(format!("{}.pb.gz", kind.name()));
+            export::pprof::write(&profile, &pb).map_err(|e| Error::Output {
+                path: pb.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            files.push(pb);
+            let folded_path = out_dir.join(format!("{}.folded", kind.name()));
+            let value_index = report::main_value_index(&profile);
+            let folded = if kind == ProfileKind::Offcpu {
+                // The wait class is the root frame, so a flame graph splits by class first.
+                export::folded::render_with_root(&profile, value_index, report::wait_class_of)
+            } else {
+                export::folded::render(&profile, value_index)
+            };
+            std::fs::write(&folded_path, folded).map_err(|source| Error::Output {
+                path: folded_path.clone(),
+                source,
+            })?;
+            files.push(folded_path);
+            sections.push(report::profile_section(&profile, top_n));
+        }
+        Ok::<_, Error>((files, sections))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
+
+    let summary = report::render_summary(&facts, &sections, &files);
+    Ok(AttachOutcome { files, summary })
+}
+
+/// Waits for the capture window to end: duration elapsed, Ctrl-C, or the target exited.
+/// Refreshes the maps cache as it goes so late `dlopen`s and an early exit still symbolize.
+async fn capture_loop(
+    target: &system::ProcessInfo,
+    maps: &mut MapsCache,
+    duration: Duration,
+) -> EndReason {
+    let bar = progress_bar(duration);
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut tick = tokio::time::interval(TICK);
+    let reason = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break EndReason::Completed,
+            _ = &mut ctrl_c => break EndReason::Interrupted,
+            _ = tick.tick() => {
+                if !system::is_alive(target) {
+                    break EndReason::TargetExited;
+                }
+                if let Err(e) = maps.refresh(target.pid) {
+                    tracing::debug!("refreshing maps of {}: {e}", target.pid);
+                }
+                if let Some(bar) = &bar {
+                    bar.set_position(start.elapsed().as_millis().min(duration.as_millis()) as u64);
+                }
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    reason
+}
+
+fn progress_bar(duration: Duration) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "capturing {bar:40.cyan/blue} {elapsed}/{duration} (Ctrl-C to stop early)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+fn check_writable(dir: &Path) -> Result<(), Error> {
+    let probe = dir.join(".stallscope-write-test");
+    std::fs::write(&probe, b"").map_err(|source| Error::Output {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Command-line interface (clap). Parsing only: the work is done in `attach` and friends.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::ProfileKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "Stallscope: where an unmodified Linux process spends its time (CPU, off-CPU, locks, I/O, run queue)",
+    long_about = None,
+)]
+pub struct Cli {
+    /// More output: -v shows the BPF programs' own diagnostics and the agent's steps, -vv more.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Profile one running process for a while and write pprof files, folded stacks and a summary.
+    Attach(AttachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Process to profile (every thread of it, including threads it starts during the capture).
+    #[arg(short, long)]
+    pub pid: u32,
+
+    /// How long to capture, e.g. 10s, 1m, 500ms. Ctrl-C ends the capture early and still writes
+    /// what was collected.
+    #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Profiles to take, comma separated: cpu, offcpu, block.
+    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_profile)]
+    pub profile: Vec<ProfileKind>,
+
+    /// Block profile rate, like Go's SetBlockProfileRate: a wait of d is recorded with
+    /// probability min(1, d/rate) and weighted so totals stay unbiased. 1 records every wait.
+    /// Takes ns or a duration (100us, 1ms); at most 4s.
+    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
+    pub block_rate: u64,
+
+    /// Ignore off-CPU intervals shorter than this (ns or a duration such as 10us).
+    #[arg(long, default_value = "0", value_parser = parse_nanos)]
+    pub offcpu_min: u64,
+
+    /// CPU sampling frequency in Hz (per CPU).
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+
+    /// Directory for the output files (created if missing).
+    #[arg(short, long, default_value = "out")]
+    pub output: PathBuf,
+
+    /// Rows in the printed top table.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+}
+
+/// Parses "10s", "1m30s", "250ms"; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10s, 2m, 500ms"))?
+    };
+    if d.is_zero() {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses a nanosecond count: a bare integer is ns, otherwise a duration (`100us`, `1ms`).
+/// Capped at 4 s (the kernel's sampling arithmetic works in 32-bit fractions of it).
+pub fn parse_nanos(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let ns = match s.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("invalid time {s:?} ({e}); use ns or e.g. 100us, 1ms"))?
+            .as_nanos() as u64,
+    };
+    if ns > 4_000_000_000 {
+        return Err(format!("{s} is too long; at most 4s"));
+    }
+    Ok(ns)
+}
+
+/// Parses one profile name of `--profile`.
+pub fn parse_profile(s: &str) -> Result<ProfileKind, String> {
+    match s.trim() {
+        "cpu" => Ok(ProfileKind::Cpu),
+        "offcpu" => Ok(ProfileKind::Offcpu),
+        "block" => Ok(ProfileKind::Block),
+        "mutex" => Err(
+            "the mutex profile is not available in this version yet; available: cpu, offcpu, block"
+                .into(),
+        ),
+        other => Err(format!(
+            "unknown profile {other:?}; available: cpu, offcpu, block"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn nanos() {
+        assert_eq!(parse_nanos("1").unwrap(), 1);
+        assert_eq!(parse_nanos("100us").unwrap(), 100_000);
+        assert_eq!(parse_nanos("1ms").unwrap(), 1_000_000);
+        assert!(parse_nanos("5s").is_err());
+        assert!(parse_nanos("fast").is_err());
+    }
+
+    #[test]
+    fn profiles_list() {
+        let cli =
+            Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "cpu"]).unwrap();
+        let Command::Attach(a) = cli.command;
+        assert_eq!(a.profile, vec![ProfileKind::Cpu]);
+        let cli = Cli::try_parse_from([
+            "agent",
+            "attach",
+            "-p",
+            "1",
+            "--profile",
+            "cpu,offcpu,block",
+        ])
+        .unwrap();
+        let Command::Attach(a) = cli.command;
+        assert_eq!(
+            a.profile,
+            vec![ProfileKind::Cpu, ProfileKind::Offcpu, ProfileKind::Block]
+        );
+        assert!(
+            Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "gpu"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["agent", "attach"]).is_err());
+    }
+}

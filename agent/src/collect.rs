@@ -1,0 +1,473 @@
+//! The only module that touches aya: loads the BPF object, attaches and detaches programs, and
+//! reads the kernel's aggregation maps into plain data ([`CpuRecord`], [`Counters`]).
+//! Everything downstream (model, symbolize, export) is testable without root.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    programs::{
+        BtfTracePoint, PerfEvent,
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
+        tp_btf::BtfTracePointLinkId,
+    },
+    util::online_cpus,
+};
+use stallscope_common::{
+    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, OffcpuKey,
+    OffcpuValue, RunqKey, STACK_LOST, ThreadState, runq_bucket_low,
+};
+
+use crate::error::Error;
+
+/// The BPF object built by agent/build.rs (aya-build) from ebpf/programs.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
+
+/// Kernel-side event and loss counters, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub cpu_samples: u64,
+    pub cpu_samples_target: u64,
+    pub user_stack_lost: u64,
+    pub kernel_stack_lost: u64,
+    pub stack_collisions: u64,
+    pub agg_map_full: u64,
+    pub offcpu_switch_out: u64,
+    pub offcpu_recorded: u64,
+    pub offcpu_below_min: u64,
+    pub thread_map_full: u64,
+    pub block_events_seen: u64,
+    pub block_events_recorded: u64,
+    pub runq_hist_full: u64,
+}
+
+/// A part of a stack as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StackPart {
+    /// Addresses, leaf first (may be empty: no such part, e.g. a user-mode sample's kernel part).
+    Frames(Vec<u64>),
+    /// The kernel failed to capture it (already counted in [`Counters`]).
+    Lost,
+}
+
+/// One aggregated CPU sample bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuRecord {
+    pub tgid: u32,
+    pub user: StackPart,
+    pub kernel: StackPart,
+    pub count: u64,
+}
+
+/// One aggregated off-CPU bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffcpuRecord {
+    pub tgid: u32,
+    /// `stallscope_common::wait_class::*`
+    pub class: u32,
+    /// Syscall number for the `syscall` class, else -1.
+    pub syscall: i32,
+    pub user: StackPart,
+    pub kernel: StackPart,
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// One block-profile bucket (Go's sampling already applied in the kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub tgid: u32,
+    pub user: StackPart,
+    /// Estimated contentions × `BLOCK_COUNT_SCALE`.
+    pub count_scaled: u64,
+    pub delay_ns: u64,
+}
+
+/// One bucket of the run-queue latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunqBucket {
+    pub tgid: u32,
+    pub bucket: u32,
+    /// Lowest latency of the bucket, ns.
+    pub low_ns: u64,
+    pub count: u64,
+}
+
+/// A thread that was off CPU when the state was read (its interval is still open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenInterval {
+    pub tid: u32,
+    pub tgid: u32,
+    pub class: u32,
+    pub syscall: i32,
+    pub off_ts: u64,
+    pub wake_ts: u64,
+    pub user: StackPart,
+    pub kernel: StackPart,
+}
+
+const OFFCPU_PROGRAMS: [(&str, &str); 5] = [
+    ("sched_switch", "sched_switch"),
+    ("sched_wakeup", "sched_wakeup"),
+    ("sys_enter", "sys_enter"),
+    ("sys_exit", "sys_exit"),
+    ("sched_process_exit", "sched_process_exit"),
+];
+
+/// The loaded BPF programs and their maps, plus the links of what is attached now.
+pub struct Collector {
+    ebpf: Ebpf,
+    cpu_links: Vec<PerfEventLinkId>,
+    tp_links: Vec<(&'static str, BtfTracePointLinkId)>,
+    stacks: StackTraceMap<MapData>,
+    btf: Option<Btf>,
+}
+
+/// The monotonic clock the BPF programs use (`bpf_ktime_get_ns`), in ns.
+pub fn ktime_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscall writing into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Collector {
+    /// Loads the BPF object (verifies every program). `log_level` forwards the programs'
+    /// aya-log records to the `log` crate at that level; they are rare (error paths only).
+    pub fn load(offsets: KernelOffsets) -> Result<Self, Error> {
+        if BPF_OBJECT.is_empty() {
+            return Err(Error::Internal(
+                "this agent was built with AYA_BUILD_SKIP=1 and has no BPF programs; \
+                 rebuild it with `cargo xtask build`"
+                    .into(),
+            ));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("KERNEL_OFFSETS", &offsets, true)
+            .load(BPF_OBJECT)
+            .map_err(|e| Error::BpfLoad(format!("{e:#}")))?;
+        let stacks = StackTraceMap::try_from(
+            ebpf.take_map("STACKS")
+                .ok_or_else(|| Error::Internal("STACKS map missing from BPF object".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("STACKS map: {e}")))?;
+        Ok(Self {
+            ebpf,
+            cpu_links: Vec::new(),
+            tp_links: Vec::new(),
+            stacks,
+            btf: None,
+        })
+    }
+
+    /// Starts forwarding the BPF programs' aya-log records to the `log` crate. The returned
+    /// future drives the forwarding; spawn it on the runtime.
+    pub fn take_logger(
+        &mut self,
+    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
+        let logger = aya_log::EbpfLogger::init(&mut self.ebpf)
+            .map_err(|e| Error::Internal(format!("aya-log: {e}")))?;
+        // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns the logger.
+        let mut fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| Error::Internal(format!("aya-log fd: {e}")))?;
+        Ok(async move {
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    return;
+                };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        })
+    }
+
+    /// Adds a process (tgid) to the set the programs record.
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), Error> {
+        let mut targets: HashMap<_, u32, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .ok_or_else(|| Error::Internal("TARGETS map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("TARGETS map: {e}")))?;
+        targets
+            .insert(tgid, 1, 0)
+            .map_err(|e| Error::Internal(format!("adding target {tgid}: {e}")))
+    }
+
+    /// Attaches the CPU sampler: a software cpu-clock perf event at `frequency` Hz on every
+    /// online CPU. Returns the number of CPUs attached.
+    pub fn start_cpu(&mut self, frequency: u64) -> Result<usize, Error> {
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut("cpu_sample")
+            .ok_or_else(|| Error::Internal("cpu_sample program missing".into()))?
+            .try_into()
+            .map_err(|e| Error::Internal(format!("cpu_sample: {e}")))?;
+        prog.load()
+            .map_err(|e| Error::BpfLoad(format!("cpu_sample: {e:#}")))?;
+        let cpus = online_cpus()
+            .map_err(|(what, e)| Error::Internal(format!("listing online CPUs ({what}): {e}")))?;
+        for cpu in &cpus {
+            let link = prog
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu: *cpu },
+                    SamplePolicy::Frequency(frequency),
+                    false,
+                )
+                .map_err(|e| Error::Attach(format!("cpu-clock perf event on CPU {cpu}: {e:#}")))?;
+            self.cpu_links.push(link);
+        }
+        Ok(cpus.len())
+    }
+
+    /// Detaches the CPU sampler (idempotent). The samples stay in the map to be read.
+    pub fn stop_cpu(&mut self) {
+        let Some(prog) = self.ebpf.program_mut("cpu_sample") else {
+            return;
+        };
+        let Ok(prog): Result<&mut PerfEvent, _> = prog.try_into() else {
+            return;
+        };
+        for link in self.cpu_links.drain(..) {
+            if let Err(e) = prog.detach(link) {
+                tracing::warn!("detaching cpu sampler: {e}");
+            }
+        }
+    }
+
+    /// Sets what the tracepoint programs record (off-CPU, block) and their thresholds.
+    pub fn set_config(&mut self, config: Config) -> Result<(), Error> {
+        let mut map: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or_else(|| Error::Internal("CONFIG map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("CONFIG map: {e}")))?;
+        map.set(0, config, 0)
+            .map_err(|e| Error::Internal(format!("writing CONFIG: {e}")))
+    }
+
+    /// Attaches the scheduler and syscall tracepoints behind the off-CPU and block profiles
+    /// (BTF tracepoints: no tracefs needed). What they record is chosen by [`Self::set_config`].
+    pub fn start_offcpu(&mut self) -> Result<(), Error> {
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| {
+                Error::BpfLoad(format!(
+                    "reading the kernel BTF /sys/kernel/btf/vmlinux: {e}"
+                ))
+            })?);
+        }
+        let btf = self.btf.as_ref().expect("set above");
+        for (prog_name, tp) in OFFCPU_PROGRAMS {
+            let prog: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(prog_name)
+                .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?
+                .try_into()
+                .map_err(|e| Error::Internal(format!("{prog_name}: {e}")))?;
+            if prog.fd().is_err() {
+                prog.load(tp, btf)
+                    .map_err(|e| Error::BpfLoad(format!("{prog_name}: {e:#}")))?;
+            }
+            let link = prog
+                .attach()
+                .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}")))?;
+            self.tp_links.push((prog_name, link));
+        }
+        Ok(())
+    }
+
+    /// Detaches the off-CPU/block tracepoints (idempotent). Recorded data stays readable.
+    pub fn stop_offcpu(&mut self) {
+        for (prog_name, link) in self.tp_links.drain(..) {
+            let Some(prog) = self.ebpf.program_mut(prog_name) else {
+                continue;
+            };
+            let Ok(prog): Result<&mut BtfTracePoint, _> = prog.try_into() else {
+                continue;
+            };
+            if let Err(e) = prog.detach(link) {
+                tracing::warn!("detaching {prog_name}: {e}");
+            }
+        }
+    }
+
+    /// Reads the kernel-side counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("COUNTERS")
+                .ok_or_else(|| Error::Internal("COUNTERS map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("COUNTERS map: {e}")))?;
+        let read = |c: Counter| -> Result<u64, Error> {
+            let idx = c as u32;
+            debug_assert!(idx < COUNTER_SLOTS);
+            let per_cpu = map
+                .get(&idx, 0)
+                .map_err(|e| Error::Internal(format!("reading counter {c:?}: {e}")))?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(Counters {
+            cpu_samples: read(Counter::CpuSamples)?,
+            cpu_samples_target: read(Counter::CpuSamplesTarget)?,
+            user_stack_lost: read(Counter::UserStackLost)?,
+            kernel_stack_lost: read(Counter::KernelStackLost)?,
+            stack_collisions: read(Counter::StackCollision)?,
+            agg_map_full: read(Counter::AggMapFull)?,
+            offcpu_switch_out: read(Counter::OffcpuSwitchOut)?,
+            offcpu_recorded: read(Counter::OffcpuRecorded)?,
+            offcpu_below_min: read(Counter::OffcpuBelowMin)?,
+            thread_map_full: read(Counter::ThreadMapFull)?,
+            block_events_seen: read(Counter::BlockEventsSeen)?,
+            block_events_recorded: read(Counter::BlockEventsRecorded)?,
+            runq_hist_full: read(Counter::RunqHistFull)?,
+        })
+    }
+
+    /// Reads every CPU sample bucket with its stacks resolved to addresses.
+    pub fn cpu_records(&self) -> Result<Vec<CpuRecord>, Error> {
+        let map: HashMap<_, CpuKey, u64> = HashMap::try_from(
+            self.ebpf
+                .map("CPU_SAMPLES")
+                .ok_or_else(|| Error::Internal("CPU_SAMPLES map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("CPU_SAMPLES map: {e}")))?;
+        let mut cache: StdHashMap<i32, StackPart> = StdHashMap::new();
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (key, count) =
+                entry.map_err(|e| Error::Internal(format!("reading CPU_SAMPLES: {e}")))?;
+            out.push(CpuRecord {
+                tgid: key.tgid,
+                user: self.stack(key.user_stack, &mut cache),
+                kernel: self.stack(key.kernel_stack, &mut cache),
+                count,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads every off-CPU bucket.
+    pub fn offcpu_records(&self) -> Result<Vec<OffcpuRecord>, Error> {
+        let map: HashMap<_, OffcpuKey, OffcpuValue> = self.hash_map("OFFCPU")?;
+        let mut cache = StdHashMap::new();
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.map_err(|e| Error::Internal(format!("reading OFFCPU: {e}")))?;
+            out.push(OffcpuRecord {
+                tgid: k.tgid,
+                class: k.class,
+                syscall: k.syscall,
+                user: self.stack(k.user_stack, &mut cache),
+                kernel: self.stack(k.kernel_stack, &mut cache),
+                count: v.count,
+                total_ns: v.total_ns,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads every block-profile bucket.
+    pub fn block_records(&self) -> Result<Vec<BlockRecord>, Error> {
+        let map: HashMap<_, BlockKey, BlockValue> = self.hash_map("BLOCK")?;
+        let mut cache = StdHashMap::new();
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.map_err(|e| Error::Internal(format!("reading BLOCK: {e}")))?;
+            out.push(BlockRecord {
+                tgid: k.tgid,
+                user: self.stack(k.user_stack, &mut cache),
+                count_scaled: v.count_scaled,
+                delay_ns: v.delay_ns,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads the run-queue latency histogram.
+    pub fn runq_histogram(&self) -> Result<Vec<RunqBucket>, Error> {
+        let map: HashMap<_, RunqKey, u64> = self.hash_map("RUNQ_HIST")?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, count) =
+                entry.map_err(|e| Error::Internal(format!("reading RUNQ_HIST: {e}")))?;
+            out.push(RunqBucket {
+                tgid: k.tgid,
+                bucket: k.bucket,
+                low_ns: runq_bucket_low(k.bucket),
+                count,
+            });
+        }
+        out.sort_by_key(|b| (b.tgid, b.bucket));
+        Ok(out)
+    }
+
+    /// Threads that are off CPU right now, with when and how they left.
+    pub fn open_intervals(&self) -> Result<Vec<OpenInterval>, Error> {
+        let map: HashMap<_, u32, ThreadState> = self.hash_map("THREADS")?;
+        let mut cache = StdHashMap::new();
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
+            if st.off_ts == 0 {
+                continue;
+            }
+            out.push(OpenInterval {
+                tid,
+                tgid: st.tgid,
+                class: st.class,
+                syscall: st.syscall,
+                off_ts: st.off_ts,
+                wake_ts: st.wake_ts,
+                user: self.stack(st.user_stack, &mut cache),
+                kernel: self.stack(st.kernel_stack, &mut cache),
+            });
+        }
+        Ok(out)
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> Result<HashMap<&MapData, K, V>, Error> {
+        HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
+        )
+        .map_err(|e| Error::Internal(format!("{name} map: {e}")))
+    }
+
+    fn stack(&self, id: i32, cache: &mut StdHashMap<i32, StackPart>) -> StackPart {
+        if id == STACK_LOST {
+            return StackPart::Lost;
+        }
+        if id < 0 {
+            return StackPart::Frames(Vec::new());
+        }
+        cache
+            .entry(id)
+            .or_insert_with(|| match self.stacks.get(&(id as u32), 0) {
+                Ok(st) => StackPart::Frames(st.frames().iter().map(|f| f.ip).collect()),
+                Err(_) => StackPart::Lost,
+            })
+            .clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop_cpu();
+        self.stop_offcpu();
+    }
+}

@@ -1,0 +1,56 @@
+//! Errors a user can act on. Each message says what went wrong and what to do next.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error(
+        "stallscope needs root or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE \
+         (missing: {missing}); run it with sudo"
+    )]
+    Privileges { missing: String },
+
+    #[error(
+        "no process with PID {0}; check the PID with `ps -p {0}` (a process that just exited has no PID left)"
+    )]
+    NoSuchProcess(u32),
+
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): stallscope needs a kernel \
+         built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2021 are)"
+    )]
+    NoBtf,
+
+    #[error(
+        "the kernel refused to load stallscope's BPF programs: {0}\n\
+         Check that BPF is enabled (CONFIG_BPF_SYSCALL=y), that /proc/sys/kernel/unprivileged_bpf_disabled \
+         is not blocking root, and rerun with -v for the verifier log"
+    )]
+    BpfLoad(String),
+
+    #[error("attaching a probe failed: {0}")]
+    Attach(String),
+
+    #[error("cannot write output to {path}: {source}; choose another directory with -o")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Process exit code: 2 for usage errors, 1 for every other failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}

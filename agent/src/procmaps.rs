@@ -1,0 +1,591 @@
+//! A per-process cache of executable memory mappings that outlives the process.
+//!
+//! Stacks are aggregated in the kernel and read at the end of a capture, when short-lived
+//! processes (and `dlclose`d libraries) may be gone. [`MapsCache::refresh`] is therefore called
+//! repeatedly *during* a capture: it parses `/proc/PID/maps` and, for every file-backed executable
+//! mapping, keeps an open file descriptor (from `/proc/PID/map_files/`, which works for deleted
+//! files and for files in other mount namespaces) plus the file's GNU build ID. The symbolizer
+//! later reads the file through `/proc/self/fd/N`, whether or not the process still exists.
+//!
+//! Call [`MapsCache::forget`] when a process execs or exits (after its stacks were symbolized).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One line of `/proc/PID/maps`, as the kernel printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    /// `r-xp` and the like.
+    pub perms: String,
+    /// Offset into the file of the first mapped byte.
+    pub offset: u64,
+    /// `major:minor` of the device, in hex as printed (`fd:01`).
+    pub dev: String,
+    pub inode: u64,
+    /// File path or pseudo name (`[heap]`, `[vdso]`); `None` for anonymous memory. A trailing
+    /// ` (deleted)` is removed and reported in [`MapLine::deleted`].
+    pub path: Option<String>,
+    /// The mapped file was deleted (or replaced) after it was mapped.
+    pub deleted: bool,
+}
+
+impl MapLine {
+    pub fn is_executable(&self) -> bool {
+        self.perms.as_bytes().get(2) == Some(&b'x')
+    }
+
+    /// Backed by a file (`/usr/lib/...`, also `/memfd:...`), not anonymous or a pseudo mapping.
+    pub fn is_file_backed(&self) -> bool {
+        self.inode != 0 && self.path.as_deref().is_some_and(|p| p.starts_with('/'))
+    }
+
+    /// A kernel-provided pseudo mapping such as `[vdso]`, `[heap]` or `[stack]`.
+    pub fn is_pseudo(&self) -> bool {
+        self.path.as_deref().is_some_and(|p| p.starts_with('['))
+    }
+}
+
+const DELETED_SUFFIX: &str = " (deleted)";
+
+/// Splits off the next whitespace-separated field.
+fn next_field(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start_matches([' ', '\t']);
+    if s.is_empty() {
+        return None;
+    }
+    let end = s.find([' ', '\t']).unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+fn parse_line(line: &str) -> Option<MapLine> {
+    let (range, rest) = next_field(line)?;
+    let (perms, rest) = next_field(rest)?;
+    let (offset, rest) = next_field(rest)?;
+    let (dev, rest) = next_field(rest)?;
+    let (inode, rest) = next_field(rest)?;
+    let (start, end) = range.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    if end < start || perms.len() != 4 {
+        return None;
+    }
+    let offset = u64::from_str_radix(offset, 16).ok()?;
+    let inode = inode.parse::<u64>().ok()?;
+    // The path is the rest of the line after the padding; it may itself contain spaces.
+    let raw_path = rest.trim_start_matches([' ', '\t']);
+    let (path, deleted) = if raw_path.is_empty() {
+        (None, false)
+    } else if let Some(p) = raw_path.strip_suffix(DELETED_SUFFIX) {
+        (Some(p.to_string()), true)
+    } else {
+        (Some(raw_path.to_string()), false)
+    };
+    Some(MapLine {
+        start,
+        end,
+        perms: perms.to_string(),
+        offset,
+        dev: dev.to_string(),
+        inode,
+        path,
+        deleted,
+    })
+}
+
+/// Parses the text of `/proc/PID/maps`. Lines that do not parse are skipped.
+pub fn parse_maps(text: &str) -> Vec<MapLine> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(parse_line)
+        .collect()
+}
+
+/// An open mapped file, shared by every mapping (of any process) of the same file.
+#[derive(Debug)]
+struct CachedFile {
+    id: u64,
+    file: File,
+    build_id: Option<String>,
+}
+
+/// A cached executable mapping of one process.
+#[derive(Debug, Clone)]
+pub struct CachedMapping {
+    /// Unique within the [`MapsCache`] while the mapping is cached.
+    pub id: u64,
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Path as the process sees it (without ` (deleted)`), or a pseudo name such as `[vdso]`.
+    pub path: String,
+    pub deleted: bool,
+    pub dev: String,
+    pub inode: u64,
+    /// GNU build ID as lowercase hex, when the file has one.
+    pub build_id: Option<String>,
+    file: Option<Arc<CachedFile>>,
+}
+
+impl CachedMapping {
+    /// The file offset that `addr` (an address inside this mapping) corresponds to.
+    pub fn file_offset(&self, addr: u64) -> u64 {
+        addr.wrapping_sub(self.start).wrapping_add(self.offset)
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+
+    /// A path that opens the cached file (`/proc/self/fd/N`), valid while this mapping is cached,
+    /// even after the process exited or the file was deleted. `None` if it could not be opened.
+    pub fn open_path(&self) -> Option<PathBuf> {
+        self.file
+            .as_ref()
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.file.as_raw_fd())))
+    }
+
+    /// Identity of the cached open file (distinct files never share one while cached).
+    pub fn file_id(&self) -> Option<u64> {
+        self.file.as_ref().map(|f| f.id)
+    }
+
+    /// A pseudo mapping such as `[vdso]` (no file behind it).
+    pub fn is_pseudo(&self) -> bool {
+        self.path.starts_with('[')
+    }
+
+    /// Last path component, for display (`libc.so.6`).
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    fn same_as(&self, l: &MapLine) -> bool {
+        self.start == l.start
+            && self.end == l.end
+            && self.offset == l.offset
+            && self.inode == l.inode
+            && self.dev == l.dev
+            && Some(self.path.as_str()) == l.path.as_deref()
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProcMaps {
+    /// Target of `/proc/PID/exe` (the main binary), without ` (deleted)`.
+    exe: Option<String>,
+    /// Start time of the process (clock ticks after boot), to notice pid reuse.
+    start_time: Option<u64>,
+    /// Sorted by `start`, non-overlapping.
+    mappings: Vec<CachedMapping>,
+}
+
+/// Field 22 (`starttime`) of `/proc/PID/stat`.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_start_time(&stat)
+}
+
+fn parse_stat_start_time(stat: &str) -> Option<u64> {
+    // `comm` (field 2) may contain spaces and parentheses: fields resume after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Executable mappings of the processes being profiled, kept across their exit.
+///
+/// `Send`, so it can be filled on one thread and handed to the symbolizer's thread.
+#[derive(Debug, Default)]
+pub struct MapsCache {
+    procs: HashMap<u32, ProcMaps>,
+    /// Open files by (device, inode) as printed in the maps, shared between processes.
+    files: HashMap<(String, u64), Arc<CachedFile>>,
+    next_id: u64,
+}
+
+impl MapsCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Re-reads `/proc/PID/maps`: keeps cached mappings that are unchanged, adds new ones
+    /// (libraries loaded with `dlopen` since the last call) and drops cached mappings that a new
+    /// mapping now overlaps. Cached mappings that disappeared without replacement (`dlclose`) are
+    /// kept, because stacks collected earlier may still point into them.
+    ///
+    /// Fails if the process is gone or its maps are unreadable (permissions); the cache for the
+    /// pid is then left as it was.
+    pub fn refresh(&mut self, pid: u32) -> io::Result<()> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading /proc/{pid}/maps (is the process alive, and are we root?): {e}"),
+            )
+        })?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| {
+                let p = p.to_string_lossy().into_owned();
+                match p.strip_suffix(DELETED_SUFFIX) {
+                    Some(s) => s.to_string(),
+                    None => p,
+                }
+            });
+        let start_time = proc_start_time(pid);
+        self.update(pid, &parse_maps(&text), exe, start_time);
+        Ok(())
+    }
+
+    /// Merges freshly parsed maps lines of `pid` into the cache (see [`MapsCache::refresh`]).
+    fn update(
+        &mut self,
+        pid: u32,
+        lines: &[MapLine],
+        exe: Option<String>,
+        start_time: Option<u64>,
+    ) {
+        let mut procs = std::mem::take(&mut self.procs);
+        let proc = procs.entry(pid).or_default();
+        // A different start time means the pid was reused; a different main binary means the
+        // process called exec. Either way the old mappings describe another address space.
+        let reused =
+            start_time.is_some() && proc.start_time.is_some() && start_time != proc.start_time;
+        let execed = exe.is_some() && proc.exe.is_some() && exe != proc.exe;
+        if reused || execed {
+            tracing::debug!(
+                pid,
+                reused,
+                execed,
+                "address space replaced; dropping cached mappings"
+            );
+            proc.mappings.clear();
+        }
+        if exe.is_some() {
+            proc.exe = exe;
+        }
+        if start_time.is_some() {
+            proc.start_time = start_time;
+        }
+        for line in lines.iter().filter(|l| l.is_executable()) {
+            let keep = line.is_file_backed()
+                || matches!(line.path.as_deref(), Some("[vdso]") | Some("[vsyscall]"));
+            if !keep || proc.mappings.iter().any(|m| m.same_as(line)) {
+                continue;
+            }
+            proc.mappings
+                .retain(|m| m.end <= line.start || m.start >= line.end);
+            let mapping = self.new_mapping(pid, line);
+            let at = proc.mappings.partition_point(|m| m.start < mapping.start);
+            proc.mappings.insert(at, mapping);
+        }
+        self.procs = procs;
+        self.gc_files();
+    }
+
+    /// Drops everything cached for `pid` (call on exec and exit, once its stacks were symbolized).
+    pub fn forget(&mut self, pid: u32) {
+        if self.procs.remove(&pid).is_some() {
+            self.gc_files();
+        }
+    }
+
+    /// The cached mapping of `pid` that contains `addr`.
+    pub fn find(&self, pid: u32, addr: u64) -> Option<&CachedMapping> {
+        let maps = &self.procs.get(&pid)?.mappings;
+        let i = maps.partition_point(|m| m.start <= addr);
+        let m = maps.get(i.checked_sub(1)?)?;
+        m.contains(addr).then_some(m)
+    }
+
+    /// All cached mappings of `pid`, sorted by address.
+    pub fn mappings(&self, pid: u32) -> &[CachedMapping] {
+        self.procs.get(&pid).map_or(&[], |p| &p.mappings)
+    }
+
+    /// Path of the main binary of `pid`, when known.
+    pub fn exe(&self, pid: u32) -> Option<&str> {
+        self.procs.get(&pid)?.exe.as_deref()
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.keys().copied()
+    }
+
+    /// Whether the open file with this [`CachedMapping::file_id`] is still cached.
+    pub fn file_alive(&self, file_id: u64) -> bool {
+        self.files.values().any(|f| f.id == file_id)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn new_mapping(&mut self, pid: u32, line: &MapLine) -> CachedMapping {
+        let file = if line.is_file_backed() {
+            self.open_file(pid, line)
+        } else {
+            None
+        };
+        CachedMapping {
+            id: self.next_id(),
+            start: line.start,
+            end: line.end,
+            offset: line.offset,
+            path: line.path.clone().unwrap_or_default(),
+            deleted: line.deleted,
+            dev: line.dev.clone(),
+            inode: line.inode,
+            build_id: file.as_ref().and_then(|f| f.build_id.clone()),
+            file,
+        }
+    }
+
+    fn open_file(&mut self, pid: u32, line: &MapLine) -> Option<Arc<CachedFile>> {
+        let key = (line.dev.clone(), line.inode);
+        if let Some(f) = self.files.get(&key) {
+            return Some(Arc::clone(f));
+        }
+        let file = open_mapped_file(pid, line)?;
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let build_id = match blazesym::helper::read_elf_build_id(&fd_path) {
+            Ok(id) => id.map(|b| hex(&b)),
+            Err(e) => {
+                tracing::debug!(pid, path = ?line.path, "no ELF build ID: {e}");
+                None
+            }
+        };
+        let cached = Arc::new(CachedFile {
+            id: self.next_id(),
+            file,
+            build_id,
+        });
+        self.files.insert(key, Arc::clone(&cached));
+        Some(cached)
+    }
+
+    /// Closes files that no cached mapping refers to any more.
+    fn gc_files(&mut self) {
+        self.files.retain(|_, f| Arc::strong_count(f) > 1);
+    }
+}
+
+/// Opens the file behind a mapping: through `map_files` (deleted files, other mount namespaces),
+/// else through the process's root, else by path. A file opened by path must still be the mapped
+/// inode, so a binary upgraded on disk is not used to symbolize the old one.
+fn open_mapped_file(pid: u32, line: &MapLine) -> Option<File> {
+    let by_map_files = format!("/proc/{pid}/map_files/{:x}-{:x}", line.start, line.end);
+    match File::open(&by_map_files) {
+        Ok(f) => return Some(f),
+        Err(e) => tracing::debug!("opening {by_map_files}: {e}; falling back to the path"),
+    }
+    let path = line.path.as_deref()?;
+    if line.deleted {
+        return None;
+    }
+    for candidate in [format!("/proc/{pid}/root{path}"), path.to_string()] {
+        if let Ok(f) = File::open(&candidate)
+            && f.metadata().is_ok_and(|m| m.ino() == line.inode)
+        {
+            return Some(f);
+        }
+    }
+    tracing::debug!(
+        pid,
+        path,
+        "cannot open mapped file; its frames stay unsymbolized"
+    );
+    None
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/dbus-daemon
+00651000-00652000 r--p 00051000 08:02 173521      /usr/bin/dbus-daemon
+00e03000-00e24000 rw-p 00000000 00:00 0           [heap]
+7f2b4c000000-7f2b4c021000 rw-p 00000000 00:00 0 
+7f2b4f0e1000-7f2b4f2c8000 r-xp 00028000 fd:01 1054733                    /usr/lib/x86_64-linux-gnu/libc.so.6
+7f2b50000000-7f2b50010000 r-xp 00001000 fd:01 99                         /tmp/my dir/lib with spaces.so (deleted)
+7f2b51000000-7f2b51001000 r-xp 00000000 00:01 1234                       /memfd:jit (deleted)
+7ffd5d9f5000-7ffd5d9f7000 r-xp 00000000 00:00 0                          [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+garbage line
+";
+
+    #[test]
+    fn parses_all_kinds_of_lines() {
+        let m = parse_maps(SAMPLE);
+        assert_eq!(m.len(), 9);
+        assert_eq!(
+            m[0],
+            MapLine {
+                start: 0x400000,
+                end: 0x452000,
+                perms: "r-xp".into(),
+                offset: 0,
+                dev: "08:02".into(),
+                inode: 173521,
+                path: Some("/usr/bin/dbus-daemon".into()),
+                deleted: false,
+            }
+        );
+        assert!(m[0].is_executable() && m[0].is_file_backed());
+        assert!(!m[1].is_executable());
+        assert_eq!(m[2].path.as_deref(), Some("[heap]"));
+        assert!(m[2].is_pseudo() && !m[2].is_file_backed());
+        assert_eq!(m[3].path, None, "anonymous mapping with trailing space");
+        assert!(!m[3].is_file_backed());
+        assert_eq!(m[4].offset, 0x28000);
+        assert_eq!(
+            m[4].path.as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        assert_eq!(m[5].path.as_deref(), Some("/tmp/my dir/lib with spaces.so"));
+        assert!(m[5].deleted && m[5].is_file_backed());
+        assert_eq!(m[6].path.as_deref(), Some("/memfd:jit"));
+        assert!(m[6].deleted);
+        assert_eq!(m[7].path.as_deref(), Some("[vdso]"));
+        assert!(m[7].is_executable() && !m[7].is_file_backed());
+        assert_eq!(m[8].start, 0xffffffffff600000);
+    }
+
+    #[test]
+    fn cache_of_own_process_finds_code_and_survives_forget_of_others() {
+        let pid = std::process::id();
+        let mut cache = MapsCache::new();
+        cache.refresh(pid).expect("own maps are readable");
+        let addr = parses_all_kinds_of_lines as *const () as usize as u64;
+        let m = cache.find(pid, addr).expect("own code is mapped");
+        assert!(m.contains(addr));
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(m.path, exe.to_string_lossy());
+        let open = m.open_path().expect("file kept open");
+        assert!(std::fs::metadata(&open).is_ok());
+        assert!(m.build_id.as_deref().is_none_or(|b| b.len() >= 16));
+        assert_eq!(cache.exe(pid), Some(&*exe.to_string_lossy()));
+
+        // A second refresh keeps the same mappings (same ids).
+        let id = m.id;
+        cache.refresh(pid).unwrap();
+        assert_eq!(cache.find(pid, addr).unwrap().id, id);
+
+        cache.forget(pid + 1_000_000);
+        assert!(cache.find(pid, addr).is_some());
+        cache.forget(pid);
+        assert!(cache.find(pid, addr).is_none());
+        assert!(cache.files.is_empty(), "files closed once unused");
+    }
+
+    #[test]
+    fn update_adds_keeps_replaces_and_drops_on_exec() {
+        let pid = u32::MAX - 3; // no such process: files cannot be opened, names still kept
+        let line = |start: u64, end: u64, path: &str, inode: u64| MapLine {
+            start,
+            end,
+            perms: "r-xp".into(),
+            offset: 0x1000,
+            dev: "fd:01".into(),
+            inode,
+            path: Some(path.into()),
+            deleted: false,
+        };
+        let app = line(0x40_0000, 0x50_0000, "/usr/bin/app", 1);
+        let liba = line(0x7f00_0000, 0x7f10_0000, "/lib/liba.so", 2);
+        let libb = line(0x7f20_0000, 0x7f30_0000, "/lib/libb.so", 3);
+        let mut anon = line(0x9000_0000, 0x9010_0000, "", 0);
+        anon.path = None;
+        let mut data = line(0x60_0000, 0x61_0000, "/usr/bin/app", 1);
+        data.perms = "rw-p".into();
+        let mut c = MapsCache::new();
+        let exe = Some("/usr/bin/app".to_string());
+        c.update(
+            pid,
+            &[app.clone(), data, anon, liba.clone()],
+            exe.clone(),
+            Some(5),
+        );
+        assert_eq!(
+            c.mappings(pid).len(),
+            2,
+            "only file-backed executable mappings"
+        );
+        let liba_id = c.find(pid, 0x7f00_0010).unwrap().id;
+        assert_eq!(
+            c.find(pid, 0x7f00_0010).unwrap().file_offset(0x7f00_0010),
+            0x1010
+        );
+        assert!(c.find(pid, 0x7f00_0010).unwrap().open_path().is_none());
+        assert!(c.find(pid, 0x9000_0000).is_none());
+        assert!(c.find(pid, 0x7f10_0000).is_none(), "end is exclusive");
+
+        // dlopen(libb), dlclose(liba): libb added, liba kept for earlier stacks.
+        c.update(pid, &[app.clone(), libb.clone()], exe.clone(), Some(5));
+        assert_eq!(c.mappings(pid).len(), 3);
+        assert_eq!(c.find(pid, 0x7f00_0010).unwrap().id, liba_id);
+        assert_eq!(c.find(pid, 0x7f20_0010).unwrap().path, "/lib/libb.so");
+
+        // Something else mapped over liba's range replaces it.
+        let libc2 = line(0x7f08_0000, 0x7f18_0000, "/lib/libc2.so", 4);
+        c.update(pid, &[app.clone(), libc2], exe.clone(), Some(5));
+        assert_eq!(c.find(pid, 0x7f00_0010).map(|m| m.path.as_str()), None);
+        assert_eq!(c.find(pid, 0x7f08_0000).unwrap().path, "/lib/libc2.so");
+        let starts: Vec<u64> = c.mappings(pid).iter().map(|m| m.start).collect();
+        assert!(starts.windows(2).all(|w| w[0] < w[1]), "sorted");
+
+        // exec: a new main binary drops the old address space.
+        let other = line(0x40_0000, 0x48_0000, "/usr/bin/other", 9);
+        c.update(pid, &[other], Some("/usr/bin/other".into()), Some(5));
+        assert_eq!(c.mappings(pid).len(), 1);
+        assert_eq!(c.exe(pid), Some("/usr/bin/other"));
+        // pid reuse: a new start time does too.
+        c.update(pid, &[app], exe, Some(6));
+        assert_eq!(c.mappings(pid).len(), 1);
+        assert_eq!(c.mappings(pid)[0].path, "/usr/bin/app");
+    }
+
+    #[test]
+    fn stat_start_time_with_odd_comm() {
+        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 \
+                    1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
+        assert_eq!(parse_stat_start_time(stat), Some(987654));
+        assert_eq!(parse_stat_start_time("garbage"), None);
+        assert!(proc_start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn refresh_of_missing_process_fails_with_hint() {
+        let mut cache = MapsCache::new();
+        let err = cache.refresh(u32::MAX - 7).unwrap_err();
+        assert!(err.to_string().contains("is the process alive"));
+    }
+
+    #[test]
+    fn cache_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MapsCache>();
+    }
+}

@@ -1,0 +1,146 @@
+//! Pre-flight checks of the machine and the target, run before anything is loaded, so that a
+//! missing privilege or a wrong PID gets a clear message instead of a BPF error.
+
+use std::path::Path;
+
+use crate::error::Error;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Parses the effective capability mask from the text of /proc/self/status.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Names of the capabilities missing from `cap_eff` for loading and attaching our programs.
+pub fn missing_capabilities(cap_eff: u64) -> Vec<&'static str> {
+    let has = |c: u32| cap_eff & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            missing.push("CAP_BPF");
+        }
+        if !has(CAP_PERFMON) {
+            missing.push("CAP_PERFMON");
+        }
+    }
+    if !has(CAP_SYS_RESOURCE) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_SYS_RESOURCE");
+    }
+    missing
+}
+
+/// Checks this process may load BPF programs and open perf events.
+pub fn check_privileges() -> Result<(), Error> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::Internal(format!("reading /proc/self/status: {e}")))?;
+    let cap_eff = parse_cap_eff(&status).unwrap_or(0);
+    let missing = missing_capabilities(cap_eff);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Privileges {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+/// Checks the kernel exposes BTF (needed for CO-RE and BTF tracepoints).
+pub fn check_btf() -> Result<(), Error> {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Ok(())
+    } else {
+        Err(Error::NoBtf)
+    }
+}
+
+/// Facts about a live process read from /proc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Start time in clock ticks after boot (field 22 of /proc/PID/stat): with the PID, it
+    /// identifies the process even when the PID is reused.
+    pub start_ticks: u64,
+    /// Thread group id: equal to `pid` for a process, differs for a thread id.
+    pub tgid: u32,
+}
+
+/// Parses /proc/PID/stat text into (comm, state, start_ticks). The comm may contain spaces and
+/// parentheses, so it is delimited by the first '(' and the last ')'.
+pub fn parse_stat(text: &str) -> Option<(String, char, u64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field 22 (starttime) is rest[19].
+    let state = rest.first()?.chars().next()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((comm, state, start))
+}
+
+/// Reads a process's identity, or `NoSuchProcess`.
+pub fn process_info(pid: u32) -> Result<ProcessInfo, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|_| Error::NoSuchProcess(pid))?;
+    let (comm, state, start_ticks) = parse_stat(&stat).ok_or(Error::NoSuchProcess(pid))?;
+    if state == 'Z' || state == 'X' {
+        return Err(Error::NoSuchProcess(pid));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(pid);
+    Ok(ProcessInfo {
+        pid,
+        comm,
+        start_ticks,
+        tgid,
+    })
+}
+
+/// True while the process identified by `info` lives (same PID and start time, not a zombie).
+pub fn is_alive(info: &ProcessInfo) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", info.pid)) {
+        Ok(stat) => match parse_stat(&stat) {
+            Some((_, state, start)) => start == info.start_ticks && state != 'Z' && state != 'X',
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        let text = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 2 0 123456 1000 100";
+        let (comm, state, start) = parse_stat(text).unwrap();
+        assert_eq!(comm, "my (odd) prog");
+        assert_eq!(state, 'S');
+        assert_eq!(start, 123456);
+    }
+
+    #[test]
+    fn capabilities() {
+        let root = parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
+        assert!(missing_capabilities(root).is_empty());
+        assert_eq!(
+            missing_capabilities(0),
+            vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_RESOURCE"]
+        );
+        let bpf_perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_RESOURCE);
+        assert!(missing_capabilities(bpf_perfmon).is_empty());
+        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! Types shared by Stallscope's BPF programs and its agent.
+//!
+//! Everything is `#[repr(C)]` plain data with explicit padding so both sides agree on the layout.
+//! With the `user` feature the types implement `aya::Pod` so the agent can read them from maps.
+#![no_std]
+
+/// Deepest stack the kernel records (`PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Entries in the stack-trace map. Without `BPF_F_REUSE_STACKID` a bucket collision makes
+/// `bpf_get_stackid` fail with `-EEXIST`, which we count instead of recording a wrong stack.
+pub const STACK_MAP_ENTRIES: u32 = 65536;
+
+/// Entries in each aggregation map (distinct stacks × classes per capture).
+pub const AGG_MAP_ENTRIES: u32 = 65536;
+
+/// Processes that can be targeted at once.
+pub const MAX_TARGETS: u32 = 1024;
+
+/// Indexes into the `COUNTERS` per-CPU array. The agent sums them over CPUs and shows them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// perf cpu-clock samples seen (any process).
+    CpuSamples = 0,
+    /// ... of which belonged to a target process.
+    CpuSamplesTarget = 1,
+    /// User stack could not be captured (`bpf_get_stackid` error other than an empty stack).
+    UserStackLost = 2,
+    /// Kernel stack could not be captured.
+    KernelStackLost = 3,
+    /// Stack-trace map bucket already held a different stack (`-EEXIST`).
+    StackCollision = 4,
+    /// An aggregation map was full; the event was dropped.
+    AggMapFull = 5,
+    /// Target threads switched out (off-CPU intervals started).
+    OffcpuSwitchOut = 6,
+    /// Off-CPU intervals recorded (ended by a switch-in, at least `offcpu_min_ns` long).
+    OffcpuRecorded = 7,
+    /// Off-CPU intervals shorter than `offcpu_min_ns`, ignored on purpose.
+    OffcpuBelowMin = 8,
+    /// The per-thread state map was full: a thread's interval or syscall could not be tracked.
+    ThreadMapFull = 9,
+    /// Futex waits that ended (block-profile candidates).
+    BlockEventsSeen = 10,
+    /// Futex waits kept by the in-kernel block-rate sampling and recorded.
+    BlockEventsRecorded = 11,
+    /// Run-queue latency histogram map full.
+    RunqHistFull = 12,
+    /// Intervals that started before a thread's state was known (e.g. it was already off CPU
+    /// when the capture began) are not counted; this counts switch-ins seen without state.
+    OffcpuUnknownStart = 13,
+}
+
+/// Number of slots in `COUNTERS` (room to grow without changing the map).
+pub const COUNTER_SLOTS: u32 = 64;
+
+/// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
+/// Stack ids are indexes into the stack-trace map, or negative when there was no stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CpuKey {
+    pub tgid: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+}
+
+/// Stack id meaning "this part of the stack is empty" (a user-mode sample has no kernel part).
+pub const STACK_NONE: i32 = -1;
+/// Stack id meaning "capturing this stack failed" (counted in `UserStackLost`/`KernelStackLost`).
+pub const STACK_LOST: i32 = -2;
+
+/// One row of a DWARF CFI unwind table (from `.eh_frame`), compiled by the agent for the BPF
+/// unwinder. A row applies from `pc` (an ELF virtual address of the mapped file) up to the next
+/// row's `pc`. On x86-64 the return address is always at CFA - 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct UnwindRow {
+    pub pc: u64,
+    /// CFA = (register named by `cfa_reg`) + `cfa_offset`.
+    pub cfa_offset: i32,
+    /// 0: the caller's rbp is the current rbp (unchanged); otherwise it was saved at
+    /// CFA + `rbp_offset` (negative).
+    pub rbp_offset: i16,
+    /// One of `CFA_REG_*`.
+    pub cfa_reg: u8,
+    /// `ROW_*` flags.
+    pub flags: u8,
+}
+
+/// CFA is relative to rsp.
+pub const CFA_REG_SP: u8 = 0;
+/// CFA is relative to rbp.
+pub const CFA_REG_BP: u8 = 1;
+/// No usable rule at this pc (DWARF expression, unusual register, or a gap between FDEs): the
+/// unwinder falls back to frame pointers.
+pub const CFA_REG_NONE: u8 = 2;
+/// The row marks the outermost frame (return address undefined, e.g. `_start`, `clone3`).
+pub const ROW_END_OF_STACK: u8 = 1;
+
+/// Wait classes of an off-CPU interval (the thread-level counterparts of Go's goroutine states).
+pub mod wait_class {
+    /// Preempted or woken and waiting in the run queue.
+    pub const RUNNABLE: u32 = 0;
+    /// futex wait: a lock or condition variable.
+    pub const FUTEX: u32 = 1;
+    /// epoll_wait, poll, select and their variants.
+    pub const IO: u32 = 2;
+    /// nanosleep, clock_nanosleep.
+    pub const SLEEP: u32 = 3;
+    /// Any other blocking syscall; the key's `syscall` names it.
+    pub const SYSCALL: u32 = 4;
+    /// Uninterruptible sleep (D state): disk, page faults, some kernel locks.
+    pub const DISK: u32 = 5;
+    /// Stopped or traced.
+    pub const STOPPED: u32 = 6;
+    /// Interruptible sleep outside any known syscall.
+    pub const OTHER: u32 = 7;
+}
+
+/// No syscall in progress (or unknown).
+pub const NO_SYSCALL: i32 = -1;
+
+/// Per-thread state, in a plain (not per-CPU) hash map keyed by tid: a thread leaves the CPU
+/// on one CPU and comes back on another.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// ktime when it switched out (0: on CPU, or unknown).
+    pub off_ts: u64,
+    /// ktime when it was woken while off CPU (0: not woken yet).
+    pub wake_ts: u64,
+    /// ktime when the current syscall began (0: none tracked).
+    pub sys_enter_ts: u64,
+    /// First syscall argument of the current syscall (the futex address for futex calls).
+    pub sys_arg0: u64,
+    pub tgid: u32,
+    /// Current syscall number, or `NO_SYSCALL`.
+    pub syscall: i32,
+    /// Second syscall argument (the futex op for futex calls).
+    pub sys_arg1: u32,
+    /// Class of the current off-CPU interval (`wait_class::*`).
+    pub class: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+}
+
+/// Key of the off-CPU aggregation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OffcpuKey {
+    pub tgid: u32,
+    pub class: u32,
+    /// The syscall for `wait_class::SYSCALL` (else `NO_SYSCALL`).
+    pub syscall: i32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    pub _pad: u32,
+}
+
+/// Count and total time of the intervals aggregated under one key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffcpuValue {
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// Key of the block-profile map: the waiter's user stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub tgid: u32,
+    pub user_stack: i32,
+}
+
+/// Block-profile values with Go's sampling already applied: `count_milli` is the estimated
+/// number of contentions × `BLOCK_COUNT_SCALE` (fractional counts `r/d` add up exactly).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockValue {
+    pub count_scaled: u64,
+    pub delay_ns: u64,
+}
+
+/// Fixed-point scale of `BlockValue::count_scaled`.
+pub const BLOCK_COUNT_SCALE: u64 = 1000;
+
+/// Run-queue latency histogram: log-linear buckets, `RUNQ_SUB_BUCKETS` per power of two.
+pub const RUNQ_SUB_BITS: u32 = 3;
+pub const RUNQ_SUB_BUCKETS: u32 = 1 << RUNQ_SUB_BITS;
+pub const RUNQ_BUCKETS: u32 = 64 * RUNQ_SUB_BUCKETS;
+
+/// Bucket of a latency in ns: values below `RUNQ_SUB_BUCKETS` map to themselves; above, the
+/// power of two and the next `RUNQ_SUB_BITS` bits choose the bucket (≤ 12.5% relative error).
+#[inline(always)]
+pub fn runq_bucket(ns: u64) -> u32 {
+    if ns < RUNQ_SUB_BUCKETS as u64 {
+        return ns as u32;
+    }
+    let log = 63 - ns.leading_zeros();
+    let sub = ((ns >> (log - RUNQ_SUB_BITS)) as u32) & (RUNQ_SUB_BUCKETS - 1);
+    (log - RUNQ_SUB_BITS + 1) * RUNQ_SUB_BUCKETS + sub
+}
+
+/// Lowest latency (ns) that falls in `bucket` (inverse of [`runq_bucket`]).
+pub fn runq_bucket_low(bucket: u32) -> u64 {
+    if bucket < RUNQ_SUB_BUCKETS {
+        return bucket as u64;
+    }
+    let log = bucket / RUNQ_SUB_BUCKETS + RUNQ_SUB_BITS - 1;
+    let sub = (bucket % RUNQ_SUB_BUCKETS) as u64;
+    (1u64 << log) | (sub << (log - RUNQ_SUB_BITS))
+}
+
+/// Key of the run-queue latency histogram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RunqKey {
+    pub tgid: u32,
+    pub bucket: u32,
+}
+
+/// Capture settings the programs read from the `CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `CONFIG_*` bits: what to record.
+    pub flags: u64,
+    /// Off-CPU intervals shorter than this are not recorded.
+    pub offcpu_min_ns: u64,
+    /// Go's block-profile rate in ns (`SetBlockProfileRate`); ≤ 1 records every event.
+    pub block_rate_ns: u64,
+}
+
+pub const CONFIG_OFFCPU: u64 = 1;
+pub const CONFIG_BLOCK: u64 = 2;
+
+/// Kernel structure offsets the agent reads from the kernel's BTF and passes to the programs
+/// as constants (a hand-rolled CO-RE: aya-ebpf has no field relocations for Rust).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    unsafe impl aya::Pod for CpuKey {}
+    // SAFETY: `#[repr(C)]`, 16 bytes, no implicit padding (8 + 4 + 2 + 1 + 1).
+    unsafe impl aya::Pod for UnwindRow {}
+    // SAFETY: the following are `#[repr(C)]` integers laid out without implicit padding.
+    unsafe impl aya::Pod for ThreadState {}
+    unsafe impl aya::Pod for OffcpuKey {}
+    unsafe impl aya::Pod for OffcpuValue {}
+    unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for BlockValue {}
+    unsafe impl aya::Pod for RunqKey {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runq_buckets_are_monotonic_and_invert() {
+        let mut last = 0;
+        for ns in (0u64..100_000).chain([1 << 20, 3 << 30, u64::MAX / 2]) {
+            let b = runq_bucket(ns);
+            assert!(b >= last || ns > 100_000, "bucket of {ns} went down");
+            assert!(b < RUNQ_BUCKETS, "bucket {b} of {ns} out of range");
+            let low = runq_bucket_low(b);
+            assert!(low <= ns, "{ns} below its bucket low {low}");
+            assert!(ns - low <= low / 8 + 1, "{ns} too far from {low}");
+            if ns <= 100_000 {
+                last = b;
+            }
+        }
+    }
+}

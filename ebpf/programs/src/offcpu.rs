@@ -1,0 +1,452 @@
+//! Off-CPU and block profiles.
+//!
+//! - `sched_switch` (BTF tracepoint; current == prev): a target thread leaving the CPU gets its
+//!   switch-out time, stacks and wait class stored in `THREADS` (keyed by tid, not per-CPU);
+//!   the thread coming in (`next`) closes its interval into `OFFCPU`.
+//! - `sched_wakeup`: the time a sleeping thread became runnable, so the interval splits into
+//!   the wait itself and the run-queue latency after it (`runnable`).
+//! - `sys_enter`/`sys_exit`: the syscall a thread is in (its wait class), and futex waits for
+//!   the block profile, sampled in the kernel with Go's `SetBlockProfileRate` semantics.
+//! - `sched_process_exit`: drops the state of exiting threads.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap},
+    programs::BtfTracePointContext,
+};
+use stallscope_common::{
+    AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_OFFCPU, Config,
+    Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey, STACK_NONE, ThreadState,
+    runq_bucket, wait_class,
+};
+
+use crate::shared::{add_or_insert, count, is_target, kernel_stack, user_stack};
+
+/// Threads tracked at once (all target threads that are or were off CPU in the window).
+const THREAD_ENTRIES: u32 = 65536;
+
+#[map]
+static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
+
+#[map]
+static OFFCPU: HashMap<OffcpuKey, OffcpuValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+
+#[map]
+static BLOCK: HashMap<BlockKey, BlockValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+
+#[map]
+static RUNQ_HIST: HashMap<RunqKey, u64> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Offsets into kernel structures, set by the agent from the kernel's BTF before loading.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+};
+
+// x86-64 syscall numbers.
+const SYS_POLL: i32 = 7;
+const SYS_SELECT: i32 = 23;
+const SYS_NANOSLEEP: i32 = 35;
+const SYS_FUTEX: i32 = 202;
+const SYS_CLOCK_NANOSLEEP: i32 = 230;
+const SYS_EPOLL_WAIT: i32 = 232;
+const SYS_PSELECT6: i32 = 270;
+const SYS_PPOLL: i32 = 271;
+const SYS_EPOLL_PWAIT: i32 = 281;
+const SYS_EPOLL_PWAIT2: i32 = 441;
+const SYS_FUTEX_WAITV: i32 = 449;
+
+// futex operations that wait (after masking FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME).
+const FUTEX_CMD_MASK: u32 = !(128 | 256);
+const FUTEX_WAIT: u32 = 0;
+const FUTEX_LOCK_PI: u32 = 6;
+const FUTEX_WAIT_BITSET: u32 = 9;
+const FUTEX_WAIT_REQUEUE_PI: u32 = 11;
+const FUTEX_LOCK_PI2: u32 = 13;
+
+// task states (prev_state of sched_switch).
+const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+const TASK_STOPPED: u32 = 0x4;
+const TASK_TRACED: u32 = 0x8;
+const TASK_NOLOAD: u32 = 0x400;
+
+// Offsets of struct pt_regs (x86-64 uapi layout, stable).
+const PT_REGS_SI: usize = 104;
+const PT_REGS_DI: usize = 112;
+
+#[inline(always)]
+fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}
+
+#[inline(always)]
+fn offsets() -> KernelOffsets {
+    // SAFETY: a constant in .rodata written by the loader; volatile so it isn't folded to 0.
+    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+#[inline(always)]
+fn task_pid(task: *const u8) -> Option<u32> {
+    let off = offsets().task_pid as usize;
+    // SAFETY: reading kernel memory through the probe-read helper, which handles faults.
+    unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.ok()
+}
+
+#[inline(always)]
+fn is_futex_wait(op: u32) -> bool {
+    matches!(
+        op & FUTEX_CMD_MASK,
+        FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_LOCK_PI | FUTEX_LOCK_PI2 | FUTEX_WAIT_REQUEUE_PI
+    )
+}
+
+#[inline(always)]
+fn syscall_class(st: &ThreadState) -> u32 {
+    match st.syscall {
+        SYS_FUTEX | SYS_FUTEX_WAITV => wait_class::FUTEX,
+        SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT | SYS_EPOLL_PWAIT2 | SYS_POLL | SYS_PPOLL | SYS_SELECT
+        | SYS_PSELECT6 => wait_class::IO,
+        SYS_NANOSLEEP | SYS_CLOCK_NANOSLEEP => wait_class::SLEEP,
+        NO_SYSCALL => wait_class::OTHER,
+        _ => wait_class::SYSCALL,
+    }
+}
+
+#[inline(always)]
+fn record(tgid: u32, class: u32, st: &ThreadState, ns: u64) {
+    let key = OffcpuKey {
+        tgid,
+        class,
+        syscall: if class == wait_class::SYSCALL {
+            st.syscall
+        } else {
+            NO_SYSCALL
+        },
+        user_stack: st.user_stack,
+        kernel_stack: st.kernel_stack,
+        _pad: 0,
+    };
+    if let Some(v) = OFFCPU.get_ptr_mut(&key) {
+        // SAFETY: live map value; the two adds are atomic each.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*v).count,
+                1,
+            );
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*v).total_ns,
+                ns,
+            );
+        }
+        count(Counter::OffcpuRecorded);
+    } else if OFFCPU
+        .insert(
+            &key,
+            &OffcpuValue {
+                count: 1,
+                total_ns: ns,
+            },
+            0,
+        )
+        .is_ok()
+    {
+        count(Counter::OffcpuRecorded);
+    } else {
+        count(Counter::AggMapFull);
+    }
+}
+
+#[inline(always)]
+fn record_runq(tgid: u32, ns: u64) {
+    let key = RunqKey {
+        tgid,
+        bucket: runq_bucket(ns),
+    };
+    if !add_or_insert(&RUNQ_HIST, &key, 1) {
+        count(Counter::RunqHistFull);
+    }
+}
+
+/// sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+///              unsigned int prev_state)
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.flags & CONFIG_OFFCPU == 0 {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+
+    // Switch-out: current is prev.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if tid != 0 && is_target(tgid) {
+        switch_out(&ctx, tid, tgid, preempt != 0, prev_state as u32, now);
+    }
+
+    // Switch-in of next: close its interval if we saw it leave.
+    if let Some(next_tid) = task_pid(next) {
+        if next_tid != 0 {
+            switch_in(next_tid, now, cfg.offcpu_min_ns);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn switch_out(
+    ctx: &BtfTracePointContext,
+    tid: u32,
+    tgid: u32,
+    preempt: bool,
+    prev_state: u32,
+    now: u64,
+) {
+    count(Counter::OffcpuSwitchOut);
+    let state = prev_state & 0xff_ffff;
+    let existing = THREADS.get_ptr_mut(&tid);
+    let mut st = match existing {
+        // SAFETY: copy of a live map value.
+        Some(p) => unsafe { *p },
+        None => ThreadState {
+            tgid,
+            syscall: NO_SYSCALL,
+            ..ThreadState::default()
+        },
+    };
+    st.class = if preempt || state == 0 {
+        wait_class::RUNNABLE
+    } else if state & (TASK_STOPPED | TASK_TRACED) != 0 {
+        wait_class::STOPPED
+    } else if state & TASK_UNINTERRUPTIBLE != 0 && state & TASK_NOLOAD == 0 {
+        wait_class::DISK
+    } else {
+        syscall_class(&st)
+    };
+    st.off_ts = now;
+    st.wake_ts = 0;
+    st.tgid = tgid;
+    st.user_stack = user_stack(ctx);
+    st.kernel_stack = kernel_stack(ctx);
+    match existing {
+        // SAFETY: writing back into the live map value of this thread; only this thread's
+        // own switch-out and the wakeup path write it.
+        Some(p) => unsafe { *p = st },
+        None => {
+            if THREADS.insert(&tid, &st, 0).is_err() {
+                count(Counter::ThreadMapFull);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn switch_in(tid: u32, now: u64, min_ns: u64) {
+    let Some(p) = THREADS.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: live map value of this thread.
+    let st = unsafe { &mut *p };
+    if st.off_ts == 0 {
+        return;
+    }
+    let off = st.off_ts;
+    st.off_ts = 0;
+    if st.class != wait_class::RUNNABLE && st.wake_ts > off && st.wake_ts <= now {
+        // Blocked until the wakeup, then waited in the run queue.
+        let blocked = st.wake_ts - off;
+        let queued = now - st.wake_ts;
+        if blocked >= min_ns {
+            record(st.tgid, st.class, st, blocked);
+        } else {
+            count(Counter::OffcpuBelowMin);
+        }
+        record_runq(st.tgid, queued);
+        if queued >= min_ns {
+            record(st.tgid, wait_class::RUNNABLE, st, queued);
+        } else {
+            count(Counter::OffcpuBelowMin);
+        }
+    } else {
+        let ns = now.saturating_sub(off);
+        if st.class == wait_class::RUNNABLE {
+            record_runq(st.tgid, ns);
+        }
+        if ns >= min_ns {
+            record(st.tgid, st.class, st, ns);
+        } else {
+            count(Counter::OffcpuBelowMin);
+        }
+    }
+    st.wake_ts = 0;
+}
+
+/// sched_wakeup(struct task_struct *p)
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
+    if config().flags & CONFIG_OFFCPU == 0 {
+        return 0;
+    }
+    let task: *const u8 = ctx.arg(0);
+    let Some(tid) = task_pid(task) else {
+        return 0;
+    };
+    if let Some(p) = THREADS.get_ptr_mut(&tid) {
+        // SAFETY: live map value.
+        let st = unsafe { &mut *p };
+        if st.off_ts != 0 && st.wake_ts == 0 {
+            st.wake_ts = unsafe { bpf_ktime_get_ns() };
+        }
+    }
+    0
+}
+
+/// sys_enter(struct pt_regs *regs, long id)
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    let regs: *const u8 = ctx.arg(0);
+    let id: i64 = ctx.arg(1);
+    // SAFETY: probe reads of the syscall's saved user registers.
+    let arg0: u64 =
+        unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_DI) as *const u64) }.unwrap_or(0);
+    let arg1: u64 =
+        unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_SI) as *const u64) }.unwrap_or(0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    match THREADS.get_ptr_mut(&tid) {
+        Some(p) => {
+            // SAFETY: live map value of this thread.
+            let st = unsafe { &mut *p };
+            st.syscall = id as i32;
+            st.sys_enter_ts = now;
+            st.sys_arg0 = arg0;
+            st.sys_arg1 = arg1 as u32;
+        }
+        None => {
+            let st = ThreadState {
+                tgid,
+                syscall: id as i32,
+                sys_enter_ts: now,
+                sys_arg0: arg0,
+                sys_arg1: arg1 as u32,
+                user_stack: STACK_NONE,
+                kernel_stack: STACK_NONE,
+                ..ThreadState::default()
+            };
+            if THREADS.insert(&tid, &st, 0).is_err() {
+                count(Counter::ThreadMapFull);
+            }
+        }
+    }
+    0
+}
+
+/// sys_exit(struct pt_regs *regs, long ret)
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    let Some(p) = THREADS.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    // SAFETY: live map value of this thread.
+    let st = unsafe { &mut *p };
+    let syscall = st.syscall;
+    let enter = st.sys_enter_ts;
+    let op = st.sys_arg1;
+    st.syscall = NO_SYSCALL;
+    st.sys_enter_ts = 0;
+    if enter == 0 {
+        return 0;
+    }
+    let waits = match syscall {
+        SYS_FUTEX => is_futex_wait(op),
+        SYS_FUTEX_WAITV => true,
+        _ => false,
+    };
+    if !waits {
+        return 0;
+    }
+    let cfg = config();
+    if cfg.flags & CONFIG_BLOCK == 0 {
+        return 0;
+    }
+    count(Counter::BlockEventsSeen);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let d = now.saturating_sub(enter).max(1);
+    let rate = cfg.block_rate_ns;
+    // Go >= 1.17: keep with probability min(1, d/rate); a kept event adds
+    // count += max(1, rate/d) and delay += max(d, rate).
+    let (count_scaled, delay) = if rate <= 1 || d >= rate {
+        (BLOCK_COUNT_SCALE, d)
+    } else {
+        let r = unsafe { bpf_get_prandom_u32() } as u64;
+        // keep when r / 2^32 < d / rate
+        if r * rate >= d << 32 {
+            return 0;
+        }
+        (rate * BLOCK_COUNT_SCALE / d, rate)
+    };
+    count(Counter::BlockEventsRecorded);
+    let key = BlockKey {
+        tgid,
+        user_stack: user_stack(&ctx),
+    };
+    if let Some(v) = BLOCK.get_ptr_mut(&key) {
+        // SAFETY: live map value; each add is atomic.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*v).count_scaled,
+                count_scaled,
+            );
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*v).delay_ns,
+                delay,
+            );
+        }
+    } else if BLOCK
+        .insert(
+            &key,
+            &BlockValue {
+                count_scaled,
+                delay_ns: delay,
+            },
+            0,
+        )
+        .is_err()
+    {
+        count(Counter::AggMapFull);
+    }
+    0
+}
+
+/// sched_process_exit(struct task_struct *p): current is the exiting thread.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = THREADS.remove(&tid);
+    0
+}

@@ -1,0 +1,100 @@
+//! Maps and helpers used by several programs.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    macros::map,
+    maps::{HashMap, PerCpuArray, StackTrace},
+    programs::tracing::StackIdContext,
+};
+use stallscope_common::{
+    COUNTER_SLOTS, Counter, MAX_TARGETS, STACK_LOST, STACK_MAP_ENTRIES, STACK_NONE,
+};
+
+/// Processes (tgid) being profiled. The value is reserved for per-target flags.
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Stack traces referenced by the aggregation maps (user and kernel stacks).
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+
+/// Event and loss counters, per CPU (summed by the agent).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+const EFAULT: i32 = 14;
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot; programs don't preempt each other on one CPU for these types.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    // SAFETY: read-only presence check of a plain u32 value.
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+/// The user-space stack of the current task, or `STACK_LOST` (counted).
+#[inline(always)]
+pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            if -e == EEXIST {
+                count(Counter::StackCollision);
+            } else {
+                count(Counter::UserStackLost);
+            }
+            STACK_LOST
+        }
+    }
+}
+
+/// The kernel stack of the current task: `STACK_NONE` when there is none (a sample taken in
+/// user mode), `STACK_LOST` when capturing it failed (counted).
+#[inline(always)]
+pub fn kernel_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(e) if -e == EFAULT => STACK_NONE,
+        Err(e) => {
+            if -e == EEXIST {
+                count(Counter::StackCollision);
+            } else {
+                count(Counter::KernelStackLost);
+            }
+            STACK_LOST
+        }
+    }
+}
+
+/// Atomically adds `n` to the counter at `key`, inserting it when absent. `false` when the map
+/// is full (the caller counts the drop).
+#[inline(always)]
+pub fn add_or_insert<K>(map: &HashMap<K, u64>, key: &K, n: u64) -> bool {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: `v` points at a live u64 map value; the add is atomic across CPUs (BPF
+        // `lock xadd`; the BPF target has no compare-and-swap, so no `AtomicU64::fetch_add`).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(v, n) };
+        return true;
+    }
+    if map.insert(key, &n, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    // Another CPU may have inserted the same key in between: add to that entry.
+    match map.get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: as above.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(v, n) };
+            true
+        }
+        None => false,
+    }
+}
