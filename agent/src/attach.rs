@@ -20,6 +20,7 @@ use crate::{
     report::{self, CaptureFacts, EndReason},
     symbolize::Symbolizer,
     system,
+    unwinder::UnwindRegistry,
 };
 
 /// How often the capture loop refreshes the target's memory maps and checks it is alive.
@@ -78,6 +79,8 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         Err(e) => tracing::debug!("BPF log forwarding unavailable: {e}"),
     }
     collector.add_target(target.pid)?;
+    let mut unwind = UnwindRegistry::new();
+    sync_unwind_tables(&mut collector, &mut unwind, &maps, target.pid)?;
 
     let mut flags = 0;
     if wants(ProfileKind::Offcpu) {
@@ -92,6 +95,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         block_rate_ns: args.block_rate,
     })?;
 
+    collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
     let started = SystemTime::now();
     let t0 = Instant::now();
     let mut cpus = 0;
@@ -109,7 +113,12 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         args.profile
     );
 
-    let end = capture_loop(&target, &mut maps, args.duration).await;
+    let end = capture_loop(&target, &mut maps, args.duration, |maps| {
+        if let Err(e) = sync_unwind_tables(&mut collector, &mut unwind, maps, target.pid) {
+            tracing::warn!("updating unwind tables: {e}");
+        }
+    })
+    .await;
     // Stop recording first, then note the end time for intervals still open.
     collector.set_config(Config::default())?;
     collector.stop_cpu();
@@ -211,6 +220,7 @@ async fn capture_loop(
     target: &system::ProcessInfo,
     maps: &mut MapsCache,
     duration: Duration,
+    mut on_maps: impl FnMut(&MapsCache),
 ) -> EndReason {
     let bar = progress_bar(duration);
     let start = Instant::now();
@@ -226,8 +236,9 @@ async fn capture_loop(
                 if !system::is_alive(target) {
                     break EndReason::TargetExited;
                 }
-                if let Err(e) = maps.refresh(target.pid) {
-                    tracing::debug!("refreshing maps of {}: {e}", target.pid);
+                match maps.refresh(target.pid) {
+                    Ok(()) => on_maps(maps),
+                    Err(e) => tracing::debug!("refreshing maps of {}: {e}", target.pid),
                 }
                 if let Some(bar) = &bar {
                     bar.set_position(start.elapsed().as_millis().min(duration.as_millis()) as u64);
@@ -253,6 +264,21 @@ fn progress_bar(duration: Duration) -> Option<indicatif::ProgressBar> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
+}
+
+/// Compiles unwind tables of newly mapped files and refreshes the process's mapping table in
+/// the kernel (cheap when nothing changed).
+fn sync_unwind_tables(
+    collector: &mut Collector,
+    reg: &mut UnwindRegistry,
+    maps: &MapsCache,
+    pid: u32,
+) -> Result<(), Error> {
+    let pm = reg.prepare(pid, maps);
+    for (start, rows) in reg.take_pending() {
+        collector.upload_unwind_rows(start, &rows)?;
+    }
+    collector.set_proc_mappings(pid, &pm)
 }
 
 fn check_writable(dir: &Path) -> Result<(), Error> {

@@ -18,7 +18,8 @@ use aya::{
 };
 use stallscope_common::{
     BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, OffcpuKey,
-    OffcpuValue, RunqKey, STACK_LOST, ThreadState, runq_bucket_low,
+    OffcpuValue, ProcMappings, RunqKey, STACK_LOST, ThreadState, USER_STACK_LOST, USER_STACK_NONE,
+    UnwindRow, UserStack, runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -42,6 +43,10 @@ pub struct Counters {
     pub block_events_seen: u64,
     pub block_events_recorded: u64,
     pub runq_hist_full: u64,
+    pub unwind_cfi_frames: u64,
+    pub unwind_fp_frames: u64,
+    pub unwind_truncated: u64,
+    pub user_stack_map_full: u64,
 }
 
 /// A part of a stack as read back from the kernel.
@@ -126,6 +131,8 @@ pub struct Collector {
     btf: Option<Btf>,
 }
 
+type UserStackCache = StdHashMap<u64, StackPart>;
+
 /// The monotonic clock the BPF programs use (`bpf_ktime_get_ns`), in ns.
 pub fn ktime_now() -> u64 {
     let mut ts = libc::timespec {
@@ -202,20 +209,57 @@ impl Collector {
             .map_err(|e| Error::Internal(format!("adding target {tgid}: {e}")))
     }
 
-    /// Attaches the CPU sampler: a software cpu-clock perf event at `frequency` Hz on every
-    /// online CPU. Returns the number of CPUs attached.
-    pub fn start_cpu(&mut self, frequency: u64) -> Result<usize, Error> {
-        let prog: &mut PerfEvent = self
-            .ebpf
+    /// Loads (verifies) the programs a capture needs, so attaching later is quick and the
+    /// capture window is not eaten by verification.
+    pub fn load_programs(&mut self, cpu: bool, offcpu: bool) -> Result<(), Error> {
+        if cpu {
+            let prog = self.perf_program()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|e| Error::BpfLoad(format!("cpu_sample: {e:#}")))?;
+            }
+        }
+        if offcpu {
+            if self.btf.is_none() {
+                self.btf = Some(Btf::from_sys_fs().map_err(|e| {
+                    Error::BpfLoad(format!(
+                        "reading the kernel BTF /sys/kernel/btf/vmlinux: {e}"
+                    ))
+                })?);
+            }
+            for (prog_name, tp) in OFFCPU_PROGRAMS {
+                let btf = self.btf.as_ref().expect("set above");
+                let prog: &mut BtfTracePoint = self
+                    .ebpf
+                    .program_mut(prog_name)
+                    .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?
+                    .try_into()
+                    .map_err(|e| Error::Internal(format!("{prog_name}: {e}")))?;
+                if prog.fd().is_err() {
+                    prog.load(tp, btf)
+                        .map_err(|e| Error::BpfLoad(format!("{prog_name}: {e:#}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn perf_program(&mut self) -> Result<&mut PerfEvent, Error> {
+        self.ebpf
             .program_mut("cpu_sample")
             .ok_or_else(|| Error::Internal("cpu_sample program missing".into()))?
             .try_into()
-            .map_err(|e| Error::Internal(format!("cpu_sample: {e}")))?;
-        prog.load()
-            .map_err(|e| Error::BpfLoad(format!("cpu_sample: {e:#}")))?;
+            .map_err(|e| Error::Internal(format!("cpu_sample: {e}")))
+    }
+
+    /// Attaches the CPU sampler: a software cpu-clock perf event at `frequency` Hz on every
+    /// online CPU. Returns the number of CPUs attached.
+    pub fn start_cpu(&mut self, frequency: u64) -> Result<usize, Error> {
+        self.load_programs(true, false)?;
         let cpus = online_cpus()
             .map_err(|(what, e)| Error::Internal(format!("listing online CPUs ({what}): {e}")))?;
         for cpu in &cpus {
+            let prog = self.perf_program()?;
             let link = prog
                 .attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
@@ -331,6 +375,10 @@ impl Collector {
             block_events_seen: read(Counter::BlockEventsSeen)?,
             block_events_recorded: read(Counter::BlockEventsRecorded)?,
             runq_hist_full: read(Counter::RunqHistFull)?,
+            unwind_cfi_frames: read(Counter::UnwindCfiFrames)?,
+            unwind_fp_frames: read(Counter::UnwindFpFrames)?,
+            unwind_truncated: read(Counter::UnwindTruncated)?,
+            user_stack_map_full: read(Counter::UserStackMapFull)?,
         })
     }
 
@@ -343,13 +391,14 @@ impl Collector {
         )
         .map_err(|e| Error::Internal(format!("CPU_SAMPLES map: {e}")))?;
         let mut cache: StdHashMap<i32, StackPart> = StdHashMap::new();
+        let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
             let (key, count) =
                 entry.map_err(|e| Error::Internal(format!("reading CPU_SAMPLES: {e}")))?;
             out.push(CpuRecord {
                 tgid: key.tgid,
-                user: self.stack(key.user_stack, &mut cache),
+                user: self.user_stack(key.user_stack, &mut ucache),
                 kernel: self.stack(key.kernel_stack, &mut cache),
                 count,
             });
@@ -361,6 +410,7 @@ impl Collector {
     pub fn offcpu_records(&self) -> Result<Vec<OffcpuRecord>, Error> {
         let map: HashMap<_, OffcpuKey, OffcpuValue> = self.hash_map("OFFCPU")?;
         let mut cache = StdHashMap::new();
+        let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, v) = entry.map_err(|e| Error::Internal(format!("reading OFFCPU: {e}")))?;
@@ -368,7 +418,7 @@ impl Collector {
                 tgid: k.tgid,
                 class: k.class,
                 syscall: k.syscall,
-                user: self.stack(k.user_stack, &mut cache),
+                user: self.user_stack(k.user_stack, &mut ucache),
                 kernel: self.stack(k.kernel_stack, &mut cache),
                 count: v.count,
                 total_ns: v.total_ns,
@@ -380,13 +430,13 @@ impl Collector {
     /// Reads every block-profile bucket.
     pub fn block_records(&self) -> Result<Vec<BlockRecord>, Error> {
         let map: HashMap<_, BlockKey, BlockValue> = self.hash_map("BLOCK")?;
-        let mut cache = StdHashMap::new();
+        let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, v) = entry.map_err(|e| Error::Internal(format!("reading BLOCK: {e}")))?;
             out.push(BlockRecord {
                 tgid: k.tgid,
-                user: self.stack(k.user_stack, &mut cache),
+                user: self.user_stack(k.user_stack, &mut ucache),
                 count_scaled: v.count_scaled,
                 delay_ns: v.delay_ns,
             });
@@ -416,6 +466,7 @@ impl Collector {
     pub fn open_intervals(&self) -> Result<Vec<OpenInterval>, Error> {
         let map: HashMap<_, u32, ThreadState> = self.hash_map("THREADS")?;
         let mut cache = StdHashMap::new();
+        let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
             let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
@@ -429,7 +480,7 @@ impl Collector {
                 syscall: st.syscall,
                 off_ts: st.off_ts,
                 wake_ts: st.wake_ts,
-                user: self.stack(st.user_stack, &mut cache),
+                user: self.user_stack(st.user_stack, &mut ucache),
                 kernel: self.stack(st.kernel_stack, &mut cache),
             });
         }
@@ -446,6 +497,58 @@ impl Collector {
                 .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
         )
         .map_err(|e| Error::Internal(format!("{name} map: {e}")))
+    }
+
+    /// Uploads compiled CFI rows into the shared row array at `start`.
+    pub fn upload_unwind_rows(&mut self, start: u32, rows: &[UnwindRow]) -> Result<(), Error> {
+        let mut map: Array<_, UnwindRow> = Array::try_from(
+            self.ebpf
+                .map_mut("UNWIND_ROWS")
+                .ok_or_else(|| Error::Internal("UNWIND_ROWS map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("UNWIND_ROWS map: {e}")))?;
+        for (i, row) in rows.iter().enumerate() {
+            map.set(start + i as u32, *row, 0).map_err(|e| {
+                Error::Internal(format!("writing unwind row {}: {e}", start as usize + i))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the executable-mapping table of a process for the unwinder.
+    pub fn set_proc_mappings(&mut self, tgid: u32, m: &ProcMappings) -> Result<(), Error> {
+        let mut map: HashMap<_, u32, ProcMappings> = HashMap::try_from(
+            self.ebpf
+                .map_mut("PROC_MAPPINGS")
+                .ok_or_else(|| Error::Internal("PROC_MAPPINGS map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("PROC_MAPPINGS map: {e}")))?;
+        map.insert(tgid, *m, 0)
+            .map_err(|e| Error::Internal(format!("writing the mappings of {tgid}: {e}")))
+    }
+
+    fn user_stack(&self, handle: u64, cache: &mut UserStackCache) -> StackPart {
+        if handle == USER_STACK_NONE {
+            return StackPart::Frames(Vec::new());
+        }
+        if handle == USER_STACK_LOST {
+            return StackPart::Lost;
+        }
+        if let Some(p) = cache.get(&handle) {
+            return p.clone();
+        }
+        let part = match self.hash_map::<u64, UserStack>("USER_STACKS") {
+            Ok(map) => match map.get(&handle, 0) {
+                Ok(st) => {
+                    let n = (st.len as usize).min(st.ips.len());
+                    StackPart::Frames(st.ips[..n].to_vec())
+                }
+                Err(_) => StackPart::Lost,
+            },
+            Err(_) => StackPart::Lost,
+        };
+        cache.insert(handle, part.clone());
+        part
     }
 
     fn stack(&self, id: i32, cache: &mut StdHashMap<i32, StackPart>) -> StackPart {

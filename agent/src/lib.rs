@@ -16,3 +16,4 @@ pub mod report;
 pub mod symbolize;
 pub mod system;
 pub mod unwind;
+pub mod unwinder;

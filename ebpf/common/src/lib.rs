@@ -50,6 +50,14 @@ pub enum Counter {
     /// Intervals that started before a thread's state was known (e.g. it was already off CPU
     /// when the capture began) are not counted; this counts switch-ins seen without state.
     OffcpuUnknownStart = 13,
+    /// User frames unwound with CFI rows.
+    UnwindCfiFrames = 14,
+    /// User frames unwound with frame pointers.
+    UnwindFpFrames = 15,
+    /// User stacks cut at `MAX_USER_FRAMES`.
+    UnwindTruncated = 16,
+    /// The user-stack map was full: the stack was recorded as lost.
+    UserStackMapFull = 17,
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
@@ -61,8 +69,9 @@ pub const COUNTER_SLOTS: u32 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CpuKey {
     pub tgid: u32,
-    pub user_stack: i32,
     pub kernel_stack: i32,
+    /// Hash of the user stack in `USER_STACKS`, or `USER_STACK_NONE`/`USER_STACK_LOST`.
+    pub user_stack: u64,
 }
 
 /// Stack id meaning "this part of the stack is empty" (a user-mode sample has no kernel part).
@@ -134,6 +143,8 @@ pub struct ThreadState {
     pub sys_enter_ts: u64,
     /// First syscall argument of the current syscall (the futex address for futex calls).
     pub sys_arg0: u64,
+    /// User stack at switch-out (handle into `USER_STACKS`).
+    pub user_stack: u64,
     pub tgid: u32,
     /// Current syscall number, or `NO_SYSCALL`.
     pub syscall: i32,
@@ -141,8 +152,8 @@ pub struct ThreadState {
     pub sys_arg1: u32,
     /// Class of the current off-CPU interval (`wait_class::*`).
     pub class: u32,
-    pub user_stack: i32,
     pub kernel_stack: i32,
+    pub _pad: u32,
 }
 
 /// Key of the off-CPU aggregation map.
@@ -153,9 +164,8 @@ pub struct OffcpuKey {
     pub class: u32,
     /// The syscall for `wait_class::SYSCALL` (else `NO_SYSCALL`).
     pub syscall: i32,
-    pub user_stack: i32,
     pub kernel_stack: i32,
-    pub _pad: u32,
+    pub user_stack: u64,
 }
 
 /// Count and total time of the intervals aggregated under one key.
@@ -171,7 +181,8 @@ pub struct OffcpuValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     pub tgid: u32,
-    pub user_stack: i32,
+    pub _pad: u32,
+    pub user_stack: u64,
 }
 
 /// Block-profile values with Go's sampling already applied: `count_milli` is the estimated
@@ -247,6 +258,67 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
 }
 
+/// Deepest user stack the BPF unwinder walks.
+pub const MAX_USER_FRAMES: usize = 96;
+
+/// Rows in the unwind-row array shared by all processes (16 bytes each).
+pub const UNWIND_ROWS_MAX: u32 = 1 << 20;
+
+/// Executable mappings per process the unwinder knows (sorted by `start`).
+pub const MAX_EXEC_MAPPINGS: usize = 64;
+
+/// One executable mapping of a process, for the BPF unwinder. A pc in `[start, end)` has the
+/// ELF virtual address `pc - bias` in the mapped file, whose CFI rows are
+/// `UNWIND_ROWS[rows_start .. rows_start + rows_len]` (none: frame pointers only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub rows_start: u32,
+    pub rows_len: u32,
+}
+
+/// The executable mappings of one process (value of `PROC_MAPPINGS`, keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcMappings {
+    pub count: u32,
+    pub _pad: u32,
+    pub entries: [ExecMapping; MAX_EXEC_MAPPINGS],
+}
+
+impl Default for ProcMappings {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            _pad: 0,
+            entries: [ExecMapping::default(); MAX_EXEC_MAPPINGS],
+        }
+    }
+}
+
+/// A user stack unwound in BPF, leaf first (value of `USER_STACKS`, keyed by its hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    pub len: u32,
+    /// `USTACK_*` bits.
+    pub flags: u32,
+    pub ips: [u64; MAX_USER_FRAMES],
+}
+
+/// The walk stopped at `MAX_USER_FRAMES` (the stack is truncated at the root end).
+pub const USTACK_TRUNCATED: u32 = 1;
+/// At least one frame was unwound with CFI rows (not frame pointers).
+pub const USTACK_USED_CFI: u32 = 2;
+
+/// User-stack handle meaning "no user stack" (a kernel thread) in aggregation keys.
+pub const USER_STACK_NONE: u64 = 0;
+/// User-stack handle meaning "capturing it failed" (counted).
+pub const USER_STACK_LOST: u64 = 1;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -263,6 +335,9 @@ mod pod {
     unsafe impl aya::Pod for RunqKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for ExecMapping {}
+    unsafe impl aya::Pod for ProcMappings {}
+    unsafe impl aya::Pod for UserStack {}
 }
 
 #[cfg(test)]

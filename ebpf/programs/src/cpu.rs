@@ -10,7 +10,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use stallscope_common::{AGG_MAP_ENTRIES, Counter, CpuKey};
 
-use crate::shared::{add_or_insert, count, is_target, kernel_stack, user_stack};
+use crate::{
+    shared::{add_or_insert, count, is_target, kernel_stack},
+    unwind::user_stack_handle,
+};
 
 /// Sample counts per (process, user stack, kernel stack).
 #[map]
@@ -27,8 +30,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     count(Counter::CpuSamplesTarget);
     let key = CpuKey {
         tgid,
-        user_stack: user_stack(&ctx),
         kernel_stack: kernel_stack(&ctx),
+        user_stack: user_stack_handle(tgid),
     };
     if !add_or_insert(&CPU_SAMPLES, &key, 1) {
         count(Counter::AggMapFull);

@@ -8,6 +8,7 @@
 mod cpu;
 mod offcpu;
 mod shared;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

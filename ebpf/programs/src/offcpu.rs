@@ -20,10 +20,13 @@ use aya_ebpf::{
 use stallscope_common::{
     AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_OFFCPU, Config,
     Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey, STACK_NONE, ThreadState,
-    runq_bucket, wait_class,
+    USER_STACK_NONE, runq_bucket, wait_class,
 };
 
-use crate::shared::{add_or_insert, count, is_target, kernel_stack, user_stack};
+use crate::{
+    shared::{add_or_insert, count, is_target, kernel_stack},
+    unwind::user_stack_handle,
+};
 
 /// Threads tracked at once (all target threads that are or were off CPU in the window).
 const THREAD_ENTRIES: u32 = 65536;
@@ -132,9 +135,8 @@ fn record(tgid: u32, class: u32, st: &ThreadState, ns: u64) {
         } else {
             NO_SYSCALL
         },
-        user_stack: st.user_stack,
         kernel_stack: st.kernel_stack,
-        _pad: 0,
+        user_stack: st.user_stack,
     };
     if let Some(v) = OFFCPU.get_ptr_mut(&key) {
         // SAFETY: live map value; the two adds are atomic each.
@@ -240,7 +242,7 @@ fn switch_out(
     st.off_ts = now;
     st.wake_ts = 0;
     st.tgid = tgid;
-    st.user_stack = user_stack(ctx);
+    st.user_stack = user_stack_handle(tgid);
     st.kernel_stack = kernel_stack(ctx);
     match existing {
         // SAFETY: writing back into the live map value of this thread; only this thread's
@@ -348,7 +350,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
                 sys_enter_ts: now,
                 sys_arg0: arg0,
                 sys_arg1: arg1 as u32,
-                user_stack: STACK_NONE,
+                user_stack: USER_STACK_NONE,
                 kernel_stack: STACK_NONE,
                 ..ThreadState::default()
             };
@@ -362,7 +364,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
 
 /// sys_exit(struct pt_regs *regs, long ret)
 #[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
+pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_target(tgid) {
@@ -413,7 +415,8 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     count(Counter::BlockEventsRecorded);
     let key = BlockKey {
         tgid,
-        user_stack: user_stack(&ctx),
+        _pad: 0,
+        user_stack: user_stack_handle(tgid),
     };
     if let Some(v) = BLOCK.get_ptr_mut(&key) {
         // SAFETY: live map value; each add is atomic.

@@ -3,7 +3,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{HashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
@@ -39,22 +39,6 @@ pub fn count(c: Counter) {
 pub fn is_target(tgid: u32) -> bool {
     // SAFETY: read-only presence check of a plain u32 value.
     unsafe { TARGETS.get(&tgid).is_some() }
-}
-
-/// The user-space stack of the current task, or `STACK_LOST` (counted).
-#[inline(always)]
-pub fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            if -e == EEXIST {
-                count(Counter::StackCollision);
-            } else {
-                count(Counter::UserStackLost);
-            }
-            STACK_LOST
-        }
-    }
 }
 
 /// The kernel stack of the current task: `STACK_NONE` when there is none (a sample taken in
