@@ -1,0 +1,192 @@
+//! Root tests of the off-CPU and block profiles against workloads whose waits are known:
+//! `agent attach --pid N --duration D --profile offcpu,block -o DIR` writes DIR/offcpu.pb.gz
+//! (`events/count`, `off-cpu/nanoseconds`, string label `wait_class`) and DIR/block.pb.gz
+//! (`contentions/count`, `delay/nanoseconds`, Go block-profile sampling).
+
+use agent::model::{Label, Sample};
+use stallscope_tests::*;
+
+fn attach(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
+    let pid = w.pid_str();
+    let mut args = vec![
+        "attach",
+        "--pid",
+        pid.as_str(),
+        "--duration",
+        duration,
+        "--profile",
+        profiles,
+    ];
+    args.extend_from_slice(extra);
+    let run = run_agent(&args);
+    run.assert_success();
+    run
+}
+
+fn wait_class(s: &Sample) -> Option<&str> {
+    s.labels.iter().find_map(|l| match l {
+        Label::Str(k, v) if k == "wait_class" => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+fn has_function(p: &Profile, s: &Sample, function: &str) -> bool {
+    p.frames_root_first(s).iter().any(|l| l.function == function)
+}
+
+/// Sum of `value_type` over samples whose stack contains `function` and whose wait class is
+/// `class` (any class when `None`), in seconds.
+fn seconds(p: &Profile, value_type: &str, function: &str, class: Option<&str>) -> f64 {
+    let vi = value_index(p, value_type);
+    let ns: i64 = p
+        .samples
+        .iter()
+        .filter(|s| has_function(p, s, function))
+        .filter(|s| class.is_none() || wait_class(s) == class)
+        .map(|s| s.values[vi])
+        .sum();
+    ns as f64 / 1e9
+}
+
+fn within(value: f64, want: f64, tolerance: f64, what: &str) {
+    assert!(
+        (value - want).abs() <= want * tolerance,
+        "{what}: {value:.3} s, want {want:.3} s ±{:.0}%",
+        tolerance * 100.0
+    );
+}
+
+/// A number from the agent's accounting line, e.g. `("futex waits seen", ...)`.
+fn accounting(run: &AgentRun, after_number: &str) -> u64 {
+    for line in run.stdout.lines().filter(|l| l.starts_with("accounting:")) {
+        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        for (i, w) in words.iter().enumerate() {
+            if let Ok(n) = w.parse::<u64>() {
+                let rest = words[i + 1..].join(" ");
+                if rest.starts_with(after_number) {
+                    return n;
+                }
+            }
+        }
+    }
+    panic!("no accounting figure before {after_number:?} in:\n{}", run.stdout)
+}
+
+/// A sleeping thread, a polling thread and a spinning thread in one process, all three
+/// profiles in one run: sleep and io time each ≈ the capture, under the function that waits;
+/// the CPU-bound thread has (almost) no off-CPU time and is on top of the CPU profile.
+#[test]
+fn sleep_io_and_cpu_bound_threads_are_classified() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let run = attach(&w, "5s", "cpu,offcpu,block", &[]);
+    let p = read_profile(run.file("offcpu.pb.gz"));
+    let types: Vec<(&str, &str)> = p
+        .sample_types
+        .iter()
+        .map(|v| (v.r#type.as_str(), v.unit.as_str()))
+        .collect();
+    assert_eq!(types, [("events", "count"), ("off-cpu", "nanoseconds")]);
+    let d = p.duration.as_secs_f64();
+    assert!(d > 4.5 && d < 6.0, "profile duration {d}");
+
+    let sleep = seconds(&p, "off-cpu", "sleep_forever", Some("sleep"));
+    within(sleep, d, 0.05, "sleep time under sleep_forever");
+    let io = seconds(&p, "off-cpu", "poll_forever", Some("io"));
+    within(io, d, 0.05, "io time under poll_forever");
+    // Nothing of the sleeper is classified as io or the poller as sleep.
+    assert!(seconds(&p, "off-cpu", "sleep_forever", Some("io")) < 0.01);
+    assert!(seconds(&p, "off-cpu", "poll_forever", Some("sleep")) < 0.01);
+    let spin_off = seconds(&p, "off-cpu", "spin_forever", None);
+    assert!(
+        spin_off < 0.05 * d,
+        "CPU-bound thread off CPU for {spin_off:.3} s of {d:.3} s"
+    );
+
+    // The reference reader filters by the label.
+    let io_top = go_pprof(&["-top", "-tagfocus=wait_class=io"], run.file("offcpu.pb.gz"));
+    assert!(io_top.contains("poll_forever"), "{io_top}");
+    assert!(!io_top.contains("sleep_forever"), "{io_top}");
+
+    // CPU profile from the same run: the spinner is where the CPU went.
+    let cpu = read_profile(run.file("cpu.pb.gz"));
+    let top = top_flat(&cpu, "cpu");
+    assert_eq!(top[0].0, "spin_forever", "top of the CPU profile: {top:?}");
+    // The block profile exists and is valid (this workload takes no locks).
+    let block = read_profile(run.file("block.pb.gz"));
+    assert_eq!(block.sample_types[1].r#type, "delay");
+    assert!(run.stdout.contains("by wait class"), "{}", run.stdout);
+}
+
+/// A thread hopping between the two CPUs (it sleeps on one and wakes on the other): its
+/// off-CPU time is not inflated beyond the wall-clock time, nor lost.
+#[test]
+fn migrating_thread_is_not_inflated() {
+    require_root();
+    let w = Workload::spawn("migrate", &[]);
+    let run = attach(&w, "5s", "offcpu", &[]);
+    let p = read_profile(run.file("offcpu.pb.gz"));
+    let d = p.duration.as_secs_f64();
+    let off = seconds(&p, "off-cpu", "hop_forever", None);
+    assert!(
+        off <= d * 1.02 && off >= d * 0.80,
+        "off-CPU time of the hopping thread {off:.3} s over {d:.3} s of wall time"
+    );
+    let sleep = seconds(&p, "off-cpu", "hop_forever", Some("sleep"));
+    assert!(sleep >= d * 0.5, "sleep {sleep:.3} s of {d:.3} s");
+}
+
+/// Two CPU-bound threads pinned to one CPU: each waits in the run queue about half the time.
+#[test]
+fn pinned_cpu_bound_pair_is_runnable_half_the_time() {
+    require_root();
+    let w = Workload::spawn("pinned_pair", &[]);
+    let run = attach(&w, "5s", "offcpu", &[]);
+    let p = read_profile(run.file("offcpu.pb.gz"));
+    let d = p.duration.as_secs_f64();
+    for f in ["burn_a", "burn_b"] {
+        let runnable = seconds(&p, "off-cpu", f, Some("runnable"));
+        within(runnable, d / 2.0, 0.10, &format!("runnable time of {f}"));
+    }
+    assert!(
+        run.stdout.contains("run-queue latency"),
+        "summary shows run-queue latency: {}",
+        run.stdout
+    );
+}
+
+/// `--block-rate 1ms` on a mix of ~100 µs and 10 ms futex waits estimates the same totals as
+/// `--block-rate 1` (every wait), within 15%, while recording far fewer events in the kernel.
+#[test]
+fn block_rate_sampling_is_unbiased_and_cheaper() {
+    require_root();
+    let w = Workload::spawn("futex_mix", &[]);
+    let all = attach(&w, "6s", "block", &["--block-rate", "1"]);
+    let sampled = attach(&w, "6s", "block", &["--block-rate", "1ms"]);
+    let pa = read_profile(all.file("block.pb.gz"));
+    let ps = read_profile(sampled.file("block.pb.gz"));
+    // Per second, so the two windows' small length differences don't matter.
+    let rate = |p: &Profile, t: &str| total(p, t) as f64 / p.duration.as_secs_f64();
+    for t in ["contentions", "delay"] {
+        let (a, s) = (rate(&pa, t), rate(&ps, t));
+        assert!(
+            (s - a).abs() <= 0.15 * a,
+            "{t}/s: rate 1 gives {a:.1}, rate 1ms gives {s:.1} (more than 15% apart)"
+        );
+    }
+    // Both wait kinds are there, under their functions, in the sampled profile too.
+    for p in [&pa, &ps] {
+        assert!(seconds(p, "delay", "long_wait", None) > 0.0);
+        assert!(seconds(p, "delay", "short_wait", None) > 0.0);
+    }
+    let seen_all = accounting(&all, "futex waits seen");
+    let rec_all = accounting(&all, "recorded");
+    let seen_s = accounting(&sampled, "futex waits seen");
+    let rec_s = accounting(&sampled, "recorded");
+    assert_eq!(seen_all, rec_all, "rate 1 records every wait");
+    assert!(seen_s > 1000, "the workload waits often: {seen_s}");
+    assert!(
+        (rec_s as f64) < 0.5 * seen_s as f64,
+        "rate 1ms recorded {rec_s} of {seen_s} waits: not far fewer"
+    );
+}
