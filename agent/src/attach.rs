@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use stallscope_common::{CONFIG_BLOCK, CONFIG_OFFCPU, Config, KernelOffsets};
+use stallscope_common::{CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, KernelOffsets};
 
 use crate::{
     cli::AttachArgs,
@@ -14,6 +14,7 @@ use crate::{
     error::Error,
     export,
     kbtf::KernelBtf,
+    locks,
     model::ProfileKind,
     procmaps::MapsCache,
     profiles::{self, Window},
@@ -89,10 +90,14 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     if wants(ProfileKind::Block) {
         flags |= CONFIG_BLOCK;
     }
+    if wants(ProfileKind::Mutex) {
+        flags |= CONFIG_MUTEX;
+    }
     collector.set_config(Config {
         flags,
         offcpu_min_ns: args.offcpu_min,
         block_rate_ns: args.block_rate,
+        mutex_fraction: args.mutex_fraction,
     })?;
 
     collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
@@ -158,6 +163,20 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
             &window,
         ));
     }
+    let mut lock_waiters = None;
+    if wants(ProfileKind::Mutex) {
+        let (holders, waiters) = collector.mutex_records()?;
+        raws.push(profiles::mutex_profile(
+            &holders,
+            args.mutex_fraction,
+            &window,
+        ));
+        lock_waiters = Some(profiles::mutex_profile(
+            &waiters,
+            args.mutex_fraction,
+            &window,
+        ));
+    }
     drop(collector);
 
     let facts = CaptureFacts {
@@ -171,19 +190,33 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         counters,
         profiles: args.profile.clone(),
         block_rate_ns: args.block_rate,
+        mutex_fraction: args.mutex_fraction,
         runq,
     };
 
     // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
     let out_dir = args.output.clone();
     let top_n = args.top;
+    let pid = target.pid;
     let (files, sections) = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
         let mut files = Vec::new();
         let mut sections = Vec::new();
+        let waiters = lock_waiters.map(|w| symbolizer.symbolize(w, &maps));
         for raw in raws {
             let kind = raw.kind;
-            let profile = symbolizer.symbolize(raw, &maps);
+            let mut profile = symbolizer.symbolize(raw, &maps);
+            let mut lock_section = None;
+            if let (ProfileKind::Mutex, Some(waiters)) = (kind, &waiters) {
+                lock_section = Some(prepare_mutex(
+                    &mut profile,
+                    waiters,
+                    &mut symbolizer,
+                    &maps,
+                    pid,
+                    top_n,
+                ));
+            }
             let pb = out_dir.join(format!("{}.pb.gz", kind.name()));
             export::pprof::write(&profile, &pb).map_err(|e| Error::Output {
                 path: pb.clone(),
@@ -203,7 +236,11 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
                 source,
             })?;
             files.push(folded_path);
-            sections.push(report::profile_section(&profile, top_n));
+            let mut section = report::profile_section(&profile, top_n);
+            if let Some(extra) = lock_section {
+                section.push_str(&extra);
+            }
+            sections.push(section);
         }
         Ok::<_, Error>((files, sections))
     })
@@ -212,6 +249,39 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
 
     let summary = report::render_summary(&facts, &sections, &files);
     Ok(AttachOutcome { files, summary })
+}
+
+/// Mutex profile after symbolization: drops futex words that are not locks (condition
+/// variables and such, told apart by their waiters' stacks), names locks after their symbols,
+/// and returns the "most contended locks" part of the summary.
+fn prepare_mutex(
+    profile: &mut crate::model::Profile,
+    waiters: &crate::model::Profile,
+    symbolizer: &mut Symbolizer,
+    maps: &MapsCache,
+    pid: u32,
+    top_n: usize,
+) -> String {
+    let not_locks = locks::non_lock_words(waiters);
+    let removed = locks::drop_words(profile, &not_locks);
+    let mut waiters = waiters.clone();
+    locks::drop_words(&mut waiters, &not_locks);
+    let mut names = std::collections::HashMap::new();
+    for s in &profile.samples {
+        if let Some(l) = locks::lock_of(s)
+            && !names.contains_key(l)
+            && let Ok(addr) = u64::from_str_radix(l.trim_start_matches("0x"), 16)
+            && let Some(sym) = symbolizer.data_symbol(pid, addr, maps)
+        {
+            names.insert(l.to_string(), sym);
+        }
+    }
+    locks::name_locks(profile, &names);
+    profile.comments.push(format!(
+        "{removed} wake-ups of {} non-lock futex words (condition variables, semaphores, joins) left out",
+        not_locks.len()
+    ));
+    report::locks_section(profile, &waiters, &names, top_n.min(5))
 }
 
 /// Waits for the capture window to end: duration elapsed, Ctrl-C, or the target exited.

@@ -39,7 +39,7 @@ pub struct AttachArgs {
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Profiles to take, comma separated: cpu, offcpu, block.
+    /// Profiles to take, comma separated: cpu, offcpu, block, mutex.
     #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_profile)]
     pub profile: Vec<ProfileKind>,
 
@@ -48,6 +48,11 @@ pub struct AttachArgs {
     /// Takes ns or a duration (100us, 1ms); at most 4s.
     #[arg(long, default_value = "100us", value_parser = parse_nanos)]
     pub block_rate: u64,
+
+    /// Mutex profile fraction, like Go's SetMutexProfileFraction: 1 in N contention events is
+    /// recorded (decided in the kernel) and its values multiplied by N.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mutex_fraction: u64,
 
     /// Ignore off-CPU intervals shorter than this (ns or a duration such as 10us).
     #[arg(long, default_value = "0", value_parser = parse_nanos)]
@@ -106,12 +111,9 @@ pub fn parse_profile(s: &str) -> Result<ProfileKind, String> {
         "cpu" => Ok(ProfileKind::Cpu),
         "offcpu" => Ok(ProfileKind::Offcpu),
         "block" => Ok(ProfileKind::Block),
-        "mutex" => Err(
-            "the mutex profile is not available in this version yet; available: cpu, offcpu, block"
-                .into(),
-        ),
+        "mutex" => Ok(ProfileKind::Mutex),
         other => Err(format!(
-            "unknown profile {other:?}; available: cpu, offcpu, block"
+            "unknown profile {other:?}; available: cpu, offcpu, block, mutex"
         )),
     }
 }

@@ -9,6 +9,7 @@ pub mod collect;
 pub mod error;
 pub mod export;
 pub mod kbtf;
+pub mod locks;
 pub mod model;
 pub mod procmaps;
 pub mod profiles;

@@ -31,6 +31,7 @@ pub struct CaptureFacts {
     pub counters: Counters,
     pub profiles: Vec<ProfileKind>,
     pub block_rate_ns: u64,
+    pub mutex_fraction: u64,
     pub runq: Option<RunqStats>,
 }
 
@@ -178,7 +179,15 @@ pub fn profile_section(p: &Profile, top_n: usize) -> String {
             );
         }
         ProfileKind::Mutex => {
-            let _ = writeln!(s, "Mutex profile:");
+            let n = p
+                .value_index("contentions")
+                .map(|i| p.total(i))
+                .unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "Mutex profile: {n} contentions, {} of waiting caused, charged to the lock holders' stacks (where they released the lock)",
+                human_ns(total.max(0) as u64)
+            );
         }
     }
     if p.samples.is_empty() || total == 0 {
@@ -224,6 +233,52 @@ fn offcpu_by_class(s: &mut String, p: &Profile, vi: usize, total: i64) {
     }
 }
 
+/// "Most contended locks": each lock with its symbol, delay, and top holder and waiter stacks.
+pub fn locks_section(
+    mutex: &Profile,
+    waiters: &Profile,
+    names: &std::collections::HashMap<String, String>,
+    n: usize,
+) -> String {
+    let mut s = String::new();
+    let top = crate::locks::top_locks(mutex, waiters, names, n, 3);
+    if top.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "  most contended locks:");
+    for l in &top {
+        let name = l
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "    lock {}{name}: {} of delay caused, {} contentions",
+            l.lock,
+            human_ns(l.delay_ns.max(0) as u64),
+            l.contentions
+        );
+        for (v, i) in &l.holders {
+            let _ = writeln!(
+                s,
+                "      held by   {:>10}  {}",
+                human_ns(*v as u64),
+                stack_brief(mutex, &mutex.samples[*i], 4)
+            );
+        }
+        for (v, i) in &l.waiters {
+            let _ = writeln!(
+                s,
+                "      waited in {:>10}  {}",
+                human_ns(*v as u64),
+                stack_brief(waiters, &waiters.samples[*i], 4)
+            );
+        }
+    }
+    s
+}
+
 /// The whole summary.
 pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) -> String {
     let mut s = String::new();
@@ -254,6 +309,13 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             s,
             "accounting: {} switch-outs of target threads, {} off-CPU intervals recorded, {} shorter than --offcpu-min",
             c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_below_min
+        );
+    }
+    if f.profiles.contains(&ProfileKind::Mutex) {
+        let _ = writeln!(
+            s,
+            "accounting: {} lock releases with waiters, {} recorded (mutex fraction {}); lock table full {}",
+            c.mutex_events_seen, c.mutex_events_recorded, f.mutex_fraction, c.lock_table_full
         );
     }
     if f.profiles.contains(&ProfileKind::Block) {
@@ -327,6 +389,7 @@ mod tests {
             },
             profiles: vec![ProfileKind::Cpu],
             block_rate_ns: 1,
+            mutex_fraction: 1,
             runq: None,
         };
         let s = render_summary(&f, &[], &[PathBuf::from("out/cpu.pb.gz")]);

@@ -74,6 +74,41 @@ impl Symbolizer {
         }
     }
 
+    /// The ELF symbol (a global or static variable such as `big_lock`, with `+off` when inside
+    /// it) at the data address `addr` of process `pid`, found through the files it maps.
+    pub fn data_symbol(&mut self, pid: u32, addr: u64, maps: &MapsCache) -> Option<String> {
+        let mut seen = std::collections::HashSet::new();
+        for m in maps.mappings(pid) {
+            if m.is_pseudo() || !seen.insert(m.file_id()) {
+                continue;
+            }
+            let path = m.open_path()?;
+            let Ok(segments) = crate::unwinder::load_segments(&path) else {
+                continue;
+            };
+            let Some(bias) = crate::unwinder::mapping_bias(&segments, m.start, m.offset) else {
+                continue;
+            };
+            let vaddr = addr.wrapping_sub(bias);
+            if !segments
+                .iter()
+                .any(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.memsz)
+            {
+                continue;
+            }
+            let src = Source::Elf(Elf::new(&path));
+            let Ok(sym) = self.inner.symbolize_single(&src, Input::VirtOffset(vaddr)) else {
+                return None;
+            };
+            return match sym {
+                Symbolized::Sym(Sym { name, offset, .. }) if offset == 0 => Some(name.to_string()),
+                Symbolized::Sym(Sym { name, offset, .. }) => Some(format!("{name}+{offset:#x}")),
+                _ => None,
+            };
+        }
+        None
+    }
+
     /// Symbolizes every stack of `raw`. Never fails: what cannot be resolved gets a placeholder
     /// name. Identical (pid, address) pairs share one [`Location`]; each cached mapping used gets
     /// one [`Mapping`] (main binaries first), plus one [`KERNEL_MAPPING_FILE`] mapping.

@@ -14,6 +14,8 @@ pub struct Segment {
     pub offset: u64,
     pub vaddr: u64,
     pub filesz: u64,
+    /// Size in memory (larger than `filesz` where `.bss` follows).
+    pub memsz: u64,
 }
 
 /// Reads the PT_LOAD program headers of a 64-bit little-endian ELF file.
@@ -51,6 +53,7 @@ pub fn parse_segments(
                 offset: u64_at(ph, 8),
                 vaddr: u64_at(ph, 16),
                 filesz: u64_at(ph, 32),
+                memsz: u64_at(ph, 40),
             });
         }
     }
@@ -210,11 +213,13 @@ mod tests {
                 offset: 0,
                 vaddr: 0,
                 filesz: 0x600,
+                memsz: 0x600,
             },
             Segment {
                 offset: 0x1000,
                 vaddr: 0x1000,
                 filesz: 0x2000,
+                memsz: 0x2000,
             },
         ];
         let bias = mapping_bias(&segs, 0x5555_5555_5000, 0x1000).unwrap();
@@ -224,6 +229,7 @@ mod tests {
             offset: 0x1000,
             vaddr: 0x401000,
             filesz: 0x1000,
+            memsz: 0x1000,
         }];
         let bias = mapping_bias(&segs, 0x401000, 0x1000).unwrap();
         assert_eq!(0x401234u64.wrapping_sub(bias), 0x401234);

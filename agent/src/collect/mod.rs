@@ -2,6 +2,7 @@
 //! reads the kernel's aggregation maps into plain data ([`CpuRecord`], [`Counters`]).
 //! Everything downstream (model, symbolize, export) is testable without root.
 
+
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
@@ -17,9 +18,9 @@ use aya::{
     util::online_cpus,
 };
 use stallscope_common::{
-    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, OffcpuKey,
-    OffcpuValue, ProcMappings, RunqKey, STACK_LOST, ThreadState, USER_STACK_LOST, USER_STACK_NONE,
-    UnwindRow, UserStack, runq_bucket_low,
+    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, MutexKey,
+    MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, STACK_LOST, ThreadState,
+    USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -47,6 +48,9 @@ pub struct Counters {
     pub unwind_fp_frames: u64,
     pub unwind_truncated: u64,
     pub user_stack_map_full: u64,
+    pub mutex_events_seen: u64,
+    pub mutex_events_recorded: u64,
+    pub lock_table_full: u64,
 }
 
 /// A part of a stack as read back from the kernel.
@@ -88,6 +92,17 @@ pub struct BlockRecord {
     pub user: StackPart,
     /// Estimated contentions × `BLOCK_COUNT_SCALE`.
     pub count_scaled: u64,
+    pub delay_ns: u64,
+}
+
+/// Mutex-profile bucket: a futex word and a stack (the releasing thread's for holders, the
+/// waiting thread's for waiters), values already weighted by the mutex fraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutexRecord {
+    pub tgid: u32,
+    pub uaddr: u64,
+    pub user: StackPart,
+    pub count: u64,
     pub delay_ns: u64,
 }
 
@@ -379,6 +394,9 @@ impl Collector {
             unwind_fp_frames: read(Counter::UnwindFpFrames)?,
             unwind_truncated: read(Counter::UnwindTruncated)?,
             user_stack_map_full: read(Counter::UserStackMapFull)?,
+            mutex_events_seen: read(Counter::MutexEventsSeen)?,
+            mutex_events_recorded: read(Counter::MutexEventsRecorded)?,
+            lock_table_full: read(Counter::LockTableFull)?,
         })
     }
 
@@ -442,6 +460,27 @@ impl Collector {
             });
         }
         Ok(out)
+    }
+
+    /// Reads the mutex profile: (delay by releasing stack, waits by waiting stack).
+    pub fn mutex_records(&self) -> Result<(Vec<MutexRecord>, Vec<MutexRecord>), Error> {
+        let mut ucache = UserStackCache::new();
+        let mut read = |name: &str| -> Result<Vec<MutexRecord>, Error> {
+            let map: HashMap<_, MutexKey, MutexValue> = self.hash_map(name)?;
+            let mut out = Vec::new();
+            for entry in map.iter() {
+                let (k, v) = entry.map_err(|e| Error::Internal(format!("reading {name}: {e}")))?;
+                out.push(MutexRecord {
+                    tgid: k.tgid,
+                    uaddr: k.uaddr,
+                    user: self.user_stack(k.user_stack, &mut ucache),
+                    count: v.count,
+                    delay_ns: v.delay_ns,
+                });
+            }
+            Ok(out)
+        };
+        Ok((read("MUTEX")?, read("LOCK_WAITERS")?))
     }
 
     /// Reads the run-queue latency histogram.

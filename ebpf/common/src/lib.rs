@@ -58,6 +58,12 @@ pub enum Counter {
     UnwindTruncated = 16,
     /// The user-stack map was full: the stack was recorded as lost.
     UserStackMapFull = 17,
+    /// Futex wakes that ended a span with waiting time to charge (mutex profile candidates).
+    MutexEventsSeen = 18,
+    /// ... of which were kept by `--mutex-fraction` sampling and recorded.
+    MutexEventsRecorded = 19,
+    /// The lock table (`LOCKS`) was full: a futex word's waiters were not tracked.
+    LockTableFull = 20,
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
@@ -153,8 +159,12 @@ pub struct ThreadState {
     /// Class of the current off-CPU interval (`wait_class::*`).
     pub class: u32,
     pub kernel_stack: i32,
-    pub _pad: u32,
+    /// `THREAD_*` flags.
+    pub flags: u32,
 }
+
+/// The thread's current futex wait was counted as a waiter in `LOCKS`.
+pub const THREAD_LOCK_WAITER: u32 = 1;
 
 /// Key of the off-CPU aggregation map.
 #[repr(C)]
@@ -242,10 +252,57 @@ pub struct Config {
     pub offcpu_min_ns: u64,
     /// Go's block-profile rate in ns (`SetBlockProfileRate`); ≤ 1 records every event.
     pub block_rate_ns: u64,
+    /// Go's mutex-profile fraction (`SetMutexProfileFraction`): 1 in N contention events is
+    /// kept and weighted by N. 0 or 1 keeps all.
+    pub mutex_fraction: u64,
 }
 
 pub const CONFIG_OFFCPU: u64 = 1;
 pub const CONFIG_BLOCK: u64 = 2;
+pub const CONFIG_MUTEX: u64 = 4;
+
+/// A futex word of a process (a lock, a condition variable, ...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub uaddr: u64,
+}
+
+/// Waiters of one futex word, kept so that the waiting time they accumulate can be charged to
+/// whoever ends each span by waking them. With `W(t) = sum_end - sum_start + (n_start - n_end)·t`
+/// (wrapping arithmetic), `W` is the total waiter-time so far: every field is updated with an
+/// atomic add, and a release charges `W(now) - charged`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockState {
+    pub n_start: u64,
+    pub n_end: u64,
+    pub sum_start: u64,
+    pub sum_end: u64,
+    /// `W` at the last release.
+    pub charged: u64,
+}
+
+/// Key of the mutex-profile maps: a futex word and a stack (the releasing thread's in
+/// `MUTEX`, the waiting thread's in `LOCK_WAITERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MutexKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub uaddr: u64,
+    pub user_stack: u64,
+}
+
+/// Contention events and delay (already multiplied by the mutex fraction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MutexValue {
+    pub count: u64,
+    pub delay_ns: u64,
+}
 
 /// Kernel structure offsets the agent reads from the kernel's BTF and passes to the programs
 /// as constants (a hand-rolled CO-RE: aya-ebpf has no field relocations for Rust).
@@ -319,6 +376,7 @@ pub const USER_STACK_NONE: u64 = 0;
 /// User-stack handle meaning "capturing it failed" (counted).
 pub const USER_STACK_LOST: u64 = 1;
 
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -338,6 +396,10 @@ mod pod {
     unsafe impl aya::Pod for ExecMapping {}
     unsafe impl aya::Pod for ProcMappings {}
     unsafe impl aya::Pod for UserStack {}
+    unsafe impl aya::Pod for LockKey {}
+    unsafe impl aya::Pod for LockState {}
+    unsafe impl aya::Pod for MutexKey {}
+    unsafe impl aya::Pod for MutexValue {}
 }
 
 #[cfg(test)]

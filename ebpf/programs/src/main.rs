@@ -6,6 +6,7 @@
 #![feature(core_intrinsics)]
 
 mod cpu;
+mod mutex;
 mod offcpu;
 mod shared;
 mod unwind;

@@ -18,12 +18,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use stallscope_common::{
-    AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_OFFCPU, Config,
-    Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey, STACK_NONE, ThreadState,
-    USER_STACK_NONE, runq_bucket, wait_class,
+    AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX,
+    CONFIG_OFFCPU, Config, Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey,
+    STACK_NONE, THREAD_LOCK_WAITER, ThreadState, USER_STACK_NONE, runq_bucket, wait_class,
 };
 
 use crate::{
+    mutex,
     shared::{add_or_insert, count, is_target, kernel_stack},
     unwind::user_stack_handle,
 };
@@ -73,6 +74,10 @@ const FUTEX_LOCK_PI: u32 = 6;
 const FUTEX_WAIT_BITSET: u32 = 9;
 const FUTEX_WAIT_REQUEUE_PI: u32 = 11;
 const FUTEX_LOCK_PI2: u32 = 13;
+const FUTEX_WAKE: u32 = 1;
+const FUTEX_WAKE_OP: u32 = 5;
+const FUTEX_UNLOCK_PI: u32 = 7;
+const FUTEX_WAKE_BITSET: u32 = 10;
 
 // task states (prev_state of sched_switch).
 const TASK_UNINTERRUPTIBLE: u32 = 0x2;
@@ -110,6 +115,14 @@ fn is_futex_wait(op: u32) -> bool {
     matches!(
         op & FUTEX_CMD_MASK,
         FUTEX_WAIT | FUTEX_WAIT_BITSET | FUTEX_LOCK_PI | FUTEX_LOCK_PI2 | FUTEX_WAIT_REQUEUE_PI
+    )
+}
+
+#[inline(always)]
+fn is_futex_wake(op: u32) -> bool {
+    matches!(
+        op & FUTEX_CMD_MASK,
+        FUTEX_WAKE | FUTEX_WAKE_BITSET | FUTEX_WAKE_OP | FUTEX_UNLOCK_PI
     )
 }
 
@@ -334,6 +347,20 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     let arg1: u64 =
         unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_SI) as *const u64) }.unwrap_or(0);
     let now = unsafe { bpf_ktime_get_ns() };
+    let mut flags = 0;
+    if id as i32 == SYS_FUTEX {
+        let cfg = config();
+        if cfg.flags & CONFIG_MUTEX != 0 {
+            let op = arg1 as u32;
+            if is_futex_wait(op) {
+                if mutex::wait_begin(tgid, arg0, now) {
+                    flags |= THREAD_LOCK_WAITER;
+                }
+            } else if is_futex_wake(op) {
+                mutex::release(&cfg, tgid, arg0);
+            }
+        }
+    }
     match THREADS.get_ptr_mut(&tid) {
         Some(p) => {
             // SAFETY: live map value of this thread.
@@ -342,6 +369,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
             st.sys_enter_ts = now;
             st.sys_arg0 = arg0;
             st.sys_arg1 = arg1 as u32;
+            st.flags = flags;
         }
         None => {
             let st = ThreadState {
@@ -352,10 +380,15 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
                 sys_arg1: arg1 as u32,
                 user_stack: USER_STACK_NONE,
                 kernel_stack: STACK_NONE,
+                flags,
                 ..ThreadState::default()
             };
             if THREADS.insert(&tid, &st, 0).is_err() {
                 count(Counter::ThreadMapFull);
+                if flags & THREAD_LOCK_WAITER != 0 {
+                    // Untracked thread: undo its waiter count so the lock's books balance.
+                    mutex::wait_end(&config(), tgid, arg0, now, 0);
+                }
             }
         }
     }
@@ -379,10 +412,18 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     let syscall = st.syscall;
     let enter = st.sys_enter_ts;
     let op = st.sys_arg1;
+    let uaddr = st.sys_arg0;
+    let lock_waiter = st.flags & THREAD_LOCK_WAITER != 0;
     st.syscall = NO_SYSCALL;
     st.sys_enter_ts = 0;
+    st.flags = 0;
     if enter == 0 {
         return 0;
+    }
+    let cfg = config();
+    let now = unsafe { bpf_ktime_get_ns() };
+    if lock_waiter {
+        mutex::wait_end(&cfg, tgid, uaddr, now, now.saturating_sub(enter));
     }
     let waits = match syscall {
         SYS_FUTEX => is_futex_wait(op),
@@ -392,12 +433,10 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     if !waits {
         return 0;
     }
-    let cfg = config();
     if cfg.flags & CONFIG_BLOCK == 0 {
         return 0;
     }
     count(Counter::BlockEventsSeen);
-    let now = unsafe { bpf_ktime_get_ns() };
     let d = now.saturating_sub(enter).max(1);
     let rate = cfg.block_rate_ns;
     // Go >= 1.17: keep with probability min(1, d/rate); a kept event adds

@@ -1,0 +1,228 @@
+//! Lock analysis on symbolized profiles: which futex words are locks (and which are condition
+//! variables, semaphores, joins, idle parking), and the most contended locks with their holder
+//! and waiter stacks. Pure functions of [`Profile`]s.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::model::{Label, Profile, Sample};
+
+/// Functions that wait on a futex word that is not a lock: the kernel cannot tell them apart,
+/// the waiter's stack can.
+const NOT_LOCK_WAITS: &[&str] = &[
+    "pthread_cond_wait",
+    "pthread_cond_timedwait",
+    "pthread_cond_clockwait",
+    "__pthread_cond_wait_common",
+    "sem_wait",
+    "sem_timedwait",
+    "sem_clockwait",
+    "__new_sem_wait_slow",
+    "pthread_barrier_wait",
+    "pthread_join",
+    "__pthread_clockjoin_ex",
+    "runtime.notesleep",
+    "runtime.notetsleep_internal",
+    "std::sync::condvar",
+    "Condvar::wait",
+];
+
+/// The `lock` label of a sample.
+pub fn lock_of(s: &Sample) -> Option<&str> {
+    s.labels.iter().find_map(|l| match l {
+        Label::Str(k, v) if k == "lock" => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+/// Lock addresses (labels) whose waiters waited in something other than a lock: condition
+/// variables, semaphores, barriers, joins, Go's idle M parking.
+pub fn non_lock_words(waiters: &Profile) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for s in &waiters.samples {
+        let Some(lock) = lock_of(s) else { continue };
+        let not_lock = waiters
+            .frames_root_first(s)
+            .iter()
+            .any(|l| NOT_LOCK_WAITS.iter().any(|f| l.function.contains(f)));
+        if not_lock {
+            out.insert(lock.to_string());
+        }
+    }
+    out
+}
+
+/// Removes samples of non-lock words from a mutex (or waiters) profile; returns how many
+/// contention events were removed.
+pub fn drop_words(p: &mut Profile, words: &HashSet<String>) -> i64 {
+    let ci = p.value_index("contentions").unwrap_or(0);
+    let mut removed = 0;
+    p.samples.retain(|s| match lock_of(s) {
+        Some(l) if words.contains(l) => {
+            removed += s.values[ci];
+            false
+        }
+        _ => true,
+    });
+    removed
+}
+
+/// Adds a `lock_name` label (the lock's symbol) to samples whose lock has one.
+pub fn name_locks(p: &mut Profile, names: &HashMap<String, String>) {
+    for s in &mut p.samples {
+        let name = lock_of(s).and_then(|l| names.get(l)).cloned();
+        if let Some(n) = name {
+            s.labels.push(Label::Str("lock_name".into(), n));
+        }
+    }
+}
+
+/// One contended lock for the summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockSummary {
+    pub lock: String,
+    pub name: Option<String>,
+    pub delay_ns: i64,
+    pub contentions: i64,
+    /// (delay, sample) of the releasing stacks, largest first.
+    pub holders: Vec<(i64, usize)>,
+    /// (wait time, sample index in the waiters profile), largest first.
+    pub waiters: Vec<(i64, usize)>,
+}
+
+/// The `n` locks with the most delay, each with its top `k` holder and waiter stacks.
+pub fn top_locks(
+    mutex: &Profile,
+    waiters: &Profile,
+    names: &HashMap<String, String>,
+    n: usize,
+    k: usize,
+) -> Vec<LockSummary> {
+    let di = mutex.value_index("delay").unwrap_or(1);
+    let ci = mutex.value_index("contentions").unwrap_or(0);
+    let wdi = waiters.value_index("delay").unwrap_or(1);
+    let mut by_lock: BTreeMap<&str, LockSummary> = BTreeMap::new();
+    for (i, s) in mutex.samples.iter().enumerate() {
+        let Some(lock) = lock_of(s) else { continue };
+        let e = by_lock.entry(lock).or_insert_with(|| LockSummary {
+            lock: lock.to_string(),
+            name: names.get(lock).cloned(),
+            delay_ns: 0,
+            contentions: 0,
+            holders: vec![],
+            waiters: vec![],
+        });
+        e.delay_ns += s.values[di];
+        e.contentions += s.values[ci];
+        e.holders.push((s.values[di], i));
+    }
+    for (i, s) in waiters.samples.iter().enumerate() {
+        if let Some(e) = lock_of(s).and_then(|l| by_lock.get_mut(l)) {
+            e.waiters.push((s.values[wdi], i));
+        }
+    }
+    let mut out: Vec<LockSummary> = by_lock.into_values().collect();
+    out.sort_by(|a, b| b.delay_ns.cmp(&a.delay_ns));
+    out.truncate(n);
+    for l in &mut out {
+        l.holders.sort_by(|a, b| b.0.cmp(&a.0));
+        l.holders.truncate(k);
+        l.waiters.sort_by(|a, b| b.0.cmp(&a.0));
+        l.waiters.truncate(k);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Line, Location, ProfileKind, ValueType};
+    use std::time::{Duration, SystemTime};
+
+    fn profile(samples: Vec<(&str, &str, i64)>) -> Profile {
+        // One location per distinct function name.
+        let mut locations = Vec::new();
+        let mut index = HashMap::new();
+        let samples = samples
+            .into_iter()
+            .map(|(lock, func, v)| {
+                let li = *index.entry(func.to_string()).or_insert_with(|| {
+                    locations.push(Location {
+                        address: locations.len() as u64 + 1,
+                        mapping: None,
+                        lines: vec![Line {
+                            function: func.into(),
+                            system_name: None,
+                            file: None,
+                            line: None,
+                        }],
+                        kernel: false,
+                    });
+                    locations.len() - 1
+                });
+                Sample {
+                    locations: vec![li],
+                    values: vec![1, v],
+                    labels: vec![Label::Str("lock".into(), lock.into())],
+                }
+            })
+            .collect();
+        Profile {
+            kind: ProfileKind::Mutex,
+            sample_types: vec![
+                ValueType::new("contentions", "count"),
+                ValueType::new("delay", "nanoseconds"),
+            ],
+            default_sample_type: Some("delay".into()),
+            period_type: ValueType::new("contentions", "count"),
+            period: 1,
+            start: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_secs(1),
+            samples,
+            locations,
+            mappings: vec![],
+            comments: vec![],
+        }
+    }
+
+    #[test]
+    fn condition_variables_are_not_locks() {
+        let waiters = profile(vec![
+            ("0x10", "__lll_lock_wait", 5),
+            ("0x20", "___pthread_cond_wait", 7),
+            ("0x30", "runtime.notesleep", 1),
+        ]);
+        let words = non_lock_words(&waiters);
+        assert_eq!(
+            words,
+            HashSet::from(["0x20".to_string(), "0x30".to_string()])
+        );
+        let mut mutex = profile(vec![("0x10", "slow", 100), ("0x20", "signaler", 50)]);
+        assert_eq!(drop_words(&mut mutex, &words), 1);
+        assert_eq!(mutex.samples.len(), 1);
+    }
+
+    #[test]
+    fn top_locks_rank_by_delay_with_holders() {
+        let mutex = profile(vec![
+            ("0x10", "slow_section", 900),
+            ("0x10", "fast_section", 100),
+            ("0x20", "other", 300),
+        ]);
+        let waiters = profile(vec![("0x10", "worker", 1000), ("0x20", "w2", 300)]);
+        let names = HashMap::from([("0x10".to_string(), "big_lock".to_string())]);
+        let mut named = mutex.clone();
+        name_locks(&mut named, &names);
+        assert!(
+            named.samples[0]
+                .labels
+                .contains(&Label::Str("lock_name".into(), "big_lock".into()))
+        );
+        let top = top_locks(&mutex, &waiters, &names, 5, 3);
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0].lock, "0x10");
+        assert_eq!(top[0].name.as_deref(), Some("big_lock"));
+        assert_eq!(top[0].delay_ns, 1000);
+        assert_eq!(top[0].holders[0].0, 900);
+        assert_eq!(top[0].waiters.len(), 1);
+    }
+}

@@ -1,0 +1,177 @@
+//! Mutex profile: delay charged to the critical section that caused it (Go >= 1.22 semantics).
+//!
+//! Per futex word we track its waiters ([`LockState`]). The delay a holder causes is the sum,
+//! over the waiters blocked while it held the lock, of their waiting time in that span; the span
+//! ends when the holder releases the lock by waking a waiter (`FUTEX_WAKE`, `FUTEX_WAKE_BITSET`,
+//! `FUTEX_WAKE_OP`, `FUTEX_UNLOCK_PI`), and its delay is charged to the releasing thread's stack.
+//! So a slow holder that makes three threads queue is charged for all three waits, not the
+//! innocent fast holder that happens to perform the next wake-up.
+//!
+//! Condition variables also wait and wake on futex words; the kernel cannot tell them apart, so
+//! it records them too, with the waiters' stacks (`LOCK_WAITERS`), and the agent classifies each
+//! word by those stacks (a word waited on in `pthread_cond_wait` is a condition, not a lock).
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::HashMap,
+};
+use stallscope_common::{
+    AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue,
+};
+
+use crate::{shared::count, unwind::user_stack_handle};
+
+/// Futex words with waiters seen in the window.
+#[map]
+static LOCKS: HashMap<LockKey, LockState> = HashMap::with_max_entries(16384, 0);
+
+/// Delay by (futex word, releasing thread's stack).
+#[map]
+static MUTEX: HashMap<MutexKey, MutexValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+
+/// Waits by (futex word, waiting thread's stack): the waiter side of each word.
+#[map]
+static LOCK_WAITERS: HashMap<MutexKey, MutexValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+
+#[inline(always)]
+fn xadd(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a live map value; the add is atomic across CPUs.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// 1-in-`fraction` sampling (Go's `SetMutexProfileFraction`): the weight of a kept event, or
+/// `None` to skip it.
+#[inline(always)]
+fn sample(cfg: &Config) -> Option<u64> {
+    let n = cfg.mutex_fraction;
+    if n <= 1 {
+        return Some(1);
+    }
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() } as u64;
+    if r % n == 0 { Some(n) } else { None }
+}
+
+#[inline(always)]
+fn add_value(map: &HashMap<MutexKey, MutexValue>, key: &MutexKey, count_n: u64, delay: u64) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: live map value.
+        unsafe {
+            xadd(&raw mut (*v).count, count_n);
+            xadd(&raw mut (*v).delay_ns, delay);
+        }
+    } else if map
+        .insert(
+            key,
+            &MutexValue {
+                count: count_n,
+                delay_ns: delay,
+            },
+            0,
+        )
+        .is_err()
+    {
+        count(Counter::AggMapFull);
+    }
+}
+
+/// A target thread starts waiting on the futex word `uaddr`. Returns whether it was counted
+/// (its end must then be reported with [`wait_end`]).
+#[inline(always)]
+pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
+    let key = LockKey {
+        tgid,
+        _pad: 0,
+        uaddr,
+    };
+    let p = match LOCKS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let _ = LOCKS.insert(&key, &LockState::default(), 1 /* BPF_NOEXIST */);
+            match LOCKS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    count(Counter::LockTableFull);
+                    return false;
+                }
+            }
+        }
+    };
+    // SAFETY: live map value.
+    unsafe {
+        xadd(&raw mut (*p).sum_start, now);
+        xadd(&raw mut (*p).n_start, 1);
+    }
+    true
+}
+
+/// A counted waiter stops waiting (woken, timed out or interrupted) after `waited` ns.
+#[inline(always)]
+pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) {
+    let key = LockKey {
+        tgid,
+        _pad: 0,
+        uaddr,
+    };
+    if let Some(p) = LOCKS.get_ptr_mut(&key) {
+        // SAFETY: live map value.
+        unsafe {
+            xadd(&raw mut (*p).sum_end, now);
+            xadd(&raw mut (*p).n_end, 1);
+        }
+    }
+    if let Some(weight) = sample(cfg) {
+        let k = MutexKey {
+            tgid,
+            _pad: 0,
+            uaddr,
+            user_stack: user_stack_handle(tgid),
+        };
+        add_value(&LOCK_WAITERS, &k, weight, waited.wrapping_mul(weight));
+    }
+}
+
+/// A target thread wakes waiters of `uaddr`: it ends the span; charge the waiting time
+/// accumulated since the last release to its stack.
+#[inline(always)]
+pub fn release(cfg: &Config, tgid: u32, uaddr: u64) {
+    let key = LockKey {
+        tgid,
+        _pad: 0,
+        uaddr,
+    };
+    let Some(p) = LOCKS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: live map value; a torn read against a concurrent waiter update is off by at most
+    // that waiter's (near-zero) time so far.
+    let st = unsafe { &mut *p };
+    let active = st.n_start.wrapping_sub(st.n_end);
+    let w = st
+        .sum_end
+        .wrapping_sub(st.sum_start)
+        .wrapping_add(active.wrapping_mul(now));
+    let delay = w.wrapping_sub(st.charged);
+    st.charged = w;
+    // Anything implausible (a torn read) is dropped rather than charged.
+    if delay == 0 || delay > 1u64 << 50 {
+        return;
+    }
+    count(Counter::MutexEventsSeen);
+    let Some(weight) = sample(cfg) else {
+        return;
+    };
+    count(Counter::MutexEventsRecorded);
+    let k = MutexKey {
+        tgid,
+        _pad: 0,
+        uaddr,
+        user_stack: user_stack_handle(tgid),
+    };
+    add_value(&MUTEX, &k, weight, delay.wrapping_mul(weight));
+}
