@@ -1,0 +1,133 @@
+//! Running commands: print each one before it runs, name it when it fails.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The target directory xtask builds into. Always `<workspace>/target`, whatever
+/// `CARGO_TARGET_DIR` xtask itself was built with, so `target/release/agent` is where the README
+/// and the tests expect it.
+pub fn target_dir() -> PathBuf {
+    workspace_root().join("target")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `cargo` through rustup's proxy (so `+nightly` works), run from the workspace root, building
+/// into `<workspace>/target`.
+pub fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root());
+    c.env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+fn quote(s: &OsStr) -> String {
+    let s = s.to_string_lossy();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A command as a shell line: `K=V program args`. `CARGO_TARGET_DIR` is left out: every cargo
+/// command xtask runs sets it to `<workspace>/target`, printing it each time is noise.
+pub fn display(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in cmd.get_envs() {
+        if k == "CARGO_TARGET_DIR" {
+            continue;
+        }
+        if let Some(v) = v {
+            parts.push(format!("{}={}", k.to_string_lossy(), quote(v)));
+        }
+    }
+    parts.push(quote(cmd.get_program()));
+    parts.extend(cmd.get_args().map(quote));
+    parts.join(" ")
+}
+
+/// Prints the command, runs it with inherited stdio, and fails naming it unless it succeeds.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    println!("$ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    check(status, &shown)
+}
+
+pub fn check(status: ExitStatus, shown: &str) -> Result<()> {
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("command failed ({status}): {shown}")
+    }
+}
+
+/// Runs a probe quietly and returns its stdout, or `None` if it could not run or failed.
+pub fn probe(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Looks a program up in `PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether `out` exists and is newer than every one of `inputs`.
+pub fn up_to_date(out: &Path, inputs: &[PathBuf]) -> bool {
+    let Ok(out_time) = out.metadata().and_then(|m| m.modified()) else {
+        return false;
+    };
+    inputs.iter().all(|i| {
+        i.metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < out_time)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_what_the_shell_would_split() {
+        let mut c = Command::new("cargo");
+        c.args([
+            "install",
+            "bpf-linker",
+            "--features",
+            "llvm-22,no-llvm-linking",
+        ]);
+        c.env("RUSTFLAGS", "-L /x -l dylib=LLVM-22");
+        c.env("CARGO_TARGET_DIR", "/t");
+        assert_eq!(
+            display(&c),
+            "RUSTFLAGS='-L /x -l dylib=LLVM-22' cargo install bpf-linker --features llvm-22,no-llvm-linking"
+        );
+    }
+}
