@@ -52,6 +52,10 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", pkg.manifest_path))?;
+    // aya-build forwards every line the nested cargo prints to stderr as a cargo warning; its
+    // "Compiling ..." progress is noise (compiler errors still arrive through its JSON output).
+    // SAFETY: the build script is single-threaded here.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: pkg.name.as_str(),

@@ -121,12 +121,12 @@ pub fn top_locks(
         }
     }
     let mut out: Vec<LockSummary> = by_lock.into_values().collect();
-    out.sort_by(|a, b| b.delay_ns.cmp(&a.delay_ns));
+    out.sort_by_key(|l| std::cmp::Reverse(l.delay_ns));
     out.truncate(n);
     for l in &mut out {
-        l.holders.sort_by(|a, b| b.0.cmp(&a.0));
+        l.holders.sort_by_key(|h| std::cmp::Reverse(h.0));
         l.holders.truncate(k);
-        l.waiters.sort_by(|a, b| b.0.cmp(&a.0));
+        l.waiters.sort_by_key(|w| std::cmp::Reverse(w.0));
         l.waiters.truncate(k);
     }
     out

@@ -388,7 +388,7 @@ mod tests {
             user: StackPart::Frames(vec![1]),
             kernel: StackPart::Frames(vec![]),
         };
-        let r = close_open_intervals(&[o.clone()], 170, 0);
+        let r = close_open_intervals(std::slice::from_ref(&o), 170, 0);
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].class, r[0].total_ns), (wait_class::FUTEX, 50));
         assert_eq!((r[1].class, r[1].total_ns), (wait_class::RUNNABLE, 20));

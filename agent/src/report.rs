@@ -87,12 +87,12 @@ pub fn stack_brief(p: &Profile, s: &Sample, depth: usize) -> String {
 
 /// The top stacks of a profile by one value column, optionally restricted to samples for
 /// which `filter` holds.
-fn top_stacks<'a>(
-    p: &'a Profile,
+fn top_stacks(
+    p: &Profile,
     vi: usize,
     n: usize,
     filter: impl Fn(&Sample) -> bool,
-) -> Vec<(i64, &'a Sample)> {
+) -> Vec<(i64, &Sample)> {
     let mut v: Vec<(i64, &Sample)> = p
         .samples
         .iter()
@@ -100,7 +100,7 @@ fn top_stacks<'a>(
         .map(|s| (s.values[vi], s))
         .filter(|(x, _)| *x > 0)
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|x| std::cmp::Reverse(x.0));
     v.truncate(n);
     v
 }
@@ -209,7 +209,7 @@ fn offcpu_by_class(s: &mut String, p: &Profile, vi: usize, total: i64) {
             .or_default() += smp.values[vi];
     }
     let mut classes: Vec<(String, i64)> = by_class.into_iter().collect();
-    classes.sort_by(|a, b| b.1.cmp(&a.1));
+    classes.sort_by_key(|c| std::cmp::Reverse(c.1));
     let _ = writeln!(s, "  by wait class:");
     for (class, ns) in &classes {
         let _ = writeln!(

@@ -101,7 +101,9 @@ impl Symbolizer {
                 return None;
             };
             return match sym {
-                Symbolized::Sym(Sym { name, offset, .. }) if offset == 0 => Some(name.to_string()),
+                Symbolized::Sym(Sym {
+                    name, offset: 0, ..
+                }) => Some(name.to_string()),
                 Symbolized::Sym(Sym { name, offset, .. }) => Some(format!("{name}+{offset:#x}")),
                 _ => None,
             };

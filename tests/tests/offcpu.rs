@@ -97,10 +97,29 @@ fn sleep_io_and_cpu_bound_threads_are_classified() {
     // Nothing of the sleeper is classified as io or the poller as sleep.
     assert!(seconds(&p, "off-cpu", "sleep_forever", Some("io")) < 0.01);
     assert!(seconds(&p, "off-cpu", "poll_forever", Some("sleep")) < 0.01);
+    // The CPU-bound thread never blocks: its only off-CPU time is waiting for a CPU when
+    // preempted, and that plus its CPU time (from the CPU profile, an independent mechanism)
+    // accounts for the wall time.
     let spin_off = seconds(&p, "off-cpu", "spin_forever", None);
+    let spin_runnable = seconds(&p, "off-cpu", "spin_forever", Some("runnable"));
     assert!(
-        spin_off < 0.05 * d,
-        "CPU-bound thread off CPU for {spin_off:.3} s of {d:.3} s"
+        spin_off - spin_runnable < 0.01 * d,
+        "CPU-bound thread blocked for {:.3} s of {d:.3} s",
+        spin_off - spin_runnable
+    );
+    let cpu = read_profile(run.file("cpu.pb.gz"));
+    let spin_cpu: i64 = cpu
+        .samples
+        .iter()
+        .filter(|s| has_function(&cpu, s, "spin_forever"))
+        .map(|s| s.values[value_index(&cpu, "cpu")])
+        .sum();
+    let spin_cpu = spin_cpu as f64 / 1e9;
+    within(
+        spin_cpu + spin_runnable,
+        d,
+        0.05,
+        "CPU time + run-queue time of the CPU-bound thread",
     );
 
     // The reference reader filters by the label.
@@ -109,7 +128,6 @@ fn sleep_io_and_cpu_bound_threads_are_classified() {
     assert!(!io_top.contains("sleep_forever"), "{io_top}");
 
     // CPU profile from the same run: the spinner is where the CPU went.
-    let cpu = read_profile(run.file("cpu.pb.gz"));
     let top = top_flat(&cpu, "cpu");
     assert_eq!(top[0].0, "spin_forever", "top of the CPU profile: {top:?}");
     // The block profile exists and is valid (this workload takes no locks).

@@ -52,7 +52,7 @@ fn sample(cfg: &Config) -> Option<u64> {
     }
     // SAFETY: helper without arguments.
     let r = unsafe { bpf_get_prandom_u32() } as u64;
-    if r % n == 0 { Some(n) } else { None }
+    if r.is_multiple_of(n) { Some(n) } else { None }
 }
 
 #[inline(always)]
@@ -66,7 +66,7 @@ fn add_value(map: &HashMap<MutexKey, MutexValue>, key: &MutexKey, count_n: u64, 
     } else if map
         .insert(
             key,
-            &MutexValue {
+            MutexValue {
                 count: count_n,
                 delay_ns: delay,
             },
@@ -87,11 +87,11 @@ pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
         _pad: 0,
         uaddr,
     };
-    let p = match LOCKS.get_ptr_mut(&key) {
+    let p = match LOCKS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
-            let _ = LOCKS.insert(&key, &LockState::default(), 1 /* BPF_NOEXIST */);
-            match LOCKS.get_ptr_mut(&key) {
+            let _ = LOCKS.insert(key, LockState::default(), 1 /* BPF_NOEXIST */);
+            match LOCKS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     count(Counter::LockTableFull);
@@ -116,7 +116,7 @@ pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) {
         _pad: 0,
         uaddr,
     };
-    if let Some(p) = LOCKS.get_ptr_mut(&key) {
+    if let Some(p) = LOCKS.get_ptr_mut(key) {
         // SAFETY: live map value.
         unsafe {
             xadd(&raw mut (*p).sum_end, now);
@@ -143,7 +143,7 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64) {
         _pad: 0,
         uaddr,
     };
-    let Some(p) = LOCKS.get_ptr_mut(&key) else {
+    let Some(p) = LOCKS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: helper without arguments.

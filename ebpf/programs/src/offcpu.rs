@@ -151,7 +151,7 @@ fn record(tgid: u32, class: u32, st: &ThreadState, ns: u64) {
         kernel_stack: st.kernel_stack,
         user_stack: st.user_stack,
     };
-    if let Some(v) = OFFCPU.get_ptr_mut(&key) {
+    if let Some(v) = OFFCPU.get_ptr_mut(key) {
         // SAFETY: live map value; the two adds are atomic each.
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
@@ -166,8 +166,8 @@ fn record(tgid: u32, class: u32, st: &ThreadState, ns: u64) {
         count(Counter::OffcpuRecorded);
     } else if OFFCPU
         .insert(
-            &key,
-            &OffcpuValue {
+            key,
+            OffcpuValue {
                 count: 1,
                 total_ns: ns,
             },
@@ -214,11 +214,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
 
     // Switch-in of next: close its interval if we saw it leave.
-    if let Some(next_tid) = task_pid(next) {
-        if next_tid != 0 {
+    if let Some(next_tid) = task_pid(next)
+        && next_tid != 0 {
             switch_in(next_tid, now, cfg.offcpu_min_ns);
         }
-    }
     0
 }
 
@@ -233,7 +232,7 @@ fn switch_out(
 ) {
     count(Counter::OffcpuSwitchOut);
     let state = prev_state & 0xff_ffff;
-    let existing = THREADS.get_ptr_mut(&tid);
+    let existing = THREADS.get_ptr_mut(tid);
     let mut st = match existing {
         // SAFETY: copy of a live map value.
         Some(p) => unsafe { *p },
@@ -262,7 +261,7 @@ fn switch_out(
         // own switch-out and the wakeup path write it.
         Some(p) => unsafe { *p = st },
         None => {
-            if THREADS.insert(&tid, &st, 0).is_err() {
+            if THREADS.insert(tid, st, 0).is_err() {
                 count(Counter::ThreadMapFull);
             }
         }
@@ -271,7 +270,7 @@ fn switch_out(
 
 #[inline(always)]
 fn switch_in(tid: u32, now: u64, min_ns: u64) {
-    let Some(p) = THREADS.get_ptr_mut(&tid) else {
+    let Some(p) = THREADS.get_ptr_mut(tid) else {
         return;
     };
     // SAFETY: live map value of this thread.
@@ -320,7 +319,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
     let Some(tid) = task_pid(task) else {
         return 0;
     };
-    if let Some(p) = THREADS.get_ptr_mut(&tid) {
+    if let Some(p) = THREADS.get_ptr_mut(tid) {
         // SAFETY: live map value.
         let st = unsafe { &mut *p };
         if st.off_ts != 0 && st.wake_ts == 0 {
@@ -361,7 +360,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
             }
         }
     }
-    match THREADS.get_ptr_mut(&tid) {
+    match THREADS.get_ptr_mut(tid) {
         Some(p) => {
             // SAFETY: live map value of this thread.
             let st = unsafe { &mut *p };
@@ -383,7 +382,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
                 flags,
                 ..ThreadState::default()
             };
-            if THREADS.insert(&tid, &st, 0).is_err() {
+            if THREADS.insert(tid, st, 0).is_err() {
                 count(Counter::ThreadMapFull);
                 if flags & THREAD_LOCK_WAITER != 0 {
                     // Untracked thread: undo its waiter count so the lock's books balance.
@@ -404,7 +403,7 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let Some(p) = THREADS.get_ptr_mut(&tid) else {
+    let Some(p) = THREADS.get_ptr_mut(tid) else {
         return 0;
     };
     // SAFETY: live map value of this thread.
@@ -457,7 +456,7 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
         _pad: 0,
         user_stack: user_stack_handle(tgid),
     };
-    if let Some(v) = BLOCK.get_ptr_mut(&key) {
+    if let Some(v) = BLOCK.get_ptr_mut(key) {
         // SAFETY: live map value; each add is atomic.
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
@@ -471,8 +470,8 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
         }
     } else if BLOCK
         .insert(
-            &key,
-            &BlockValue {
+            key,
+            BlockValue {
                 count_scaled,
                 delay_ns: delay,
             },
@@ -489,6 +488,6 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = THREADS.remove(&tid);
+    let _ = THREADS.remove(tid);
     0
 }

@@ -38,7 +38,7 @@ pub fn count(c: Counter) {
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     // SAFETY: read-only presence check of a plain u32 value.
-    unsafe { TARGETS.get(&tgid).is_some() }
+    unsafe { TARGETS.get(tgid).is_some() }
 }
 
 /// The kernel stack of the current task: `STACK_NONE` when there is none (a sample taken in
@@ -69,7 +69,7 @@ pub fn add_or_insert<K>(map: &HashMap<K, u64>, key: &K, n: u64) -> bool {
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(v, n) };
         return true;
     }
-    if map.insert(key, &n, BPF_NOEXIST as u64).is_ok() {
+    if map.insert(key, n, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
     // Another CPU may have inserted the same key in between: add to that entry.

@@ -162,7 +162,7 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
     // SAFETY: per-CPU scratch value, used only within this program run.
     let st = unsafe { &mut *st };
     // SAFETY: read-only lookup of this process's mapping table (may be absent: FP only).
-    let maps = unsafe { PROC_MAPPINGS.get(&tgid) };
+    let maps = unsafe { PROC_MAPPINGS.get(tgid) };
     st.len = 0;
     st.flags = 0;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -232,7 +232,7 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         hash += 2;
     }
     // SAFETY: presence check only.
-    if unsafe { USER_STACKS.get(&hash) }.is_none() && USER_STACKS.insert(&hash, st, 0).is_err() {
+    if unsafe { USER_STACKS.get(hash) }.is_none() && USER_STACKS.insert(hash, st, 0).is_err() {
         count(Counter::UserStackMapFull);
         return USER_STACK_LOST;
     }
