@@ -62,11 +62,21 @@ pub fn parse_segments(
 
 /// `bias` such that `vaddr = addr - bias` for a mapping of the file at `start` with file
 /// offset `offset`, using the PT_LOAD segment that holds that offset.
+///
+/// The loader maps each segment from its page-aligned file offset, so the segment whose
+/// offset rounds down to `offset` is the one mapped there. Linkers that pack segments (lld,
+/// the default for Rust) start the text segment in the page where the read-only segment ends:
+/// both hold `offset`, and the earlier one would give a bias off by a page.
 pub fn mapping_bias(segments: &[Segment], start: u64, offset: u64) -> Option<u64> {
-    let seg = segments.iter().find(|s| {
+    let holds = |s: &&Segment| {
         let page_off = s.offset & !0xfff;
         offset >= page_off && offset < s.offset + s.filesz.max(1)
-    })?;
+    };
+    let seg = segments
+        .iter()
+        .filter(holds)
+        .find(|s| s.offset & !0xfff == offset)
+        .or_else(|| segments.iter().rfind(|s| holds(s)))?;
     Some(
         start
             .wrapping_sub(offset)
