@@ -26,6 +26,36 @@ pub struct Cli {
 pub enum Command {
     /// Profile one running process for a while and write pprof files, folded stacks and a summary.
     Attach(AttachArgs),
+    /// Print a thread dump of a running process without stopping it: every thread's state, time
+    /// in state, user and kernel stack, and pthread-mutex deadlocks (reported first).
+    Dump(DumpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Process to dump (every thread of it).
+    #[arg(short, long)]
+    pub pid: u32,
+
+    /// Output format: text (like a Go goroutine dump) or json (schema in docs/dump-schema.md).
+    #[arg(long, value_enum, default_value_t = DumpFormat::Text)]
+    pub format: DumpFormat,
+
+    /// Text detail, like Go's debug=N: 2 prints every thread, 1 groups threads with identical
+    /// state and stack, with counts.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub debug: u8,
+
+    /// Write the dump to DIR/dump.txt (or DIR/dump.json) instead of printing it.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+/// `agent dump --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -152,7 +182,9 @@ mod tests {
     fn profiles_list() {
         let cli =
             Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "cpu"]).unwrap();
-        let Command::Attach(a) = cli.command;
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach")
+        };
         assert_eq!(a.profile, vec![ProfileKind::Cpu]);
         let cli = Cli::try_parse_from([
             "agent",
@@ -163,7 +195,9 @@ mod tests {
             "cpu,offcpu,block",
         ])
         .unwrap();
-        let Command::Attach(a) = cli.command;
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach")
+        };
         assert_eq!(
             a.profile,
             vec![ProfileKind::Cpu, ProfileKind::Offcpu, ProfileKind::Block]
@@ -172,5 +206,33 @@ mod tests {
             Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "gpu"]).is_err()
         );
         assert!(Cli::try_parse_from(["agent", "attach"]).is_err());
+    }
+
+    #[test]
+    fn dump_args() {
+        let cli = Cli::try_parse_from(["agent", "dump", "--pid", "7"]).unwrap();
+        let Command::Dump(d) = cli.command else {
+            panic!("not dump")
+        };
+        assert_eq!(
+            (d.pid, d.format, d.debug, d.output),
+            (7, DumpFormat::Text, 2, None)
+        );
+        let cli = Cli::try_parse_from([
+            "agent", "dump", "-p", "7", "--format", "json", "--debug", "1", "-o", "/tmp/x",
+        ])
+        .unwrap();
+        let Command::Dump(d) = cli.command else {
+            panic!("not dump")
+        };
+        assert_eq!((d.format, d.debug), (DumpFormat::Json, 1));
+        assert_eq!(d.output, Some(PathBuf::from("/tmp/x")));
+        for bad in [
+            &["agent", "dump"][..],
+            &["agent", "dump", "--pid", "7", "--debug", "3"],
+            &["agent", "dump", "--pid", "7", "--format", "xml"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 }

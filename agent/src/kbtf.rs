@@ -159,17 +159,47 @@ impl KernelBtf {
         })
     }
 
+    /// Byte offset of a nested member in `struct name`: `["sched_info", "last_arrival"]` is
+    /// the offset of `sched_info` plus that of `last_arrival` inside `sched_info`'s type. Each
+    /// step looks into anonymous struct/union members like [`Self::member_offset`].
+    pub fn member_path_offset(&self, r#struct: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let ids = self
+            .by_name
+            .get(r#struct)
+            .ok_or_else(|| BtfError::NoStruct(r#struct.into()))?;
+        'candidates: for &id in ids {
+            let (mut ty, mut bits) = (id, 0);
+            for member in path {
+                match self.find_member(ty, member, bits) {
+                    Some((b, type_id)) => (ty, bits) = (self.resolve(type_id), b),
+                    None => continue 'candidates,
+                }
+            }
+            return Ok(bits / 8);
+        }
+        Err(BtfError::NoMember {
+            strukt: r#struct.into(),
+            member: path.join("."),
+        })
+    }
+
     fn find(&self, id: u32, member: &str, base_bits: u32) -> Option<u32> {
+        self.find_member(id, member, base_bits)
+            .map(|(bits, _)| bits)
+    }
+
+    /// Bit offset and type id of `member` of type `id`, looking into anonymous members.
+    fn find_member(&self, id: u32, member: &str, base_bits: u32) -> Option<(u32, u32)> {
         let t = self.types.get(id as usize)?;
         for m in &t.members {
             if m.name == member {
-                return Some(base_bits + m.bit_offset);
+                return Some((base_bits + m.bit_offset, m.type_id));
             }
         }
         for m in t.members.iter().filter(|m| m.name.is_empty()) {
             let inner = self.resolve(m.type_id);
-            if let Some(bits) = self.find(inner, member, base_bits + m.bit_offset) {
-                return Some(bits);
+            if let Some(found) = self.find_member(inner, member, base_bits + m.bit_offset) {
+                return Some(found);
             }
         }
         None
@@ -238,6 +268,7 @@ mod tests {
         let btf = KernelBtf::parse(&blob()).unwrap();
         assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "pid").unwrap(), 8);
+        assert_eq!(btf.member_path_offset("outer", &["pid"]).unwrap(), 8);
         assert!(matches!(
             btf.member_offset("outer", "nope"),
             Err(BtfError::NoMember { .. })
@@ -260,5 +291,23 @@ mod tests {
         let pid = btf.member_offset("task_struct", "pid").unwrap();
         let tgid = btf.member_offset("task_struct", "tgid").unwrap();
         assert_eq!(tgid, pid + 4, "pid and tgid are adjacent in task_struct");
+        let se = btf.member_offset("task_struct", "se").unwrap();
+        let sum = btf
+            .member_path_offset("task_struct", &["se", "sum_exec_runtime"])
+            .unwrap();
+        assert_eq!(
+            sum,
+            se + btf
+                .member_offset("sched_entity", "sum_exec_runtime")
+                .unwrap()
+        );
+        assert_eq!(
+            btf.member_path_offset("task_struct", &["pid"]).unwrap(),
+            pid
+        );
+        assert!(
+            btf.member_path_offset("task_struct", &["se", "nope"])
+                .is_err()
+        );
     }
 }

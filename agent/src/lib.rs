@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod cli;
 pub mod collect;
+pub mod dump;
 pub mod error;
 pub mod export;
 pub mod kbtf;

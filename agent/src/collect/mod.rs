@@ -3,6 +3,8 @@
 //! Everything downstream (model, symbolize, export) is testable without root.
 
 
+pub mod dump;
+
 use std::collections::HashMap as StdHashMap;
 
 use aya::{

@@ -376,6 +376,8 @@ pub const USER_STACK_NONE: u64 = 0;
 /// User-stack handle meaning "capturing it failed" (counted).
 pub const USER_STACK_LOST: u64 = 1;
 
+/// Thread dumps (the `dump_task` task iterator).
+pub mod dump;
 
 #[cfg(feature = "user")]
 mod pod {

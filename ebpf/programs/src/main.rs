@@ -6,6 +6,7 @@
 #![feature(core_intrinsics)]
 
 mod cpu;
+mod dump;
 mod mutex;
 mod offcpu;
 mod shared;

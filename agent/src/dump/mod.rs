@@ -1,0 +1,281 @@
+//! Thread dumps of an unmodified, running process: every thread's state, time in state, user
+//! and kernel stack and start routine, plus pthread-mutex deadlocks, without stopping it (no
+//! ptrace, no signal). `agent dump --pid N`; also a library call for `agent attach` triggers.
+//!
+//! How (docs/ARCHITECTURE.md, "Thread dumps"):
+//! 1. The BPF task iterator (`ebpf/programs/src/dump.rs`, via [`Collector::dump_tasks`]) reads
+//!    each thread's scheduler state, saved user registers and kernel stack in one pass, in the
+//!    agent's own context. Threads blocked long before the agent started are there like the
+//!    others: nothing depends on having seen them block.
+//! 2. User stacks are unwound here ([`stack`]) from those registers with `.eh_frame` CFI,
+//!    reading the target's memory through `/proc/PID/mem`.
+//! 3. Symbolization ([`Symbolizer`]), then the state ([`state`]), what a futex waiter waits on
+//!    and who holds it, and the wait-for graph's cycles ([`waitfor`]).
+//! 4. Text ([`text`]) or JSON (serde of [`model::Dump`], docs/dump-schema.md).
+
+pub mod capture;
+pub mod model;
+pub mod stack;
+pub mod state;
+pub mod text;
+pub mod trigger;
+pub mod waitfor;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use stallscope_common::dump::DumpOffsets;
+
+use crate::cli::{DumpArgs, DumpFormat};
+use crate::collect::Collector;
+use crate::error::Error;
+use crate::kbtf::{BtfError, KernelBtf};
+use crate::procmaps::MapsCache;
+use crate::symbolize::Symbolizer;
+use crate::{attach, system};
+
+pub use capture::take_dump;
+pub use model::Dump;
+pub use text::Detail;
+
+/// How many threads the summary lists as longest blocked.
+pub const LONGEST_BLOCKED: usize = 5;
+
+/// `task_struct` member offsets of the running kernel for the task iterator (read from its BTF
+/// once per agent process).
+pub fn kernel_offsets() -> Result<DumpOffsets, Error> {
+    static OFFSETS: OnceLock<Result<DumpOffsets, String>> = OnceLock::new();
+    OFFSETS
+        .get_or_init(|| {
+            let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
+            offsets_from(&btf).map_err(|e| format!("{e} (needed for thread dumps)"))
+        })
+        .clone()
+        .map_err(Error::BpfLoad)
+}
+
+fn offsets_from(btf: &KernelBtf) -> Result<DumpOffsets, BtfError> {
+    let off = |path: &[&str]| btf.member_path_offset("task_struct", path);
+    Ok(DumpOffsets {
+        pid: off(&["pid"])?,
+        tgid: off(&["tgid"])?,
+        // Renamed from `state` in Linux 5.14.
+        state: off(&["__state"]).or_else(|_| off(&["state"]))?,
+        exit_state: off(&["exit_state"])?,
+        flags: off(&["flags"])?,
+        on_cpu: off(&["on_cpu"])?,
+        on_rq: off(&["on_rq"])?,
+        cpu: off(&["thread_info", "cpu"]).or_else(|_| off(&["cpu"]))?,
+        comm: off(&["comm"])?,
+        start_time: off(&["start_time"])?,
+        nvcsw: off(&["nvcsw"])?,
+        nivcsw: off(&["nivcsw"])?,
+        pcount: off(&["sched_info", "pcount"])?,
+        last_arrival: off(&["sched_info", "last_arrival"])?,
+        last_queued: off(&["sched_info", "last_queued"])?,
+        exec_start: off(&["se", "exec_start"])?,
+        sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
+        prev_sum_exec_runtime: off(&["se", "prev_sum_exec_runtime"])?,
+    })
+}
+
+/// Threads counted by state, and the longest-blocked ones.
+pub fn summarize(threads: &[model::Thread]) -> model::Summary {
+    let mut counts: HashMap<model::State, usize> = HashMap::new();
+    for t in threads {
+        *counts.entry(t.state).or_default() += 1;
+    }
+    let mut by_state: Vec<model::StateCount> = counts
+        .into_iter()
+        .map(|(state, count)| model::StateCount { state, count })
+        .collect();
+    by_state.sort_by_key(|c| (std::cmp::Reverse(c.count), c.state));
+    let mut blocked: Vec<model::BlockedThread> = threads
+        .iter()
+        .filter(|t| t.state.is_blocked())
+        .filter_map(|t| {
+            Some(model::BlockedThread {
+                tid: t.tid,
+                name: t.name.clone(),
+                state: t.state,
+                in_state_ns: t.in_state_ns?,
+            })
+        })
+        .collect();
+    blocked.sort_by_key(|b| (std::cmp::Reverse(b.in_state_ns), b.tid));
+    blocked.truncate(LONGEST_BLOCKED);
+    model::Summary {
+        threads: threads.len(),
+        by_state,
+        longest_blocked: blocked,
+    }
+}
+
+/// The dump in the requested format.
+pub fn render(dump: &Dump, format: DumpFormat, detail: Detail) -> String {
+    match format {
+        DumpFormat::Text => text::render(dump, detail),
+        DumpFormat::Json => {
+            let mut s = serde_json::to_string_pretty(dump).expect("the model serializes");
+            s.push('\n');
+            s
+        }
+    }
+}
+
+fn extension(format: DumpFormat) -> &'static str {
+    match format {
+        DumpFormat::Text => "txt",
+        DumpFormat::Json => "json",
+    }
+}
+
+/// Writes `dir/name` (creating `dir`), returning its path.
+fn write_into(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Output {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(name);
+    std::fs::write(&path, contents).map_err(|source| Error::Output {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Takes a dump of `pid` and writes it to `dir/dump-<pid>-<unix ms>.<txt|json>` (the call for
+/// triggers in a running `agent attach`, where several dumps share one directory). Returns
+/// the file written.
+pub fn write_dump(
+    collector: &mut Collector,
+    pid: u32,
+    maps: &MapsCache,
+    symbolizer: &mut Symbolizer,
+    dir: &Path,
+    format: DumpFormat,
+    detail: Detail,
+) -> Result<PathBuf, Error> {
+    let dump = take_dump(collector, pid, maps, symbolizer)?;
+    let name = format!("dump-{pid}-{}.{}", dump.taken_at_unix_ms, extension(format));
+    write_into(dir, &name, &render(&dump, format, detail))
+}
+
+/// `agent dump`: returns what to print on stdout (the dump, or with `-o` where it was written).
+pub fn run(args: &DumpArgs) -> Result<String, Error> {
+    system::check_privileges()?;
+    system::check_btf()?;
+    let target = system::process_info(args.pid)?;
+    if target.tgid != target.pid {
+        return Err(Error::Usage(format!(
+            "{} is a thread of process {}; pass the process id: --pid {}",
+            target.pid, target.tgid, target.tgid
+        )));
+    }
+    let mut maps = MapsCache::new();
+    maps.refresh(target.pid)
+        .map_err(|_| Error::NoSuchProcess(target.pid))?;
+    let mut collector = Collector::load(attach::kernel_offsets()?)?;
+    let mut symbolizer = Symbolizer::new();
+    let dump = take_dump(&mut collector, target.pid, &maps, &mut symbolizer)?;
+    let detail = if args.debug == 1 {
+        Detail::Grouped
+    } else {
+        Detail::EveryThread
+    };
+    let out = render(&dump, args.format, detail);
+    match &args.output {
+        None => Ok(out),
+        Some(dir) => {
+            let path = write_into(dir, &format!("dump.{}", extension(args.format)), &out)?;
+            Ok(format!(
+                "wrote the dump of {} threads to {}\n",
+                dump.threads.len(),
+                path.display()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::State;
+    use waitfor::tests::{thread, waiting};
+
+    #[test]
+    fn summary_counts_and_longest_blocked() {
+        let mut threads = vec![thread(1, "main")];
+        for i in 0..7 {
+            let mut t = waiting(10 + i, "w", 0x10, "l", 1);
+            t.in_state_ns = Some(u64::from(i) * 1000);
+            threads.push(t);
+        }
+        let mut running = thread(2, "spin");
+        running.state = State::Running;
+        running.in_state_ns = Some(u64::MAX);
+        threads.push(running);
+        let s = summarize(&threads);
+        assert_eq!(s.threads, 9);
+        assert_eq!(
+            s.by_state
+                .iter()
+                .map(|c| (c.state, c.count))
+                .collect::<Vec<_>>(),
+            vec![
+                (State::FutexWait, 7),
+                (State::Running, 1),
+                (State::Sleep, 1)
+            ]
+        );
+        // Running threads are not "blocked"; the 1 s sleeper is the longest.
+        assert_eq!(
+            s.longest_blocked.iter().map(|b| b.tid).collect::<Vec<_>>(),
+            vec![1, 16, 15, 14, 13]
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut t = waiting(101, "worker-1", 0xa0, "lock_a", 102);
+        t.created = Some(model::Created {
+            start_routine: None,
+            started_at_unix_ms: 5,
+            age_ns: 6,
+        });
+        let threads = vec![t, waiting(102, "worker-2", 0xb0, "lock_b", 101)];
+        let dump = Dump {
+            schema_version: model::SCHEMA_VERSION,
+            pid: 100,
+            process_name: "bank".into(),
+            exe: None,
+            taken_at: "2026-05-01T12:00:00.000Z".into(),
+            taken_at_unix_ms: 1,
+            deadlocks: waitfor::find_deadlocks(&threads),
+            summary: summarize(&threads),
+            threads,
+            notes: vec!["a note".into()],
+            timings: model::Timings::default(),
+        };
+        let json = render(&dump, DumpFormat::Json, Detail::EveryThread);
+        let back: Dump = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, dump);
+        // The documented spelling of states and wait objects.
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["threads"][0]["state"], "futex_wait");
+        assert_eq!(v["threads"][0]["wait"]["object"], "mutex");
+        assert_eq!(v["threads"][0]["wait"]["address"], "0xa0");
+        assert_eq!(v["deadlocks"][0]["cycle"][1]["owner_tid"], 101);
+        assert_eq!(v["schema_version"], 1);
+    }
+
+    #[test]
+    fn this_kernel_has_every_offset() {
+        let btf = KernelBtf::from_sys_fs().expect("BTF is present on these machines");
+        let o = offsets_from(&btf).unwrap();
+        assert_eq!(o.tgid, o.pid + 4);
+        assert!(o.last_queued > o.last_arrival, "{o:?}");
+        assert!(o.prev_sum_exec_runtime > o.sum_exec_runtime, "{o:?}");
+    }
+}

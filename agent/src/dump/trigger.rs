@@ -1,0 +1,396 @@
+//! `agent attach --dump-when COND`: when to write a thread dump of the target by itself, and a
+//! rate limit so a condition that keeps holding does not write a dump at every check (pure).
+//!
+//! Syntax: comma-separated terms, e.g. `state=futex,threads>=8,for=30s,every=5m`:
+//! - `state=S[|S...]`: the states counted (`futex`, `io`, `sleep`, `syscall`, `disk`,
+//!   `runnable`, `running`, `stopped`, `traced`, `zombie`, `idle`, `sleeping`, or `blocked` for
+//!   every state but running and runnable). Default: `blocked`.
+//! - `threads>=N` (also `>`, `=`, `<=`, `<`): how many threads must be in those states.
+//!   Default: `threads>=1`.
+//! - `for=T`: count only threads that have been in the state at least T (`500ms`, `30s`,
+//!   `2m`). Default: 0.
+//! - `deadlock`: instead of counting, holds when the wait-for graph has a cycle (this needs a
+//!   full dump at each check, the counting conditions only the kernel's task iterator).
+//! - `every=T`: at most one dump per T. Default: 1m.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use super::model::{Dump, State};
+
+/// How the count of matching threads is compared with `threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Ge,
+    Gt,
+    Eq,
+    Le,
+    Lt,
+}
+
+impl Cmp {
+    fn holds(self, a: usize, b: usize) -> bool {
+        match self {
+            Cmp::Ge => a >= b,
+            Cmp::Gt => a > b,
+            Cmp::Eq => a == b,
+            Cmp::Le => a <= b,
+            Cmp::Lt => a < b,
+        }
+    }
+}
+
+/// What the condition looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Count threads in `states` (empty: every blocked state) for at least `min_in_state`.
+    Threads {
+        states: Vec<State>,
+        cmp: Cmp,
+        threads: usize,
+        min_in_state: Duration,
+    },
+    /// A deadlock (a cycle of threads waiting for each other).
+    Deadlock,
+}
+
+/// A parsed `--dump-when`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpWhen {
+    pub condition: Condition,
+    /// Minimum time between two dumps.
+    pub every: Duration,
+}
+
+/// Default minimum time between two triggered dumps.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
+
+/// One thread as a trigger sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadObs {
+    pub state: State,
+    pub in_state_ns: Option<u64>,
+}
+
+fn parse_state(s: &str) -> Result<Option<State>, String> {
+    Ok(Some(match s.trim() {
+        "blocked" => return Ok(None),
+        "futex" | "futex_wait" | "futex wait" => State::FutexWait,
+        "io" | "io_wait" | "io wait" => State::IoWait,
+        "sleep" => State::Sleep,
+        "syscall" => State::Syscall,
+        "disk" => State::Disk,
+        "runnable" => State::Runnable,
+        "running" => State::Running,
+        "stopped" => State::Stopped,
+        "traced" => State::Traced,
+        "zombie" => State::Zombie,
+        "idle" => State::Idle,
+        "sleeping" => State::Sleeping,
+        other => {
+            return Err(format!(
+                "unknown state {other:?}; use futex, io, sleep, syscall, disk, runnable, \
+                 running, stopped, traced, zombie, idle, sleeping or blocked"
+            ));
+        }
+    }))
+}
+
+fn parse_time(s: &str, what: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{what}={s:?} is not a duration ({e}); use e.g. 500ms, 30s, 2m"))
+}
+
+impl FromStr for DumpWhen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut states: Option<Vec<State>> = None;
+        let mut count: Option<(Cmp, usize)> = None;
+        let mut min_in_state = Duration::ZERO;
+        let mut deadlock = false;
+        let mut every = DEFAULT_EVERY;
+        let terms: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if terms.is_empty() {
+            return Err("empty condition; e.g. state=futex,threads>=8,for=30s or deadlock".into());
+        }
+        for term in terms {
+            if term == "deadlock" {
+                deadlock = true;
+            } else if let Some(v) = term.strip_prefix("state=") {
+                let mut list = Vec::new();
+                for part in v.split('|') {
+                    // `blocked` means "every blocked state": an empty list.
+                    if let Some(st) = parse_state(part)? {
+                        list.push(st);
+                    } else {
+                        list.clear();
+                        states = Some(Vec::new());
+                        break;
+                    }
+                }
+                if states.is_none() {
+                    states = Some(list);
+                }
+            } else if let Some(rest) = term.strip_prefix("threads") {
+                let (cmp, n) = [
+                    (">=", Cmp::Ge),
+                    ("<=", Cmp::Le),
+                    (">", Cmp::Gt),
+                    ("<", Cmp::Lt),
+                    ("=", Cmp::Eq),
+                ]
+                .iter()
+                .find_map(|(op, cmp)| rest.strip_prefix(op).map(|n| (*cmp, n)))
+                .ok_or_else(|| format!("{term:?}: write threads>=N (or >, =, <=, <)"))?;
+                let n = n
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("{term:?}: {n:?} is not a number of threads"))?;
+                count = Some((cmp, n));
+            } else if let Some(v) = term.strip_prefix("for=") {
+                min_in_state = parse_time(v, "for")?;
+            } else if let Some(v) = term.strip_prefix("every=") {
+                every = parse_time(v, "every")?;
+            } else {
+                return Err(format!(
+                    "unknown term {term:?}; terms are state=S, threads>=N, for=T, every=T and deadlock"
+                ));
+            }
+        }
+        let condition = if deadlock {
+            if states.is_some() || count.is_some() || !min_in_state.is_zero() {
+                return Err(
+                    "deadlock cannot be combined with state=, threads or for=; use one or the other"
+                        .into(),
+                );
+            }
+            Condition::Deadlock
+        } else {
+            let (cmp, threads) = count.unwrap_or((Cmp::Ge, 1));
+            Condition::Threads {
+                states: states.unwrap_or_default(),
+                cmp,
+                threads,
+                min_in_state,
+            }
+        };
+        Ok(DumpWhen { condition, every })
+    }
+}
+
+impl DumpWhen {
+    /// Whether checking the condition needs a full dump (stacks, lock owners) rather than the
+    /// kernel's view of the threads' states.
+    pub fn needs_full_dump(&self) -> bool {
+        self.condition == Condition::Deadlock
+    }
+
+    /// Threads that count towards the condition (0 for `deadlock`).
+    pub fn matching(&self, threads: &[ThreadObs]) -> usize {
+        let Condition::Threads {
+            states,
+            min_in_state,
+            ..
+        } = &self.condition
+        else {
+            return 0;
+        };
+        let min = min_in_state.as_nanos() as u64;
+        threads
+            .iter()
+            .filter(|t| {
+                if states.is_empty() {
+                    t.state.is_blocked()
+                } else {
+                    states.contains(&t.state)
+                }
+            })
+            .filter(|t| min == 0 || t.in_state_ns.is_some_and(|ns| ns >= min))
+            .count()
+    }
+
+    /// Whether a counting condition holds for these threads (`false` for `deadlock`: use
+    /// [`Self::holds_for_dump`]).
+    pub fn holds(&self, threads: &[ThreadObs]) -> bool {
+        match &self.condition {
+            Condition::Threads {
+                cmp, threads: n, ..
+            } => cmp.holds(self.matching(threads), *n),
+            Condition::Deadlock => false,
+        }
+    }
+
+    /// Whether the condition holds for a full dump.
+    pub fn holds_for_dump(&self, dump: &Dump) -> bool {
+        match self.condition {
+            Condition::Deadlock => !dump.deadlocks.is_empty(),
+            Condition::Threads { .. } => {
+                let obs: Vec<ThreadObs> = dump
+                    .threads
+                    .iter()
+                    .map(|t| ThreadObs {
+                        state: t.state,
+                        in_state_ns: t.in_state_ns,
+                    })
+                    .collect();
+                self.holds(&obs)
+            }
+        }
+    }
+}
+
+/// At most one event per `every`: the first is always allowed.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl RateLimit {
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// Whether an event at `now` is allowed; if so it is recorded.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(state: State, secs: f64) -> ThreadObs {
+        ThreadObs {
+            state,
+            in_state_ns: Some((secs * 1e9) as u64),
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let w: DumpWhen = "state=futex,threads>=8,for=30s,every=5m".parse().unwrap();
+        assert_eq!(
+            w,
+            DumpWhen {
+                condition: Condition::Threads {
+                    states: vec![State::FutexWait],
+                    cmp: Cmp::Ge,
+                    threads: 8,
+                    min_in_state: Duration::from_secs(30),
+                },
+                every: Duration::from_secs(300),
+            }
+        );
+        let w: DumpWhen = "state=futex|disk, threads>2".parse().unwrap();
+        assert_eq!(
+            w.condition,
+            Condition::Threads {
+                states: vec![State::FutexWait, State::Disk],
+                cmp: Cmp::Gt,
+                threads: 2,
+                min_in_state: Duration::ZERO,
+            }
+        );
+        assert_eq!(w.every, DEFAULT_EVERY);
+        let w: DumpWhen = "for=1.5".parse().unwrap();
+        assert_eq!(
+            w.condition,
+            Condition::Threads {
+                states: vec![],
+                cmp: Cmp::Ge,
+                threads: 1,
+                min_in_state: Duration::from_millis(1500),
+            }
+        );
+        let w: DumpWhen = "deadlock,every=10s".parse().unwrap();
+        assert_eq!(w.condition, Condition::Deadlock);
+        assert!(w.needs_full_dump());
+        let w: DumpWhen = "state=blocked|futex".parse().unwrap();
+        assert_eq!(
+            w.condition,
+            Condition::Threads {
+                states: vec![],
+                cmp: Cmp::Ge,
+                threads: 1,
+                min_in_state: Duration::ZERO
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_with_a_hint() {
+        for (bad, hint) in [
+            ("", "empty condition"),
+            ("state=blah", "unknown state"),
+            ("threads~3", "threads>=N"),
+            ("threads>=lots", "not a number"),
+            ("for=soon", "not a duration"),
+            ("colour=red", "unknown term"),
+            ("deadlock,threads>=2", "cannot be combined"),
+        ] {
+            let err = bad.parse::<DumpWhen>().unwrap_err();
+            assert!(err.contains(hint), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn evaluates_counts_and_durations() {
+        let threads = [
+            obs(State::FutexWait, 40.0),
+            obs(State::FutexWait, 31.0),
+            obs(State::FutexWait, 5.0),
+            obs(State::Running, 100.0),
+            obs(State::Sleep, 100.0),
+            ThreadObs {
+                state: State::FutexWait,
+                in_state_ns: None,
+            },
+        ];
+        let w: DumpWhen = "state=futex,threads>=2,for=30s".parse().unwrap();
+        assert_eq!(w.matching(&threads), 2);
+        assert!(w.holds(&threads));
+        let w: DumpWhen = "state=futex,threads>=3,for=30s".parse().unwrap();
+        assert!(!w.holds(&threads));
+        // Unknown time in state counts only when no minimum is asked for.
+        let w: DumpWhen = "state=futex".parse().unwrap();
+        assert_eq!(w.matching(&threads), 4);
+        // Default: every blocked state (not running/runnable).
+        let w: DumpWhen = "for=1m".parse().unwrap();
+        assert_eq!(w.matching(&threads), 1);
+        let w: DumpWhen = "threads<2,state=running".parse().unwrap();
+        assert!(w.holds(&threads));
+        let w: DumpWhen = "deadlock".parse().unwrap();
+        assert!(!w.holds(&threads));
+    }
+
+    #[test]
+    fn rate_limit() {
+        let mut r = RateLimit::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(r.allow(t0));
+        assert!(!r.allow(t0 + Duration::from_secs(59)));
+        assert!(r.allow(t0 + Duration::from_secs(60)));
+        assert!(!r.allow(t0 + Duration::from_secs(61)));
+    }
+}
