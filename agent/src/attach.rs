@@ -15,7 +15,7 @@ use crate::{
     export,
     kbtf::KernelBtf,
     locks,
-    model::ProfileKind,
+    model::{ProfileKind, RawProfile},
     procmaps::MapsCache,
     profiles::{self, Window},
     report::{self, CaptureFacts, EndReason},
@@ -47,137 +47,97 @@ pub fn kernel_offsets() -> Result<KernelOffsets, Error> {
     })
 }
 
-/// Runs a whole capture. Prints progress to stderr on a terminal; returns the summary text.
-pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
-    if args.profile.is_empty() {
-        return Err(Error::Usage("--profile needs at least one profile".into()));
+/// What to record in one capture window.
+#[derive(Debug, Clone)]
+pub struct CaptureSpec {
+    pub profiles: Vec<ProfileKind>,
+    pub duration: Duration,
+    pub frequency: u64,
+    pub block_rate: u64,
+    pub mutex_fraction: u64,
+    pub offcpu_min: u64,
+}
+
+impl CaptureSpec {
+    pub fn from_args(args: &AttachArgs) -> Self {
+        Self {
+            profiles: args.profile.clone(),
+            duration: args.duration,
+            frequency: args.frequency,
+            block_rate: args.block_rate,
+            mutex_fraction: args.mutex_fraction,
+            offcpu_min: args.offcpu_min,
+        }
     }
+
+    fn wants(&self, k: ProfileKind) -> bool {
+        self.profiles.contains(&k)
+    }
+}
+
+/// What one capture window recorded, before symbolization. The programs are detached and
+/// unloaded by the time it is returned.
+pub struct Captured {
+    /// One raw profile per requested kind, in the order cpu, offcpu, block, mutex.
+    pub raws: Vec<RawProfile>,
+    /// The mutex profile's waiter side (to tell locks from condition variables).
+    pub lock_waiters: Option<RawProfile>,
+    /// The target's mappings, kept across its exit, for the symbolizer.
+    pub maps: MapsCache,
+    pub counters: collect::Counters,
+    pub elapsed: Duration,
+    pub end: EndReason,
+    /// CPUs the sampler was attached to (0 without a CPU profile).
+    pub cpus: usize,
+    pub runq: Option<profiles::RunqStats>,
+    /// Entries in the aggregation maps at the end of the window.
+    pub map_fill: Vec<collect::MapFill>,
+    /// Run time and runs of each attached program (zero unless kernel.bpf_stats_enabled).
+    pub program_stats: Vec<collect::ProgramStats>,
+}
+
+/// Pre-flight checks shared by every command that profiles a process: privileges, BTF, and
+/// that `pid` is a live process (not a thread id).
+pub fn check_target(pid: u32) -> Result<system::ProcessInfo, Error> {
     system::check_privileges()?;
     system::check_btf()?;
-    let target = system::process_info(args.pid)?;
+    let target = system::process_info(pid)?;
     if target.tgid != target.pid {
         return Err(Error::Usage(format!(
             "{} is a thread of process {}; pass the process id: --pid {}",
             target.pid, target.tgid, target.tgid
         )));
     }
+    Ok(target)
+}
+
+/// Runs a whole capture. Prints progress to stderr on a terminal; returns the summary text.
+pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
+    if args.profile.is_empty() {
+        return Err(Error::Usage("--profile needs at least one profile".into()));
+    }
+    let target = check_target(args.pid)?;
     std::fs::create_dir_all(&args.output).map_err(|source| Error::Output {
         path: args.output.clone(),
         source,
     })?;
     check_writable(&args.output)?;
 
-    let mut maps = MapsCache::new();
-    maps.refresh(target.pid)
-        .map_err(|_| Error::NoSuchProcess(target.pid))?;
-
-    let wants = |k: ProfileKind| args.profile.contains(&k);
-    let mut collector = Collector::load(kernel_offsets()?)?;
-    match collector.take_logger() {
-        Ok(fut) => {
-            tokio::spawn(fut);
-        }
-        Err(e) => tracing::debug!("BPF log forwarding unavailable: {e}"),
-    }
-    collector.add_target(target.pid)?;
-    let mut unwind = UnwindRegistry::new();
-    sync_unwind_tables(&mut collector, &mut unwind, &maps, target.pid)?;
-
-    let mut flags = 0;
-    if wants(ProfileKind::Offcpu) {
-        flags |= CONFIG_OFFCPU;
-    }
-    if wants(ProfileKind::Block) {
-        flags |= CONFIG_BLOCK;
-    }
-    if wants(ProfileKind::Mutex) {
-        flags |= CONFIG_MUTEX;
-    }
-    collector.set_config(Config {
-        flags,
-        offcpu_min_ns: args.offcpu_min,
-        block_rate_ns: args.block_rate,
-        mutex_fraction: args.mutex_fraction,
-    })?;
-
-    collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
-    let started = SystemTime::now();
-    let t0 = Instant::now();
-    let mut cpus = 0;
-    if wants(ProfileKind::Cpu) {
-        cpus = collector.start_cpu(args.frequency)?;
-    }
-    if flags != 0 {
-        collector.start_offcpu()?;
-    }
-    tracing::info!(
-        "attached to {} ({}) for {:?}: {:?}",
-        target.pid,
-        target.comm,
-        args.duration,
-        args.profile
-    );
-
-    let end = capture_loop(&target, &mut maps, args.duration, |maps| {
-        if let Err(e) = sync_unwind_tables(&mut collector, &mut unwind, maps, target.pid) {
-            tracing::warn!("updating unwind tables: {e}");
-        }
-    })
-    .await;
-    // Stop recording first, then note the end time for intervals still open.
-    collector.set_config(Config::default())?;
-    collector.stop_cpu();
-    collector.stop_offcpu();
-    let end_ts = collect::ktime_now();
-    let elapsed = t0.elapsed();
-
-    let counters = collector.counters()?;
-    let window = Window {
-        start: started,
-        duration: elapsed,
-        comments: report::counter_comments(&counters),
+    let spec = CaptureSpec::from_args(args);
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
     };
-    let mut raws = Vec::new();
-    if wants(ProfileKind::Cpu) {
-        raws.push(profiles::cpu_profile(
-            &collector.cpu_records()?,
-            args.frequency,
-            &window,
-        ));
-    }
-    let mut runq = None;
-    if wants(ProfileKind::Offcpu) {
-        let mut records = collector.offcpu_records()?;
-        records.extend(profiles::close_open_intervals(
-            &collector.open_intervals()?,
-            end_ts,
-            args.offcpu_min,
-        ));
-        raws.push(profiles::offcpu_profile(&records, &window));
-        runq = profiles::runq_stats(&collector.runq_histogram()?);
-    }
-    if wants(ProfileKind::Block) {
-        raws.push(profiles::block_profile(
-            &collector.block_records()?,
-            args.block_rate,
-            &window,
-        ));
-    }
-    let mut lock_waiters = None;
-    if wants(ProfileKind::Mutex) {
-        let (holders, waiters) = collector.mutex_records()?;
-        raws.push(profiles::mutex_profile(
-            &holders,
-            args.mutex_fraction,
-            &window,
-        ));
-        lock_waiters = Some(profiles::mutex_profile(
-            &waiters,
-            args.mutex_fraction,
-            &window,
-        ));
-    }
-    drop(collector);
+    let Captured {
+        raws,
+        lock_waiters,
+        maps,
+        counters,
+        elapsed,
+        end,
+        cpus,
+        runq,
+        ..
+    } = capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
 
     let facts = CaptureFacts {
         pid: target.pid,
@@ -251,10 +211,197 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     Ok(AttachOutcome { files, summary })
 }
 
+/// One bounded capture window of `target`: loads and verifies the programs, attaches what
+/// `spec` asks for, waits for the duration (or `stop`, or the target's exit), detaches, and
+/// reads the maps into raw profiles. Everything attached is detached when this returns, on
+/// every path (the collector is dropped).
+pub async fn capture(
+    target: &system::ProcessInfo,
+    spec: &CaptureSpec,
+    stop: impl std::future::Future<Output = ()>,
+    progress: bool,
+) -> Result<Captured, Error> {
+    let mut maps = MapsCache::new();
+    maps.refresh(target.pid)
+        .map_err(|_| Error::NoSuchProcess(target.pid))?;
+    let mut collector = Collector::load(kernel_offsets()?)?;
+    match collector.take_logger() {
+        Ok(fut) => {
+            tokio::spawn(fut);
+        }
+        Err(e) => tracing::debug!("BPF log forwarding unavailable: {e}"),
+    }
+    let mut unwind = UnwindRegistry::new();
+    capture_with(
+        &mut collector,
+        &mut unwind,
+        maps,
+        target,
+        spec,
+        stop,
+        progress,
+    )
+    .await
+}
+
+/// [`capture`] with a collector that is already loaded (a long-lived one in `agent serve`,
+/// with its unwind-table registry): the window starts from emptied maps and ends with every
+/// program detached and the target removed, so the collector can be used again.
+pub async fn capture_with(
+    collector: &mut Collector,
+    unwind: &mut UnwindRegistry,
+    mut maps: MapsCache,
+    target: &system::ProcessInfo,
+    spec: &CaptureSpec,
+    stop: impl std::future::Future<Output = ()>,
+    progress: bool,
+) -> Result<Captured, Error> {
+    let wants = |k: ProfileKind| spec.wants(k);
+    collector.stop_cpu();
+    collector.stop_offcpu();
+    collector.reset_window()?;
+    collector.add_target(target.pid)?;
+    let result = window(
+        collector, unwind, &mut maps, target, spec, stop, progress, wants,
+    )
+    .await;
+    // Whatever happened, nothing stays attached and the target is forgotten.
+    let _ = collector.set_config(Config::default());
+    collector.stop_cpu();
+    collector.stop_offcpu();
+    let _ = collector.remove_target(target.pid);
+    let mut captured = result?;
+    captured.maps = maps;
+    Ok(captured)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn window(
+    collector: &mut Collector,
+    unwind: &mut UnwindRegistry,
+    maps: &mut MapsCache,
+    target: &system::ProcessInfo,
+    spec: &CaptureSpec,
+    stop: impl std::future::Future<Output = ()>,
+    progress: bool,
+    wants: impl Fn(ProfileKind) -> bool,
+) -> Result<Captured, Error> {
+    sync_unwind_tables(collector, unwind, maps, target.pid)?;
+
+    let mut flags = 0;
+    if wants(ProfileKind::Offcpu) {
+        flags |= CONFIG_OFFCPU;
+    }
+    if wants(ProfileKind::Block) {
+        flags |= CONFIG_BLOCK;
+    }
+    if wants(ProfileKind::Mutex) {
+        flags |= CONFIG_MUTEX;
+    }
+    collector.set_config(Config {
+        flags,
+        offcpu_min_ns: spec.offcpu_min,
+        block_rate_ns: spec.block_rate,
+        mutex_fraction: spec.mutex_fraction,
+    })?;
+
+    collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let mut cpus = 0;
+    if wants(ProfileKind::Cpu) {
+        cpus = collector.start_cpu(spec.frequency)?;
+    }
+    if flags != 0 {
+        collector.start_offcpu()?;
+    }
+    tracing::info!(
+        "attached to {} ({}) for {:?}: {:?}",
+        target.pid,
+        target.comm,
+        spec.duration,
+        spec.profiles
+    );
+
+    let end = capture_loop(target, maps, spec.duration, stop, progress, |maps| {
+        if let Err(e) = sync_unwind_tables(collector, unwind, maps, target.pid) {
+            tracing::warn!("updating unwind tables: {e}");
+        }
+    })
+    .await;
+    // Stop recording first, then note the end time for intervals still open.
+    collector.set_config(Config::default())?;
+    let program_stats = collector.program_stats();
+    collector.stop_cpu();
+    collector.stop_offcpu();
+    let end_ts = collect::ktime_now();
+    let elapsed = t0.elapsed();
+
+    let counters = collector.counters()?;
+    let window = Window {
+        start: started,
+        duration: elapsed,
+        comments: report::counter_comments(&counters),
+    };
+    let mut raws = Vec::new();
+    if wants(ProfileKind::Cpu) {
+        raws.push(profiles::cpu_profile(
+            &collector.cpu_records()?,
+            spec.frequency,
+            &window,
+        ));
+    }
+    let mut runq = None;
+    if wants(ProfileKind::Offcpu) {
+        let mut records = collector.offcpu_records()?;
+        records.extend(profiles::close_open_intervals(
+            &collector.open_intervals()?,
+            end_ts,
+            spec.offcpu_min,
+        ));
+        raws.push(profiles::offcpu_profile(&records, &window));
+        runq = profiles::runq_stats(&collector.runq_histogram()?);
+    }
+    if wants(ProfileKind::Block) {
+        raws.push(profiles::block_profile(
+            &collector.block_records()?,
+            spec.block_rate,
+            &window,
+        ));
+    }
+    let mut lock_waiters = None;
+    if wants(ProfileKind::Mutex) {
+        let (holders, waiters) = collector.mutex_records()?;
+        raws.push(profiles::mutex_profile(
+            &holders,
+            spec.mutex_fraction,
+            &window,
+        ));
+        lock_waiters = Some(profiles::mutex_profile(
+            &waiters,
+            spec.mutex_fraction,
+            &window,
+        ));
+    }
+    let map_fill = collector.map_fill();
+    Ok(Captured {
+        raws,
+        lock_waiters,
+        maps: MapsCache::new(),
+        counters,
+        elapsed,
+        end,
+        cpus,
+        runq,
+        map_fill,
+        program_stats,
+    })
+}
+
 /// Mutex profile after symbolization: drops futex words that are not locks (condition
 /// variables and such, told apart by their waiters' stacks), names locks after their symbols,
 /// and returns the "most contended locks" part of the summary.
-fn prepare_mutex(
+pub fn prepare_mutex(
     profile: &mut crate::model::Profile,
     waiters: &crate::model::Profile,
     symbolizer: &mut Symbolizer,
@@ -284,24 +431,29 @@ fn prepare_mutex(
     report::locks_section(profile, &waiters, &names, top_n.min(5))
 }
 
-/// Waits for the capture window to end: duration elapsed, Ctrl-C, or the target exited.
+/// Waits for the capture window to end: duration elapsed, `stop` (Ctrl-C), or the target exited.
 /// Refreshes the maps cache as it goes so late `dlopen`s and an early exit still symbolize.
 async fn capture_loop(
     target: &system::ProcessInfo,
     maps: &mut MapsCache,
     duration: Duration,
+    stop: impl std::future::Future<Output = ()>,
+    progress: bool,
     mut on_maps: impl FnMut(&MapsCache),
 ) -> EndReason {
-    let bar = progress_bar(duration);
+    let bar = if progress {
+        progress_bar(duration)
+    } else {
+        None
+    };
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + duration;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
     let reason = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break EndReason::Completed,
-            _ = &mut ctrl_c => break EndReason::Interrupted,
+            _ = &mut stop => break EndReason::Interrupted,
             _ = tick.tick() => {
                 if !system::is_alive(target) {
                     break EndReason::TargetExited;

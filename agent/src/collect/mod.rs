@@ -2,7 +2,6 @@
 //! reads the kernel's aggregation maps into plain data ([`CpuRecord`], [`Counters`]).
 //! Everything downstream (model, symbolize, export) is testable without root.
 
-
 pub mod dump;
 
 use std::collections::HashMap as StdHashMap;
@@ -20,9 +19,9 @@ use aya::{
     util::online_cpus,
 };
 use stallscope_common::{
-    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, MutexKey,
-    MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, STACK_LOST, ThreadState,
-    USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, runq_bucket_low,
+    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, LockKey,
+    LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, STACK_LOST,
+    ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -131,6 +130,35 @@ pub struct OpenInterval {
     pub kernel: StackPart,
 }
 
+/// How full one aggregation map was at the end of a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+/// Cumulative run time and run count of one loaded program (`bpf_prog_info`); both stay 0
+/// unless BPF statistics are enabled (`kernel.bpf_stats_enabled=1` or `BPF_ENABLE_STATS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// Aggregation maps whose fill is reported (`/metrics`).
+const FILL_MAPS: [&str; 8] = [
+    "CPU_SAMPLES",
+    "OFFCPU",
+    "BLOCK",
+    "RUNQ_HIST",
+    "MUTEX",
+    "LOCK_WAITERS",
+    "THREADS",
+    "USER_STACKS",
+];
+
 const OFFCPU_PROGRAMS: [(&str, &str); 5] = [
     ("sched_switch", "sched_switch"),
     ("sched_wakeup", "sched_wakeup"),
@@ -224,6 +252,70 @@ impl Collector {
         targets
             .insert(tgid, 1, 0)
             .map_err(|e| Error::Internal(format!("adding target {tgid}: {e}")))
+    }
+
+    /// Removes a process from the set the programs record (and its unwinder mappings).
+    pub fn remove_target(&mut self, tgid: u32) -> Result<(), Error> {
+        let mut targets: HashMap<_, u32, u32> = self.hash_map_mut("TARGETS")?;
+        let _ = targets.remove(&tgid);
+        let mut mappings: HashMap<_, u32, ProcMappings> = self.hash_map_mut("PROC_MAPPINGS")?;
+        let _ = mappings.remove(&tgid);
+        Ok(())
+    }
+
+    /// Empties the aggregation maps, per-thread and per-lock state, both stack maps and the
+    /// counters, so that a long-lived collector (`agent serve`) starts every capture window
+    /// from nothing. Call it with nothing attached.
+    pub fn reset_window(&mut self) -> Result<(), Error> {
+        fn clear<K: aya::Pod, V: aya::Pod>(c: &mut Collector, name: &str) -> Result<(), Error> {
+            let mut map: HashMap<_, K, V> = c.hash_map_mut(name)?;
+            let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = map.remove(&k);
+            }
+            Ok(())
+        }
+        clear::<CpuKey, u64>(self, "CPU_SAMPLES")?;
+        clear::<OffcpuKey, OffcpuValue>(self, "OFFCPU")?;
+        clear::<BlockKey, BlockValue>(self, "BLOCK")?;
+        clear::<RunqKey, u64>(self, "RUNQ_HIST")?;
+        clear::<MutexKey, MutexValue>(self, "MUTEX")?;
+        clear::<MutexKey, MutexValue>(self, "LOCK_WAITERS")?;
+        clear::<LockKey, LockState>(self, "LOCKS")?;
+        clear::<u32, ThreadState>(self, "THREADS")?;
+        clear::<u64, UserStack>(self, "USER_STACKS")?;
+        let ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = self.stacks.remove(&id);
+        }
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| Error::Internal(format!("counting CPUs ({what}): {e}")))?;
+        let mut counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map_mut("COUNTERS")
+                .ok_or_else(|| Error::Internal("COUNTERS map missing".into()))?,
+        )
+        .map_err(|e| Error::Internal(format!("COUNTERS map: {e}")))?;
+        for idx in 0..COUNTER_SLOTS {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; ncpus])
+                .map_err(|e| Error::Internal(format!("zeroing counters: {e}")))?;
+            counters
+                .set(idx, zeros, 0)
+                .map_err(|e| Error::Internal(format!("zeroing counter {idx}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn hash_map_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut MapData, K, V>, Error> {
+        HashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
+        )
+        .map_err(|e| Error::Internal(format!("{name} map: {e}")))
     }
 
     /// Loads (verifies) the programs a capture needs, so attaching later is quick and the
@@ -538,6 +630,69 @@ impl Collector {
                 .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
         )
         .map_err(|e| Error::Internal(format!("{name} map: {e}")))
+    }
+
+    /// Entries in each aggregation map now, against its capacity.
+    pub fn map_fill(&self) -> Vec<MapFill> {
+        let mut out = Vec::new();
+        for name in FILL_MAPS {
+            let entries = match name {
+                "CPU_SAMPLES" => self.count_keys::<CpuKey, u64>(name),
+                "OFFCPU" => self.count_keys::<OffcpuKey, OffcpuValue>(name),
+                "BLOCK" => self.count_keys::<BlockKey, BlockValue>(name),
+                "RUNQ_HIST" => self.count_keys::<RunqKey, u64>(name),
+                "MUTEX" | "LOCK_WAITERS" => self.count_keys::<MutexKey, MutexValue>(name),
+                "THREADS" => self.count_keys::<u32, ThreadState>(name),
+                "USER_STACKS" => self.count_keys::<u64, UserStack>(name),
+                _ => None,
+            };
+            let max_entries = self
+                .ebpf
+                .map(name)
+                .and_then(|m| match m {
+                    aya::maps::Map::HashMap(d) => d.info().ok(),
+                    _ => None,
+                })
+                .map(|i| u64::from(i.max_entries()));
+            if let (Some(entries), Some(max_entries)) = (entries, max_entries) {
+                out.push(MapFill {
+                    map: name,
+                    entries,
+                    max_entries,
+                });
+            }
+        }
+        out
+    }
+
+    fn count_keys<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Option<u64> {
+        let map: HashMap<_, K, V> = self.hash_map(name).ok()?;
+        Some(map.keys().filter(|k| k.is_ok()).count() as u64)
+    }
+
+    /// Run time and run count of every loaded program.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let mut out = Vec::new();
+        for (name, prog) in self.ebpf.programs() {
+            let Ok(info) = prog.info() else {
+                continue;
+            };
+            let program = match name {
+                "cpu_sample" => "cpu_sample",
+                "sched_switch" => "sched_switch",
+                "sched_wakeup" => "sched_wakeup",
+                "sys_enter" => "sys_enter",
+                "sys_exit" => "sys_exit",
+                "sched_process_exit" => "sched_process_exit",
+                _ => continue,
+            };
+            out.push(ProgramStats {
+                program,
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_count: info.run_count(),
+            });
+        }
+        out
     }
 
     /// Uploads compiled CFI rows into the shared row array at `start`.
