@@ -17,5 +17,6 @@ pub mod profiles;
 pub mod report;
 pub mod symbolize;
 pub mod system;
+pub mod triage;
 pub mod unwind;
 pub mod unwinder;
