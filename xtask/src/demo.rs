@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::util::{check, display, run, target_dir, up_to_date, workspace_root};
 
 /// The profiles the demo asks for (`--profile a,b`). Add `offcpu`, `block`, ... as they land.
-pub const DEMO_PROFILES: &[&str] = &["cpu"];
+pub const DEMO_PROFILES: &[&str] = &["cpu", "offcpu", "block", "mutex"];
 const DEMO_DURATION: &str = "10s";
 /// Relative to the workspace root.
 const DEMO_OUT: &str = "out/demo";

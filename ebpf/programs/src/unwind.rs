@@ -9,7 +9,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -139,6 +140,96 @@ fn find_row(start: u32, len: u32, vaddr: u64) -> Option<UnwindRow> {
     UNWIND_ROWS.get(start.wrapping_add(lo - 1)).copied()
 }
 
+/// State of one stack walk, on the caller's BPF stack and handed to [`walk_step`].
+#[repr(C)]
+struct Walk {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    hash: u64,
+    tgid: u32,
+    /// Frames recorded so far.
+    n: u32,
+    flags: u32,
+    _pad: u32,
+}
+
+/// One frame of the walk, run by `bpf_loop`: the verifier checks this body once instead of
+/// once per unrolled iteration, which keeps loading the programs fast. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` that `user_stack_handle` passed to bpf_loop.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    let i = i as usize;
+    if w.ip == 0 || i >= MAX_USER_FRAMES {
+        return 1;
+    }
+    let Some(st) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch value, used only within this program run.
+    let st = unsafe { &mut *st };
+    let ip = w.ip;
+    if let Some(slot) = st.ips.get_mut(i) {
+        *slot = ip;
+    }
+    w.hash = (w.hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    w.n = i as u32 + 1;
+    // A return address points after the call: look up the call itself.
+    let lookup = if i == 0 { ip } else { ip - 1 };
+    let mut row = None;
+    // SAFETY: read-only lookup of this process's mapping table (absent: frame pointers only).
+    if let Some(m) = unsafe { PROC_MAPPINGS.get(w.tgid) }
+        && let Some(idx) = find_mapping(m, lookup)
+        && let Some(e) = m.entries.get(idx)
+        && e.rows_len > 0
+    {
+        row = find_row(e.rows_start, e.rows_len, lookup.wrapping_sub(e.bias));
+    }
+    let (sp, bp) = (w.sp, w.bp);
+    match row {
+        Some(r) if r.flags & ROW_END_OF_STACK != 0 => return 1,
+        Some(r) if r.cfa_reg == CFA_REG_SP || r.cfa_reg == CFA_REG_BP => {
+            let base = if r.cfa_reg == CFA_REG_SP { sp } else { bp };
+            let cfa = base.wrapping_add(r.cfa_offset as i64 as u64);
+            if cfa <= sp {
+                return 1;
+            }
+            let Some(ra) = read_user_u64(cfa.wrapping_sub(8)) else {
+                return 1;
+            };
+            if r.rbp_offset != 0 {
+                match read_user_u64(cfa.wrapping_add(r.rbp_offset as i64 as u64)) {
+                    Some(v) => w.bp = v,
+                    None => return 1,
+                }
+            }
+            w.sp = cfa;
+            w.ip = ra;
+            w.flags |= USTACK_USED_CFI;
+            count(Counter::UnwindCfiFrames);
+        }
+        _ => {
+            // Frame pointers: [bp] = caller's bp, [bp + 8] = return address.
+            if bp == 0 || bp < sp {
+                return 1;
+            }
+            let (Some(next_bp), Some(ra)) = (read_user_u64(bp), read_user_u64(bp + 8)) else {
+                return 1;
+            };
+            w.sp = bp + 16;
+            w.bp = next_bp;
+            w.ip = ra;
+            count(Counter::UnwindFpFrames);
+        }
+    }
+    if i + 1 == MAX_USER_FRAMES && w.ip != 0 {
+        w.flags |= USTACK_TRUNCATED;
+        count(Counter::UnwindTruncated);
+    }
+    0
+}
+
 /// Unwinds the current task's user stack and returns its handle in `USER_STACKS` (a hash of
 /// the frames), or `USER_STACK_LOST` (counted).
 #[inline(always)]
@@ -150,84 +241,38 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         return USER_STACK_LOST;
     }
     let read = |off: usize| unsafe { bpf_probe_read_kernel(regs.add(off) as *const u64) }.ok();
-    let (Some(mut ip), Some(mut sp), Some(mut bp)) =
-        (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP))
+    let (Some(ip), Some(sp), Some(bp)) = (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP))
     else {
         count(Counter::UserStackLost);
         return USER_STACK_LOST;
+    };
+    let mut w = Walk {
+        ip,
+        sp,
+        bp,
+        hash: 0xcbf2_9ce4_8422_2325,
+        tgid,
+        n: 0,
+        flags: 0,
+        _pad: 0,
+    };
+    // SAFETY: the callback is a BPF subprogram; `w` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_USER_FRAMES as u32,
+            walk_step as *mut core::ffi::c_void,
+            &raw mut w as *mut core::ffi::c_void,
+            0,
+        )
     };
     let Some(st) = SCRATCH.get_ptr_mut(0) else {
         return USER_STACK_LOST;
     };
     // SAFETY: per-CPU scratch value, used only within this program run.
     let st = unsafe { &mut *st };
-    // SAFETY: read-only lookup of this process's mapping table (may be absent: FP only).
-    let maps = unsafe { PROC_MAPPINGS.get(tgid) };
-    st.len = 0;
-    st.flags = 0;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut n = 0usize;
-    for i in 0..MAX_USER_FRAMES {
-        if ip == 0 {
-            break;
-        }
-        if let Some(slot) = st.ips.get_mut(i) {
-            *slot = ip;
-        }
-        hash = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
-        n = i + 1;
-        // A return address points after the call: look up the call itself.
-        let lookup = if i == 0 { ip } else { ip - 1 };
-        let mut row = None;
-        if let Some(m) = maps
-            && let Some(idx) = find_mapping(m, lookup)
-            && let Some(e) = m.entries.get(idx)
-            && e.rows_len > 0
-        {
-            row = find_row(e.rows_start, e.rows_len, lookup.wrapping_sub(e.bias));
-        }
-        match row {
-            Some(r) if r.flags & ROW_END_OF_STACK != 0 => break,
-            Some(r) if r.cfa_reg == CFA_REG_SP || r.cfa_reg == CFA_REG_BP => {
-                let base = if r.cfa_reg == CFA_REG_SP { sp } else { bp };
-                let cfa = base.wrapping_add(r.cfa_offset as i64 as u64);
-                let Some(ra) = read_user_u64(cfa.wrapping_sub(8)) else {
-                    break;
-                };
-                if r.rbp_offset != 0 {
-                    match read_user_u64(cfa.wrapping_add(r.rbp_offset as i64 as u64)) {
-                        Some(v) => bp = v,
-                        None => break,
-                    }
-                }
-                if cfa <= sp {
-                    break;
-                }
-                sp = cfa;
-                ip = ra;
-                st.flags |= USTACK_USED_CFI;
-                count(Counter::UnwindCfiFrames);
-            }
-            _ => {
-                // Frame pointers: [bp] = caller's bp, [bp + 8] = return address.
-                if bp == 0 || bp < sp {
-                    break;
-                }
-                let (Some(next_bp), Some(ra)) = (read_user_u64(bp), read_user_u64(bp + 8)) else {
-                    break;
-                };
-                sp = bp + 16;
-                bp = next_bp;
-                ip = ra;
-                count(Counter::UnwindFpFrames);
-            }
-        }
-        if i + 1 == MAX_USER_FRAMES && ip != 0 {
-            st.flags |= USTACK_TRUNCATED;
-            count(Counter::UnwindTruncated);
-        }
-    }
-    st.len = n as u32;
+    st.len = w.n.min(MAX_USER_FRAMES as u32);
+    st.flags = w.flags;
+    let mut hash = w.hash;
     if hash <= USER_STACK_LOST {
         hash += 2;
     }
