@@ -1,7 +1,8 @@
-//! Stallscope's developer tasks: `cargo xtask setup | build | demo | test | lint`.
+//! Stallscope's developer tasks: `cargo xtask setup | build | demo | test | lint | bench`.
 //!
 //! Every command is printed before it runs; a failure names the command that failed and exits 1.
 
+mod bench;
 mod demo;
 mod setup;
 mod util;
@@ -65,6 +66,10 @@ enum Task {
     },
     /// rustfmt check, clippy for the host crates and clippy for the BPF crate, all with -D warnings.
     Lint,
+    /// Measure what the agent costs (target slowdown per mode, BPF time per event, agent CPU and
+    /// memory, drops under load, symbolization, attach latency, a bpftrace reference) and write
+    /// the figures to BENCHMARKS.md. As root; about 15 minutes (--quick: about 5).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +85,7 @@ fn main() -> ExitCode {
         .and_then(|()| demo::demo()),
         Task::Test { setup, args } => test(setup, &args),
         Task::Lint => lint(),
+        Task::Bench(a) => bench::bench(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

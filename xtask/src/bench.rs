@@ -1,0 +1,2398 @@
+//! `cargo xtask bench`: what the agent costs, measured in one run and written to BENCHMARKS.md.
+//!
+//! Every slowdown is a comparison made in the same run: a workload timed without a tracer and
+//! with it, in interleaved pairs (baseline, traced, baseline, traced, ...), median of the pairs'
+//! ratios. BPF time per event comes from the kernel's own statistics (`bpf_stats_enabled`, then
+//! `run_time_ns` / `run_cnt` in the fdinfo of each program fd), switched on only for the
+//! measurement windows that need it (it costs a little per event itself) and restored at the
+//! end. Nothing here asserts a time: figures are written down and compared with the budget of
+//! issue 8.
+//!
+//! Everything started here runs in its own process group with SIGKILL as its parent-death
+//! signal, is killed and reaped when no longer needed, and a Ctrl-C stops the run cleanly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::util::{cargo, display, find_in_path, is_root, probe, run, target_dir, workspace_root};
+
+/// `cargo xtask bench` options.
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// A short run (about 5 minutes): 3 pairs per figure, shorter workloads. Noisier figures.
+    #[arg(long)]
+    quick: bool,
+    /// Interleaved (baseline, traced) pairs per slowdown figure [default: 5, 3 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pairs: Option<u32>,
+    /// Skip setup and build: use target/release/agent and its bench example as they are.
+    #[arg(long)]
+    no_build: bool,
+    /// Run only these parts (comma list). The figures then go to target/bench/partial.md and
+    /// BENCHMARKS.md is left alone.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Slowdown modes to measure (comma list of cpu, offcpu, offcpu_block, offcpu_block_r1,
+    /// mutex, all, all_r1) [default: all of them]. With a subset, BENCHMARKS.md is left alone.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    modes: Vec<&'static Mode>,
+    /// Where the figures go [default: BENCHMARKS.md at the workspace root]. Only the part
+    /// between this command's markers is replaced; the rest of the file is kept.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// The parts of the benchmark, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Part {
+    /// Target slowdown per mode, agent CPU and memory, BPF time per target event.
+    Slowdown,
+    /// A non-target workload while the agent watches an idle process.
+    Nontarget,
+    /// Event rates up to and past what the agent records without loss.
+    Stress,
+    /// Symbolization of a profile with more than 10k unique frames, cold and warm.
+    Symbolize,
+    /// Attach to first sample, and where the load time goes.
+    Latency,
+    /// bpftrace doing the off-CPU aggregation on the same workload.
+    Bpftrace,
+    /// `agent dump` time for 10, 100 and 1000 threads (when the subcommand exists).
+    Dump,
+}
+
+const ALL_PARTS: [Part; 7] = [
+    Part::Slowdown,
+    Part::Nontarget,
+    Part::Stress,
+    Part::Symbolize,
+    Part::Latency,
+    Part::Bpftrace,
+    Part::Dump,
+];
+
+const MARK_BEGIN: &str =
+    "<!-- cargo xtask bench: begin. Generated; edit outside these markers, not inside. -->";
+const MARK_END: &str = "<!-- cargo xtask bench: end -->";
+
+/// Workload flags, as the test workloads are built.
+const CFLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];
+
+/// A way of running the agent.
+struct Mode {
+    key: &'static str,
+    label: &'static str,
+    args: &'static [&'static str],
+    /// Also measured on the CPU-bound workload.
+    on_cpu_workload: bool,
+}
+
+const MODES: &[Mode] = &[
+    Mode {
+        key: "cpu",
+        label: "cpu only (99 Hz)",
+        args: &["--profile", "cpu"],
+        on_cpu_workload: true,
+    },
+    Mode {
+        key: "offcpu",
+        label: "offcpu only (what the bpftrace reference does)",
+        args: &["--profile", "offcpu"],
+        on_cpu_workload: false,
+    },
+    Mode {
+        key: "offcpu_block",
+        label: "offcpu+block, default rate (100us)",
+        args: &["--profile", "offcpu,block"],
+        on_cpu_workload: true,
+    },
+    Mode {
+        key: "offcpu_block_r1",
+        label: "offcpu+block, --block-rate 1",
+        args: &["--profile", "offcpu,block", "--block-rate", "1"],
+        on_cpu_workload: true,
+    },
+    Mode {
+        key: "mutex",
+        label: "mutex, --mutex-fraction 1",
+        args: &["--profile", "mutex", "--mutex-fraction", "1"],
+        on_cpu_workload: true,
+    },
+    Mode {
+        key: "all",
+        label: "all profiles, default rates",
+        args: &["--profile", "cpu,offcpu,block,mutex"],
+        on_cpu_workload: true,
+    },
+    Mode {
+        key: "all_r1",
+        label: "all profiles, every event (--block-rate 1)",
+        args: &[
+            "--profile",
+            "cpu,offcpu,block,mutex",
+            "--block-rate",
+            "1",
+            "--mutex-fraction",
+            "1",
+        ],
+        on_cpu_workload: true,
+    },
+];
+
+fn mode(key: &str) -> &'static Mode {
+    parse_mode(key).expect("known mode")
+}
+
+fn parse_mode(key: &str) -> Result<&'static Mode, String> {
+    MODES.iter().find(|m| m.key == key).ok_or_else(|| {
+        let keys: Vec<&str> = MODES.iter().map(|m| m.key).collect();
+        format!("unknown mode {key:?}; modes: {}", keys.join(", "))
+    })
+}
+
+/// The bpftrace reference: off-CPU time by (kernel stack, user stack) of the target's threads,
+/// the same aggregation as `--profile offcpu` without wait classes. $1 is the target's pid.
+const BPFTRACE_OFFCPU: &str = r#"tracepoint:sched:sched_switch
+{
+  if (pid == $1) {
+    @start[tid] = nsecs;
+    @kstk[tid] = kstack;
+    @ustk[tid] = ustack;
+  }
+  $s = @start[args->next_pid];
+  if ($s) {
+    @offcpu[@kstk[args->next_pid], @ustk[args->next_pid]] = sum(nsecs - $s);
+    delete(@start[args->next_pid]);
+  }
+}
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Entry point
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask bench` loads BPF programs, attaches to processes and switches \
+             /proc/sys/kernel/bpf_stats_enabled: run it as root (sudo -E cargo xtask bench)"
+        );
+    }
+    let parts: Vec<Part> = if args.only.is_empty() {
+        ALL_PARTS.to_vec()
+    } else {
+        ALL_PARTS
+            .iter()
+            .copied()
+            .filter(|p| args.only.contains(p))
+            .collect()
+    };
+    if !args.no_build {
+        crate::setup::setup(crate::setup::Options { no_apt: false })?;
+        crate::build()?;
+        println!("== build the symbolization benchmark");
+        run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "agent",
+            "--example",
+            "bench_symbolize",
+        ]))?;
+    }
+    install_signal_handlers();
+    let ctx = Ctx::new(args)?;
+    let mut report = Report::new(&ctx);
+    println!(
+        "== bench: {} pairs per figure, ping-pong {} hand-offs/thread, CPU-bound {} rounds/thread",
+        ctx.pairs, ctx.pingpong_n, ctx.cpu_n
+    );
+    for part in &parts {
+        check_interrupted()?;
+        println!("== bench: {part:?}");
+        let started = Instant::now();
+        match part {
+            Part::Slowdown => report.slowdown = Some(slowdown(&ctx)?),
+            Part::Nontarget => report.nontarget = Some(nontarget(&ctx)?),
+            Part::Stress => report.stress = Some(stress(&ctx)?),
+            Part::Symbolize => report.symbolize = Some(symbolize(&ctx)?),
+            Part::Latency => report.latency = Some(latency(&ctx)?),
+            Part::Bpftrace => report.bpftrace = Some(bpftrace(&ctx)?),
+            Part::Dump => report.dump = Some(dump(&ctx)?),
+        }
+        println!(
+            "   ({part:?} took {:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    report.finished(&ctx);
+    let text = report.render(&ctx);
+    let complete = parts.len() == ALL_PARTS.len() && args.modes.is_empty();
+    let path = match (&args.output, complete) {
+        (Some(p), _) => p.clone(),
+        (None, true) => workspace_root().join("BENCHMARKS.md"),
+        (None, false) => ctx.dir.join("partial.md"),
+    };
+    write_block(&path, &text)?;
+    println!("{text}");
+    println!("== bench: figures written to {}", path.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context: binaries, sizes, the bpf_stats switch
+
+struct Ctx {
+    agent: PathBuf,
+    pingpong: PathBuf,
+    cpu: PathBuf,
+    dir: PathBuf,
+    pairs: usize,
+    quick: bool,
+    modes: Vec<&'static Mode>,
+    /// What the workloads were sized to, s.
+    run_secs: f64,
+    /// Hand-offs per thread of the ping-pong, sized to `run_secs` here.
+    pingpong_n: u64,
+    /// Rounds per thread of the CPU-bound workload, sized likewise.
+    cpu_n: u64,
+    stats: BpfStats,
+    cpus: usize,
+    load_before: String,
+}
+
+impl Ctx {
+    fn new(args: &BenchArgs) -> Result<Self> {
+        let agent = target_dir().join("release/agent");
+        if !agent.is_file() {
+            bail!(
+                "{} is missing: run without --no-build (or `cargo xtask build`)",
+                agent.display()
+            );
+        }
+        let dir = target_dir().join("bench");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pingpong = compile_workload("bench_pingpong")?;
+        let cpu = compile_workload("bench_cpu")?;
+        let quick = args.quick;
+        let pairs = args.pairs.map_or(if quick { 3 } else { 5 }, |p| p as usize);
+        let run_secs = if quick { 0.6 } else { 1.2 };
+        let stats = BpfStats::new()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let load_before = loadavg();
+        let mut ctx = Self {
+            agent,
+            pingpong,
+            cpu,
+            dir,
+            pairs,
+            quick,
+            modes: match args.modes.is_empty() {
+                true => MODES.iter().collect(),
+                false => args.modes.clone(),
+            },
+            run_secs,
+            pingpong_n: 0,
+            cpu_n: 0,
+            stats,
+            cpus,
+            load_before,
+        };
+        println!("== bench: sizing the workloads to about {run_secs} s each");
+        ctx.pingpong_n = ctx.calibrate(&ctx.pingpong, 20_000, run_secs)?;
+        ctx.cpu_n = ctx.calibrate(&ctx.cpu, 20_000, run_secs)?;
+        Ok(ctx)
+    }
+
+    /// Runs the workload twice (the first is a warm-up) and scales its size to `secs`.
+    fn calibrate(&self, bin: &Path, mut n: u64, secs: f64) -> Result<u64> {
+        for _ in 0..2 {
+            let spec = Spec::new(bin, &[n]);
+            let (t, _) = timed(self, &spec, &Tool::None, false)?;
+            n = ((n as f64) * secs / t).max(100.0) as u64;
+        }
+        Ok(n)
+    }
+
+    fn pingpong(&self, pairs: u64, path_bits: u64) -> Spec {
+        Spec::new(
+            &self.pingpong,
+            &[(self.pingpong_n / pairs).max(100), pairs, path_bits],
+        )
+    }
+
+    fn cpu_bound(&self) -> Spec {
+        Spec::new(&self.cpu, &[self.cpu_n, self.cpus as u64])
+    }
+}
+
+fn compile_workload(name: &str) -> Result<PathBuf> {
+    let src = workspace_root().join(format!("tests/workloads/{name}.c"));
+    let dir = target_dir().join("workloads");
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join(name);
+    gcc(&src, &bin, &[])?;
+    Ok(bin)
+}
+
+fn gcc(src: &Path, bin: &Path, extra: &[&str]) -> Result<()> {
+    let header = workspace_root().join("tests/workloads/bench_start.h");
+    if crate::util::up_to_date(bin, &[src.to_path_buf(), header]) {
+        return Ok(());
+    }
+    run(Command::new("gcc")
+        .args(CFLAGS)
+        .args(extra)
+        .arg("-o")
+        .arg(bin)
+        .arg(src))
+    .context("compiling a benchmark workload (is gcc installed? `cargo xtask setup` installs it)")
+}
+
+/// `/proc/sys/kernel/bpf_stats_enabled`: off except while a figure needs it; put back as it
+/// was when dropped. When someone else had it on, it stays on (and the report says so).
+struct BpfStats {
+    original: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn new() -> Result<Self> {
+        let original = std::fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS} (BPF run-time statistics)"))?
+            .trim()
+            .to_string();
+        let s = Self { original };
+        s.set(false)?;
+        Ok(s)
+    }
+
+    fn already_on(&self) -> bool {
+        self.original != "0"
+    }
+
+    fn set(&self, on: bool) -> Result<()> {
+        let v = if on || self.already_on() { "1" } else { "0" };
+        std::fs::write(BPF_STATS, v).with_context(|| format!("writing {v} to {BPF_STATS}"))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS, &self.original) {
+            eprintln!(
+                "warning: could not restore {BPF_STATS} to {}: {e}",
+                self.original
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// The last SIGINT/SIGTERM received. Children run in their own process groups, so a terminal
+/// Ctrl-C reaches only xtask, which stops at the next check and cleans up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Spawns `cmd` in its own process group, SIGKILLed if xtask dies.
+fn spawn(cmd: &mut Command) -> Result<Child> {
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe and nothing is allocated between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            match libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting `{}`", display(cmd)))
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill on a child we spawned and have not reaped.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Reads lines of a child's stream on a thread, sending each one.
+fn line_reader(stream: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line matching `want`, checking for Ctrl-C.
+fn wait_line(
+    rx: &Receiver<String>,
+    timeout: Duration,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check_interrupted()?;
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) if want(&line) => return Ok(line),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Disconnected) => bail!("{what}: the stream ended first"),
+            Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                bail!("{what}: nothing after {timeout:?}")
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// A benchmark workload: started, waiting for "go" on stdin, timed by itself.
+#[derive(Clone)]
+struct Spec {
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+impl Spec {
+    fn new(bin: &Path, args: &[u64]) -> Self {
+        Self {
+            bin: bin.to_path_buf(),
+            args: args.iter().map(u64::to_string).collect(),
+        }
+    }
+}
+
+/// A running workload; killed and reaped on drop unless it finished.
+struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    reaped: bool,
+}
+
+impl Workload {
+    fn start(spec: &Spec) -> Result<Self> {
+        let mut cmd = Command::new(&spec.bin);
+        cmd.args(&spec.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = spawn(&mut cmd)?;
+        let stdin = child.stdin.take();
+        let lines = line_reader(child.stdout.take().expect("piped"));
+        let w = Self {
+            child,
+            stdin,
+            lines,
+            reaped: false,
+        };
+        wait_line(
+            &w.lines,
+            Duration::from_secs(30),
+            "waiting for the workload's \"ready\"",
+            |l| l == "ready",
+        )?;
+        Ok(w)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn go(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("workload started twice")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the workload's own timing and reaps it. Seconds.
+    fn finish(&mut self) -> Result<f64> {
+        let line = wait_line(
+            &self.lines,
+            Duration::from_secs(300),
+            "waiting for the workload to finish",
+            |l| l.starts_with("elapsed_ns "),
+        )?;
+        let ns: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("bad workload output {line:?}"))?;
+        self.child.wait()?;
+        self.reaped = true;
+        Ok(ns / 1e9)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a traced run (agent or bpftrace) cost, seen from outside.
+#[derive(Clone, Debug, Default)]
+struct Cost {
+    /// The workload's own run time, s.
+    window_s: f64,
+    /// CPU time of the tracer's threads during the window, ns.
+    window_cpu_ns: u64,
+    /// Resident memory of the tracer at the end of the window, KiB.
+    rss_kib: u64,
+    /// user + system CPU of the tracer's whole life (load, capture, symbolize, write), s.
+    total_cpu_s: f64,
+    /// Peak resident memory of the tracer's whole life, KiB.
+    maxrss_kib: u64,
+    /// Spawn to ready (agent: "attached"; bpftrace: "Attaching"), s.
+    ready_s: f64,
+    /// Per program name: (run time ns, runs) during the window. Empty unless bpf_stats was on.
+    progs: BTreeMap<String, (u64, u64)>,
+    /// The tracer's standard output (the agent's summary).
+    stdout: String,
+    /// The agent's output directory.
+    out_dir: Option<PathBuf>,
+}
+
+impl Cost {
+    fn cpu_share(&self) -> f64 {
+        self.window_cpu_ns as f64 / 1e9 / self.window_s
+    }
+
+    fn prog_runs(&self) -> u64 {
+        self.progs.values().map(|p| p.1).sum()
+    }
+
+    fn prog_ns(&self) -> u64 {
+        self.progs.values().map(|p| p.0).sum()
+    }
+
+    /// Table rows `| {prefix}program | runs/s | ns/run |` for the programs that ran.
+    fn prog_rows(&self, prefix: &str, s: &mut String) {
+        for (name, (ns, cnt)) in self.progs.iter().filter(|(_, (_, c))| *c > 0) {
+            let _ = writeln!(
+                s,
+                "| {prefix}{name} | {:.0} | {:.0} |",
+                *cnt as f64 / self.window_s,
+                *ns as f64 / *cnt as f64
+            );
+        }
+    }
+}
+
+/// A tracer process: the agent or bpftrace.
+struct Tracer {
+    child: Child,
+    pid: u32,
+    started: Instant,
+    ready: Receiver<()>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    reaped: bool,
+}
+
+/// Keeps at most this much of a tracer's output.
+const OUTPUT_CAP: usize = 4 << 20;
+
+impl Tracer {
+    /// Starts `cmd`; it is ready when a line of stdout (or stderr) contains `ready_on`.
+    fn start(cmd: &mut Command, ready_on: &'static str, on_stderr: bool) -> Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = spawn(cmd)?;
+        let pid = child.id();
+        let (tx, ready) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        for (stream, buf, watch) in [
+            (
+                Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+                stdout.clone(),
+                !on_stderr,
+            ),
+            (
+                Box::new(child.stderr.take().expect("piped")),
+                stderr.clone(),
+                on_stderr,
+            ),
+        ] {
+            let tx = tx.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if watch && line.contains(ready_on) {
+                        let _ = tx.send(());
+                    }
+                    let mut b = buf.lock().expect("not poisoned");
+                    if b.len() < OUTPUT_CAP {
+                        b.push_str(&line);
+                        b.push('\n');
+                    }
+                }
+            }));
+        }
+        Ok(Self {
+            child,
+            pid,
+            started,
+            ready,
+            stdout,
+            stderr,
+            readers,
+            reaped: false,
+        })
+    }
+
+    fn agent(ctx: &Ctx, mode: &Mode, pid: u32) -> Result<(Self, PathBuf)> {
+        let out = ctx.dir.join("out").join(mode.key);
+        let mut cmd = Command::new(&ctx.agent);
+        cmd.args([
+            "-v",
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "600s",
+        ])
+        .args(mode.args)
+        .arg("-o")
+        .arg(&out);
+        Ok((Self::start(&mut cmd, "attached to", true)?, out))
+    }
+
+    fn bpftrace(ctx: &Ctx, pid: u32) -> Result<Self> {
+        let script = ctx.dir.join("offcpu.bt");
+        std::fs::write(&script, BPFTRACE_OFFCPU)?;
+        // bpftrace 0.17 attaches tracepoints through tracefs, which is not mounted on these
+        // machines: mount it in a private mount namespace, seen by bpftrace alone.
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "sh", "-c"])
+            .arg(
+                "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; \
+                 exec bpftrace \"$0\" \"$1\"",
+            )
+            .arg(&script)
+            .arg(pid.to_string());
+        Self::start(&mut cmd, "Attaching", false)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            check_interrupted()?;
+            match self.ready.recv_timeout(Duration::from_millis(20)) {
+                Ok(()) => return Ok(self.started.elapsed().as_secs_f64()),
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(_) => {
+                    if let Ok(Some(status)) = self.child_status() {
+                        bail!(
+                            "the tracer exited ({status}) before it was ready: {}",
+                            self.stderr_tail()
+                        );
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "the tracer was not ready after {timeout:?}: {}",
+                            self.stderr_tail()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn child_status(&self) -> Result<Option<i32>> {
+        let mut status = 0;
+        // SAFETY: WNOWAIT leaves the child waitable; status is a local.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let r = libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            if r == 0 && info.si_pid() != 0 {
+                status = info.si_status();
+                1
+            } else {
+                r
+            }
+        };
+        Ok((r == 1).then_some(status))
+    }
+
+    fn stderr_tail(&self) -> String {
+        let e = self.stderr.lock().expect("not poisoned");
+        let lines: Vec<&str> = e.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    fn interrupt(&self) {
+        signal(self.pid, libc::SIGINT);
+    }
+
+    /// Waits for the tracer to exit (SIGINT after `timeout`, SIGKILL 30 s later). Returns its
+    /// whole-life CPU seconds and peak RSS (KiB), and its stdout.
+    fn finish(mut self, timeout: Duration) -> Result<(f64, u64, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut escalated = 0;
+        let (status, ru) = loop {
+            let mut status = 0;
+            // SAFETY: rusage is plain data written by the kernel.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: waiting for our own child.
+            let r = unsafe {
+                libc::wait4(self.pid as libc::pid_t, &mut status, libc::WNOHANG, &mut ru)
+            };
+            if r == self.pid as libc::pid_t {
+                self.reaped = true;
+                break (status, ru);
+            }
+            if r < 0 {
+                bail!(
+                    "waiting for the tracer: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            if Instant::now() > deadline {
+                match escalated {
+                    0 => signal(self.pid, libc::SIGINT),
+                    1 => signal(self.pid, libc::SIGKILL),
+                    _ => {}
+                }
+                escalated += 1;
+                std::thread::sleep(Duration::from_secs(if escalated == 1 { 30 } else { 1 }));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let cpu = ru.ru_utime.tv_sec as f64
+            + ru.ru_utime.tv_usec as f64 / 1e6
+            + ru.ru_stime.tv_sec as f64
+            + ru.ru_stime.tv_usec as f64 / 1e6;
+        let out = std::mem::take(&mut *self.stdout.lock().expect("not poisoned"));
+        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        if !ok || escalated > 0 {
+            bail!(
+                "the tracer failed (wait status {status:#x}{}): {}",
+                if escalated > 0 {
+                    ", had to be signalled"
+                } else {
+                    ""
+                },
+                self.stderr_tail()
+            );
+        }
+        Ok((cpu, ru.ru_maxrss as u64, out))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// CPU time of every thread of `pid` so far, ns (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// One BPF program held by a process, from the fdinfo of its fd.
+#[derive(Clone, Copy, Default, Debug)]
+struct ProgStat {
+    run_time_ns: u64,
+    run_cnt: u64,
+    verified_insns: u64,
+}
+
+/// The BPF programs `pid` holds, by program id.
+fn prog_stats(pid: u32) -> BTreeMap<u32, ProgStat> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let is_prog =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog");
+        if !is_prog {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
+        if let Some((id, st)) =
+            parse_prog_fdinfo(&std::fs::read_to_string(info).unwrap_or_default())
+        {
+            out.insert(id, st);
+        }
+    }
+    out
+}
+
+fn parse_prog_fdinfo(text: &str) -> Option<(u32, ProgStat)> {
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((
+        field("prog_id")? as u32,
+        ProgStat {
+            run_time_ns: field("run_time_ns").unwrap_or(0),
+            run_cnt: field("run_cnt").unwrap_or(0),
+            verified_insns: field("verified_insns").unwrap_or(0),
+        },
+    ))
+}
+
+/// Program names by id (`bpftool prog show`; the kernel keeps the first 15 characters).
+fn prog_names() -> HashMap<u32, String> {
+    let text = probe(Command::new("bpftool").args(["prog", "show"])).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (id, rest) = l.split_once(':')?;
+            let id = id.trim().parse().ok()?;
+            let mut words = rest.split_whitespace();
+            words.find(|w| *w == "name")?;
+            Some((id, words.next()?.to_string()))
+        })
+        .collect()
+}
+
+struct Snapshot {
+    at: Instant,
+    cpu_ns: u64,
+    progs: BTreeMap<u32, ProgStat>,
+}
+
+fn snapshot(pid: u32) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        cpu_ns: cpu_ns(pid),
+        progs: prog_stats(pid),
+    }
+}
+
+/// What runs alongside the timed workload.
+enum Tool<'a> {
+    None,
+    /// The agent attached to the workload.
+    Agent(&'a Mode),
+    /// The agent attached to an idle process; the workload is not its target.
+    AgentElsewhere(&'a Mode),
+    Bpftrace,
+}
+
+/// One timed run of `spec` with `tool` (stats: bpf_stats on for the window). Returns the
+/// workload's own time and, with a tool, what the tool cost.
+fn timed(ctx: &Ctx, spec: &Spec, tool: &Tool, stats: bool) -> Result<(f64, Option<Cost>)> {
+    check_interrupted()?;
+    let idle = match tool {
+        Tool::AgentElsewhere(_) => Some(Workload::start(&ctx.pingpong(1, 0))?),
+        _ => None,
+    };
+    let mut w = Workload::start(spec)?;
+    let target = idle.as_ref().map_or(w.pid(), Workload::pid);
+    let (tracer, out_dir) = match tool {
+        Tool::None => (None, None),
+        Tool::Agent(m) | Tool::AgentElsewhere(m) => {
+            let (t, out) = Tracer::agent(ctx, m, target)?;
+            (Some(t), Some(out))
+        }
+        Tool::Bpftrace => (Some(Tracer::bpftrace(ctx, target)?), None),
+    };
+    let Some(tracer) = tracer else {
+        w.go()?;
+        return Ok((w.finish()?, None));
+    };
+    let ready_s = tracer.wait_ready(Duration::from_secs(120))?;
+    if stats {
+        ctx.stats.set(true)?;
+    }
+    let before = snapshot(tracer.pid);
+    w.go()?;
+    let secs = w.finish();
+    let after = snapshot(tracer.pid);
+    let rss_kib = status_kib(tracer.pid, "VmRSS:");
+    let names = if stats { prog_names() } else { HashMap::new() };
+    if stats {
+        ctx.stats.set(false)?;
+    }
+    let secs = secs?;
+    if !matches!(tool, Tool::Agent(_)) {
+        // The agent ends by itself when its target exits; the others are told to stop.
+        tracer.interrupt();
+    }
+    let (total_cpu_s, maxrss_kib, stdout) = tracer.finish(Duration::from_secs(120))?;
+    drop(idle);
+    // Kept for a look afterwards: the last run's summary, or bpftrace's maps.
+    let keep = match &out_dir {
+        Some(dir) => dir.join("summary.txt"),
+        None => ctx.dir.join("bpftrace-output.txt"),
+    };
+    let _ = std::fs::write(keep, &stdout);
+    let mut progs = BTreeMap::new();
+    if stats {
+        for (id, a) in &after.progs {
+            let b = before.progs.get(id).copied().unwrap_or_default();
+            let name = names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("prog{id}"));
+            let e = progs.entry(name).or_insert((0, 0));
+            e.0 += a.run_time_ns - b.run_time_ns;
+            e.1 += a.run_cnt - b.run_cnt;
+        }
+    }
+    let cost = Cost {
+        window_s: after.at.duration_since(before.at).as_secs_f64(),
+        window_cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
+        rss_kib,
+        total_cpu_s,
+        maxrss_kib,
+        ready_s,
+        progs,
+        stdout,
+        out_dir,
+    };
+    Ok((secs, Some(cost)))
+}
+
+/// Interleaved pairs (baseline, traced); prints each pair as it goes.
+fn pairs(ctx: &Ctx, what: &str, spec: &Spec, tool: &Tool) -> Result<Pairs> {
+    let mut p = Pairs::default();
+    for i in 0..ctx.pairs {
+        let (base, _) = timed(ctx, spec, &Tool::None, false)?;
+        let (with, cost) = timed(ctx, spec, tool, false)?;
+        println!(
+            "   {what}: pair {}/{}: {base:.3} s -> {with:.3} s ({:+.1}%)",
+            i + 1,
+            ctx.pairs,
+            (with / base - 1.0) * 100.0
+        );
+        p.base.push(base);
+        p.with.push(with);
+        p.costs.extend(cost);
+    }
+    Ok(p)
+}
+
+#[derive(Default)]
+struct Pairs {
+    base: Vec<f64>,
+    with: Vec<f64>,
+    costs: Vec<Cost>,
+}
+
+impl Pairs {
+    fn ratios(&self) -> Vec<f64> {
+        self.base
+            .iter()
+            .zip(&self.with)
+            .map(|(b, w)| w / b - 1.0)
+            .collect()
+    }
+
+    /// Median slowdown, as a fraction.
+    fn slowdown(&self) -> f64 {
+        median(&self.ratios())
+    }
+
+    fn cell(&self) -> String {
+        let r = self.ratios();
+        if r.is_empty() {
+            return "n/a".into();
+        }
+        let (lo, hi) = min_max(&r);
+        format!(
+            "**{:+.1}%** ({:+.1} .. {:+.1}; {:.2} s)",
+            median(&r) * 100.0,
+            lo * 100.0,
+            hi * 100.0,
+            median(&self.base)
+        )
+    }
+
+    fn median_cost(&self, f: impl Fn(&Cost) -> f64) -> f64 {
+        median(&self.costs.iter().map(f).collect::<Vec<_>>())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-3. Slowdown per mode, agent CPU and memory, BPF time per target event
+
+struct ModeFigures {
+    mode: &'static Mode,
+    pingpong: Pairs,
+    cpu_bound: Option<Pairs>,
+    /// One more ping-pong run with bpf_stats on (BPF time per event).
+    instrumented: Cost,
+    /// The same on the CPU-bound workload, for the modes that sample CPU.
+    instrumented_cpu: Option<Cost>,
+}
+
+struct Slowdown {
+    modes: Vec<ModeFigures>,
+    handoffs: u64,
+}
+
+fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
+    let pp = ctx.pingpong(1, 0);
+    let cpu = ctx.cpu_bound();
+    let mut modes = Vec::new();
+    for &m in &ctx.modes {
+        let pingpong = pairs(ctx, &format!("ping-pong, {}", m.key), &pp, &Tool::Agent(m))?;
+        let cpu_bound = match m.on_cpu_workload {
+            true => Some(pairs(
+                ctx,
+                &format!("cpu-bound, {}", m.key),
+                &cpu,
+                &Tool::Agent(m),
+            )?),
+            false => None,
+        };
+        let (_, cost) = timed(ctx, &pp, &Tool::Agent(m), true)?;
+        // Every mode's args start with `--profile LIST`.
+        let instrumented_cpu = match m.args[1].contains("cpu") {
+            true => timed(ctx, &cpu, &Tool::Agent(m), true)?.1,
+            false => None,
+        };
+        modes.push(ModeFigures {
+            mode: m,
+            pingpong,
+            cpu_bound,
+            instrumented: cost.expect("agent run"),
+            instrumented_cpu,
+        });
+    }
+    Ok(Slowdown {
+        modes,
+        handoffs: 2 * ctx.pingpong_n,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. Non-target events
+
+struct Nontarget {
+    pairs: Pairs,
+    instrumented: Cost,
+}
+
+fn nontarget(ctx: &Ctx) -> Result<Nontarget> {
+    let pp = ctx.pingpong(1, 0);
+    let tool = Tool::AgentElsewhere(mode("all_r1"));
+    let pairs = pairs(ctx, "ping-pong, not the target", &pp, &tool)?;
+    let (_, cost) = timed(ctx, &pp, &tool, true)?;
+    Ok(Nontarget {
+        pairs,
+        instrumented: cost.expect("agent run"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Stress
+
+struct StressRow {
+    label: String,
+    base_s: f64,
+    with_s: f64,
+    handoffs: u64,
+    cost: Cost,
+}
+
+impl StressRow {
+    fn switch_outs(&self) -> u64 {
+        accounting_number(&self.cost.stdout, "switch-outs of target threads").unwrap_or(0)
+    }
+
+    fn drops(&self) -> u64 {
+        losses(&self.cost.stdout)
+    }
+
+    /// Share of off-CPU time whose stack has no user frames (a user stack the kernel could
+    /// not record: every thread of the workload runs under `player` or `main`).
+    fn no_user_stack_share(&self) -> Option<f64> {
+        let dir = self.cost.out_dir.as_ref()?;
+        let text = std::fs::read_to_string(dir.join("offcpu.folded")).ok()?;
+        let (mut total, mut lost) = (0u64, 0u64);
+        for line in text.lines() {
+            let Some((stack, v)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let v: u64 = v.parse().unwrap_or(0);
+            total += v;
+            if !stack.split(';').any(|f| f == "player" || f == "main") {
+                lost += v;
+            }
+        }
+        (total > 0).then(|| lost as f64 / total as f64)
+    }
+}
+
+struct Stress {
+    rows: Vec<StressRow>,
+    overflow: Option<StressRow>,
+}
+
+fn stress(ctx: &Ctx) -> Result<Stress> {
+    let m = mode("all_r1");
+    let ks: &[u64] = if ctx.quick { &[1, 4] } else { &[1, 2, 4, 8] };
+    let mut rows = Vec::new();
+    let run = |label: String, spec: Spec, handoffs: u64| -> Result<StressRow> {
+        let (base_s, _) = timed(ctx, &spec, &Tool::None, false)?;
+        let (with_s, cost) = timed(ctx, &spec, &Tool::Agent(m), true)?;
+        let row = StressRow {
+            label,
+            base_s,
+            with_s,
+            handoffs,
+            cost: cost.expect("agent run"),
+        };
+        println!(
+            "   {}: {:.0} BPF runs/s, {:.0} target switch-outs/s, drops {}, {:+.1}%",
+            row.label,
+            row.cost.prog_runs() as f64 / row.cost.window_s,
+            row.switch_outs() as f64 / row.cost.window_s,
+            row.drops(),
+            (with_s / base_s - 1.0) * 100.0
+        );
+        Ok(row)
+    };
+    for &k in ks {
+        let spec = ctx.pingpong(k, 0);
+        let handoffs = 2 * k * (ctx.pingpong_n / k).max(100);
+        rows.push(run(format!("{k} ping-pong pair(s)"), spec, handoffs)?);
+    }
+    // Past the user-stack table (16384 entries): 2^15 call paths, each its own stack.
+    let spec = ctx.pingpong(1, 15);
+    let overflow = run(
+        "1 pair, 32768 distinct call paths".into(),
+        spec,
+        2 * ctx.pingpong_n,
+    )?;
+    Ok(Stress {
+        rows,
+        overflow: Some(overflow),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Symbolization
+
+/// Functions in the generated program (each with an inlined helper).
+const BIG_FUNCTIONS: usize = 12_000;
+
+struct Symbolize {
+    figures: BTreeMap<String, String>,
+    compile_s: f64,
+}
+
+fn symbolize(ctx: &Ctx) -> Result<Symbolize> {
+    let src = ctx.dir.join("bigsyms.c");
+    let bin = ctx.dir.join("bigsyms");
+    // Rewritten only when it changes, so the binary is compiled once, not every run.
+    let text = big_program(BIG_FUNCTIONS);
+    if std::fs::read_to_string(&src).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&src, text)?;
+    }
+    let t = Instant::now();
+    // -O0 compiles fast; the helpers are inlined anyway (always_inline).
+    gcc(&src, &bin, &["-O0"])?;
+    let compile_s = t.elapsed().as_secs_f64();
+    let example = target_dir().join("release/examples/bench_symbolize");
+    if !example.is_file() {
+        bail!(
+            "{} is missing: run without --no-build (it is built with `cargo build --release -p \
+             agent --example bench_symbolize`)",
+            example.display()
+        );
+    }
+    let runs = if ctx.quick { 3 } else { 5 };
+    let mut cmd = Command::new(&example);
+    cmd.arg(&bin).arg(runs.to_string());
+    let out = probe(&mut cmd).with_context(|| format!("`{}` failed", display(&cmd)))?;
+    let figures: BTreeMap<String, String> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    println!("   {}", out.lines().collect::<Vec<_>>().join(", "));
+    Ok(Symbolize { figures, compile_s })
+}
+
+/// A C program with `n` functions, each calling an inlined helper, that prints every
+/// function's address (`fn 0x...`), then `ready`, and waits for stdin to close.
+fn big_program(n: usize) -> String {
+    let mut s = String::from(
+        "// Generated by `cargo xtask bench` (symbolization benchmark); not checked in.\n\
+         #include <stdio.h>\n\
+         static volatile int sink;\n",
+    );
+    for i in 0..n {
+        let _ = writeln!(
+            s,
+            "static inline __attribute__((always_inline)) int helper_{i}(int x) {{ return x * {} + sink; }}\n\
+             __attribute__((noinline)) int function_{i}(int x) {{ return helper_{i}(x) ^ {i}; }}",
+            i % 97 + 3
+        );
+    }
+    s.push_str("typedef int (*fn_t)(int);\nstatic fn_t fns[] = {\n");
+    for i in 0..n {
+        let _ = writeln!(s, "  function_{i},");
+    }
+    s.push_str(
+        "};\n\
+         int main(void) {\n\
+           for (unsigned i = 0; i < sizeof fns / sizeof fns[0]; i++)\n\
+             printf(\"fn %p\\n\", (void *)fns[i]);\n\
+           printf(\"ready\\n\");\n\
+           fflush(stdout);\n\
+           while (getchar() != EOF)\n\
+             ;\n\
+           return 0;\n\
+         }\n",
+    );
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Attach to first sample
+
+/// One `agent attach` start, observed from outside by polling its fd table every few ms.
+struct AttachTimeline {
+    /// Seconds from spawn: first and last map fd before the first program.
+    maps_done_s: f64,
+    /// (seconds from spawn, program id, verified instructions), in load order.
+    progs: Vec<(f64, u32, u64)>,
+    attached_s: Option<f64>,
+    first_sample_s: f64,
+    names: HashMap<u32, String>,
+}
+
+struct Latency {
+    /// Per mode key: the runs.
+    runs: Vec<(&'static str, Vec<AttachTimeline>)>,
+    /// `strace -T -e trace=bpf`: (bpf command, program name) -> (calls, seconds).
+    strace: Option<BTreeMap<(String, String), (u64, f64)>>,
+}
+
+fn latency(ctx: &Ctx) -> Result<Latency> {
+    let n = if ctx.quick { 3 } else { 5 };
+    let mut runs = Vec::new();
+    for key in ["cpu", "all"] {
+        let m = mode(key);
+        let mut v = Vec::new();
+        for i in 0..n {
+            let t = attach_timeline(ctx, m)?;
+            println!(
+                "   {key}: run {}/{n}: {} programs loaded by {:.2} s, first sample at {:.2} s",
+                i + 1,
+                t.progs.len(),
+                t.progs.last().map_or(0.0, |p| p.0),
+                t.first_sample_s
+            );
+            v.push(t);
+        }
+        runs.push((key, v));
+    }
+    let strace = match find_in_path("strace") {
+        Some(_) => Some(strace_bpf(ctx, mode("all"))?),
+        None => {
+            println!("   (strace not installed: no per-syscall load breakdown)");
+            None
+        }
+    };
+    Ok(Latency { runs, strace })
+}
+
+fn attach_timeline(ctx: &Ctx, m: &Mode) -> Result<AttachTimeline> {
+    // A busy target (its switches and syscalls start the moment a program is attached).
+    let mut w = Workload::start(&Spec::new(&ctx.pingpong, &[100_000_000, 1, 0]))?;
+    w.go()?;
+    ctx.stats.set(true)?;
+    let result = (|| {
+        let (tracer, _) = Tracer::agent(ctx, m, w.pid())?;
+        let pid = tracer.pid;
+        let start = tracer.started;
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut maps_done_s = 0.0;
+        let mut progs: Vec<(f64, u32, u64)> = Vec::new();
+        let mut prog_fds: Vec<String> = Vec::new();
+        let mut attached_s = None;
+        let first_sample_s = loop {
+            check_interrupted()?;
+            let now = start.elapsed().as_secs_f64();
+            if now > 120.0 {
+                bail!(
+                    "no sample 120 s after starting the agent: {}",
+                    tracer.stderr_tail()
+                );
+            }
+            if attached_s.is_none() && tracer.ready.try_recv().is_ok() {
+                attached_s = Some(now);
+            }
+            if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                for e in dir.filter_map(|e| e.ok()) {
+                    let fd = e.file_name().to_string_lossy().into_owned();
+                    if seen.contains_key(&fd) {
+                        continue;
+                    }
+                    let Ok(link) = std::fs::read_link(e.path()) else {
+                        continue;
+                    };
+                    seen.insert(fd.clone(), ());
+                    if link.as_os_str() == "anon_inode:bpf-map" && progs.is_empty() {
+                        maps_done_s = now;
+                    } else if link.as_os_str() == "anon_inode:bpf-prog" {
+                        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                            .unwrap_or_default();
+                        if let Some((id, st)) = parse_prog_fdinfo(&info) {
+                            progs.push((now, id, st.verified_insns));
+                            prog_fds.push(fd);
+                        }
+                    }
+                }
+            }
+            let runs: u64 = prog_fds
+                .iter()
+                .filter_map(|fd| {
+                    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+                    Some(parse_prog_fdinfo(&info)?.1.run_cnt)
+                })
+                .sum();
+            if runs > 0 {
+                break now;
+            }
+            if let Ok(Some(status)) = tracer.child_status() {
+                bail!(
+                    "the agent exited ({status}) before its first sample: {}",
+                    tracer.stderr_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let names = prog_names();
+        if attached_s.is_none() {
+            // The programs run from the moment they are attached, before the log line.
+            attached_s = tracer.wait_ready(Duration::from_secs(30)).ok();
+        }
+        tracer.interrupt();
+        tracer.finish(Duration::from_secs(120))?;
+        Ok(AttachTimeline {
+            maps_done_s,
+            progs,
+            attached_s,
+            first_sample_s,
+            names,
+        })
+    })();
+    ctx.stats.set(false)?;
+    result
+}
+
+/// Runs one attach under `strace -f -T -e trace=bpf` and sums the time of each bpf command
+/// (BPF_PROG_LOAD per program: that is the verifier).
+fn strace_bpf(ctx: &Ctx, m: &Mode) -> Result<BTreeMap<(String, String), (u64, f64)>> {
+    let mut w = Workload::start(&Spec::new(&ctx.pingpong, &[100_000_000, 1, 0]))?;
+    w.go()?;
+    let log = ctx.dir.join("strace-bpf.txt");
+    let out = ctx.dir.join("out").join("strace");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-T", "-e", "trace=bpf", "-o"])
+        .arg(&log)
+        .arg(&ctx.agent)
+        .args([
+            "-v",
+            "attach",
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "1s",
+        ])
+        .args(m.args)
+        .arg("-o")
+        .arg(&out);
+    let tracer = Tracer::start(&mut cmd, "attached to", true)?;
+    tracer.wait_ready(Duration::from_secs(120))?;
+    tracer.finish(Duration::from_secs(120))?;
+    let text = std::fs::read_to_string(&log)?;
+    Ok(parse_strace_bpf(&text))
+}
+
+fn parse_strace_bpf(text: &str) -> BTreeMap<(String, String), (u64, f64)> {
+    let mut out: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(call) = line.split_once("bpf(").map(|x| x.1) else {
+            continue;
+        };
+        let cmd = call.split(',').next().unwrap_or("").to_string();
+        let name = call
+            .split_once("prog_name=\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map_or(String::new(), |(n, _)| n.to_string());
+        let secs = line
+            .rsplit_once('<')
+            .and_then(|(_, r)| r.strip_suffix('>'))
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let e = out.entry((cmd, name)).or_default();
+        e.0 += 1;
+        e.1 += secs;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. bpftrace reference
+
+struct Bpftrace {
+    pairs: Option<Pairs>,
+    instrumented: Option<Cost>,
+    missing: Option<String>,
+}
+
+fn bpftrace(ctx: &Ctx) -> Result<Bpftrace> {
+    for tool in ["bpftrace", "unshare"] {
+        if find_in_path(tool).is_none() {
+            return Ok(Bpftrace {
+                pairs: None,
+                instrumented: None,
+                missing: Some(format!("{tool} is not installed (`cargo xtask setup`)")),
+            });
+        }
+    }
+    let pp = ctx.pingpong(1, 0);
+    let pairs = pairs(ctx, "ping-pong, bpftrace off-CPU", &pp, &Tool::Bpftrace)?;
+    let (_, cost) = timed(ctx, &pp, &Tool::Bpftrace, true)?;
+    Ok(Bpftrace {
+        pairs: Some(pairs),
+        instrumented: cost,
+        missing: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread dumps
+
+struct DumpRow {
+    threads: u64,
+    times: Vec<f64>,
+    /// The counting thread's progress during the dumps relative to before them.
+    progress: Option<f64>,
+}
+
+struct Dump {
+    rows: Vec<DumpRow>,
+    missing: Option<String>,
+}
+
+fn dump(ctx: &Ctx) -> Result<Dump> {
+    let missing = |why: &str| Dump {
+        rows: Vec::new(),
+        missing: Some(why.to_string()),
+    };
+    if probe(Command::new(&ctx.agent).args(["dump", "--help"])).is_none() {
+        return Ok(missing("this agent has no `dump` subcommand yet"));
+    }
+    let src = workspace_root().join("tests/workloads/dump_many.c");
+    if !src.is_file() {
+        return Ok(missing(
+            "tests/workloads/dump_many.c (its workload) is not there yet",
+        ));
+    }
+    let bin = ctx.dir.join("dump_many");
+    gcc(&src, &bin, &[])?;
+    let reps = if ctx.quick { 3 } else { 5 };
+    let mut rows = Vec::new();
+    for threads in [10u64, 100, 1000] {
+        let counter = ctx.dir.join("dump_counter");
+        let _ = std::fs::remove_file(&counter);
+        let mut cmd = Command::new(&bin);
+        cmd.arg(threads.to_string())
+            .arg(&counter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut child = spawn(&mut cmd)?;
+        let lines = line_reader(child.stdout.take().expect("piped"));
+        let w = Workload {
+            child,
+            stdin: None,
+            lines,
+            reaped: false,
+        };
+        wait_line(&w.lines, Duration::from_secs(60), "dump_many ready", |l| {
+            l == "ready"
+        })?;
+        let read_counter = || -> u64 {
+            std::fs::read(&counter)
+                .ok()
+                .and_then(|b| Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?)))
+                .unwrap_or(0)
+        };
+        let run_dump = || -> Result<f64> {
+            let t = Instant::now();
+            let mut c = Command::new(&ctx.agent);
+            c.args(["dump", "--pid", &w.pid().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let status = spawn(&mut c)?.wait()?;
+            if !status.success() {
+                bail!("`{}` failed ({status})", display(&c));
+            }
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run_dump()?; // warm-up (page cache, symbol files)
+        let (c0, t0) = (read_counter(), Instant::now());
+        std::thread::sleep(Duration::from_millis(500));
+        let rate_idle = (read_counter() - c0) as f64 / t0.elapsed().as_secs_f64();
+        let mut times = Vec::new();
+        let (c1, t1) = (read_counter(), Instant::now());
+        for _ in 0..reps {
+            check_interrupted()?;
+            times.push(run_dump()?);
+        }
+        let rate_dump = (read_counter() - c1) as f64 / t1.elapsed().as_secs_f64();
+        println!(
+            "   {threads} threads: median {:.3} s, counter at {:.0}% of its idle rate",
+            median(&times),
+            rate_dump / rate_idle * 100.0
+        );
+        rows.push(DumpRow {
+            threads,
+            times,
+            progress: (rate_idle > 0.0).then(|| rate_dump / rate_idle),
+        });
+        drop(w);
+        let _ = std::fs::remove_file(&counter);
+    }
+    Ok(Dump {
+        rows,
+        missing: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing the agent's summary
+
+/// Every whole number in `line`.
+fn numbers(line: &str) -> Vec<u64> {
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// The number just before `what` in the summary's `accounting:` lines.
+fn accounting_number(summary: &str, what: &str) -> Option<u64> {
+    summary
+        .lines()
+        .filter(|l| l.starts_with("accounting:"))
+        .find_map(|l| {
+            let (before, _) = l.split_once(what)?;
+            numbers(before).last().copied()
+        })
+}
+
+/// Everything the summary counts as lost: the `losses:` line and a full lock table.
+fn losses(summary: &str) -> u64 {
+    let lost: u64 = summary
+        .lines()
+        .filter(|l| l.starts_with("losses:"))
+        .flat_map(numbers)
+        .sum();
+    let lock_table = summary
+        .lines()
+        .filter(|l| l.starts_with("accounting:"))
+        .find_map(|l| l.split_once("lock table full").map(|x| numbers(x.1)))
+        .and_then(|n| n.first().copied())
+        .unwrap_or(0);
+    lost + lock_table
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+
+struct Report {
+    date: String,
+    kernel: String,
+    commit: String,
+    loads: String,
+    stats_note: Option<String>,
+    slowdown: Option<Slowdown>,
+    nontarget: Option<Nontarget>,
+    stress: Option<Stress>,
+    symbolize: Option<Symbolize>,
+    latency: Option<Latency>,
+    bpftrace: Option<Bpftrace>,
+    dump: Option<Dump>,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Report {
+    fn new(ctx: &Ctx) -> Self {
+        let sh = |args: &[&str]| {
+            probe(
+                Command::new(args[0])
+                    .args(&args[1..])
+                    .current_dir(workspace_root()),
+            )
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+        };
+        let dirty = !sh(&["git", "status", "--porcelain", "--", "agent", "ebpf"]).is_empty();
+        Self {
+            date: sh(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
+            kernel: sh(&["uname", "-r"]),
+            commit: format!(
+                "{}{}",
+                sh(&["git", "rev-parse", "--short", "HEAD"]),
+                if dirty {
+                    " + uncommitted changes in agent/ or ebpf/"
+                } else {
+                    ""
+                }
+            ),
+            loads: String::new(),
+            stats_note: ctx.stats.already_on().then(|| {
+                "bpf_stats_enabled was already on when the run started (someone else's): the \
+                 slowdown figures include its cost (two clock reads per program run)."
+                    .to_string()
+            }),
+            slowdown: None,
+            nontarget: None,
+            stress: None,
+            symbolize: None,
+            latency: None,
+            bpftrace: None,
+            dump: None,
+        }
+    }
+
+    fn finished(&mut self, ctx: &Ctx) {
+        self.loads = format!("{} at the start, {} at the end", ctx.load_before, loadavg());
+    }
+
+    fn render(&self, ctx: &Ctx) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{MARK_BEGIN}");
+        let _ = writeln!(s, "## Agent overhead (`cargo xtask bench`)\n");
+        let _ = writeln!(
+            s,
+            "Run {}{} on Linux {}, {} CPUs, agent at {}. Load average (1/5/15 min): {}. \
+             Workloads: `tests/workloads/bench_pingpong.c` ({} token hand-offs between two \
+             threads through a mutex and a condition variable, sized to about {:.1} s) and \
+             `tests/workloads/bench_cpu.c` (one busy thread per CPU, {} rounds each). Each \
+             slowdown is the median of {} interleaved pairs (baseline, traced) of the \
+             workload's own elapsed time, with the range of the pairs; the agent attaches \
+             before the workload starts its work and ends when it exits.\n",
+            self.date,
+            if ctx.quick { " (--quick)" } else { "" },
+            self.kernel,
+            ctx.cpus,
+            self.commit,
+            self.loads,
+            2 * ctx.pingpong_n,
+            ctx.run_secs,
+            ctx.cpu_n,
+            ctx.pairs,
+        );
+        if let Some(n) = &self.stats_note {
+            let _ = writeln!(s, "Note: {n}\n");
+        }
+        self.render_budget(&mut s);
+        self.render_slowdown(&mut s);
+        self.render_bpf(&mut s);
+        self.render_agent_cost(&mut s);
+        self.render_stress(&mut s);
+        self.render_symbolize(&mut s);
+        self.render_latency(&mut s);
+        self.render_bpftrace(&mut s);
+        self.render_dump(&mut s);
+        let _ = writeln!(s, "{MARK_END}");
+        s
+    }
+
+    fn mode_figures(&self, key: &str) -> Option<&ModeFigures> {
+        self.slowdown
+            .as_ref()?
+            .modes
+            .iter()
+            .find(|m| m.mode.key == key)
+    }
+
+    fn render_budget(&self, s: &mut String) {
+        let _ = writeln!(s, "### Budget (issue 8)\n");
+        let _ = writeln!(s, "| budget | figure | met? |\n|---|---|---|");
+        let mut row = |what: &str, figure: Option<(String, bool)>| {
+            let (f, ok) = figure.unwrap_or(("not measured in this run".into(), false));
+            let verdict = if f.starts_with("not measured") {
+                "—"
+            } else if ok {
+                "met"
+            } else {
+                "**not met**"
+            };
+            let _ = writeln!(s, "| {what} | {f} | {verdict} |");
+        };
+        let slow = |key: &str, limit: f64| {
+            self.mode_figures(key).map(|m| {
+                let v = m.pingpong.slowdown();
+                (format!("{:+.1}% ({})", v * 100.0, m.mode.label), v <= limit)
+            })
+        };
+        row(
+            "≤1% ping-pong slowdown at default rates, all profiles",
+            slow("all", 0.01),
+        );
+        row(
+            "≤1% ping-pong slowdown, offcpu+block at the default rate",
+            slow("offcpu_block", 0.01),
+        );
+        row(
+            "≤3% ping-pong slowdown, every event recorded (all profiles)",
+            slow("all_r1", 0.03),
+        );
+        row(
+            "≤3% ping-pong slowdown, offcpu+block at rate 1",
+            slow("offcpu_block_r1", 0.03),
+        );
+        row(
+            "≤2% ping-pong slowdown, mutex at fraction 1 (issue 4)",
+            slow("mutex", 0.02),
+        );
+        row(
+            "≤1 µs BPF time per target context switch, incl. stacks",
+            self.mode_figures("all_r1").and_then(|m| {
+                let (ns, cnt) = *m.instrumented.progs.get("sched_switch")?;
+                let per = ns as f64 / cnt.max(1) as f64;
+                let switches = m.instrumented.progs.get("sched_switch")?.1;
+                let total = m.instrumented.prog_ns() as f64 / switches.max(1) as f64;
+                Some((
+                    format!(
+                        "{per:.0} ns per sched_switch run; {total:.0} ns of all programs per switch"
+                    ),
+                    per <= 1000.0,
+                ))
+            }),
+        );
+        row(
+            "≤50 ns BPF time per non-target event",
+            self.nontarget.as_ref().and_then(|n| {
+                let (name, per) = n
+                    .instrumented
+                    .progs
+                    .iter()
+                    .filter(|(_, (_, c))| *c > 0)
+                    .map(|(k, (ns, c))| (k.clone(), *ns as f64 / *c as f64))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))?;
+                Some((format!("worst {per:.0} ns ({name})"), per <= 50.0))
+            }),
+        );
+        row(
+            "agent ≤2% of one core (attach, during the capture)",
+            self.slowdown.as_ref().map(|sl| {
+                let (worst, label) = sl
+                    .modes
+                    .iter()
+                    .map(|m| (m.pingpong.median_cost(Cost::cpu_share), m.mode.key))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .unwrap_or((0.0, ""));
+                (
+                    format!("worst {:.1}% ({label}, ping-pong)", worst * 100.0),
+                    worst <= 0.02,
+                )
+            }),
+        );
+        row(
+            "agent ≤64 MiB RSS (attach)",
+            self.slowdown.as_ref().map(|sl| {
+                let (worst, label) = sl
+                    .modes
+                    .iter()
+                    .map(|m| (m.pingpong.median_cost(|c| c.maxrss_kib as f64), m.mode.key))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .unwrap_or((0.0, ""));
+                (
+                    format!("peak {:.0} MiB ({label})", worst / 1024.0),
+                    worst <= 64.0 * 1024.0,
+                )
+            }),
+        );
+        row(
+            "zero drops at 200k events/s",
+            self.stress.as_ref().map(|st| {
+                let best = st
+                    .rows
+                    .iter()
+                    .filter(|r| r.drops() == 0)
+                    .map(|r| r.cost.prog_runs() as f64 / r.cost.window_s)
+                    .fold(0.0, f64::max);
+                let any_drops = st.rows.iter().any(|r| r.drops() > 0);
+                (
+                    format!(
+                        "{:.0}k BPF events/s with 0 drops{}",
+                        best / 1000.0,
+                        if any_drops {
+                            "; drops at higher rates"
+                        } else {
+                            " (highest rate reached here)"
+                        }
+                    ),
+                    best >= 200_000.0,
+                )
+            }),
+        );
+        row(
+            "attach to first sample ≤1 s",
+            self.latency.as_ref().and_then(|l| {
+                let (_, runs) = l.runs.iter().find(|(k, _)| *k == "all")?;
+                let v = median(&runs.iter().map(|r| r.first_sample_s).collect::<Vec<_>>());
+                Some((format!("{v:.2} s (all profiles, median)"), v <= 1.0))
+            }),
+        );
+        row(
+            "thread dump of 1000 threads < 1 s (issue 5)",
+            self.dump.as_ref().and_then(|d| {
+                let r = d.rows.iter().find(|r| r.threads == 1000)?;
+                let v = median(&r.times);
+                Some((format!("{v:.2} s (median)"), v < 1.0))
+            }),
+        );
+        let _ = writeln!(
+            s,
+            "\n`serve` idle: not measured — `agent serve` does not exist yet.\n"
+        );
+    }
+
+    fn render_slowdown(&self, s: &mut String) {
+        let Some(sl) = &self.slowdown else { return };
+        let _ = writeln!(s, "### 1. Target slowdown\n");
+        let _ = writeln!(
+            s,
+            "Median (range over the pairs; baseline median time). Positive: slower with the agent.\n"
+        );
+        let _ = writeln!(s, "| mode | ping-pong | CPU-bound |\n|---|---|---|");
+        for m in &sl.modes {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                m.mode.label,
+                m.pingpong.cell(),
+                m.cpu_bound.as_ref().map_or("—".into(), Pairs::cell)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| serve idle | n/a: `agent serve` does not exist yet | n/a |\n"
+        );
+    }
+
+    fn render_bpf(&self, s: &mut String) {
+        let Some(sl) = &self.slowdown else { return };
+        let _ = writeln!(s, "### 2. BPF time per event\n");
+        let _ = writeln!(
+            s,
+            "From `bpf_stats_enabled` (run_time_ns / run_cnt of each program over the workload's \
+             run, one extra run per mode with the statistics on; they add two clock reads per \
+             run, included here). Target: the ping-pong is the agent's target (a program run \
+             may still be for another task, e.g. the idle task a target switches to). \
+             \"per hand-off\": all programs' time divided by the {} token hand-offs.\n",
+            sl.handoffs
+        );
+        let _ = writeln!(s, "| mode | program | runs/s | ns/run |\n|---|---|---|---|");
+        for m in &sl.modes {
+            let c = &m.instrumented;
+            c.prog_rows(&format!("{} | ", m.mode.key), s);
+            let _ = writeln!(
+                s,
+                "| {} | **all programs, per hand-off** | {:.0} hand-offs/s | **{:.0}** ({:.1}% of a hand-off's wall time) |",
+                m.mode.key,
+                sl.handoffs as f64 / c.window_s,
+                c.prog_ns() as f64 / sl.handoffs as f64,
+                c.prog_ns() as f64 / 1e9 / c.window_s * 100.0
+            );
+        }
+        let cpu_rows: Vec<_> = sl
+            .modes
+            .iter()
+            .filter_map(|m| Some((m.mode.key, m.instrumented_cpu.as_ref()?)))
+            .collect();
+        if !cpu_rows.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nCPU-bound workload (cpu_sample on a target's busy threads):\n\n| mode | program | runs/s | ns/run |\n|---|---|---|---|"
+            );
+            for (key, c) in cpu_rows {
+                c.prog_rows(&format!("{key} | "), s);
+            }
+        }
+        if let Some(n) = &self.nontarget {
+            let _ = writeln!(
+                s,
+                "\nNon-target events: the agent (all profiles, every event) attached to an idle \
+                 process while the ping-pong, not its target, runs. The ping-pong's slowdown: \
+                 {}.\n\n| program | runs/s | ns/run |\n|---|---|---|",
+                n.pairs.cell()
+            );
+            n.instrumented.prog_rows("", s);
+        }
+        let _ = writeln!(s);
+    }
+
+    fn render_agent_cost(&self, s: &mut String) {
+        let Some(sl) = &self.slowdown else { return };
+        let _ = writeln!(s, "### 3. Agent CPU and memory\n");
+        let _ = writeln!(
+            s,
+            "Medians over the pairs' agent runs. \"During capture\": CPU of all the agent's \
+             threads while the workload runs (`/proc/PID/task/*/schedstat`), as a share of \
+             one core. \"Whole run\": user+system CPU of the agent process from start to exit \
+             (load and verify the programs, capture, read maps, symbolize, write), and its \
+             peak RSS (`getrusage` of the child). RSS during capture: VmRSS at the workload's \
+             end.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| mode | workload | CPU during capture (% of one core) | CPU whole run (s) | RSS during capture (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|"
+        );
+        for m in &sl.modes {
+            for (name, p) in [
+                ("ping-pong", Some(&m.pingpong)),
+                ("CPU-bound", m.cpu_bound.as_ref()),
+            ] {
+                let Some(p) = p else { continue };
+                let _ = writeln!(
+                    s,
+                    "| {} | {name} | {:.1} | {:.2} | {:.1} | {:.1} |",
+                    m.mode.key,
+                    p.median_cost(Cost::cpu_share) * 100.0,
+                    p.median_cost(|c| c.total_cpu_s),
+                    p.median_cost(|c| c.rss_kib as f64) / 1024.0,
+                    p.median_cost(|c| c.maxrss_kib as f64) / 1024.0
+                );
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn render_stress(&self, s: &mut String) {
+        let Some(st) = &self.stress else { return };
+        let _ = writeln!(s, "### 4. Event rates and drops\n");
+        let _ = writeln!(
+            s,
+            "All profiles, every event recorded (`--block-rate 1 --mutex-fraction 1`), more \
+             ping-pong pairs for more events. \"BPF events/s\": runs of the agent's programs \
+             per second (scheduler and syscall events it handles). Drops: the agent's own \
+             `losses:` line plus a full lock table. \"No user stack\": share of off-CPU time \
+             whose stack has no user frame, read from `offcpu.folded` (every thread of the \
+             workload runs under `player` or `main`, so a stack without either lost its user \
+             part).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| load | BPF events/s | target switch-outs/s | hand-offs/s (baseline → agent) | target slowdown | drops counted | no user stack |\n|---|---|---|---|---|---|---|"
+        );
+        for r in st.rows.iter().chain(&st.overflow) {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.0} | {:.0} → {:.0} | {:+.1}% | {} | {} |",
+                r.label,
+                r.cost.prog_runs() as f64 / r.cost.window_s,
+                r.switch_outs() as f64 / r.cost.window_s,
+                r.handoffs as f64 / r.base_s,
+                r.handoffs as f64 / r.with_s,
+                (r.with_s / r.base_s - 1.0) * 100.0,
+                r.drops(),
+                r.no_user_stack_share()
+                    .map_or("n/a".into(), |v| format!("{:.1}%", v * 100.0))
+            );
+        }
+        if let Some(o) = &st.overflow {
+            let line = o
+                .cost
+                .stdout
+                .lines()
+                .find(|l| l.starts_with("losses:"))
+                .unwrap_or("(no losses line)");
+            let per = o
+                .cost
+                .progs
+                .get("sched_switch")
+                .map_or(0.0, |(ns, c)| *ns as f64 / (*c).max(1) as f64);
+            let _ = writeln!(
+                s,
+                "\nWith 32768 distinct call paths the agent's summary said: `{line}`; \
+                 sched_switch took {per:.0} ns per run at that stack depth.\n"
+            );
+        }
+    }
+
+    fn render_symbolize(&self, s: &mut String) {
+        let Some(sy) = &self.symbolize else { return };
+        let f = |k: &str| sy.figures.get(k).cloned().unwrap_or_else(|| "?".into());
+        let _ = writeln!(s, "### 5. Symbolization\n");
+        let _ = writeln!(
+            s,
+            "A generated C program with {BIG_FUNCTIONS} functions (each with an inlined helper; \
+             `gcc -O0 -g`, compiled in {:.1} s or reused, not checked in), a CPU profile of {} samples \
+             whose stacks cover {} unique user frames plus {} kernel frames, symbolized by \
+             `agent::symbolize::Symbolizer` from `agent::procmaps::MapsCache` as `agent attach` \
+             does (`agent/examples/bench_symbolize.rs`). Medians of {} runs.\n",
+            sy.compile_s,
+            f("samples"),
+            f("user_frames"),
+            f("kernel_frames"),
+            f("runs")
+        );
+        let _ = writeln!(
+            s,
+            "| cold (new symbolizer) | warm (same symbolizer again) | maps cache refresh | pprof encode | locations resolved | inlined frames | peak RSS of the bench |\n|---|---|---|---|---|---|---|"
+        );
+        let rss: f64 = f("peak_rss_kib").parse().unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "| {} ms | {} ms | {} ms | {} ms ({} bytes) | {} of {} | {} | {:.0} MiB |\n",
+            f("cold_ms"),
+            f("warm_ms"),
+            f("maps_ms"),
+            f("pprof_encode_ms"),
+            f("pprof_bytes"),
+            f("resolved"),
+            f("locations"),
+            f("inlined_lines"),
+            rss / 1024.0
+        );
+    }
+
+    fn render_latency(&self, s: &mut String) {
+        let Some(l) = &self.latency else { return };
+        let _ = writeln!(s, "### 6. Attach to first sample\n");
+        let _ = writeln!(
+            s,
+            "`agent attach` started on a running ping-pong; its fd table and the fdinfo of its \
+             program fds polled every 2 ms. \"Programs loaded\": when the last program fd \
+             appeared (BPF_PROG_LOAD returns after the verifier). First sample: the first run \
+             of any of its programs. Medians of the runs.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| profiles | maps created | programs loaded | attached (log line) | first sample |\n|---|---|---|---|---|"
+        );
+        for (key, runs) in &l.runs {
+            let med = |f: &dyn Fn(&AttachTimeline) -> Option<f64>| {
+                let v: Vec<f64> = runs.iter().filter_map(f).collect();
+                if v.is_empty() {
+                    "?".to_string()
+                } else {
+                    format!("{:.2} s", median(&v))
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | **{}** |",
+                mode(key).label,
+                med(&|r| Some(r.maps_done_s)),
+                med(&|r| r.progs.last().map(|p| p.0)),
+                med(&|r| r.attached_s),
+                med(&|r| Some(r.first_sample_s))
+            );
+        }
+        if let Some((_, runs)) = l.runs.iter().find(|(k, _)| *k == "all")
+            && let Some(r) = runs.first()
+        {
+            let _ = writeln!(
+                s,
+                "\nPrograms in load order (all profiles, first run): verified instructions \
+                 (fdinfo `verified_insns`) and the time since the previous fd appeared.\n\n\
+                 | program | verified insns | time to load |\n|---|---|---|"
+            );
+            let mut prev = r.maps_done_s;
+            for (t, id, insns) in &r.progs {
+                let name = r.names.get(id).map_or("?", String::as_str);
+                let _ = writeln!(s, "| {name} | {insns} | {:.3} s |", t - prev);
+                prev = *t;
+            }
+        }
+        if let Some(st) = &l.strace {
+            let _ = writeln!(
+                s,
+                "\n`strace -f -T -e trace=bpf` of one attach (all profiles): time inside each \
+                 bpf() command (strace adds some µs per call).\n\n\
+                 | bpf command | program | calls | seconds |\n|---|---|---|---|"
+            );
+            let mut rows: Vec<_> = st.iter().collect();
+            rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+            for ((cmd, name), (calls, secs)) in rows.iter().take(14) {
+                let _ = writeln!(s, "| {cmd} | {name} | {calls} | {secs:.3} |");
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    fn render_bpftrace(&self, s: &mut String) {
+        let Some(b) = &self.bpftrace else { return };
+        let _ = writeln!(s, "### 7. Reference: bpftrace\n");
+        if let Some(why) = &b.missing {
+            let _ = writeln!(s, "Not measured: {why}.\n");
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "bpftrace {} aggregating off-CPU time by (kernel stack, user stack) of the \
+             ping-pong's threads on `sched_switch` (script below), same workload, same pairs \
+             protocol. Compare with `offcpu only` above (which also classifies waits and \
+             unwinds user stacks with DWARF CFI; bpftrace's `ustack` follows frame pointers).\n",
+            probe(Command::new("bpftrace").arg("--version"))
+                .unwrap_or_default()
+                .trim()
+                .trim_start_matches("bpftrace ")
+        );
+        let _ = writeln!(
+            s,
+            "| tracer | ping-pong slowdown | CPU during capture | peak RSS | ready after | BPF ns per run (sched_switch) |\n|---|---|---|---|---|---|"
+        );
+        let agent_off = self.mode_figures("offcpu");
+        if let (Some(p), Some(c)) = (&b.pairs, &b.instrumented) {
+            let per = c
+                .progs
+                .values()
+                .max_by_key(|v| v.1)
+                .map_or(0.0, |(ns, n)| *ns as f64 / (*n).max(1) as f64);
+            let _ = writeln!(
+                s,
+                "| bpftrace | {} | {:.1}% | {:.0} MiB | {:.2} s | {per:.0} |",
+                p.cell(),
+                p.median_cost(Cost::cpu_share) * 100.0,
+                p.median_cost(|c| c.maxrss_kib as f64) / 1024.0,
+                p.median_cost(|c| c.ready_s)
+            );
+        }
+        if let Some(m) = agent_off {
+            let per = m
+                .instrumented
+                .progs
+                .get("sched_switch")
+                .map_or(0.0, |(ns, n)| *ns as f64 / (*n).max(1) as f64);
+            let _ = writeln!(
+                s,
+                "| agent, offcpu only | {} | {:.1}% | {:.0} MiB | {:.2} s | {per:.0} |",
+                m.pingpong.cell(),
+                m.pingpong.median_cost(Cost::cpu_share) * 100.0,
+                m.pingpong.median_cost(|c| c.maxrss_kib as f64) / 1024.0,
+                m.pingpong.median_cost(|c| c.ready_s)
+            );
+        }
+        let _ = writeln!(s, "\n```\n{}```\n", BPFTRACE_OFFCPU);
+    }
+
+    fn render_dump(&self, s: &mut String) {
+        let Some(d) = &self.dump else { return };
+        let _ = writeln!(s, "### Thread dump time (`agent dump`)\n");
+        if let Some(why) = &d.missing {
+            let _ = writeln!(s, "Not measured: {why}.\n");
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "`agent dump --pid N` (wall time from start to exit, text output) on \
+             `tests/workloads/dump_many.c` with N waiting threads and one counting thread; \
+             \"progress\": the counting thread's rate while dumps run back to back, relative \
+             to its rate just before (the process is not stopped).\n\n\
+             | threads | median | range | progress |\n|---|---|---|---|"
+        );
+        for r in &d.rows {
+            let (lo, hi) = min_max(&r.times);
+            let _ = writeln!(
+                s,
+                "| {} | {:.3} s | {lo:.3} .. {hi:.3} s | {} |",
+                r.threads,
+                median(&r.times),
+                r.progress
+                    .map_or("?".into(), |p| format!("{:.0}%", p * 100.0))
+            );
+        }
+        let _ = writeln!(s);
+    }
+}
+
+/// Replaces this command's block in `path` (or appends it), keeping everything else.
+fn write_block(path: &Path, block: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(MARK_BEGIN), old.find(MARK_END)) {
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}{}",
+            &old[..b],
+            block.trim_end(),
+            &old[e + MARK_END.len()..]
+        ),
+        _ if old.trim().is_empty() => format!("# Benchmarks\n\n{block}"),
+        _ => format!("{}\n\n{block}", old.trim_end()),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUMMARY: &str = "stallscope: pid 1 (x): 1.0 s capture completed\n\
+        accounting: 10 cpu samples taken at 99 Hz on 2 CPUs, 3 for the target\n\
+        accounting: 4000 switch-outs of target threads, 3990 off-CPU intervals recorded, 0 shorter than --offcpu-min\n\
+        accounting: 7 lock releases with waiters, 7 recorded (mutex fraction 1); lock table full 2\n\
+        losses: stacks lost user 1 kernel 0; stack-map collisions 3; events dropped: map full 0, thread table full 0, histogram full 0\n";
+
+    #[test]
+    fn summary_numbers() {
+        assert_eq!(
+            accounting_number(SUMMARY, "switch-outs of target threads"),
+            Some(4000)
+        );
+        assert_eq!(losses(SUMMARY), 1 + 3 + 2);
+        assert_eq!(losses("nothing"), 0);
+    }
+
+    #[test]
+    fn fdinfo_and_strace() {
+        let info = "pos:\t0\nprog_type:\t7\nprog_id:\t646\nrun_time_ns:\t1200\nrun_cnt:\t3\nverified_insns:\t264862\n";
+        let (id, st) = parse_prog_fdinfo(info).unwrap();
+        assert_eq!(
+            (id, st.run_time_ns, st.run_cnt, st.verified_insns),
+            (646, 1200, 3, 264862)
+        );
+        let log = "123 bpf(BPF_PROG_LOAD, {prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=5, prog_name=\"sched_switch\", x=1}, 148) = 12 <1.500000>\n\
+                   123 bpf(BPF_MAP_UPDATE_ELEM, {map_fd=3, key=0x1}, 32) = 0 <0.000010>\n\
+                   123 bpf(BPF_MAP_UPDATE_ELEM, {map_fd=3, key=0x2}, 32) = 0 <0.000020>\n";
+        let m = parse_strace_bpf(log);
+        assert_eq!(
+            m[&("BPF_PROG_LOAD".into(), "sched_switch".into())],
+            (1, 1.5)
+        );
+        let (n, t) = m[&("BPF_MAP_UPDATE_ELEM".into(), String::new())];
+        assert_eq!(n, 2);
+        assert!((t - 0.00003).abs() < 1e-9);
+    }
+
+    #[test]
+    fn block_is_replaced_and_the_rest_kept() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("B.md");
+        std::fs::write(&p, "# Benchmarks\n\n## Thread dumps\nkeep me\n").unwrap();
+        write_block(&p, &format!("{MARK_BEGIN}\nfirst\n{MARK_END}\n")).unwrap();
+        write_block(&p, &format!("{MARK_BEGIN}\nsecond\n{MARK_END}\n")).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("keep me") && text.contains("second") && !text.contains("first"));
+        assert_eq!(text.matches(MARK_BEGIN).count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(min_max(&[2.0, -1.0, 5.0]), (-1.0, 5.0));
+    }
+}
