@@ -270,6 +270,7 @@ struct Ctx {
     stats: BpfStats,
     cpus: usize,
     load_before: String,
+    busy_before: Vec<String>,
 }
 
 impl Ctx {
@@ -291,6 +292,13 @@ impl Ctx {
         let stats = BpfStats::new()?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let load_before = loadavg();
+        let busy_before = busy_processes();
+        if !busy_before.is_empty() {
+            println!(
+                "warning: other busy processes compete with the workloads: {}",
+                busy_before.join(", ")
+            );
+        }
         let mut ctx = Self {
             agent,
             pingpong,
@@ -308,6 +316,7 @@ impl Ctx {
             stats,
             cpus,
             load_before,
+            busy_before,
         };
         println!("== bench: sizing the workloads to about {run_secs} s each");
         ctx.pingpong_n = ctx.calibrate(&ctx.pingpong, 20_000, run_secs)?;
@@ -1703,6 +1712,44 @@ struct Report {
     dump: Option<Dump>,
 }
 
+/// Other processes that used more than a tenth of a core over one second (they compete with
+/// the workloads on a small machine; the report names them).
+fn busy_processes() -> Vec<String> {
+    fn times() -> HashMap<u32, (String, u64)> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return HashMap::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let (head, rest) = stat.rsplit_once(") ")?;
+                let comm = head.split_once(" (")?.1.to_string();
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some((pid, (comm, ticks)))
+            })
+            .collect()
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let a = times();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut busy: Vec<(f64, String)> = times()
+        .into_iter()
+        .filter_map(|(pid, (comm, t))| {
+            let share = (t - a.get(&pid)?.1) as f64 / hz;
+            (share > 0.1 && pid != std::process::id()).then(|| {
+                (
+                    share,
+                    format!("{comm} (pid {pid}, {:.0}% of a core)", share * 100.0),
+                )
+            })
+        })
+        .collect();
+    busy.sort_by(|x, y| y.0.total_cmp(&x.0));
+    busy.into_iter().map(|b| b.1).collect()
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1778,6 +1825,15 @@ impl Report {
             ctx.cpu_n,
             ctx.pairs,
         );
+        if !ctx.busy_before.is_empty() {
+            let _ = writeln!(
+                s,
+                "Other processes busy when the run started (they compete with the workloads \
+                 for the {} CPUs, so they add noise): {}.\n",
+                ctx.cpus,
+                ctx.busy_before.join(", ")
+            );
+        }
         if let Some(n) = &self.stats_note {
             let _ = writeln!(s, "Note: {n}\n");
         }
