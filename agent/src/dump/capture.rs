@@ -328,3 +328,37 @@ pub fn observe(
         })
         .collect())
 }
+
+/// One check of a `--dump-when` trigger in a running `agent attach`: looks at the threads (the
+/// task iterator; a full dump for `deadlock`, only after a futex wait of
+/// [`super::trigger::DEADLOCK_MIN_WAIT`]), and when the condition holds and the rate limit
+/// allows, writes a dump into `dir`. Returns the file written, if any.
+pub fn check_trigger(
+    trigger: &mut super::trigger::Trigger,
+    collector: &mut Collector,
+    pid: u32,
+    maps: &MapsCache,
+    symbolizer: &mut Symbolizer,
+    dir: &std::path::Path,
+    format: crate::cli::DumpFormat,
+) -> Result<Option<std::path::PathBuf>, Error> {
+    let obs = observe(collector, pid)?;
+    let detail = text::Detail::EveryThread;
+    if trigger.when.needs_full_dump() {
+        if !trigger
+            .when
+            .worth_full_check(&obs, super::trigger::DEADLOCK_MIN_WAIT)
+        {
+            return Ok(None);
+        }
+        let dump = take_dump(collector, pid, maps, symbolizer)?;
+        if !trigger.fire(trigger.when.holds_for_dump(&dump), Instant::now()) {
+            return Ok(None);
+        }
+        return super::write_rendered(&dump, dir, format, detail).map(Some);
+    }
+    if !trigger.fire(trigger.when.holds(&obs), Instant::now()) {
+        return Ok(None);
+    }
+    super::write_dump(collector, pid, maps, symbolizer, dir, format, detail).map(Some)
+}

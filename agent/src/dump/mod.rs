@@ -35,7 +35,7 @@ use crate::procmaps::MapsCache;
 use crate::symbolize::Symbolizer;
 use crate::{attach, system};
 
-pub use capture::take_dump;
+pub use capture::{check_trigger, observe, take_dump};
 pub use model::Dump;
 pub use text::Detail;
 
@@ -158,8 +158,23 @@ pub fn write_dump(
     detail: Detail,
 ) -> Result<PathBuf, Error> {
     let dump = take_dump(collector, pid, maps, symbolizer)?;
-    let name = format!("dump-{pid}-{}.{}", dump.taken_at_unix_ms, extension(format));
-    write_into(dir, &name, &render(&dump, format, detail))
+    write_rendered(&dump, dir, format, detail)
+}
+
+/// Writes `dump` to `dir/dump-<pid>-<unix ms>.<txt|json>`.
+pub fn write_rendered(
+    dump: &Dump,
+    dir: &Path,
+    format: DumpFormat,
+    detail: Detail,
+) -> Result<PathBuf, Error> {
+    let name = format!(
+        "dump-{}-{}.{}",
+        dump.pid,
+        dump.taken_at_unix_ms,
+        extension(format)
+    );
+    write_into(dir, &name, &render(dump, format, detail))
 }
 
 /// `agent dump`: returns what to print on stdout (the dump, or with `-o` where it was written).

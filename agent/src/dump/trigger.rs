@@ -251,6 +251,117 @@ impl DumpWhen {
     }
 }
 
+impl DumpWhen {
+    /// For `deadlock`: whether the cheap view of the threads makes a full dump worth taking.
+    /// A deadlocked thread sits in a futex wait; one that has waited less than `min` is not
+    /// yet worth a look (it is likely a passing contention). Counting conditions: always.
+    pub fn worth_full_check(&self, threads: &[ThreadObs], min: Duration) -> bool {
+        if self.condition != Condition::Deadlock {
+            return true;
+        }
+        let min = min.as_nanos() as u64;
+        threads
+            .iter()
+            .any(|t| t.state == State::FutexWait && t.in_state_ns.is_some_and(|ns| ns >= min))
+    }
+}
+
+/// Futex waits shorter than this are not checked for a deadlock.
+pub const DEADLOCK_MIN_WAIT: Duration = Duration::from_secs(1);
+
+/// A `--dump-when` condition with its rate limit: the state a running `agent attach` keeps.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub when: DumpWhen,
+    limit: RateLimit,
+}
+
+impl Trigger {
+    pub fn new(when: DumpWhen) -> Self {
+        let limit = RateLimit::new(when.every);
+        Self { when, limit }
+    }
+
+    /// Whether a dump should be written now, given whether the condition holds. Records the
+    /// dump when it says yes.
+    pub fn fire(&mut self, holds: bool, now: Instant) -> bool {
+        holds && self.limit.allow(now)
+    }
+}
+
+/// A signal name or number for `--signal-target` (`QUIT`, `SIGQUIT`, `3`), as its number.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal {n} is out of range (1-64)"))
+        };
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Ok(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => {
+            return Err(format!(
+                "unknown signal {s:?}; use a name such as QUIT, USR1, USR2 or a number"
+            ));
+        }
+    })
+}
+
+/// The marker at the start of a Go binary's `.go.buildinfo` section (every Go build since 1.13
+/// has one, stripped or not).
+const GO_BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
+
+/// Whether the ELF file at `path` is a Go program.
+pub fn is_go_binary(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let keep = GO_BUILDINFO_MAGIC.len() - 1;
+    let mut filled = 0;
+    loop {
+        let n = f.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let end = filled + n;
+        if buf[..end]
+            .windows(GO_BUILDINFO_MAGIC.len())
+            .any(|w| w == GO_BUILDINFO_MAGIC)
+        {
+            return Ok(true);
+        }
+        // Keep the tail, in case the marker straddles two reads.
+        let tail = end.saturating_sub(keep);
+        buf.copy_within(tail..end, 0);
+        filled = end - tail;
+    }
+}
+
+/// Checks a `--signal-target` choice against the target's binary: SIGQUIT makes the Go runtime
+/// print its goroutines and then exit, so it is never sent to a Go program.
+pub fn check_signal_target(sig: i32, exe: &std::path::Path) -> Result<(), String> {
+    if sig == libc::SIGQUIT && is_go_binary(exe).unwrap_or(false) {
+        return Err(format!(
+            "{} is a Go program: SIGQUIT makes it print its goroutines and exit. Use agent \
+             dump's own thread dump, or a signal the program handles",
+            exe.display()
+        ));
+    }
+    Ok(())
+}
+
 /// At most one event per `every`: the first is always allowed.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
@@ -382,6 +493,63 @@ mod tests {
         assert!(w.holds(&threads));
         let w: DumpWhen = "deadlock".parse().unwrap();
         assert!(!w.holds(&threads));
+    }
+
+    #[test]
+    fn deadlock_checks_wait_for_a_long_futex_wait() {
+        let w: DumpWhen = "deadlock".parse().unwrap();
+        let min = Duration::from_secs(1);
+        assert!(!w.worth_full_check(&[obs(State::FutexWait, 0.5), obs(State::Sleep, 9.0)], min));
+        assert!(w.worth_full_check(&[obs(State::FutexWait, 1.5)], min));
+        let w: DumpWhen = "state=sleep".parse().unwrap();
+        assert!(w.worth_full_check(&[], min));
+    }
+
+    #[test]
+    fn trigger_fires_when_the_condition_holds_at_most_once_per_period() {
+        let mut t = Trigger::new("state=futex,every=10s".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(!t.fire(false, t0));
+        assert!(t.fire(true, t0));
+        assert!(!t.fire(true, t0 + Duration::from_secs(5)));
+        assert!(t.fire(true, t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("QUIT"), Ok(libc::SIGQUIT));
+        assert_eq!(parse_signal("sigusr2"), Ok(libc::SIGUSR2));
+        assert_eq!(parse_signal("3"), Ok(3));
+        assert!(parse_signal("0").is_err());
+        assert!(
+            parse_signal("KILLALL")
+                .unwrap_err()
+                .contains("unknown signal")
+        );
+    }
+
+    #[test]
+    fn go_binaries_are_recognized() {
+        let dir = std::env::temp_dir().join(format!("stallscope-go-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The marker across the 1 MiB read boundary, as in a large binary.
+        let mut data = vec![0u8; (1 << 20) - 5];
+        data.extend_from_slice(GO_BUILDINFO_MAGIC);
+        data.extend_from_slice(&[0; 100]);
+        let go = dir.join("go");
+        std::fs::write(&go, &data).unwrap();
+        assert!(is_go_binary(&go).unwrap());
+        assert!(
+            check_signal_target(libc::SIGQUIT, &go)
+                .unwrap_err()
+                .contains("Go program")
+        );
+        assert!(check_signal_target(libc::SIGUSR1, &go).is_ok());
+        // This test binary is Rust.
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_go_binary(&me).unwrap());
+        assert!(check_signal_target(libc::SIGQUIT, &me).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
