@@ -29,6 +29,57 @@ pub enum Command {
     /// Print a thread dump of a running process without stopping it: every thread's state, time
     /// in state, user and kernel stack, and pthread-mutex deadlocks (reported first).
     Dump(DumpArgs),
+    /// Run until stopped, serving Prometheus metrics (/metrics) of the target processes and
+    /// Go-style profiles of any process (/debug/pprof/...) over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but a loopback address needs --auth-token-file.
+    #[arg(long, default_value = "127.0.0.1:6060")]
+    pub listen: std::net::SocketAddr,
+
+    /// Process to export metrics for (repeatable). Profiles can be taken of any process.
+    #[arg(short, long)]
+    pub pid: Vec<u32>,
+
+    /// Export metrics for every process (up to --max-targets), following new ones.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Most processes tracked at once (bounds the metrics' cardinality).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_targets: u32,
+
+    /// File holding a token: every request must then carry `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// How often the continuous metrics are sampled from /proc.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Longest profile a request may ask for (`seconds` above it is capped), in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub max_seconds: u64,
+
+    /// Profiles taken at the same time; more get 429 Too Many Requests. Each keeps its own
+    /// loaded BPF programs and maps (about 150 MB of kernel memory).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub max_concurrent_profiles: u32,
+
+    /// CPU sampling frequency of /debug/pprof/profile, Hz.
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+
+    /// Block profile rate of /debug/pprof/block (as `agent attach --block-rate`).
+    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
+    pub block_rate: u64,
+
+    /// Mutex profile fraction of /debug/pprof/mutex (as `agent attach --mutex-fraction`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mutex_fraction: u64,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +257,19 @@ mod tests {
             Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "gpu"]).is_err()
         );
         assert!(Cli::try_parse_from(["agent", "attach"]).is_err());
+    }
+
+    #[test]
+    fn serve_args() {
+        let cli = Cli::try_parse_from(["agent", "serve", "--pid", "7", "--pid", "8"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.pid, vec![7, 8]);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:6060");
+        assert_eq!((s.max_seconds, s.max_concurrent_profiles), (60, 1));
+        assert!(Cli::try_parse_from(["agent", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["agent", "serve", "--max-targets", "0"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod model;
 pub mod procmaps;
 pub mod profiles;
 pub mod report;
+pub mod serve;
 pub mod symbolize;
 pub mod system;
 pub mod triage;

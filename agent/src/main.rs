@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             Command::Dump(args) => agent::dump::run(args).map(|out| {
                 print!("{out}");
             }),
+            Command::Serve(args) => agent::serve::run(args).await,
         }
     });
     match result {

@@ -74,6 +74,11 @@ impl Symbolizer {
         }
     }
 
+    /// Files handed to blazesym so far that are still cached (for `/metrics`).
+    pub fn cached_files(&self) -> usize {
+        self.used_files.len()
+    }
+
     /// The ELF symbol (a global or static variable such as `big_lock`, with `+off` when inside
     /// it) at the data address `addr` of process `pid`, found through the files it maps.
     pub fn data_symbol(&mut self, pid: u32, addr: u64, maps: &MapsCache) -> Option<String> {

@@ -148,7 +148,7 @@ pub struct ProgramStats {
 }
 
 /// Aggregation maps whose fill is reported (`/metrics`).
-const FILL_MAPS: [&str; 8] = [
+pub const FILL_MAPS: [&str; 8] = [
     "CPU_SAMPLES",
     "OFFCPU",
     "BLOCK",

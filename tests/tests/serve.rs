@@ -1,0 +1,777 @@
+//! Root tests of `agent serve` with real clients: `promtool check metrics`, a real Prometheus
+//! server scraping the agent on loopback (every metric family and every dashboard query must
+//! return data), `go tool pprof` over HTTP, bearer-token auth, 400/404/429, the `seconds` cap,
+//! and target lifecycle (exited targets' series removed, `--all` bounded and following new
+//! processes).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stallscope_tests::{TempDir, Workload, agent_path, go_pprof, parse_pprof_top, require_root};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: the agent, a minimal HTTP client, Prometheus
+// ---------------------------------------------------------------------------------------------
+
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// A running `agent serve`, stopped (SIGTERM, then SIGKILL) on drop.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Serve {
+    /// Starts `agent serve --listen 127.0.0.1:0 <args>` and waits for its address; with
+    /// `wait_profiles`, also until its BPF programs are verified (profiles can be taken).
+    fn start(args: &[&str], wait_profiles: bool) -> Serve {
+        let mut cmd = Command::new(agent_path());
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting agent serve");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("piped");
+        let l2 = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let mut s = Serve {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            stderr: lines,
+        };
+        let line = s.wait_line("serving on http://", Duration::from_secs(30));
+        let rest = &line[line.find("http://").unwrap() + 7..];
+        s.addr = rest[..rest.find('/').unwrap()].parse().unwrap();
+        if wait_profiles {
+            // Verifying the programs takes seconds (more on a loaded machine).
+            s.wait_line("profiles ready", Duration::from_secs(180));
+        }
+        s
+    }
+
+    fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent serve exited ({status}) before printing {needle:?}: {:?}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent serve did not print {needle:?} within {timeout:?}: {:?}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        http_get(self.addr, path, None, Duration::from_secs(120))
+    }
+
+    fn metrics(&self) -> String {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall to our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+    bytes: Vec<u8>,
+}
+
+/// A plain HTTP/1.1 GET (loopback only), so the tests depend on no HTTP client crate.
+fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>, timeout: Duration) -> Reply {
+    assert!(addr.ip().is_loopback(), "tests only talk to loopback");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("reading the reply to GET {path}: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header end");
+    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Prometheus server on loopback scraping the agent every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr, bearer: Option<&str>) -> Prometheus {
+        let dir = TempDir::new("stallscope-prom");
+        let auth = match bearer {
+            Some(t) => {
+                let f = dir.path().join("token");
+                std::fs::write(&f, t).unwrap();
+                format!(
+                    "    authorization:\n      type: Bearer\n      credentials_file: {}\n",
+                    f.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+             - job_name: stallscope\n    scrape_interval: 1s\n    scrape_timeout: 1s\n{auth}    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("prometheus.log")).unwrap(),
+            ));
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .expect("starting prometheus (Debian's `prometheus` package: run `cargo xtask setup`)");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if TcpStream::connect(addr).is_ok()
+                && http_get(addr, "/-/ready", None, Duration::from_secs(5)).status == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready within 60 s: {}",
+                std::fs::read_to_string(p._dir.path().join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// An instant query; panics on a parse or evaluation error. Returns the result vector.
+    fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let r = http_get(
+            self.addr,
+            &format!("/api/v1/query?query={}", url_encode(q)),
+            None,
+            Duration::from_secs(20),
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("query {q:?}: bad JSON ({e}): {}", r.body));
+        assert_eq!(
+            v["status"], "success",
+            "query {q:?} failed ({}): {}",
+            r.status, r.body
+        );
+        match &v["data"]["result"] {
+            serde_json::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        }
+    }
+
+    /// Waits until `q` returns something.
+    fn wait_for(&self, q: &str, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.query(q);
+            if !r.is_empty() {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus query {q:?} returned nothing within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Families declared in a Prometheus text exposition (`# TYPE name type`).
+fn families(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The value of the first series of `name` whose labels include every `labels` pair.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool (Debian's `prometheus` package: run `cargo xtask setup`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn dashboard_path() -> std::path::PathBuf {
+    stallscope_tests::workspace_root().join("dashboards/stallscope.json")
+}
+
+/// Every panel query of the dashboard, with its Grafana variables resolved.
+fn dashboard_queries(pid: u32) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(dashboard_path()).expect("dashboards/stallscope.json");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut out = Vec::new();
+    fn walk(panels: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        for p in panels.as_array().into_iter().flatten() {
+            if let Some(targets) = p["targets"].as_array() {
+                for t in targets {
+                    out.push((p["title"].as_str().unwrap_or("?").to_string(), t.clone()));
+                }
+            }
+            walk(&p["panels"], out);
+        }
+    }
+    let mut targets = Vec::new();
+    walk(&dash["panels"], &mut targets);
+    for (title, t) in targets {
+        let expr = t["expr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("panel {title:?} has a target without expr"));
+        let expr = expr
+            .replace("$__rate_interval", "10s")
+            .replace("$__interval", "2s")
+            .replace("$__range", "30s")
+            .replace("$instance", ".*")
+            .replace("$pid", &pid.to_string())
+            .replace("$comm", ".*");
+        assert!(
+            !expr.contains('$'),
+            "unresolved variable in {title:?}: {expr}"
+        );
+        out.push((title, expr));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// `/metrics` passes promtool, carries the numbers a lock-convoy workload must produce, and a
+/// real Prometheus scraping it returns every family and every dashboard panel query.
+#[test]
+fn metrics_promtool_prometheus_and_dashboard() {
+    require_root();
+    let w = Workload::spawn("mutex_convoy", &[]);
+    let pid = w.pid_str();
+    let serve = Serve::start(&["--pid", &pid, "--interval", "500ms"], true);
+    // One short window of each kind, so the window-only series (events, map fill) move too.
+    for kind in ["profile", "mutex"] {
+        let r = serve.get(&format!("/debug/pprof/{kind}?pid={pid}&seconds=1"));
+        assert_eq!(r.status, 200, "{kind}: {}", r.body);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let text = serve.metrics();
+    promtool_check(&text);
+
+    let labels = [("pid", pid.as_str()), ("comm", "mutex_convoy")];
+    // 4 workers contend on one lock: lock wait grows, the futex class has most of it.
+    let futex = sample(
+        &text,
+        "stallscope_offcpu_seconds_total",
+        &[labels[0], labels[1], ("class", "futex")],
+    )
+    .expect("futex off-CPU series");
+    assert!(futex > 0.5, "futex off-CPU seconds {futex}:\n{text}");
+    let lock_wait = sample(&text, "stallscope_lock_wait_seconds_total", &labels).unwrap();
+    assert!((lock_wait - futex).abs() < 1e-6);
+    let cpu = sample(&text, "stallscope_cpu_seconds_total", &labels).unwrap();
+    assert!(cpu > 0.1, "cpu seconds {cpu}");
+    let threads: f64 = [
+        "running", "futex", "io", "sleep", "syscall", "disk", "stopped", "other",
+    ]
+    .iter()
+    .map(|s| {
+        sample(&text, "stallscope_threads", &[labels[0], ("state", s)])
+            .unwrap_or_else(|| panic!("no threads series for state {s}"))
+    })
+    .sum();
+    let real = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count() as f64;
+    assert_eq!(
+        threads, real,
+        "threads by state must add up to the process's threads"
+    );
+    let rq_count = sample(&text, "stallscope_runqueue_latency_seconds_count", &labels).unwrap();
+    assert!(rq_count > 100.0, "run-queue observations {rq_count}");
+    let events = sample(
+        &text,
+        "stallscope_bpf_events_total",
+        &[("event", "mutex_events_recorded")],
+    )
+    .unwrap();
+    assert!(
+        events > 0.0,
+        "mutex events recorded in the window: {events}"
+    );
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+
+    // A real Prometheus scrapes it.
+    let prom = Prometheus::start(serve.addr, None);
+    prom.wait_for("up{job=\"stallscope\"} == 1", Duration::from_secs(30));
+    // Enough scrapes for rate() over 10 s windows.
+    std::thread::sleep(Duration::from_secs(6));
+    let fams = families(&text);
+    assert!(fams.len() >= 20, "{fams:?}");
+    for (name, kind) in &fams {
+        let q = if kind == "histogram" {
+            format!("{name}_bucket")
+        } else {
+            name.clone()
+        };
+        let r = prom.wait_for(&q, Duration::from_secs(10));
+        assert!(!r.is_empty(), "{q}");
+    }
+    // Every dashboard panel query parses and returns data.
+    let queries = dashboard_queries(w.pid());
+    assert!(queries.len() >= 8, "{queries:?}");
+    let mut empty = Vec::new();
+    for (title, q) in &queries {
+        if prom.query(q).is_empty() {
+            empty.push(format!("{title}: {q}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries with no data: {empty:#?}"
+    );
+}
+
+/// `go tool pprof` over HTTP, as against a Go service: the CPU profile of cpu_split shows
+/// hot_a on top with about 3/4 of the samples; block and mutex profiles of a lock convoy
+/// show the lock.
+#[test]
+fn go_tool_pprof_over_http() {
+    require_root();
+    let w = Workload::spawn("cpu_split", &[]);
+    let convoy = Workload::spawn("mutex_convoy", &[]);
+    let serve = Serve::start(&[], true);
+    let url = serve.url(&format!("/debug/pprof/profile?pid={}&seconds=3", w.pid()));
+    // go tool pprof gives up on a fetch after 1.5 × seconds (4.5 s here): its success shows
+    // the window does not wait for program verification.
+    let out = go_pprof(&["-top", "-nodecount=10"], &url);
+    let rows = parse_pprof_top(&out);
+    assert_eq!(
+        rows.first().map(|r| r.name.as_str()),
+        Some("hot_a"),
+        "{out}"
+    );
+    let a = rows[0].flat_pct;
+    assert!((60.0..=90.0).contains(&a), "hot_a {a}% of CPU:\n{out}");
+    assert!(out.contains("Duration: 3"), "{out}");
+
+    for kind in ["block", "mutex"] {
+        let url = serve.url(&format!(
+            "/debug/pprof/{kind}?pid={}&seconds=2",
+            convoy.pid()
+        ));
+        let out = go_pprof(&["-top", "-cum", "-nodecount=30"], &url);
+        assert!(out.contains("Type: delay"), "{kind}: {out}");
+        assert!(
+            out.contains("slow_section") || out.contains("fast_section"),
+            "{kind} profile must show the critical sections:\n{out}"
+        );
+    }
+    let out = go_pprof(
+        &["-top"],
+        serve.url(&format!(
+            "/debug/pprof/offcpu?pid={}&seconds=1",
+            convoy.pid()
+        )),
+    );
+    assert!(out.contains("Type: off-cpu"), "{out}");
+
+    // The thread dump of the same process.
+    let r = serve.get(&format!(
+        "/debug/pprof/threads?pid={}&debug=1",
+        convoy.pid()
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("thread dump of process"), "{}", r.body);
+    assert!(r.body.contains("mutex_convoy"), "{}", r.body);
+}
+
+/// 400 with a message for bad parameters, 404 for an unknown profile, 429 while the only
+/// collector is busy, and `seconds` capped by --max-seconds.
+#[test]
+fn bad_requests_busy_and_seconds_cap() {
+    require_root();
+    let w = Workload::spawn("cpu_split", &[]);
+    let pid = w.pid();
+    let serve = Serve::start(&["--max-seconds", "2"], true);
+    for (path, needle) in [
+        ("/debug/pprof/profile?pid=999999999&seconds=1", "no process"),
+        ("/debug/pprof/profile?pid=abc", "pid must be"),
+        ("/debug/pprof/profile", "missing pid"),
+        ("/debug/pprof/block?pid=1&seconds=0", "seconds must be"),
+        ("/debug/pprof/block?pid=1&seconds=x", "seconds must be"),
+        ("/debug/pprof/threads?pid=1&debug=7", "debug must be"),
+    ] {
+        let r = serve.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.body.contains(needle), "{path}: {}", r.body);
+    }
+    let r = serve.get(&format!("/debug/pprof/heap?pid={pid}"));
+    assert_eq!(r.status, 404, "{}", r.body);
+    // A thread id is not a process id.
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&t| t != pid);
+    if let Some(tid) = tid {
+        let r = serve.get(&format!("/debug/pprof/profile?pid={tid}&seconds=1"));
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+
+    // seconds=100 is capped to 2, and a second request meanwhile gets 429.
+    let addr = serve.addr;
+    let t0 = Instant::now();
+    let first = std::thread::spawn(move || {
+        http_get(
+            addr,
+            &format!("/debug/pprof/profile?pid={pid}&seconds=100"),
+            None,
+            Duration::from_secs(60),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = serve.get(&format!("/debug/pprof/block?pid={pid}&seconds=1"));
+    assert_eq!(busy.status, 429, "{}", busy.body);
+    assert!(busy.headers.to_ascii_lowercase().contains("retry-after"));
+    let first = first.join().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        took < Duration::from_secs(10),
+        "seconds=100 must be capped to 2 s, took {took:?}"
+    );
+    let p = agent::export::pprof::decode(&first.bytes).expect("pprof bytes");
+    assert!(
+        p.comments.iter().any(|c| c.contains("capped to 2")),
+        "{:?}",
+        p.comments
+    );
+    assert!(p.duration <= Duration::from_secs(3), "{:?}", p.duration);
+    // The collector is free again.
+    let again = serve.get(&format!("/debug/pprof/profile?pid={pid}&seconds=1"));
+    assert_eq!(again.status, 200, "{}", again.body);
+    let text = serve.metrics();
+    assert_eq!(
+        sample(
+            &text,
+            "stallscope_profile_rejected_total",
+            &[("reason", "busy")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "stallscope_profiles_active", &[]), Some(0.0));
+}
+
+/// A non-loopback address needs a token; with one, requests without it get 401, and a
+/// Prometheus configured with the token scrapes.
+#[test]
+fn auth_token() {
+    require_root();
+    // Refused at start, with what to do.
+    let out = Command::new(agent_path())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--auth-token-file"), "{err}");
+
+    let dir = TempDir::new("stallscope-auth");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken-for-tests\n").unwrap();
+    let out = Command::new(agent_path())
+        .args(["serve", "--listen", "0.0.0.0:0", "--auth-token-file"])
+        .arg(dir.path().join("missing"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let serve = Serve::start(&["--auth-token-file", token_file.to_str().unwrap()], false);
+    let addr = serve.addr;
+    let t = Duration::from_secs(10);
+    let r = http_get(addr, "/metrics", None, t);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer")
+    );
+    assert_eq!(http_get(addr, "/metrics", Some("wrong"), t).status, 401);
+    assert_eq!(
+        http_get(addr, "/debug/pprof/profile?pid=1", None, t).status,
+        401
+    );
+    let ok = http_get(addr, "/metrics", Some("t0ken-for-tests"), t);
+    assert_eq!(ok.status, 200);
+    assert!(ok.body.contains("stallscope_targets"));
+    let prom = Prometheus::start(addr, Some("t0ken-for-tests"));
+    prom.wait_for("up{job=\"stallscope\"} == 1", Duration::from_secs(30));
+    // With a wrong token its scrapes fail (up == 0).
+    let prom_bad = Prometheus::start(addr, Some("nope"));
+    prom_bad.wait_for("up{job=\"stallscope\"} == 0", Duration::from_secs(30));
+    assert!(prom_bad.query("up{job=\"stallscope\"} == 1").is_empty());
+}
+
+/// Exited targets' series go away; `--all` follows new processes up to --max-targets.
+#[test]
+fn lifecycle_exit_and_all() {
+    require_root();
+    let short = Workload::spawn("exit_early", &["3"]);
+    let long = Workload::spawn("cpu_split", &[]);
+    let (sp, lp) = (short.pid_str(), long.pid_str());
+    let serve = Serve::start(&["--pid", &sp, "--pid", &lp, "--interval", "200ms"], false);
+    std::thread::sleep(Duration::from_millis(800));
+    let text = serve.metrics();
+    assert!(sample(&text, "stallscope_cpu_seconds_total", &[("pid", &sp)]).is_some());
+    short.wait_exit(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let text = serve.metrics();
+    assert!(
+        !text.contains(&format!("pid=\"{sp}\"")),
+        "series of the exited target are still there:\n{text}"
+    );
+    assert!(sample(&text, "stallscope_cpu_seconds_total", &[("pid", &lp)]).unwrap() > 0.1);
+    assert_eq!(
+        sample(&text, "stallscope_target_exits_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "stallscope_targets", &[]), Some(1.0));
+    drop(serve);
+
+    // --all, bounded: every process up to the bound, and the rest counted as untracked.
+    let serve = Serve::start(
+        &["--all", "--max-targets", "3", "--interval", "200ms"],
+        false,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let text = serve.metrics();
+    assert_eq!(
+        sample(&text, "stallscope_targets", &[]),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(sample(&text, "stallscope_targets_untracked", &[]).unwrap() >= 1.0);
+    drop(serve);
+
+    // --all follows a process started after the agent; a new process on a reused pid would
+    // be a new entry (pid + start time), never the old series.
+    let serve = Serve::start(
+        &["--all", "--max-targets", "1024", "--interval", "200ms"],
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let late = Workload::spawn("cpu_split", &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let text = serve.metrics();
+    let late_cpu = sample(
+        &text,
+        "stallscope_cpu_seconds_total",
+        &[("pid", &late.pid_str()), ("comm", "cpu_split")],
+    );
+    assert!(late_cpu.is_some_and(|c| c > 0.0), "{late_cpu:?}");
+    let comms: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("stallscope_cpu_seconds_total{"))
+        .filter_map(|l| l.split("comm=\"").nth(1)?.split('"').next())
+        .collect();
+    let me = format!("pid=\"{}\"", serve.child.id());
+    assert!(
+        !text.contains(&me),
+        "the agent must not track itself: {comms:?}"
+    );
+}
