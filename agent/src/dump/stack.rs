@@ -118,13 +118,19 @@ impl UnwindTables {
 }
 
 /// Return addresses of a thread's user stack (innermost first, starting with `regs.ip`).
+/// Trailing addresses outside the process's code are dropped: they are what a last
+/// frame-pointer step read past the root of the stack (e.g. above Go's `runtime.mstart`).
 pub fn unwind_user(regs: Regs, tables: &UnwindTables, mem: &MemReader) -> Vec<u64> {
-    unwind::unwind_stack(
+    let mut frames = unwind::unwind_stack(
         regs,
         |pc| tables.lookup(pc),
         |addr| mem.read_u64(addr),
         MAX_USER_FRAMES,
-    )
+    );
+    while frames.len() > 1 && frames.last().is_some_and(|&pc| !tables.is_code(pc)) {
+        frames.pop();
+    }
+    frames
 }
 
 /// Frames at the root of every stack that belong to the C runtime, not to the program.
