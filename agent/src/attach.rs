@@ -158,57 +158,91 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     let out_dir = args.output.clone();
     let top_n = args.top;
     let pid = target.pid;
-    let (files, sections) = tokio::task::spawn_blocking(move || {
+    let Written {
+        files, sections, ..
+    } = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
-        let mut files = Vec::new();
-        let mut sections = Vec::new();
-        let waiters = lock_waiters.map(|w| symbolizer.symbolize(w, &maps));
-        for raw in raws {
-            let kind = raw.kind;
-            let mut profile = symbolizer.symbolize(raw, &maps);
-            let mut lock_section = None;
-            if let (ProfileKind::Mutex, Some(waiters)) = (kind, &waiters) {
-                lock_section = Some(prepare_mutex(
-                    &mut profile,
-                    waiters,
-                    &mut symbolizer,
-                    &maps,
-                    pid,
-                    top_n,
-                ));
-            }
-            let pb = out_dir.join(format!("{}.pb.gz", kind.name()));
-            export::pprof::write(&profile, &pb).map_err(|e| Error::Output {
-                path: pb.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            files.push(pb);
-            let folded_path = out_dir.join(format!("{}.folded", kind.name()));
-            let value_index = report::main_value_index(&profile);
-            let folded = if kind == ProfileKind::Offcpu {
-                // The wait class is the root frame, so a flame graph splits by class first.
-                export::folded::render_with_root(&profile, value_index, report::wait_class_of)
-            } else {
-                export::folded::render(&profile, value_index)
-            };
-            std::fs::write(&folded_path, folded).map_err(|source| Error::Output {
-                path: folded_path.clone(),
-                source,
-            })?;
-            files.push(folded_path);
-            let mut section = report::profile_section(&profile, top_n);
-            if let Some(extra) = lock_section {
-                section.push_str(&extra);
-            }
-            sections.push(section);
-        }
-        Ok::<_, Error>((files, sections))
+        write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out_dir, pid, top_n)
     })
     .await
     .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
 
     let summary = report::render_summary(&facts, &sections, &files);
     Ok(AttachOutcome { files, summary })
+}
+
+/// What [`write_profiles`] produced.
+pub struct Written {
+    pub files: Vec<PathBuf>,
+    /// The summary section of each profile.
+    pub sections: Vec<String>,
+    /// The symbolized profiles, as written.
+    pub profiles: Vec<crate::model::Profile>,
+}
+
+/// Symbolizes raw profiles and writes `<kind>.pb.gz` and `<kind>.folded` for each into
+/// `out_dir` (the mutex profile first loses its non-lock futex words and gains lock names,
+/// using `lock_waiters`). Run it on the thread that owns `symbolizer`.
+pub fn write_profiles(
+    symbolizer: &mut Symbolizer,
+    raws: Vec<RawProfile>,
+    lock_waiters: Option<RawProfile>,
+    maps: &MapsCache,
+    out_dir: &Path,
+    pid: u32,
+    top_n: usize,
+) -> Result<Written, Error> {
+    let mut out = Written {
+        files: Vec::new(),
+        sections: Vec::new(),
+        profiles: Vec::new(),
+    };
+    let waiters = lock_waiters.map(|w| symbolizer.symbolize(w, maps));
+    for raw in raws {
+        let kind = raw.kind;
+        let mut profile = symbolizer.symbolize(raw, maps);
+        let mut lock_section = None;
+        if let (ProfileKind::Mutex, Some(waiters)) = (kind, &waiters) {
+            lock_section = Some(prepare_mutex(
+                &mut profile,
+                waiters,
+                symbolizer,
+                maps,
+                pid,
+                top_n,
+            ));
+        }
+        let pb = out_dir.join(format!("{}.pb.gz", kind.name()));
+        export::pprof::write(&profile, &pb).map_err(|e| Error::Output {
+            path: pb.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        out.files.push(pb);
+        let folded_path = out_dir.join(format!("{}.folded", kind.name()));
+        std::fs::write(&folded_path, folded_text(&profile)).map_err(|source| Error::Output {
+            path: folded_path.clone(),
+            source,
+        })?;
+        out.files.push(folded_path);
+        let mut section = report::profile_section(&profile, top_n);
+        if let Some(extra) = lock_section {
+            section.push_str(&extra);
+        }
+        out.sections.push(section);
+        out.profiles.push(profile);
+    }
+    Ok(out)
+}
+
+/// Folded stacks of a profile by its main value; off-CPU stacks get their wait class as the
+/// root frame, so a flame graph splits by class first.
+pub fn folded_text(profile: &crate::model::Profile) -> String {
+    let value_index = report::main_value_index(profile);
+    if profile.kind == ProfileKind::Offcpu {
+        export::folded::render_with_root(profile, value_index, report::wait_class_of)
+    } else {
+        export::folded::render(profile, value_index)
+    }
 }
 
 /// One bounded capture window of `target`: loads and verifies the programs, attaches what

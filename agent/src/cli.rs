@@ -29,6 +29,10 @@ pub enum Command {
     /// Print a thread dump of a running process without stopping it: every thread's state, time
     /// in state, user and kernel stack, and pthread-mutex deadlocks (reported first).
     Dump(DumpArgs),
+    /// Incident capture: one bounded window, one bundle with CPU, off-CPU, block and mutex
+    /// profiles, flame graphs, thread dumps at the start and end, process facts and a
+    /// summary.md that names the most likely culprit.
+    Capture(CaptureArgs),
     /// Run until stopped, serving Prometheus metrics (/metrics) of the target processes and
     /// Go-style profiles of any process (/debug/pprof/...) over HTTP.
     Serve(ServeArgs),
@@ -78,6 +82,37 @@ pub struct ServeArgs {
     pub block_rate: u64,
 
     /// Mutex profile fraction of /debug/pprof/mutex (as `agent attach --mutex-fraction`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mutex_fraction: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Process to capture.
+    #[arg(short, long)]
+    pub pid: u32,
+
+    /// Length of the window, e.g. 30s. Ctrl-C ends it early and still writes a complete bundle.
+    #[arg(short, long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Directory for the bundle (created if missing).
+    #[arg(short, long, default_value = "capture")]
+    pub output: PathBuf,
+
+    /// Also pack the bundle into this .tar.gz.
+    #[arg(long, value_name = "FILE")]
+    pub archive: Option<PathBuf>,
+
+    /// CPU sampling frequency in Hz.
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+
+    /// Block profile rate (as `attach --block-rate`).
+    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
+    pub block_rate: u64,
+
+    /// Mutex profile fraction (as `attach --mutex-fraction`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub mutex_fraction: u64,
 }

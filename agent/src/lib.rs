@@ -4,6 +4,7 @@
 //! → `model` (plain data) → `symbolize` (blazesym) → `export` (pprof, folded, top table).
 
 pub mod attach;
+pub mod bundle;
 pub mod cli;
 pub mod collect;
 pub mod dump;

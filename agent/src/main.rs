@@ -45,6 +45,9 @@ fn main() -> ExitCode {
             Command::Attach(args) => agent::attach::run(args).await.map(|o| {
                 print!("{}", o.summary);
             }),
+            Command::Capture(args) => agent::bundle::run(args).await.map(|text| {
+                print!("{text}");
+            }),
             Command::Dump(args) => agent::dump::run(args).map(|out| {
                 print!("{out}");
             }),

@@ -30,7 +30,7 @@ use crate::error::Error;
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
 
 /// Kernel-side event and loss counters, summed over CPUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub cpu_samples: u64,
     pub cpu_samples_target: u64,
@@ -131,7 +131,7 @@ pub struct OpenInterval {
 }
 
 /// How full one aggregation map was at the end of a window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MapFill {
     pub map: &'static str,
     pub entries: u64,
@@ -140,7 +140,7 @@ pub struct MapFill {
 
 /// Cumulative run time and run count of one loaded program (`bpf_prog_info`); both stay 0
 /// unless BPF statistics are enabled (`kernel.bpf_stats_enabled=1` or `BPF_ENABLE_STATS`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProgramStats {
     pub program: &'static str,
     pub run_time_ns: u64,

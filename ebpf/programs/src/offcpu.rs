@@ -215,9 +215,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 
     // Switch-in of next: close its interval if we saw it leave.
     if let Some(next_tid) = task_pid(next)
-        && next_tid != 0 {
-            switch_in(next_tid, now, cfg.offcpu_min_ns);
-        }
+        && next_tid != 0
+    {
+        switch_in(next_tid, now, cfg.offcpu_min_ns);
+    }
     0
 }
 
