@@ -162,7 +162,15 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         files, sections, ..
     } = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
-        write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out_dir, pid, top_n)
+        write_profiles(
+            &mut symbolizer,
+            raws,
+            lock_waiters,
+            &maps,
+            &out_dir,
+            pid,
+            top_n,
+        )
     })
     .await
     .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;

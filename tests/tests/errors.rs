@@ -25,7 +25,10 @@ fn usage_errors_exit_2() {
     assert!(text.contains("--pid"), "{text}");
     let (code, text) = agent(&["attach", "--pid", "1", "--profile", "gpu"]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("available: cpu, offcpu, block, mutex"), "{text}");
+    assert!(
+        text.contains("available: cpu, offcpu, block, mutex"),
+        "{text}"
+    );
     let (code, text) = agent(&["attach", "--pid", "1", "--duration", "soon"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("use e.g. 10s"), "{text}");

@@ -22,7 +22,9 @@ fn attach(w: &Workload, duration: &str, extra: &[&str]) -> AgentRun {
 }
 
 fn in_stack(p: &Profile, s: &Sample, function: &str) -> bool {
-    p.frames_root_first(s).iter().any(|l| l.function == function)
+    p.frames_root_first(s)
+        .iter()
+        .any(|l| l.function == function)
 }
 
 /// Share of the delay whose releasing stack contains `function`.
@@ -61,7 +63,11 @@ fn slow_critical_section_carries_the_delay() {
         .collect();
     assert_eq!(types, [("contentions", "count"), ("delay", "nanoseconds")]);
     let slow = delay_share(&p, "slow_section");
-    assert!(slow >= 0.80, "slow_section carries {:.1}% of the delay", slow * 100.0);
+    assert!(
+        slow >= 0.80,
+        "slow_section carries {:.1}% of the delay",
+        slow * 100.0
+    );
     // The fast holders released the lock with waiters more often than the slow one did.
     let ci = value_index(&p, "contentions");
     let count_of = |f: &str| -> i64 {
@@ -79,12 +85,17 @@ fn slow_critical_section_carries_the_delay() {
     );
     // Samples name the lock, and the summary names the culprit.
     assert!(
-        p.samples.iter().all(|s| label(s, "lock_name") == Some("big_lock")),
+        p.samples
+            .iter()
+            .all(|s| label(s, "lock_name") == Some("big_lock")),
         "every sample is on big_lock"
     );
     assert!(run.stdout.contains("(big_lock)"), "{}", run.stdout);
     // go tool pprof agrees: slow_section is on top by cumulative delay among our functions.
-    let top = go_pprof(&["-top", "-cum", "-sample_index=delay"], run.file("mutex.pb.gz"));
+    let top = go_pprof(
+        &["-top", "-cum", "-sample_index=delay"],
+        run.file("mutex.pb.gz"),
+    );
     assert!(top.contains("slow_section"), "{top}");
 }
 
@@ -108,7 +119,11 @@ fn rwlock_writer_is_charged_for_starving_readers() {
     let run = attach(&w, "4s", &[]);
     let p = read_profile(run.file("mutex.pb.gz"));
     let writer = delay_share(&p, "writer_section");
-    assert!(writer >= 0.80, "writer_section carries {:.1}% of the delay", writer * 100.0);
+    assert!(
+        writer >= 0.80,
+        "writer_section carries {:.1}% of the delay",
+        writer * 100.0
+    );
 }
 
 /// `--mutex-fraction 10` keeps 1 in 10 events in the kernel and multiplies by 10: the delay per

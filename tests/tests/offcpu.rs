@@ -31,7 +31,9 @@ fn wait_class(s: &Sample) -> Option<&str> {
 }
 
 fn has_function(p: &Profile, s: &Sample, function: &str) -> bool {
-    p.frames_root_first(s).iter().any(|l| l.function == function)
+    p.frames_root_first(s)
+        .iter()
+        .any(|l| l.function == function)
 }
 
 /// Sum of `value_type` over samples whose stack contains `function` and whose wait class is
@@ -69,7 +71,10 @@ fn accounting(run: &AgentRun, after_number: &str) -> u64 {
             }
         }
     }
-    panic!("no accounting figure before {after_number:?} in:\n{}", run.stdout)
+    panic!(
+        "no accounting figure before {after_number:?} in:\n{}",
+        run.stdout
+    )
 }
 
 /// A sleeping thread, a polling thread and a spinning thread in one process, all three
@@ -123,7 +128,10 @@ fn sleep_io_and_cpu_bound_threads_are_classified() {
     );
 
     // The reference reader filters by the label.
-    let io_top = go_pprof(&["-top", "-tagfocus=wait_class=io"], run.file("offcpu.pb.gz"));
+    let io_top = go_pprof(
+        &["-top", "-tagfocus=wait_class=io"],
+        run.file("offcpu.pb.gz"),
+    );
     assert!(io_top.contains("poll_forever"), "{io_top}");
     assert!(!io_top.contains("sleep_forever"), "{io_top}");
 
