@@ -45,7 +45,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     /// Slowdown modes to measure (comma list of cpu, offcpu, offcpu_block, offcpu_block_r1,
-    /// mutex, all, all_r1) [default: all of them]. With a subset, BENCHMARKS.md is left alone.
+    /// mutex, all, all_r1, serve_idle) [default: all of them]. With a subset, BENCHMARKS.md is
+    /// left alone.
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<&'static Mode>,
     /// Where the figures go [default: BENCHMARKS.md at the workspace root]. Only the part
@@ -97,6 +98,8 @@ struct Mode {
     args: &'static [&'static str],
     /// Also measured on the CPU-bound workload.
     on_cpu_workload: bool,
+    /// `agent serve --pid N` left idle (no profile requested) instead of `agent attach`.
+    serve: bool,
 }
 
 const MODES: &[Mode] = &[
@@ -105,36 +108,42 @@ const MODES: &[Mode] = &[
         label: "cpu only (99 Hz)",
         args: &["--profile", "cpu"],
         on_cpu_workload: true,
+        serve: false,
     },
     Mode {
         key: "offcpu",
         label: "offcpu only (what the bpftrace reference does)",
         args: &["--profile", "offcpu"],
         on_cpu_workload: false,
+        serve: false,
     },
     Mode {
         key: "offcpu_block",
         label: "offcpu+block, default rate (100us)",
         args: &["--profile", "offcpu,block"],
         on_cpu_workload: true,
+        serve: false,
     },
     Mode {
         key: "offcpu_block_r1",
         label: "offcpu+block, --block-rate 1",
         args: &["--profile", "offcpu,block", "--block-rate", "1"],
         on_cpu_workload: true,
+        serve: false,
     },
     Mode {
         key: "mutex",
         label: "mutex, --mutex-fraction 1",
         args: &["--profile", "mutex", "--mutex-fraction", "1"],
         on_cpu_workload: true,
+        serve: false,
     },
     Mode {
         key: "all",
         label: "all profiles, default rates",
         args: &["--profile", "cpu,offcpu,block,mutex"],
         on_cpu_workload: true,
+        serve: false,
     },
     Mode {
         key: "all_r1",
@@ -148,6 +157,14 @@ const MODES: &[Mode] = &[
             "1",
         ],
         on_cpu_workload: true,
+        serve: false,
+    },
+    Mode {
+        key: "serve_idle",
+        label: "serve idle (`agent serve --pid N`, no profile requested)",
+        args: &[],
+        on_cpu_workload: true,
+        serve: true,
     },
 ];
 
@@ -776,6 +793,17 @@ impl Tracer {
         .args(mode.args)
         .arg("-o")
         .arg(&out);
+        if mode.serve {
+            let mut cmd = Command::new(&ctx.agent);
+            cmd.args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--pid",
+                &pid.to_string(),
+            ]);
+            return Ok((Self::start(&mut cmd, "serving on", true)?, out));
+        }
         Ok((Self::start(&mut cmd, "attached to", true)?, out))
     }
 
@@ -1080,8 +1108,8 @@ fn timed(ctx: &Ctx, spec: &Spec, tool: &Tool, stats: bool) -> Result<(Run, Optio
         ctx.stats.set(false)?;
     }
     let secs = secs?;
-    if !matches!(tool, Tool::Agent(_)) {
-        // The agent ends by itself when its target exits; the others are told to stop.
+    if !matches!(tool, Tool::Agent(m) if !m.serve) {
+        // `agent attach` ends by itself when its target exits; the others are told to stop.
         tracer.interrupt();
     }
     let (total_cpu_s, maxrss_kib, stdout) = tracer.finish(Duration::from_secs(120))?;
@@ -1219,13 +1247,20 @@ struct ModeFigures {
 struct Slowdown {
     modes: Vec<ModeFigures>,
     handoffs: u64,
+    /// The agent has no `serve` subcommand (the serve idle mode was skipped).
+    serve_missing: bool,
 }
 
 fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
     let pp = ctx.pingpong(1, 0);
     let cpu = ctx.cpu_bound();
     let mut modes = Vec::new();
+    let mut serve_missing = false;
     for &m in &ctx.modes {
+        if m.serve && probe(Command::new(&ctx.agent).args(["serve", "--help"])).is_none() {
+            serve_missing = true;
+            continue;
+        }
         let pingpong = pairs(ctx, &format!("ping-pong, {}", m.key), &pp, &Tool::Agent(m))?;
         let cpu_bound = match m.on_cpu_workload {
             true => Some(pairs(
@@ -1237,8 +1272,8 @@ fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
             false => None,
         };
         let (_, cost) = timed(ctx, &pp, &Tool::Agent(m), true)?;
-        // Every mode's args start with `--profile LIST`.
-        let instrumented_cpu = match m.args[1].contains("cpu") {
+        // `agent attach` modes' args start with `--profile LIST`.
+        let instrumented_cpu = match m.args.get(1).is_some_and(|p| p.contains("cpu")) {
             true => timed(ctx, &cpu, &Tool::Agent(m), true)?.1,
             false => None,
         };
@@ -1253,6 +1288,7 @@ fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
     Ok(Slowdown {
         modes,
         handoffs: 2 * ctx.pingpong_n,
+        serve_missing,
     })
 }
 
@@ -2048,6 +2084,7 @@ impl Report {
                 let (worst, label) = sl
                     .modes
                     .iter()
+                    .filter(|m| !m.mode.serve)
                     .map(|m| (m.pingpong.median_cost(Cost::cpu_share), m.mode.key))
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .unwrap_or((0.0, ""));
@@ -2063,6 +2100,7 @@ impl Report {
                 let (worst, label) = sl
                     .modes
                     .iter()
+                    .filter(|m| !m.mode.serve)
                     .map(|m| (m.pingpong.median_cost(|c| c.maxrss_kib as f64), m.mode.key))
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .unwrap_or((0.0, ""));
@@ -2133,10 +2171,7 @@ impl Report {
                 Some((format!("{v:.2} s (median)"), v < 1.0))
             }),
         );
-        let _ = writeln!(
-            s,
-            "\n`serve` idle: not measured — `agent serve` does not exist yet.\n"
-        );
+        let _ = writeln!(s);
     }
 
     fn render_slowdown(&self, s: &mut String) {
@@ -2165,10 +2200,13 @@ impl Report {
                 m.cpu_bound.as_ref().map_or("—".into(), Pairs::cpu_cell)
             );
         }
-        let _ = writeln!(
-            s,
-            "| serve idle | n/a: `agent serve` does not exist yet | n/a | n/a | n/a |\n"
-        );
+        if sl.serve_missing {
+            let _ = writeln!(
+                s,
+                "| serve idle | n/a: this agent has no `serve` subcommand | n/a | n/a | n/a |"
+            );
+        }
+        let _ = writeln!(s);
     }
 
     fn render_bpf(&self, s: &mut String) {
