@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use stallscope_common::KernelOffsets;
 use stallscope_common::dump::DumpOffsets;
 
 use crate::cli::{DumpArgs, DumpFormat};
@@ -33,7 +34,7 @@ use crate::error::Error;
 use crate::kbtf::{BtfError, KernelBtf};
 use crate::procmaps::MapsCache;
 use crate::symbolize::Symbolizer;
-use crate::{attach, system};
+use crate::system;
 
 pub use capture::{check_trigger, observe, take_dump};
 pub use model::Dump;
@@ -191,7 +192,10 @@ pub fn run(args: &DumpArgs) -> Result<String, Error> {
     let mut maps = MapsCache::new();
     maps.refresh(target.pid)
         .map_err(|_| Error::NoSuchProcess(target.pid))?;
-    let mut collector = Collector::load(attach::kernel_offsets()?)?;
+    // Only the task iterator is loaded, and it takes its offsets from `DUMP_CONFIG`: the
+    // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
+    // parsed a second time for them.
+    let mut collector = Collector::load(KernelOffsets::default())?;
     let mut symbolizer = Symbolizer::new();
     let dump = take_dump(&mut collector, target.pid, &maps, &mut symbolizer)?;
     let detail = if args.debug == 1 {
