@@ -100,7 +100,8 @@ pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
             }
         }
     };
-    // SAFETY: live map value.
+    // SAFETY: live map value. `sum_start` first: a release reading between the two adds sees
+    // `W` short by about `now` and drops it (see `release`).
     unsafe {
         xadd(&raw mut (*p).sum_start, now);
         xadd(&raw mut (*p).n_start, 1);
@@ -117,10 +118,12 @@ pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) {
         uaddr,
     };
     if let Some(p) = LOCKS.get_ptr_mut(key) {
-        // SAFETY: live map value.
+        // SAFETY: live map value. `n_end` first: a release reading between the two adds then
+        // sees `W` short by about `now` (dropped as implausible) rather than `now` too high
+        // (which would be charged as a delay of the whole uptime).
         unsafe {
-            xadd(&raw mut (*p).sum_end, now);
             xadd(&raw mut (*p).n_end, 1);
+            xadd(&raw mut (*p).sum_end, now);
         }
     }
     if let Some(weight) = sample(cfg) {
@@ -157,11 +160,13 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64) {
         .wrapping_sub(st.sum_start)
         .wrapping_add(active.wrapping_mul(now));
     let delay = w.wrapping_sub(st.charged);
-    st.charged = w;
-    // Anything implausible (a torn read) is dropped rather than charged.
+    // Anything implausible (a torn read against a waiter's two adds, which can only make `W`
+    // too small: see `wait_begin`/`wait_end`) is dropped, and `charged` keeps its value so the
+    // next release charges from there.
     if delay == 0 || delay > 1u64 << 50 {
         return;
     }
+    st.charged = w;
     count(Counter::MutexEventsSeen);
     let Some(weight) = sample(cfg) else {
         return;
