@@ -287,8 +287,9 @@ pub async fn capture(
 }
 
 /// [`capture`] with a collector that is already loaded (a long-lived one in `agent serve`,
-/// with its unwind-table registry): the window starts from emptied maps and ends with every
-/// program detached and the target removed, so the collector can be used again.
+/// with its unwind-table registry). The window ends with every program detached and the
+/// target removed; a caller that reuses the collector empties its maps first
+/// ([`Collector::reset_window`]).
 pub async fn capture_with(
     collector: &mut Collector,
     unwind: &mut UnwindRegistry,
@@ -301,7 +302,6 @@ pub async fn capture_with(
     let wants = |k: ProfileKind| spec.wants(k);
     collector.stop_cpu();
     collector.stop_offcpu();
-    collector.reset_window()?;
     collector.add_target(target.pid)?;
     let result = window(
         collector, unwind, &mut maps, target, spec, stop, progress, wants,

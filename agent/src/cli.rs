@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// Mutex profile fraction of /debug/pprof/mutex (as `agent attach --mutex-fraction`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub mutex_fraction: u64,
+
+    /// Measure the BPF programs' run time during profile windows (BPF_ENABLE_STATS, shown as
+    /// stallscope_bpf_program_run_seconds_total). While a window runs, every BPF program on
+    /// the machine then pays two clock reads per run.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 #[derive(Debug, Args)]

@@ -441,7 +441,7 @@ fn metrics_promtool_prometheus_and_dashboard() {
     require_root();
     let w = Workload::spawn("mutex_convoy", &[]);
     let pid = w.pid_str();
-    let serve = Serve::start(&["--pid", &pid, "--interval", "500ms"], true);
+    let serve = Serve::start(&["--pid", &pid, "--interval", "500ms", "--bpf-stats"], true);
     // One short window of each kind, so the window-only series (events, map fill) move too.
     for kind in ["profile", "mutex"] {
         let r = serve.get(&format!("/debug/pprof/{kind}?pid={pid}&seconds=1"));
@@ -493,6 +493,13 @@ fn metrics_promtool_prometheus_and_dashboard() {
         "mutex events recorded in the window: {events}"
     );
     assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    // --bpf-stats: the programs' run time was measured during the windows.
+    for prog in ["cpu_sample", "sys_enter"] {
+        let labels = [("program", prog)];
+        let runs = sample(&text, "stallscope_bpf_program_runs_total", &labels).unwrap();
+        let secs = sample(&text, "stallscope_bpf_program_run_seconds_total", &labels).unwrap();
+        assert!(runs > 10.0 && secs > 0.0, "{prog}: {runs} runs, {secs} s");
+    }
 
     // A real Prometheus scrapes it.
     let prom = Prometheus::start(serve.addr, None);

@@ -189,6 +189,14 @@ pub fn ktime_now() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Turns on the kernel's BPF run-time statistics (`BPF_ENABLE_STATS`) for as long as the
+/// returned fd is open, so [`Collector::program_stats`] reports run time and runs. While on,
+/// every BPF program on the machine pays two clock reads per run.
+pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd, Error> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| Error::Internal(format!("enabling BPF run-time statistics: {e}")))
+}
+
 impl Collector {
     /// Loads the BPF object (verifies every program). `log_level` forwards the programs'
     /// aya-log records to the `log` crate at that level; they are rare (error paths only).

@@ -207,9 +207,30 @@ pub fn sample_once(shared: &Shared, all: bool, max_targets: usize) {
         };
         samples.push((pid, start, threads, Instant::now()));
     }
-    let mut exits = 0;
     let mut t = shared.targets.lock().unwrap_or_else(|e| e.into_inner());
-    for (pid, start, threads, at) in samples {
+    let exits = apply_pass(&mut t, samples, listed, max_targets);
+    let (n, untracked) = (t.procs.len(), t.untracked);
+    drop(t);
+    shared
+        .health
+        .record_sample(n, untracked, exits, t0.elapsed());
+}
+
+/// What one pass read of a tracked process: pid, the start time it was tracked with, its
+/// threads (`None`: gone, or the pid now names another process), when they were read.
+pub type Observation = (u32, u64, Option<Vec<procstat::ThreadSample>>, Instant);
+
+/// Folds one pass into the targets: updates live ones, removes exited ones (and pids that
+/// now name another process), and with `--all` (`listed`) adds new processes up to
+/// `max_targets`, each with fresh metrics. Returns how many targets exited.
+pub fn apply_pass(
+    t: &mut Targets,
+    observed: Vec<Observation>,
+    listed: Option<Vec<(u32, u64, String)>>,
+    max_targets: usize,
+) -> u64 {
+    let mut exits = 0;
+    for (pid, start, threads, at) in observed {
         match threads {
             Some(threads) => {
                 if let Some(p) = t.procs.get_mut(&pid)
@@ -243,11 +264,7 @@ pub fn sample_once(shared: &Shared, all: bool, max_targets: usize) {
         }
         t.untracked = untracked;
     }
-    let (n, untracked) = (t.procs.len(), t.untracked);
-    drop(t);
-    shared
-        .health
-        .record_sample(n, untracked, exits, t0.elapsed());
+    exits
 }
 
 /// The `/metrics` text: the per-process families, then the agent's own.
@@ -273,6 +290,65 @@ mod tests {
             crate::cli::Command::Serve(a) => a,
             _ => unreachable!(),
         }
+    }
+
+    fn thread(tid: u32, run_ns: u64) -> procstat::ThreadSample {
+        procstat::ThreadSample {
+            tid,
+            state: 'R',
+            syscall: None,
+            run_ns,
+            wait_ns: 0,
+            slices: 1,
+        }
+    }
+
+    #[test]
+    fn exits_and_reused_pids() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let mut t = Targets::default();
+        t.procs.insert(5, ProcStats::new(5, 100, "old".into()));
+        t.procs.insert(6, ProcStats::new(6, 100, "other".into()));
+        apply_pass(
+            &mut t,
+            vec![(5, 100, Some(vec![thread(5, 0)]), t0)],
+            None,
+            10,
+        );
+        apply_pass(
+            &mut t,
+            vec![(5, 100, Some(vec![thread(5, 500_000_000)]), t1)],
+            None,
+            10,
+        );
+        assert!((t.procs[&5].cpu_seconds - 0.5).abs() < 1e-9);
+        // Pid 5 now names a process started later: the old one is gone, and with --all the
+        // new one comes in with nothing inherited. Pid 6 exited.
+        let listed = vec![(5, 200, "new".into()), (7, 300, "third".into())];
+        let exits = apply_pass(
+            &mut t,
+            vec![(5, 100, None, t1), (6, 100, None, t1)],
+            Some(listed),
+            2,
+        );
+        assert_eq!(exits, 2);
+        let p = &t.procs[&5];
+        assert_eq!(
+            (p.start_ticks, p.comm.as_str(), p.cpu_seconds),
+            (200, "new", 0.0)
+        );
+        assert_eq!(t.procs.keys().copied().collect::<Vec<_>>(), vec![5, 7]);
+        assert_eq!(t.untracked, 0);
+        // Bounded: a third process is counted, not tracked.
+        let listed = vec![
+            (5, 200, "new".into()),
+            (7, 300, "third".into()),
+            (8, 9, "x".into()),
+        ];
+        apply_pass(&mut t, vec![], Some(listed), 2);
+        assert_eq!(t.procs.len(), 2);
+        assert_eq!(t.untracked, 1);
     }
 
     #[test]

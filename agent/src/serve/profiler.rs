@@ -65,6 +65,7 @@ pub struct Profiler {
     frequency: u64,
     block_rate: u64,
     mutex_fraction: u64,
+    bpf_stats: bool,
 }
 
 /// Why a profile request failed.
@@ -150,6 +151,7 @@ impl Profiler {
             frequency: args.frequency,
             block_rate: args.block_rate,
             mutex_fraction: args.mutex_fraction,
+            bpf_stats: args.bpf_stats,
         })
     }
 
@@ -209,6 +211,8 @@ impl Profiler {
                 return Err(ProfileError::Internal("collector still loading".into()));
             }
         };
+        // Start from empty maps and zeroed counters (the previous window's are still there).
+        slot.collector.reset_window()?;
         let spec = CaptureSpec {
             profiles: vec![kind],
             duration: seconds,
@@ -216,6 +220,14 @@ impl Profiler {
             block_rate: self.block_rate,
             mutex_fraction: self.mutex_fraction,
             offcpu_min: 0,
+        };
+        // Statistics on for the window only (they cost every BPF program on the machine).
+        let stats = if self.bpf_stats {
+            crate::collect::enable_bpf_stats()
+                .map_err(|e| tracing::warn!("{e}"))
+                .ok()
+        } else {
+            None
         };
         self.health.profiles_active.inc();
         let started = std::time::Instant::now();
@@ -229,6 +241,7 @@ impl Profiler {
             false,
         )
         .await;
+        drop(stats);
         self.health.profiles_active.dec();
         self.health
             .profile_seconds
