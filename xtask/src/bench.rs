@@ -34,7 +34,7 @@ pub struct BenchArgs {
     /// A short run (about 5 minutes): 3 pairs per figure, shorter workloads. Noisier figures.
     #[arg(long)]
     quick: bool,
-    /// Interleaved (baseline, traced) pairs per slowdown figure [default: 7, 3 with --quick].
+    /// Interleaved (baseline, traced) pairs per slowdown figure [default: 5, 3 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pairs: Option<u32>,
     /// Skip setup and build: use target/release/agent and its bench example as they are.
@@ -311,8 +311,9 @@ impl Ctx {
         let pingpong = compile_workload("bench_pingpong")?;
         let cpu = compile_workload("bench_cpu")?;
         let quick = args.quick;
-        let pairs = args.pairs.map_or(if quick { 3 } else { 7 }, |p| p as usize);
-        let run_secs = if quick { 0.6 } else { 1.2 };
+        let pairs = args.pairs.map_or(if quick { 3 } else { 5 }, |p| p as usize);
+        // The ping-pong runs several times longer with the agent: it is the shorter one.
+        let run_secs = if quick { 0.3 } else { 0.6 };
         let stats = BpfStats::new()?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let load_before = loadavg();
@@ -344,7 +345,7 @@ impl Ctx {
         };
         println!("== bench: sizing the workloads to about {run_secs} s each");
         ctx.pingpong_n = ctx.calibrate(&ctx.pingpong, 20_000, run_secs)?;
-        ctx.cpu_n = ctx.calibrate(&ctx.cpu, 20_000, run_secs)?;
+        ctx.cpu_n = ctx.calibrate(&ctx.cpu, 20_000, 2.0 * run_secs)?;
         Ok(ctx)
     }
 
@@ -802,7 +803,8 @@ impl Tracer {
                 "--pid",
                 &pid.to_string(),
             ]);
-            return Ok((Self::start(&mut cmd, "serving on", true)?, out));
+            // It verifies its programs after it starts serving, then says "profiles ready".
+            return Ok((Self::start(&mut cmd, "profiles ready", true)?, out));
         }
         Ok((Self::start(&mut cmd, "attached to", true)?, out))
     }
@@ -1331,23 +1333,35 @@ impl StressRow {
         losses(&self.cost.stdout)
     }
 
-    /// Share of off-CPU time whose stack has no user frames (a user stack the kernel could
-    /// not record: every thread of the workload runs under `player` or `main`).
+    /// Share of off-CPU time whose stack has no user frame at all (the kernel could not
+    /// record the user stack: every thread of the workload is in user code when it blocks).
     fn no_user_stack_share(&self) -> Option<f64> {
+        self.folded_share(|frames| frames.iter().all(|f| f.ends_with("_[k]")))
+    }
+
+    /// Share of off-CPU time charged after a thread exited (its last switch-out, in
+    /// `do_task_dead`, opens an interval that nothing closes until the capture ends).
+    fn after_exit_share(&self) -> Option<f64> {
+        self.folded_share(|frames| frames.iter().any(|f| f.starts_with("do_task_dead")))
+    }
+
+    /// Share of `offcpu.folded`'s total whose frames (below the wait-class root) match.
+    fn folded_share(&self, matches: impl Fn(&[&str]) -> bool) -> Option<f64> {
         let dir = self.cost.out_dir.as_ref()?;
         let text = std::fs::read_to_string(dir.join("offcpu.folded")).ok()?;
-        let (mut total, mut lost) = (0u64, 0u64);
+        let (mut total, mut hit) = (0u64, 0u64);
         for line in text.lines() {
             let Some((stack, v)) = line.rsplit_once(' ') else {
                 continue;
             };
             let v: u64 = v.parse().unwrap_or(0);
+            let frames: Vec<&str> = stack.split(';').skip(1).collect();
             total += v;
-            if !stack.split(';').any(|f| f == "player" || f == "main") {
-                lost += v;
+            if matches(&frames) {
+                hit += v;
             }
         }
-        (total > 0).then(|| lost as f64 / total as f64)
+        (total > 0).then(|| hit as f64 / total as f64)
     }
 }
 
@@ -1950,10 +1964,11 @@ impl Report {
             "Run {}{} on Linux {}, {} CPUs, agent at {}. Load average (1/5/15 min): {}. \
              Workloads: `tests/workloads/bench_pingpong.c` ({} token hand-offs between two \
              threads through a mutex and a condition variable, sized to about {:.1} s) and \
-             `tests/workloads/bench_cpu.c` (one busy thread per CPU, {} rounds each). Each \
-             slowdown is the median of {} interleaved pairs (baseline, traced) of the \
-             workload's own elapsed time, with the range of the pairs; the agent attaches \
-             before the workload starts its work and ends when it exits.\n",
+             `tests/workloads/bench_cpu.c` (one busy thread per CPU, {} rounds each, about \
+             {:.1} s), sized from their fastest of three runs. Each slowdown is the median \
+             of {} interleaved pairs of a baseline and a traced run (alternating which goes \
+             first), with the range of the pairs; the agent attaches before the workload \
+             starts its work and ends when it exits.\n",
             self.date,
             if ctx.quick { " (--quick)" } else { "" },
             self.kernel,
@@ -1963,6 +1978,7 @@ impl Report {
             2 * ctx.pingpong_n,
             ctx.run_secs,
             ctx.cpu_n,
+            2.0 * ctx.run_secs,
             ctx.pairs,
         );
         if !ctx.busy_before.is_empty() {
@@ -2306,19 +2322,20 @@ impl Report {
             "All profiles, every event recorded (`--block-rate 1 --mutex-fraction 1`), more \
              ping-pong pairs for more events. \"BPF events/s\": runs of the agent's programs \
              per second (scheduler and syscall events it handles). Drops: the agent's own \
-             `losses:` line plus a full lock table. \"No user stack\": share of off-CPU time \
-             whose stack has no user frame, read from `offcpu.folded` (every thread of the \
-             workload runs under `player` or `main`, so a stack without either lost its user \
-             part).\n"
+             `losses:` line plus a full lock table. From `offcpu.folded`: \"no user stack\", \
+             the share of off-CPU time whose stack has no user frame at all (the workload's \
+             threads always block from user code, so the user part was lost); \"after thread \
+             exit\", the share charged to stacks in `do_task_dead` (a thread's last switch-out, \
+             after which it never runs again).\n"
         );
         let _ = writeln!(
             s,
-            "| load | BPF events/s | target switch-outs/s | hand-offs/s (baseline → agent) | target slowdown (wall, CPU) | drops counted | no user stack |\n|---|---|---|---|---|---|---|"
+            "| load | BPF events/s | target switch-outs/s | hand-offs/s (baseline → agent) | target slowdown (wall, CPU) | drops counted | no user stack | after thread exit |\n|---|---|---|---|---|---|---|---|"
         );
         for r in st.rows.iter().chain(&st.overflow) {
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {:.0} | {:.0} → {:.0} | {:+.1}%, {:+.1}% | {} | {} |",
+                "| {} | {:.0} | {:.0} | {:.0} → {:.0} | {:+.1}%, {:+.1}% | {} | {} | {} |",
                 r.label,
                 r.cost.prog_runs() as f64 / r.cost.window_s,
                 r.switch_outs() as f64 / r.cost.window_s,
@@ -2327,8 +2344,8 @@ impl Report {
                 (r.with.wall / r.base.wall - 1.0) * 100.0,
                 (r.with.cpu / r.base.cpu - 1.0) * 100.0,
                 r.drops(),
-                r.no_user_stack_share()
-                    .map_or("n/a".into(), |v| format!("{:.1}%", v * 100.0))
+                pct(r.no_user_stack_share()),
+                pct(r.after_exit_share())
             );
         }
         for r in st.rows.iter().filter(|r| r.drops() > 0) {
@@ -2571,6 +2588,10 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{:.1}%", v * 100.0))
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
