@@ -14,7 +14,9 @@ use crate::procmaps::MapsCache;
 use crate::symbolize::Symbolizer;
 use crate::unwind::Regs;
 
-use super::model::{Created, Dump, Frame, SCHEMA_VERSION, State, Thread, Timings, Wait};
+use super::model::{
+    Created, Dump, Frame, SCHEMA_VERSION, State, Thread, Timings, Wait, WaitObject,
+};
 use super::stack::{self, MemReader, UnwindTables};
 use super::state::{self, OWNER_READ_LEN, SYS_FUTEX};
 use super::{kernel_offsets, summarize, text, waitfor};
@@ -222,10 +224,12 @@ pub fn take_dump(
                 let uaddr = task.regs[pt_regs::DI];
                 let op = task.regs[pt_regs::SI];
                 let names: Vec<&str> = user.iter().map(|f| f.function.as_str()).collect();
-                let object = state::wait_object(op, &names);
-                let owner_tid = mem
-                    .read(uaddr, OWNER_READ_LEN)
-                    .and_then(|w| state::owner_of(object, &w));
+                let mut object = state::wait_object(op, &names);
+                let word = mem.read(uaddr, OWNER_READ_LEN).unwrap_or_default();
+                if state::is_pi_deadlock_park(object, op, uaddr, task.regs[pt_regs::SP], &word) {
+                    object = WaitObject::PiDeadlockPark;
+                }
+                let owner_tid = state::owner_of(object, &word);
                 let symbol = lock_symbols
                     .entry(uaddr)
                     .or_insert_with(|| symbolizer.data_symbol(pid, uaddr, maps))

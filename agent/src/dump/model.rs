@@ -160,6 +160,10 @@ pub enum WaitObject {
     Barrier,
     /// `pthread_rwlock_t`.
     RwLock,
+    /// Parked forever by glibc in `pthread_mutex_lock` after the kernel refused a
+    /// priority-inheritance lock with EDEADLK: the kernel itself found a deadlock. The futex
+    /// word is a dummy on the thread's stack; the mutex it wanted is not known.
+    PiDeadlockPark,
     /// A futex word the agent cannot attribute.
     Unknown,
 }
@@ -174,6 +178,7 @@ impl WaitObject {
             WaitObject::Semaphore => "semaphore",
             WaitObject::Barrier => "barrier",
             WaitObject::RwLock => "rwlock",
+            WaitObject::PiDeadlockPark => "parked forever: the kernel reported a PI-mutex deadlock",
             WaitObject::Unknown => "futex",
         }
     }
@@ -228,6 +233,11 @@ pub struct DeadlockEdge {
     pub name: String,
     pub wait: Wait,
     pub owner_tid: u32,
+    /// How long `tid` has been waiting, ns.
+    pub waiting_ns: Option<u64>,
+    /// The edge is inferred, not read: a thread parked after the kernel reported a PI-mutex
+    /// deadlock waits for the one thread whose chain of waits leads back to it.
+    pub inferred: bool,
 }
 
 /// A cycle in the wait-for graph, starting at its lowest tid.

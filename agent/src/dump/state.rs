@@ -214,6 +214,25 @@ pub fn wait_object(op: u64, user_functions: &[&str]) -> WaitObject {
 /// `FUTEX_TID_MASK`: the owner's tid in a PI futex word.
 pub const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 
+/// `PID_MAX_LIMIT` on 64-bit: no tid is larger.
+pub const PID_MAX_LIMIT: u32 = 1 << 22;
+
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAIT_BITSET: u64 = 9;
+
+/// Whether a thread waiting in `pthread_mutex_lock` (`object` from [`wait_object`]) is parked
+/// by glibc after the kernel refused a PI lock with EDEADLK: glibc then waits forever on a zero
+/// `int` on its own stack (`lll_timedwait (&(int){0}, 0, ...)`), so the futex word is just
+/// above the stack pointer and holds 0.
+pub fn is_pi_deadlock_park(object: WaitObject, op: u64, uaddr: u64, sp: u64, word: &[u8]) -> bool {
+    const STACK_WINDOW: u64 = 64 * 1024;
+    object == WaitObject::Mutex
+        && matches!(futex_cmd(op), FUTEX_WAIT | FUTEX_WAIT_BITSET)
+        && uaddr >= sp
+        && uaddr - sp < STACK_WINDOW
+        && word.get(..4) == Some(&[0, 0, 0, 0])
+}
+
 /// Bytes after the futex word to read to find its owner.
 pub const OWNER_READ_LEN: usize = 12;
 
@@ -231,7 +250,7 @@ pub fn owner_of(object: WaitObject, word: &[u8]) -> Option<u32> {
         WaitObject::Join => u32_at(0)?,
         _ => return None,
     };
-    (tid != 0 && tid <= FUTEX_TID_MASK).then_some(tid)
+    (tid != 0 && tid <= PID_MAX_LIMIT).then_some(tid)
 }
 
 #[cfg(test)]
@@ -373,5 +392,59 @@ pub(crate) mod tests {
         assert_eq!(owner_of(WaitObject::ConditionVariable, &word), None);
         assert_eq!(owner_of(WaitObject::Mutex, &[0u8; 12]), None);
         assert_eq!(owner_of(WaitObject::Mutex, &[1u8; 4]), None, "short read");
+        // Not a tid (the word is not a mutex after all).
+        word[8..12].copy_from_slice(&853_374_309u32.to_le_bytes());
+        assert_eq!(owner_of(WaitObject::Mutex, &word), None);
+    }
+
+    #[test]
+    fn glibc_parks_pi_deadlocks_on_its_stack() {
+        let sp = 0x7f00_0000_1000;
+        let zero = [0u8; 12];
+        let wait_bitset = 9 | 128 | 256;
+        assert!(is_pi_deadlock_park(
+            WaitObject::Mutex,
+            wait_bitset,
+            sp + 0x64,
+            sp,
+            &zero
+        ));
+        // A robust mutex waits on its own (global) word: not a park.
+        assert!(!is_pi_deadlock_park(
+            WaitObject::Mutex,
+            0,
+            0x5555_0000_4040,
+            sp,
+            &zero
+        ));
+        // Nonzero word, below sp, or not in pthread_mutex_lock: not a park.
+        assert!(!is_pi_deadlock_park(
+            WaitObject::Mutex,
+            0,
+            sp + 8,
+            sp,
+            &[2, 0, 0, 0]
+        ));
+        assert!(!is_pi_deadlock_park(
+            WaitObject::Mutex,
+            0,
+            sp - 8,
+            sp,
+            &zero
+        ));
+        assert!(!is_pi_deadlock_park(
+            WaitObject::ConditionVariable,
+            0,
+            sp + 8,
+            sp,
+            &zero
+        ));
+        assert!(!is_pi_deadlock_park(
+            WaitObject::Mutex,
+            6,
+            sp + 8,
+            sp,
+            &zero
+        ));
     }
 }

@@ -260,6 +260,15 @@ pub fn render(d: &Dump, detail: Detail) -> String {
     let by_tid: HashMap<u32, &Thread> = d.threads.iter().map(|t| (t.tid, t)).collect();
     for dl in &d.deadlocks {
         let _ = writeln!(out, "DEADLOCK: {}", dl.description);
+        let waits: Vec<String> = dl
+            .cycle
+            .iter()
+            .map(|e| match e.waiting_ns {
+                Some(ns) => format!("thread {} for {}", e.tid, human_duration(ns)),
+                None => format!("thread {} for an unknown time", e.tid),
+            })
+            .collect();
+        let _ = writeln!(out, "  waiting: {}", waits.join(", "));
         if !dl.blocked_behind.is_empty() {
             let tids: Vec<String> = dl.blocked_behind.iter().map(u32::to_string).collect();
             let who = match tids.len() {

@@ -4,8 +4,13 @@
 //! futex word; a PI futex word holds it); a thread in `pthread_join` waits for the joined thread.
 //! Each thread waits for at most one other, so every cycle is found by following the single
 //! outgoing edge from each thread.
+//!
+//! One deadlock the kernel finds itself: locking a priority-inheritance mutex that would close
+//! a cycle fails with EDEADLK, and glibc then parks the thread forever on a dummy word
+//! ([`WaitObject::PiDeadlockPark`]). Which mutex it wanted is lost, so its edge is inferred: it
+//! waits for the one thread, among those whose waits lead to it, that can hold the lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::model::{Deadlock, DeadlockEdge, Thread, Wait, WaitObject};
 
@@ -28,6 +33,10 @@ pub fn edge_phrase(wait: &Wait, owner_tid: u32, owner_name: Option<&str>) -> Str
     };
     match wait.object {
         WaitObject::Join => format!("waits for {owner} to exit (pthread_join)"),
+        WaitObject::PiDeadlockPark => format!(
+            "waits for a priority-inheritance mutex held by {owner} (the kernel refused the \
+             lock with EDEADLK and glibc parked the thread for good)"
+        ),
         _ => {
             let sym = wait
                 .symbol
@@ -39,15 +48,66 @@ pub fn edge_phrase(wait: &Wait, owner_tid: u32, owner_name: Option<&str>) -> Str
     }
 }
 
-/// Every cycle of the wait-for graph, each starting at its lowest tid, ordered by that tid.
-pub fn find_deadlocks(threads: &[Thread]) -> Vec<Deadlock> {
-    let names: HashMap<u32, &str> = threads.iter().map(|t| (t.tid, t.name.as_str())).collect();
-    // Edges to threads of this process only: a cycle can only run through them.
-    let next: BTreeMap<u32, (&Wait, u32)> = threads
-        .iter()
-        .filter_map(|t| waits_for(t).map(|e| (t.tid, e)))
-        .filter(|(_, (_, owner))| names.contains_key(owner))
+/// An edge of the graph: the wait, the thread waited for, and whether it was inferred.
+type Edge<'a> = (&'a Wait, u32, bool);
+
+/// The thread a parked PI waiter `tid` waits for: among the threads whose chain of waits
+/// leads to `tid`, the only one, or else the only one known to hold a lock (someone waits for
+/// it). `None` when that does not single one out.
+fn pi_park_target(next: &BTreeMap<u32, Edge<'_>>, tid: u32) -> Option<u32> {
+    let leads_to_tid = |start: u32| {
+        let mut at = start;
+        for _ in 0..=next.len() {
+            match next.get(&at) {
+                Some(&(_, owner, _)) if owner == tid => return true,
+                Some(&(_, owner, _)) => at = owner,
+                None => return false,
+            }
+        }
+        false
+    };
+    let tree: BTreeSet<u32> = next
+        .keys()
+        .copied()
+        .filter(|&t| t != tid && leads_to_tid(t))
         .collect();
+    if tree.len() == 1 {
+        return tree.first().copied();
+    }
+    let owners: BTreeSet<u32> = next
+        .values()
+        .map(|&(_, owner, _)| owner)
+        .filter(|o| tree.contains(o))
+        .collect();
+    (owners.len() == 1).then(|| *owners.first().expect("one"))
+}
+
+/// Every cycle of the wait-for graph, each starting at its lowest tid, ordered by that tid.
+/// A parked PI waiter whose partner cannot be inferred is reported alone, as a one-edge cycle
+/// onto itself marked `inferred`.
+pub fn find_deadlocks(threads: &[Thread]) -> Vec<Deadlock> {
+    let by_tid: HashMap<u32, &Thread> = threads.iter().map(|t| (t.tid, t)).collect();
+    // Edges to threads of this process only: a cycle can only run through them.
+    let mut next: BTreeMap<u32, Edge<'_>> = threads
+        .iter()
+        .filter_map(|t| waits_for(t).map(|(w, owner)| (t.tid, (w, owner, false))))
+        .filter(|(_, (_, owner, _))| by_tid.contains_key(owner))
+        .collect();
+    let parked: Vec<(u32, &Wait)> = threads
+        .iter()
+        .filter_map(|t| {
+            let w = t.wait.as_ref()?;
+            (w.object == WaitObject::PiDeadlockPark).then_some((t.tid, w))
+        })
+        .collect();
+    let targets: Vec<(u32, &Wait, Option<u32>)> = parked
+        .iter()
+        .map(|&(tid, w)| (tid, w, pi_park_target(&next, tid)))
+        .collect();
+    for &(tid, w, target) in &targets {
+        // Unknown partner: a cycle onto itself, so the kernel's finding is reported.
+        next.insert(tid, (w, target.unwrap_or(tid), true));
+    }
 
     // 0: not seen, 1: on the walk in progress, 2: done.
     let mut mark: HashMap<u32, u8> = HashMap::new();
@@ -68,7 +128,7 @@ pub fn find_deadlocks(threads: &[Thread]) -> Vec<Deadlock> {
             mark.insert(at, 1);
             path.push(at);
             match next.get(&at) {
-                Some(&(_, owner)) => at = owner,
+                Some(&(_, owner, _)) => at = owner,
                 None => break,
             }
         }
@@ -96,7 +156,7 @@ pub fn find_deadlocks(threads: &[Thread]) -> Vec<Deadlock> {
                 break;
             }
             match next.get(&at) {
-                Some(&(_, owner)) => at = owner,
+                Some(&(_, owner, _)) => at = owner,
                 None => break,
             }
         }
@@ -115,16 +175,18 @@ pub fn find_deadlocks(threads: &[Thread]) -> Vec<Deadlock> {
             let edges: Vec<DeadlockEdge> = cycle
                 .iter()
                 .map(|&tid| {
-                    let (wait, owner) = next[&tid];
+                    let (wait, owner, inferred) = next[&tid];
                     DeadlockEdge {
                         tid,
-                        name: names[&tid].to_string(),
+                        name: by_tid[&tid].name.clone(),
                         wait: wait.clone(),
                         owner_tid: owner,
+                        waiting_ns: by_tid[&tid].in_state_ns,
+                        inferred,
                     }
                 })
                 .collect();
-            let description = describe(&edges);
+            let description = describe(&edges, &blocked_behind, &by_tid);
             Deadlock {
                 cycle: edges,
                 blocked_behind,
@@ -138,7 +200,34 @@ pub fn find_deadlocks(threads: &[Thread]) -> Vec<Deadlock> {
 
 /// `thread A "a" waits for lock L1 (s1) held by thread B "b", which waits for lock L2 (s2)
 /// held by thread A "a"`.
-fn describe(cycle: &[DeadlockEdge]) -> String {
+fn describe(
+    cycle: &[DeadlockEdge],
+    blocked_behind: &[u32],
+    threads: &HashMap<u32, &Thread>,
+) -> String {
+    if let [e] = cycle
+        && e.wait.object == WaitObject::PiDeadlockPark
+        && e.owner_tid == e.tid
+    {
+        let others = match blocked_behind {
+            [] => "the other threads are not known".to_string(),
+            tids => {
+                let named: Vec<String> = tids
+                    .iter()
+                    .map(|t| format!("{t} \"{}\"", threads[t].name))
+                    .collect();
+                format!(
+                    "with one of the threads that wait for it: {}",
+                    named.join(", ")
+                )
+            }
+        };
+        return format!(
+            "thread {} \"{}\" is parked for good: the kernel refused a priority-inheritance \
+             mutex with EDEADLK (a deadlock, {others})",
+            e.tid, e.name
+        );
+    }
     let name_of = |tid: u32| cycle.iter().find(|e| e.tid == tid).map(|e| e.name.as_str());
     let mut s = String::new();
     for (i, e) in cycle.iter().enumerate() {
@@ -260,6 +349,65 @@ pub(crate) mod tests {
         assert!(
             d[1].description
                 .ends_with("held by thread 9 \"self\" (itself)")
+        );
+    }
+
+    fn parked(tid: u32, name: &str) -> Thread {
+        let mut t = waiting(tid, name, 0x7f00_0000_1064, "", 0);
+        let w = t.wait.as_mut().unwrap();
+        w.object = WaitObject::PiDeadlockPark;
+        w.symbol = None;
+        w.owner_tid = None;
+        t
+    }
+
+    #[test]
+    fn kernel_reported_pi_deadlocks_infer_the_missing_edge() {
+        // xfer-ba holds lock_b and was refused lock_a (held by xfer-ab) with EDEADLK;
+        // xfer-ab waits for lock_b; auditor waits for lock_a behind them.
+        let mut ab = waiting(11, "xfer-ab", 0xb0, "lock_b", 12);
+        ab.wait.as_mut().unwrap().object = WaitObject::PiMutex;
+        let mut auditor = waiting(13, "auditor", 0xa0, "lock_a", 11);
+        auditor.wait.as_mut().unwrap().object = WaitObject::PiMutex;
+        let d = find_deadlocks(&[ab, parked(12, "xfer-ba"), auditor]);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        let c = &d[0];
+        assert_eq!(
+            c.cycle
+                .iter()
+                .map(|e| (e.tid, e.owner_tid, e.inferred))
+                .collect::<Vec<_>>(),
+            vec![(11, 12, false), (12, 11, true)]
+        );
+        assert_eq!(c.blocked_behind, vec![13]);
+        assert!(c.description.contains("EDEADLK"), "{}", c.description);
+        assert_eq!(c.cycle[0].waiting_ns, Some(1_000_000_000));
+    }
+
+    #[test]
+    fn a_parked_thread_alone_is_still_reported() {
+        let d = find_deadlocks(&[thread(1, "main"), parked(5, "lonely")]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].cycle[0].owner_tid, 5);
+        assert!(d[0].cycle[0].inferred);
+        assert!(
+            d[0].description
+                .starts_with("thread 5 \"lonely\" is parked for good")
+        );
+        // Two candidate partners, none known to hold a lock: not guessed.
+        let d = find_deadlocks(&[
+            parked(5, "p"),
+            waiting(6, "a", 0x10, "l", 5),
+            waiting(7, "b", 0x10, "l", 5),
+        ]);
+        assert_eq!(d[0].cycle.len(), 1);
+        assert_eq!(d[0].blocked_behind, vec![6, 7]);
+        assert!(
+            d[0].description.ends_with(
+                "(a deadlock, with one of the threads that wait for it: 6 \"a\", 7 \"b\")"
+            ),
+            "{}",
+            d[0].description
         );
     }
 
