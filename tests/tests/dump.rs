@@ -164,6 +164,54 @@ fn deadlock_formed_before_the_agent_started() {
     assert!(st == 'S', "process state {st:?} after the dump");
 }
 
+/// The same deadlock with every kind of pthread mutex: recursive and error-checking mutexes
+/// keep their owner next to the futex word like default ones; robust ones wait through
+/// `__pthread_mutex_lock_full`; with priority inheritance the kernel refuses the lock that
+/// closes the cycle (EDEADLK) and glibc parks that thread for good, so its edge is inferred.
+#[test]
+fn deadlocks_of_every_mutex_kind() {
+    require_root();
+    for kind in ["recursive", "errorcheck", "robust", "pi"] {
+        let w = Workload::spawn("dump_deadlock", &[kind]);
+        let (_run, d) = dump_json(&w);
+        let ab = thread_named(&d, "xfer-ab").tid;
+        let ba = thread_named(&d, "xfer-ba").tid;
+        assert_eq!(d.deadlocks.len(), 1, "{kind}: {:#?}", d.deadlocks);
+        let dl = &d.deadlocks[0];
+        let edges: Vec<(u32, u32)> = dl.cycle.iter().map(|e| (e.tid, e.owner_tid)).collect();
+        let (lo, hi) = (ab.min(ba), ab.max(ba));
+        assert_eq!(edges, vec![(lo, hi), (hi, lo)], "{kind}: {dl:#?}");
+        assert_eq!(
+            dl.blocked_behind,
+            vec![thread_named(&d, "auditor").tid],
+            "{kind}"
+        );
+        let inferred: Vec<bool> = dl.cycle.iter().map(|e| e.inferred).collect();
+        if kind == "pi" {
+            // xfer-ba was refused lock_a: it is the parked one.
+            let parked = dl
+                .cycle
+                .iter()
+                .find(|e| e.inferred)
+                .expect("one inferred edge");
+            assert_eq!(parked.tid, ba, "{dl:#?}");
+            assert_eq!(parked.wait.object, WaitObject::PiDeadlockPark);
+            let ab_wait = &dl.cycle.iter().find(|e| e.tid == ab).unwrap().wait;
+            assert_eq!(ab_wait.object, WaitObject::PiMutex);
+            assert_eq!(ab_wait.symbol.as_deref(), Some("lock_b"));
+        } else {
+            assert_eq!(inferred, vec![false, false], "{kind}");
+            for e in &dl.cycle {
+                assert_eq!(e.wait.object, WaitObject::Mutex, "{kind}");
+            }
+        }
+        for e in &dl.cycle {
+            let waited = e.waiting_ns.expect("time in state") as f64 / 1e9;
+            assert!(waited > 0.1 && waited < 10.0, "{kind}: {waited} s");
+        }
+    }
+}
+
 /// 100 threads waiting on one condition variable: `--debug 1` groups them into one group of
 /// 100 with their shared stack.
 #[test]
