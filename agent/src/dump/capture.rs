@@ -180,6 +180,16 @@ fn symbolize_all(
         .collect()
 }
 
+/// The thread whose /proc entries show the process's memory: the main thread, or the first
+/// live thread when the main thread has exited. `None` when every thread has.
+pub fn address_space_tid(pid: u32, tasks: &[DumpTask]) -> Option<u32> {
+    let leader_alive = tasks.iter().any(|t| t.tid == pid && t.exit_state == 0);
+    if leader_alive {
+        return Some(pid);
+    }
+    tasks.iter().find(|t| t.exit_state == 0).map(|t| t.tid)
+}
+
 /// A thread dump of process `pid`. `maps` must have been refreshed for `pid` (it symbolizes
 /// and maps the unwind tables). The process keeps running throughout.
 pub fn take_dump(
@@ -201,12 +211,25 @@ pub fn take_dump(
     }
     let mut notes = Vec::new();
 
+    // A process whose main thread exited (pthread_exit) lives on in its other threads: the
+    // leader's /proc entries then show no address space, a live thread's do.
+    let own_maps;
+    let (aspace, maps) = match address_space_tid(pid, &tasks) {
+        Some(tid) if tid != pid => {
+            let mut m = MapsCache::new();
+            m.refresh(tid).map_err(|_| Error::NoSuchProcess(pid))?;
+            own_maps = m;
+            (tid, &own_maps)
+        }
+        _ => (pid, maps),
+    };
+
     let t1 = Instant::now();
-    let (user_stacks, mem) = unwind_all(pid, &tasks, maps, &mut notes);
+    let (user_stacks, mem) = unwind_all(aspace, &tasks, maps, &mut notes);
     let unwind_us = t1.elapsed().as_micros() as u64;
 
     let t2 = Instant::now();
-    let frames = symbolize_all(pid, &tasks, &user_stacks, maps, symbolizer);
+    let frames = symbolize_all(aspace, &tasks, &user_stacks, maps, symbolizer);
     let mut lock_symbols: HashMap<u64, Option<String>> = HashMap::new();
     let (taken_at, taken_at_unix_ms) = text::timestamp(wall);
     let wall_ms_at = |ktime: u64| -> u64 {
@@ -232,7 +255,7 @@ pub fn take_dump(
                 let owner_tid = state::owner_of(object, &word);
                 let symbol = lock_symbols
                     .entry(uaddr)
-                    .or_insert_with(|| symbolizer.data_symbol(pid, uaddr, maps))
+                    .or_insert_with(|| symbolizer.data_symbol(aspace, uaddr, maps))
                     .clone();
                 Some(Wait {
                     address: format!("{uaddr:#x}"),
@@ -288,7 +311,7 @@ pub fn take_dump(
             .find(|t| t.main)
             .map(|t| t.name.clone())
             .unwrap_or_default(),
-        exe: maps.exe(pid).map(str::to_string),
+        exe: maps.exe(aspace).map(str::to_string),
         taken_at,
         taken_at_unix_ms,
         deadlocks,
