@@ -530,6 +530,33 @@ fn a_thousand_threads_dump_completely() {
     eprintln!("1000 threads: {:?}, agent run {:?}", d.timings, run.elapsed);
 }
 
+/// A process whose main thread exited (pthread_exit) while another runs on: the main thread is
+/// a zombie, the other thread is dumped with its stack from the process's memory.
+#[test]
+fn main_thread_exited_but_process_lives() {
+    require_root();
+    let w = Workload::spawn("dump_zombie_main", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_run, d) = dump_json(&w);
+    assert_eq!(d.threads.len(), 2);
+    let main = &d.threads[0];
+    assert!(main.main && main.tid == w.pid());
+    assert_eq!(main.state, State::Zombie);
+    let server = thread_named(&d, "server");
+    assert_eq!(server.state, State::Sleep);
+    assert!(
+        functions(server).contains(&"keep_serving"),
+        "{:?}",
+        functions(server)
+    );
+    assert_eq!(start_routine(server), Some("server"));
+    assert!(
+        d.exe.as_deref().unwrap_or("").ends_with("dump_zombie_main"),
+        "{:?}",
+        d.exe
+    );
+}
+
 /// Exit codes: 2 for a thread id instead of a process id, 1 for a process that does not exist.
 #[test]
 fn usage_and_missing_process_errors() {
