@@ -56,6 +56,26 @@ pub struct CaptureSpec {
     pub block_rate: u64,
     pub mutex_fraction: u64,
     pub offcpu_min: u64,
+    /// Thread dumps during the window (`attach`'s SIGUSR1 and `--dump-when`).
+    pub dumps: Option<DumpOptions>,
+}
+
+/// Thread dumps a running `agent attach` writes on request: on SIGUSR1, and when
+/// `--dump-when` holds (rate-limited). `signal_target` is also sent to the target after each.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    pub dir: PathBuf,
+    pub when: Option<crate::dump::trigger::DumpWhen>,
+    pub signal_target: Option<i32>,
+}
+
+/// What woke the capture loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEvent {
+    /// The periodic tick (maps refreshed).
+    Tick,
+    /// SIGUSR1: write a thread dump now.
+    DumpRequest,
 }
 
 impl CaptureSpec {
@@ -67,6 +87,11 @@ impl CaptureSpec {
             block_rate: args.block_rate,
             mutex_fraction: args.mutex_fraction,
             offcpu_min: args.offcpu_min,
+            dumps: Some(DumpOptions {
+                dir: args.output.clone(),
+                when: args.dump_when.clone(),
+                signal_target: args.signal_target,
+            }),
         }
     }
 
@@ -117,6 +142,10 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         return Err(Error::Usage("--profile needs at least one profile".into()));
     }
     let target = check_target(args.pid)?;
+    if let Some(sig) = args.signal_target {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", target.pid)).unwrap_or_default();
+        crate::dump::trigger::check_signal_target(sig, &exe).map_err(Error::Usage)?;
+    }
     std::fs::create_dir_all(&args.output).map_err(|source| Error::Output {
         path: args.output.clone(),
         source,
@@ -365,11 +394,69 @@ async fn window(
         spec.profiles
     );
 
-    let end = capture_loop(target, maps, spec.duration, stop, progress, |maps| {
-        if let Err(e) = sync_unwind_tables(collector, unwind, maps, target.pid) {
-            tracing::warn!("updating unwind tables: {e}");
-        }
-    })
+    let mut trigger = spec
+        .dumps
+        .as_ref()
+        .and_then(|d| d.when.clone())
+        .map(crate::dump::trigger::Trigger::new);
+    let mut ticks = 0u32;
+    let dumps = spec.dumps.is_some();
+    let end = capture_loop(
+        target,
+        maps,
+        spec.duration,
+        stop,
+        progress,
+        dumps,
+        |maps, ev| {
+            match ev {
+                LoopEvent::Tick => {
+                    if let Err(e) = sync_unwind_tables(collector, unwind, maps, target.pid) {
+                        tracing::warn!("updating unwind tables: {e}");
+                    }
+                    ticks += 1;
+                    // --dump-when is checked every second (4 ticks).
+                    if ticks.is_multiple_of(4)
+                        && let (Some(t), Some(d)) = (trigger.as_mut(), spec.dumps.as_ref())
+                    {
+                        // A symbolizer per dump: the window's future must stay Send (serve).
+                        let mut sym = Symbolizer::new();
+                        let r = crate::dump::check_trigger(
+                            t,
+                            collector,
+                            target.pid,
+                            maps,
+                            &mut sym,
+                            &d.dir,
+                            crate::cli::DumpFormat::Text,
+                        );
+                        match r {
+                            Ok(Some(path)) => dump_written(&path, target.pid, d),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("--dump-when check: {e}"),
+                        }
+                    }
+                }
+                LoopEvent::DumpRequest => {
+                    if let Some(d) = spec.dumps.as_ref() {
+                        let mut sym = Symbolizer::new();
+                        match crate::dump::write_dump(
+                            collector,
+                            target.pid,
+                            maps,
+                            &mut sym,
+                            &d.dir,
+                            crate::cli::DumpFormat::Text,
+                            crate::dump::Detail::EveryThread,
+                        ) {
+                            Ok(path) => dump_written(&path, target.pid, d),
+                            Err(e) => eprintln!("stallscope: thread dump failed: {e}"),
+                        }
+                    }
+                }
+            }
+        },
+    )
     .await;
     // Stop recording first, then note the end time for intervals still open.
     collector.set_config(Config::default())?;
@@ -475,14 +562,23 @@ pub fn prepare_mutex(
 
 /// Waits for the capture window to end: duration elapsed, `stop` (Ctrl-C), or the target exited.
 /// Refreshes the maps cache as it goes so late `dlopen`s and an early exit still symbolize.
+#[allow(clippy::too_many_arguments)]
 async fn capture_loop(
     target: &system::ProcessInfo,
     maps: &mut MapsCache,
     duration: Duration,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
-    mut on_maps: impl FnMut(&MapsCache),
+    dump_requests: bool,
+    mut on_event: impl FnMut(&MapsCache, LoopEvent),
 ) -> EndReason {
+    // SIGUSR1 asks for a thread dump (registered only when dumps are wanted, so that other
+    // users of the window don't change the process's signal handling).
+    let mut usr1 = if dump_requests {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()
+    } else {
+        None
+    };
     let bar = if progress {
         progress_bar(duration)
     } else {
@@ -496,12 +592,18 @@ async fn capture_loop(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break EndReason::Completed,
             _ = &mut stop => break EndReason::Interrupted,
+            Some(()) = async {
+                match usr1.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => on_event(maps, LoopEvent::DumpRequest),
             _ = tick.tick() => {
                 if !system::is_alive(target) {
                     break EndReason::TargetExited;
                 }
                 match maps.refresh(target.pid) {
-                    Ok(()) => on_maps(maps),
+                    Ok(()) => on_event(maps, LoopEvent::Tick),
                     Err(e) => tracing::debug!("refreshing maps of {}: {e}", target.pid),
                 }
                 if let Some(bar) = &bar {
@@ -514,6 +616,15 @@ async fn capture_loop(
         bar.finish_and_clear();
     }
     reason
+}
+
+/// Says where a dump went, and passes `--signal-target` on to the target.
+fn dump_written(path: &Path, pid: u32, d: &DumpOptions) {
+    eprintln!("stallscope: wrote thread dump {}", path.display());
+    if let Some(sig) = d.signal_target {
+        // SAFETY: plain syscall; the target was checked to be a live process at start.
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+    }
 }
 
 fn progress_bar(duration: Duration) -> Option<indicatif::ProgressBar> {

@@ -285,6 +285,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         block_rate: args.block_rate,
         mutex_fraction: args.mutex_fraction,
         offcpu_min: 0,
+        dumps: None,
     };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -188,6 +188,17 @@ pub struct AttachArgs {
     #[arg(short, long, default_value = "out")]
     pub output: PathBuf,
 
+    /// Write a thread dump (dump-<pid>-<ms>.txt in the output directory) whenever COND holds,
+    /// at most once per `every` (default 1m): e.g. `state=futex,threads>=8,for=30s` or
+    /// `deadlock,every=5m`. SIGUSR1 to the agent writes one at any time.
+    #[arg(long, value_name = "COND", value_parser = |s: &str| s.parse::<crate::dump::trigger::DumpWhen>())]
+    pub dump_when: Option<crate::dump::trigger::DumpWhen>,
+
+    /// Also send this signal to the target after each dump, for runtimes that print their own
+    /// (e.g. QUIT for a JVM). Off by default; refused as QUIT for a Go program (it would exit).
+    #[arg(long, value_name = "SIG", value_parser = crate::dump::trigger::parse_signal)]
+    pub signal_target: Option<i32>,
+
     /// Rows in the printed top table.
     #[arg(long, default_value_t = 15)]
     pub top: usize,

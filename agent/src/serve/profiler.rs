@@ -220,6 +220,7 @@ impl Profiler {
             block_rate: self.block_rate,
             mutex_fraction: self.mutex_fraction,
             offcpu_min: 0,
+            dumps: None,
         };
         // Statistics on for the window only (they cost every BPF program on the machine).
         let stats = if self.bpf_stats {

@@ -1,0 +1,109 @@
+//! Dump triggers of a running `agent attach`: SIGUSR1 writes a thread dump of the target into
+//! the output directory, and `--dump-when COND` writes one by itself when COND holds.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use stallscope_tests::*;
+
+fn dumps_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut v: Vec<_> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("dump-") && n.ends_with(".txt")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// SIGUSR1 to a running attach: a dump of the target appears (every thread, the sleeper in
+/// `sleep` under sleep_forever), the capture goes on and completes normally.
+#[test]
+fn sigusr1_writes_a_thread_dump() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let out = TempDir::new("stallscope-usr1");
+    let dir = out.path().join("out");
+    let mut agent = Command::new(agent_path())
+        .args([
+            "attach",
+            "--pid",
+            &w.pid_str(),
+            "--duration",
+            "6s",
+            "--profile",
+            "offcpu",
+            "-o",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    // Wait until the window runs (the agent created its output directory and loaded).
+    let t0 = Instant::now();
+    while !dir.exists() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGUSR1) };
+    let output = agent.wait_with_output().expect("waiting for the agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "agent failed: {stderr}");
+    let dumps = dumps_in(&dir);
+    assert_eq!(dumps.len(), 1, "dumps: {dumps:?}; stderr: {stderr}");
+    assert!(stderr.contains("wrote thread dump"), "{stderr}");
+    let text = std::fs::read_to_string(&dumps[0]).unwrap();
+    assert!(text.contains("\"sleeper\" [sleep"), "{text}");
+    assert!(text.contains("sleep_forever"), "{text}");
+    assert!(text.contains("\"poller\" [io wait"), "{text}");
+    // The capture went on: its profile was written.
+    assert!(dir.join("offcpu.pb.gz").exists());
+}
+
+/// `--dump-when 'state=io,threads>=1,for=10ms'` holds nearly all the time for offcpu_mix (its
+/// poller waits in epoll_wait 100 ms at a time): a dump is written by itself, and only one in
+/// the window because of the default rate limit (1 per minute).
+#[test]
+fn dump_when_condition_writes_one_rate_limited_dump() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let run = run_agent(&[
+        "attach",
+        "--pid",
+        &w.pid_str(),
+        "--duration",
+        "4s",
+        "--profile",
+        "cpu",
+        "--dump-when",
+        "state=io,threads>=1,for=10ms",
+    ]);
+    run.assert_success();
+    let dumps = dumps_in(&run.out_dir);
+    assert_eq!(dumps.len(), 1, "dumps: {dumps:?}\n{}", run.stderr);
+    let text = std::fs::read_to_string(&dumps[0]).unwrap();
+    assert!(text.contains("poll_forever"), "{text}");
+}
+
+#[test]
+fn bad_conditions_and_signals_are_usage_errors() {
+    let out = Command::new(agent_path())
+        .args(["attach", "--pid", "1", "--dump-when", "state=nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(agent_path())
+        .args(["attach", "--pid", "1", "--signal-target", "SIGNOPE"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
