@@ -31,7 +31,7 @@ fn sigusr1_writes_a_thread_dump() {
     let w = Workload::spawn("offcpu_mix", &[]);
     let out = TempDir::new("stallscope-usr1");
     let dir = out.path().join("out");
-    let mut agent = Command::new(agent_path())
+    let agent = Command::new(agent_path())
         .args([
             "attach",
             "--pid",
