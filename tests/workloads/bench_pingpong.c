@@ -3,9 +3,12 @@
 // HANDOFFS times, then the process exits. Every hand-off puts one thread to sleep on the
 // condition variable (futex wait) and wakes the other (futex wake).
 //
-// Usage: bench_pingpong HANDOFFS [PAIRS] [PATH_BITS]
+// Usage: bench_pingpong HANDOFFS [PAIRS] [PATH_BITS] [SPLIT]
 // - PATH_BITS > 0: each hand-off is made through one of 2^PATH_BITS distinct call paths (chosen
 //   by the hand-off's number), so the profiler sees that many distinct user stacks per thread.
+// - SPLIT = 1: the two threads of a pair are pinned to two different CPUs (0 and 1), so every
+//   hand-off wakes a thread on the other CPU. Unpinned, the scheduler sometimes keeps both on
+//   one CPU, where a hand-off is several times faster: run times then jump between two modes.
 //
 // Protocol (bench_start.h): prints "ready" once every thread is waiting to start, reads one
 // line from stdin, runs, prints "elapsed_ns N handoffs M" (wall time of the hand-offs alone,
@@ -25,7 +28,7 @@ struct pair {
     long handoffs;
 };
 
-static int path_bits;
+static int path_bits, split;
 static volatile long sink;
 
 /* Waits for the token (turn == me), then passes it on. */
@@ -69,6 +72,12 @@ struct role {
 
 static void *player(void *arg) {
     struct role *r = arg;
+    if (split) {
+        cpu_set_t cpus;
+        CPU_ZERO(&cpus);
+        CPU_SET(r->me, &cpus);
+        pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+    }
     wait_for_start();
     for (long i = 0; i < r->pair->handoffs; i++)
         descend(r->pair, r->me, i, path_bits);
@@ -83,6 +92,7 @@ int main(int argc, char **argv) {
     long handoffs = atol(argv[1]);
     int pairs = argc > 2 ? atoi(argv[2]) : 1;
     path_bits = argc > 3 ? atoi(argv[3]) : 0;
+    split = argc > 4 ? atoi(argv[4]) : 0;
     if (handoffs < 1 || pairs < 1 || pairs > 256 || path_bits < 0 || path_bits > 24) {
         fprintf(stderr, "bad arguments\n");
         return 2;

@@ -310,6 +310,8 @@ struct Ctx {
     run_secs: f64,
     /// Hand-offs per thread of the ping-pong, sized to `run_secs` here.
     pingpong_n: u64,
+    /// The same for the unpinned ping-pong.
+    free_pingpong_n: u64,
     /// Rounds per thread of the CPU-bound workload, sized likewise.
     cpu_n: u64,
     stats: BpfStats,
@@ -358,6 +360,7 @@ impl Ctx {
             },
             run_secs,
             pingpong_n: 0,
+            free_pingpong_n: 0,
             cpu_n: 0,
             stats,
             cpus,
@@ -365,29 +368,42 @@ impl Ctx {
             busy_before,
         };
         println!("== bench: sizing the workloads to about {run_secs} s each");
-        ctx.pingpong_n = ctx.calibrate(&ctx.pingpong, 20_000, run_secs)?;
-        ctx.cpu_n = ctx.calibrate(&ctx.cpu, 20_000, 2.0 * run_secs)?;
+        ctx.pingpong_n = ctx.calibrate(&ctx.pingpong, &[1, 0, 1], 20_000, run_secs)?;
+        ctx.free_pingpong_n = ctx.calibrate(&ctx.pingpong, &[1, 0, 0], 20_000, run_secs)?;
+        ctx.cpu_n = ctx.calibrate(&ctx.cpu, &[ctx.cpus as u64], 20_000, 2.0 * run_secs)?;
         Ok(ctx)
     }
 
-    /// Runs the workload twice (the first is a warm-up) and scales its size to `secs`.
     /// Scales the workload's size so that it runs for about `secs` when it gets the CPUs: from
     /// the fastest of three runs (the machine's other load only ever makes a run slower).
-    fn calibrate(&self, bin: &Path, mut n: u64, secs: f64) -> Result<u64> {
-        let (t, _) = timed(self, &Spec::new(bin, &[n]), &Tool::None, false)?;
+    /// (`bin SIZE rest...`, the size being what is scaled.)
+    fn calibrate(&self, bin: &Path, rest: &[u64], mut n: u64, secs: f64) -> Result<u64> {
+        let spec = |n: u64| Spec::new(bin, &[&[n][..], rest].concat());
+        let (t, _) = timed(self, &spec(n), &Tool::None, false)?;
         n = ((n as f64) * 0.2 / t.wall).max(100.0) as u64;
         let mut fastest = f64::INFINITY;
         for _ in 0..3 {
-            let (t, _) = timed(self, &Spec::new(bin, &[n]), &Tool::None, false)?;
+            let (t, _) = timed(self, &spec(n), &Tool::None, false)?;
             fastest = fastest.min(t.wall);
         }
         Ok(((n as f64) * secs / fastest).max(100.0) as u64)
     }
 
+    /// The ping-pong with each pair's two threads pinned to CPUs 0 and 1: every hand-off
+    /// wakes a thread on the other CPU (the steady regime of a two-thread hand-off).
     fn pingpong(&self, pairs: u64, path_bits: u64) -> Spec {
         Spec::new(
             &self.pingpong,
-            &[(self.pingpong_n / pairs).max(100), pairs, path_bits],
+            &[(self.pingpong_n / pairs).max(100), pairs, path_bits, 1],
+        )
+    }
+
+    /// The ping-pong left to the scheduler (faster when it keeps a pair on one CPU): for the
+    /// highest event rates.
+    fn free_pingpong(&self, pairs: u64) -> Spec {
+        Spec::new(
+            &self.pingpong,
+            &[(self.free_pingpong_n / pairs).max(100), pairs, 0, 0],
         )
     }
 
@@ -1426,8 +1442,8 @@ fn stress(ctx: &Ctx) -> Result<Stress> {
         Ok(row)
     };
     for &k in ks {
-        let spec = ctx.pingpong(k, 0);
-        let handoffs = 2 * k * (ctx.pingpong_n / k).max(100);
+        let spec = ctx.free_pingpong(k);
+        let handoffs = 2 * k * (ctx.free_pingpong_n / k).max(100);
         rows.push(run(format!("{k} ping-pong pair(s)"), spec, handoffs)?);
     }
     // Past the user-stack table (16384 entries): 2^15 call paths, each its own stack.
@@ -2012,7 +2028,8 @@ impl Report {
             s,
             "Run {}{} on Linux {}, {} CPUs, agent at {}. Load average (1/5/15 min): {}. \
              Workloads: `tests/workloads/bench_pingpong.c` ({} token hand-offs between two \
-             threads through a mutex and a condition variable, sized to about {:.1} s) and \
+             threads through a mutex and a condition variable, the two pinned to CPUs 0 and 1 so \
+             that every hand-off wakes the other CPU, sized to about {:.1} s) and \
              `tests/workloads/bench_cpu.c` (one busy thread per CPU, {} rounds each, about \
              {:.1} s), sized from their fastest of three runs. Each slowdown is the median \
              of {} interleaved pairs of a baseline and a traced run (alternating which goes \
@@ -2384,7 +2401,8 @@ impl Report {
         let _ = writeln!(
             s,
             "All profiles, every event recorded (`--block-rate 1 --mutex-fraction 1`), more \
-             ping-pong pairs for more events. \"BPF events/s\": runs of the agent's programs \
+             ping-pong pairs for more events, unpinned (the scheduler may keep a pair on one \
+             CPU, where hand-offs are fastest); the last row pinned, with 2^15 call paths. \"BPF events/s\": runs of the agent's programs \
              per second (scheduler and syscall events it handles). Drops: the agent's own \
              `losses:` line plus a full lock table. From `offcpu.folded`: \"no user stack\", \
              the share of off-CPU time whose stack has no user frame at all (the workload's \
