@@ -960,7 +960,11 @@ impl Tracer {
             let _ = r.join();
         }
         let out = std::mem::take(&mut *self.stdout.lock().expect("not poisoned"));
-        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        // Told to stop before it installed its SIGINT handler, it dies of the signal: fine.
+        let ok = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+            || (self.interrupted.is_some()
+                && libc::WIFSIGNALED(status)
+                && libc::WTERMSIG(status) == libc::SIGINT);
         if !ok || escalated > 0 {
             bail!(
                 "the tracer failed (wait status {status:#x}{}): {}",
