@@ -145,7 +145,14 @@ fn test(setup_args: SetupArgs, args: &[String]) -> Result<()> {
     let agent = target_dir().join("release/agent");
     let mut root = cargo();
     root.env("STALLSCOPE_AGENT", &agent)
-        .args(["test", "--release", "--no-fail-fast", "-p", "stallscope-tests", "--"])
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "stallscope-tests",
+            "--",
+        ])
         .arg("--test-threads=1")
         .args(args);
     if let Err(e) = run(&mut root) {
