@@ -3,12 +3,13 @@
 // HANDOFFS times, then the process exits. Every hand-off puts one thread to sleep on the
 // condition variable (futex wait) and wakes the other (futex wake).
 //
-// Usage: bench_pingpong HANDOFFS [PAIRS] [PATH_BITS] [SPLIT]
+// Usage: bench_pingpong HANDOFFS [PAIRS] [PATH_BITS] [PIN]
 // - PATH_BITS > 0: each hand-off is made through one of 2^PATH_BITS distinct call paths (chosen
 //   by the hand-off's number), so the profiler sees that many distinct user stacks per thread.
-// - SPLIT = 1: the two threads of a pair are pinned to two different CPUs (0 and 1), so every
-//   hand-off wakes a thread on the other CPU. Unpinned, the scheduler sometimes keeps both on
-//   one CPU, where a hand-off is several times faster: run times then jump between two modes.
+// - PIN = 1: the two threads of a pair are pinned to two different CPUs (0 and 1), so every
+//   hand-off wakes a thread on the other CPU, often an idle one. PIN = 2: both on CPU 0, so a
+//   hand-off is a direct switch from one thread to the other. Unpinned (0), the scheduler
+//   moves between these two regimes, and run times jump between two modes.
 //
 // Protocol (bench_start.h): prints "ready" once every thread is waiting to start, reads one
 // line from stdin, runs, prints "elapsed_ns N handoffs M" (wall time of the hand-offs alone,
@@ -28,7 +29,7 @@ struct pair {
     long handoffs;
 };
 
-static int path_bits, split;
+static int path_bits, pin;
 static volatile long sink;
 
 /* Waits for the token (turn == me), then passes it on. */
@@ -72,10 +73,10 @@ struct role {
 
 static void *player(void *arg) {
     struct role *r = arg;
-    if (split) {
+    if (pin) {
         cpu_set_t cpus;
         CPU_ZERO(&cpus);
-        CPU_SET(r->me, &cpus);
+        CPU_SET(pin == 1 ? r->me : 0, &cpus);
         pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
     }
     wait_for_start();
@@ -92,7 +93,7 @@ int main(int argc, char **argv) {
     long handoffs = atol(argv[1]);
     int pairs = argc > 2 ? atoi(argv[2]) : 1;
     path_bits = argc > 3 ? atoi(argv[3]) : 0;
-    split = argc > 4 ? atoi(argv[4]) : 0;
+    pin = argc > 4 ? atoi(argv[4]) : 0;
     if (handoffs < 1 || pairs < 1 || pairs > 256 || path_bits < 0 || path_bits > 24) {
         fprintf(stderr, "bad arguments\n");
         return 2;
