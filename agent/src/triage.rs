@@ -209,7 +209,10 @@ pub fn diagnose(t: &TriageInput) -> Vec<Finding> {
             .map(|s| s.values[oi])
             .sum::<i64>();
         let p99_ms = t.runq.map(|r| r.p99_ns as f64 / 1e6).unwrap_or(0.0);
-        if secs(runnable) >= 0.2 * d || p99_ms >= 10.0 {
+        // A high p99 over a handful of wakeups of an idle process is not starvation: it takes
+        // a real share of the threads' time in the run queue.
+        let share = secs(runnable) / d;
+        if share >= 0.2 || (p99_ms >= 10.0 && share >= 0.05) {
             let who = by_culprit(o, oi, |s| wait_class_of(s).as_deref() == Some("runnable"));
             let mut details = vec![format!(
                 "Threads waited {:.2} s in the run queue ({:.0}% of one thread's time){}.",
