@@ -1378,7 +1378,8 @@ struct Nontarget {
 }
 
 fn nontarget(ctx: &Ctx) -> Result<Nontarget> {
-    let pp = ctx.pingpong(1, 0);
+    // On one CPU, where the cost per switch shows fully.
+    let pp = ctx.one_cpu_pingpong();
     let tool = Tool::AgentElsewhere(mode("all_r1"));
     let pairs = pairs(ctx, "ping-pong, not the target", &pp, &tool)?;
     let (_, cost) = timed(ctx, &pp, &tool, true)?;
@@ -1783,7 +1784,8 @@ fn bpftrace(ctx: &Ctx) -> Result<Bpftrace> {
             });
         }
     }
-    let pp = ctx.pingpong(1, 0);
+    // On one CPU, where the cost per switch shows fully (compared with the same regime).
+    let pp = ctx.one_cpu_pingpong();
     let tool = Tool::Bpftrace(&BPFTRACE_OFFCPU);
     let pairs = pairs(ctx, "ping-pong, bpftrace off-CPU", &pp, &tool)?;
     let (_, cost) = timed(ctx, &pp, &tool, true)?;
@@ -2403,7 +2405,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "\nNon-target events: the agent (all profiles, every event) attached to an idle \
-                 process while the ping-pong, not its target, runs. The ping-pong's slowdown: \
+                 process while the one-CPU ping-pong, not its target, runs. Its slowdown: \
                  {} wall, {} CPU.\n\n| program | runs/s | ns/run |\n|---|---|---|",
                 n.pairs.cell(),
                 n.pairs.cpu_cell()
@@ -2620,9 +2622,11 @@ impl Report {
         let _ = writeln!(
             s,
             "bpftrace {} aggregating off-CPU time by (kernel stack, user stack) of the \
-             ping-pong's threads on `sched_switch` (script below), same workload, same pairs \
-             protocol. Compare with `offcpu only` above (which also classifies waits and \
-             unwinds user stacks with DWARF CFI; bpftrace's `ustack` follows frame pointers).\n",
+             ping-pong's threads on `sched_switch` (script below), on the one-CPU ping-pong, \
+             same pairs protocol, against the agent's `offcpu only` on the same workload \
+             (which also classifies waits and unwinds user stacks with DWARF CFI; bpftrace's \
+             `ustack` follows frame pointers). BPF ns per run: from the runs with statistics \
+             (bpftrace on one CPU, the agent on two).\n",
             probe(Command::new("bpftrace").arg("--version"))
                 .unwrap_or_default()
                 .trim()
@@ -2657,10 +2661,10 @@ impl Report {
             let _ = writeln!(
                 s,
                 "| agent, offcpu only | {} | {:.1}% | {:.0} MiB | {:.2} s | {per:.0} |",
-                m.pingpong.cell(),
-                m.pingpong.median_cost(Cost::cpu_share) * 100.0,
-                m.pingpong.median_cost(|c| c.maxrss_kib as f64) / 1024.0,
-                m.pingpong.median_cost(|c| c.ready_s)
+                m.one_cpu.cell(),
+                m.one_cpu.median_cost(Cost::cpu_share) * 100.0,
+                m.one_cpu.median_cost(|c| c.maxrss_kib as f64) / 1024.0,
+                m.one_cpu.median_cost(|c| c.ready_s)
             );
         }
         let _ = writeln!(s, "\n```\n{}```\n", BPFTRACE_OFFCPU_TEXT);
