@@ -332,6 +332,8 @@ impl Ctx {
             );
         }
         let dir = target_dir().join("bench");
+        // The agent's output directories of an earlier run (named by workload size) go.
+        let _ = std::fs::remove_dir_all(dir.join("out"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pingpong = compile_workload("bench_pingpong")?;
         let cpu = compile_workload("bench_cpu")?;
