@@ -31,7 +31,7 @@ use crate::util::{cargo, display, find_in_path, is_root, probe, run, target_dir,
 /// `cargo xtask bench` options.
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// A short run (about 5 minutes): 3 pairs per figure, shorter workloads. Noisier figures.
+    /// A short run (about 3 minutes): 3 pairs per figure, shorter workloads. Noisier figures.
     #[arg(long)]
     quick: bool,
     /// Interleaved (baseline, traced) pairs per slowdown figure [default: 5, 3 with --quick].

@@ -68,7 +68,7 @@ enum Task {
     Lint,
     /// Measure what the agent costs (target slowdown per mode, BPF time per event, agent CPU and
     /// memory, drops under load, symbolization, attach latency, a bpftrace reference) and write
-    /// the figures to BENCHMARKS.md. As root; about 15 minutes (--quick: about 5).
+    /// the figures to BENCHMARKS.md. As root; about 7 minutes (--quick: about 3).
     Bench(bench::BenchArgs),
 }
 
