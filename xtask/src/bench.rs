@@ -2267,6 +2267,7 @@ impl Report {
                     .overflow
                     .as_ref()
                     .and_then(StressRow::no_user_stack_share)
+                    .filter(|&v| v >= 0.005)
                 {
                     let _ = write!(
                         text,
