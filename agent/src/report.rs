@@ -329,8 +329,9 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
     }
     let _ = writeln!(
         s,
-        "losses: stacks lost user {} kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}",
-        c.user_stack_lost,
+        "losses: stacks lost user {} (user-stack map full {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}",
+        c.user_stack_lost + c.user_stack_map_full,
+        c.user_stack_map_full,
         c.kernel_stack_lost,
         c.stack_collisions,
         c.agg_map_full,
