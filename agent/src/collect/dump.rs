@@ -32,12 +32,7 @@ impl Collector {
     }
 
     fn set_dump_config(&mut self, config: DumpConfig) -> Result<(), Error> {
-        let mut map: Array<_, DumpConfig> = Array::try_from(
-            self.ebpf
-                .map_mut("DUMP_CONFIG")
-                .ok_or_else(|| Error::Internal("DUMP_CONFIG map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("DUMP_CONFIG map: {e}")))?;
+        let mut map: Array<_, DumpConfig> = self.map_mut("DUMP_CONFIG")?;
         map.set(0, config, 0)
             .map_err(|e| Error::Internal(format!("writing DUMP_CONFIG: {e}")))
     }

@@ -251,12 +251,7 @@ impl Collector {
 
     /// Adds a process (tgid) to the set the programs record.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), Error> {
-        let mut targets: HashMap<_, u32, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut("TARGETS")
-                .ok_or_else(|| Error::Internal("TARGETS map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("TARGETS map: {e}")))?;
+        let mut targets: HashMap<_, u32, u32> = self.map_mut("TARGETS")?;
         targets
             .insert(tgid, 1, 0)
             .map_err(|e| Error::Internal(format!("adding target {tgid}: {e}")))
@@ -264,9 +259,9 @@ impl Collector {
 
     /// Removes a process from the set the programs record (and its unwinder mappings).
     pub fn remove_target(&mut self, tgid: u32) -> Result<(), Error> {
-        let mut targets: HashMap<_, u32, u32> = self.hash_map_mut("TARGETS")?;
+        let mut targets: HashMap<_, u32, u32> = self.map_mut("TARGETS")?;
         let _ = targets.remove(&tgid);
-        let mut mappings: HashMap<_, u32, ProcMappings> = self.hash_map_mut("PROC_MAPPINGS")?;
+        let mut mappings: HashMap<_, u32, ProcMappings> = self.map_mut("PROC_MAPPINGS")?;
         let _ = mappings.remove(&tgid);
         Ok(())
     }
@@ -276,7 +271,7 @@ impl Collector {
     /// from nothing. Call it with nothing attached.
     pub fn reset_window(&mut self) -> Result<(), Error> {
         fn clear<K: aya::Pod, V: aya::Pod>(c: &mut Collector, name: &str) -> Result<(), Error> {
-            let mut map: HashMap<_, K, V> = c.hash_map_mut(name)?;
+            let mut map: HashMap<_, K, V> = c.map_mut(name)?;
             let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
             for k in keys {
                 let _ = map.remove(&k);
@@ -298,12 +293,7 @@ impl Collector {
         }
         let ncpus = aya::util::nr_cpus()
             .map_err(|(what, e)| Error::Internal(format!("counting CPUs ({what}): {e}")))?;
-        let mut counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map_mut("COUNTERS")
-                .ok_or_else(|| Error::Internal("COUNTERS map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("COUNTERS map: {e}")))?;
+        let mut counters: PerCpuArray<_, u64> = self.map_mut("COUNTERS")?;
         for idx in 0..COUNTER_SLOTS {
             let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; ncpus])
                 .map_err(|e| Error::Internal(format!("zeroing counters: {e}")))?;
@@ -314,11 +304,12 @@ impl Collector {
         Ok(())
     }
 
-    fn hash_map_mut<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &str,
-    ) -> Result<HashMap<&mut MapData, K, V>, Error> {
-        HashMap::try_from(
+    /// A typed, writable view of the BPF map `name`.
+    fn map_mut<'a, M>(&'a mut self, name: &str) -> Result<M, Error>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        M::try_from(
             self.ebpf
                 .map_mut(name)
                 .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
@@ -407,12 +398,7 @@ impl Collector {
 
     /// Sets what the tracepoint programs record (off-CPU, block) and their thresholds.
     pub fn set_config(&mut self, config: Config) -> Result<(), Error> {
-        let mut map: Array<_, Config> = Array::try_from(
-            self.ebpf
-                .map_mut("CONFIG")
-                .ok_or_else(|| Error::Internal("CONFIG map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("CONFIG map: {e}")))?;
+        let mut map: Array<_, Config> = self.map_mut("CONFIG")?;
         map.set(0, config, 0)
             .map_err(|e| Error::Internal(format!("writing CONFIG: {e}")))
     }
@@ -464,12 +450,7 @@ impl Collector {
 
     /// Reads the kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, Error> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("COUNTERS")
-                .ok_or_else(|| Error::Internal("COUNTERS map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("COUNTERS map: {e}")))?;
+        let map: PerCpuArray<_, u64> = self.map_ref("COUNTERS")?;
         let read = |c: Counter| -> Result<u64, Error> {
             let idx = c as u32;
             debug_assert!(idx < COUNTER_SLOTS);
@@ -504,12 +485,7 @@ impl Collector {
 
     /// Reads every CPU sample bucket with its stacks resolved to addresses.
     pub fn cpu_records(&self) -> Result<Vec<CpuRecord>, Error> {
-        let map: HashMap<_, CpuKey, u64> = HashMap::try_from(
-            self.ebpf
-                .map("CPU_SAMPLES")
-                .ok_or_else(|| Error::Internal("CPU_SAMPLES map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("CPU_SAMPLES map: {e}")))?;
+        let map: HashMap<_, CpuKey, u64> = self.map_ref("CPU_SAMPLES")?;
         let mut cache: StdHashMap<i32, StackPart> = StdHashMap::new();
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
@@ -528,7 +504,7 @@ impl Collector {
 
     /// Reads every off-CPU bucket.
     pub fn offcpu_records(&self) -> Result<Vec<OffcpuRecord>, Error> {
-        let map: HashMap<_, OffcpuKey, OffcpuValue> = self.hash_map("OFFCPU")?;
+        let map: HashMap<_, OffcpuKey, OffcpuValue> = self.map_ref("OFFCPU")?;
         let mut cache = StdHashMap::new();
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
@@ -549,7 +525,7 @@ impl Collector {
 
     /// Reads every block-profile bucket.
     pub fn block_records(&self) -> Result<Vec<BlockRecord>, Error> {
-        let map: HashMap<_, BlockKey, BlockValue> = self.hash_map("BLOCK")?;
+        let map: HashMap<_, BlockKey, BlockValue> = self.map_ref("BLOCK")?;
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
@@ -568,7 +544,7 @@ impl Collector {
     pub fn mutex_records(&self) -> Result<(Vec<MutexRecord>, Vec<MutexRecord>), Error> {
         let mut ucache = UserStackCache::new();
         let mut read = |name: &str| -> Result<Vec<MutexRecord>, Error> {
-            let map: HashMap<_, MutexKey, MutexValue> = self.hash_map(name)?;
+            let map: HashMap<_, MutexKey, MutexValue> = self.map_ref(name)?;
             let mut out = Vec::new();
             for entry in map.iter() {
                 let (k, v) = entry.map_err(|e| Error::Internal(format!("reading {name}: {e}")))?;
@@ -587,7 +563,7 @@ impl Collector {
 
     /// Reads the run-queue latency histogram.
     pub fn runq_histogram(&self) -> Result<Vec<RunqBucket>, Error> {
-        let map: HashMap<_, RunqKey, u64> = self.hash_map("RUNQ_HIST")?;
+        let map: HashMap<_, RunqKey, u64> = self.map_ref("RUNQ_HIST")?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, count) =
@@ -605,7 +581,7 @@ impl Collector {
 
     /// Threads that are off CPU right now, with when and how they left.
     pub fn open_intervals(&self) -> Result<Vec<OpenInterval>, Error> {
-        let map: HashMap<_, u32, ThreadState> = self.hash_map("THREADS")?;
+        let map: HashMap<_, u32, ThreadState> = self.map_ref("THREADS")?;
         let mut cache = StdHashMap::new();
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
@@ -628,11 +604,12 @@ impl Collector {
         Ok(out)
     }
 
-    fn hash_map<K: aya::Pod, V: aya::Pod>(
-        &self,
-        name: &str,
-    ) -> Result<HashMap<&MapData, K, V>, Error> {
-        HashMap::try_from(
+    /// A typed view of the BPF map `name` (a `HashMap`, `Array`, `PerCpuArray`...).
+    fn map_ref<'a, M>(&'a self, name: &str) -> Result<M, Error>
+    where
+        M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        M::try_from(
             self.ebpf
                 .map(name)
                 .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
@@ -674,7 +651,7 @@ impl Collector {
     }
 
     fn count_keys<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Option<u64> {
-        let map: HashMap<_, K, V> = self.hash_map(name).ok()?;
+        let map: HashMap<_, K, V> = self.map_ref(name).ok()?;
         Some(map.keys().filter(|k| k.is_ok()).count() as u64)
     }
 
@@ -705,12 +682,7 @@ impl Collector {
 
     /// Uploads compiled CFI rows into the shared row array at `start`.
     pub fn upload_unwind_rows(&mut self, start: u32, rows: &[UnwindRow]) -> Result<(), Error> {
-        let mut map: Array<_, UnwindRow> = Array::try_from(
-            self.ebpf
-                .map_mut("UNWIND_ROWS")
-                .ok_or_else(|| Error::Internal("UNWIND_ROWS map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("UNWIND_ROWS map: {e}")))?;
+        let mut map: Array<_, UnwindRow> = self.map_mut("UNWIND_ROWS")?;
         for (i, row) in rows.iter().enumerate() {
             map.set(start + i as u32, *row, 0).map_err(|e| {
                 Error::Internal(format!("writing unwind row {}: {e}", start as usize + i))
@@ -721,12 +693,7 @@ impl Collector {
 
     /// Sets the executable-mapping table of a process for the unwinder.
     pub fn set_proc_mappings(&mut self, tgid: u32, m: &ProcMappings) -> Result<(), Error> {
-        let mut map: HashMap<_, u32, ProcMappings> = HashMap::try_from(
-            self.ebpf
-                .map_mut("PROC_MAPPINGS")
-                .ok_or_else(|| Error::Internal("PROC_MAPPINGS map missing".into()))?,
-        )
-        .map_err(|e| Error::Internal(format!("PROC_MAPPINGS map: {e}")))?;
+        let mut map: HashMap<_, u32, ProcMappings> = self.map_mut("PROC_MAPPINGS")?;
         map.insert(tgid, *m, 0)
             .map_err(|e| Error::Internal(format!("writing the mappings of {tgid}: {e}")))
     }
@@ -741,7 +708,7 @@ impl Collector {
         if let Some(p) = cache.get(&handle) {
             return p.clone();
         }
-        let part = match self.hash_map::<u64, UserStack>("USER_STACKS") {
+        let part = match self.map_ref::<HashMap<_, u64, UserStack>>("USER_STACKS") {
             Ok(map) => match map.get(&handle, 0) {
                 Ok(st) => {
                     let n = (st.len as usize).min(st.ips.len());
