@@ -569,6 +569,25 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
+/// `agent attach --pid <w> --duration <duration> --profile <profiles> <extra...>`, asserting
+/// that it succeeded.
+pub fn attach_ok(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
+    let pid = w.pid_str();
+    let mut args = vec![
+        "attach",
+        "--pid",
+        pid.as_str(),
+        "--duration",
+        duration,
+        "--profile",
+        profiles,
+    ];
+    args.extend_from_slice(extra);
+    let run = run_agent(&args);
+    run.assert_success();
+    run
+}
+
 /// Runs the agent with `args` plus `-o <fresh temp dir>`, with a generous timeout (two minutes).
 pub fn run_agent(args: &[&str]) -> AgentRun {
     run_agent_with_timeout(args, Duration::from_secs(120))

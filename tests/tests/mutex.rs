@@ -5,20 +5,7 @@ use agent::model::{Label, Sample};
 use stallscope_tests::*;
 
 fn attach(w: &Workload, duration: &str, extra: &[&str]) -> AgentRun {
-    let pid = w.pid_str();
-    let mut args = vec![
-        "attach",
-        "--pid",
-        pid.as_str(),
-        "--duration",
-        duration,
-        "--profile",
-        "mutex",
-    ];
-    args.extend_from_slice(extra);
-    let run = run_agent(&args);
-    run.assert_success();
-    run
+    attach_ok(w, duration, "mutex", extra)
 }
 
 fn in_stack(p: &Profile, s: &Sample, function: &str) -> bool {
@@ -137,22 +124,8 @@ fn mutex_fraction_estimates_the_same_totals() {
     require_root();
     let w = Workload::spawn("mutex_steady", &[]);
     let run = |fraction: &str| {
-        let pid = w.pid_str();
-        let r = run_agent(&[
-            "attach",
-            "--pid",
-            pid.as_str(),
-            "--duration",
-            "6s",
-            "--profile",
-            "mutex,block",
-            "--block-rate",
-            "1",
-            "--mutex-fraction",
-            fraction,
-        ]);
-        r.assert_success();
-        r
+        let extra = ["--block-rate", "1", "--mutex-fraction", fraction];
+        attach_ok(&w, "6s", "mutex,block", &extra)
     };
     let mut recorded = Vec::new();
     let mut last = None;

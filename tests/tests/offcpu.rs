@@ -6,23 +6,6 @@
 use agent::model::{Label, Sample};
 use stallscope_tests::*;
 
-fn attach(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
-    let pid = w.pid_str();
-    let mut args = vec![
-        "attach",
-        "--pid",
-        pid.as_str(),
-        "--duration",
-        duration,
-        "--profile",
-        profiles,
-    ];
-    args.extend_from_slice(extra);
-    let run = run_agent(&args);
-    run.assert_success();
-    run
-}
-
 fn wait_class(s: &Sample) -> Option<&str> {
     s.labels.iter().find_map(|l| match l {
         Label::Str(k, v) if k == "wait_class" => Some(v.as_str()),
@@ -84,7 +67,7 @@ fn accounting(run: &AgentRun, after_number: &str) -> u64 {
 fn sleep_io_and_cpu_bound_threads_are_classified() {
     require_root();
     let w = Workload::spawn("offcpu_mix", &[]);
-    let run = attach(&w, "5s", "cpu,offcpu,block", &[]);
+    let run = attach_ok(&w, "5s", "cpu,offcpu,block", &[]);
     let p = read_profile(run.file("offcpu.pb.gz"));
     let types: Vec<(&str, &str)> = p
         .sample_types
@@ -150,7 +133,7 @@ fn sleep_io_and_cpu_bound_threads_are_classified() {
 fn migrating_thread_is_not_inflated() {
     require_root();
     let w = Workload::spawn("migrate", &[]);
-    let run = attach(&w, "5s", "offcpu", &[]);
+    let run = attach_ok(&w, "5s", "offcpu", &[]);
     let p = read_profile(run.file("offcpu.pb.gz"));
     let d = p.duration.as_secs_f64();
     let off = seconds(&p, "off-cpu", "hop_forever", None);
@@ -167,7 +150,7 @@ fn migrating_thread_is_not_inflated() {
 fn pinned_cpu_bound_pair_is_runnable_half_the_time() {
     require_root();
     let w = Workload::spawn("pinned_pair", &[]);
-    let run = attach(&w, "5s", "offcpu", &[]);
+    let run = attach_ok(&w, "5s", "offcpu", &[]);
     let p = read_profile(run.file("offcpu.pb.gz"));
     let d = p.duration.as_secs_f64();
     for f in ["burn_a", "burn_b"] {
@@ -187,8 +170,8 @@ fn pinned_cpu_bound_pair_is_runnable_half_the_time() {
 fn block_rate_sampling_is_unbiased_and_cheaper() {
     require_root();
     let w = Workload::spawn("futex_mix", &[]);
-    let all = attach(&w, "6s", "block", &["--block-rate", "1"]);
-    let sampled = attach(&w, "6s", "block", &["--block-rate", "1ms"]);
+    let all = attach_ok(&w, "6s", "block", &["--block-rate", "1"]);
+    let sampled = attach_ok(&w, "6s", "block", &["--block-rate", "1ms"]);
     let pa = read_profile(all.file("block.pb.gz"));
     let ps = read_profile(sampled.file("block.pb.gz"));
     // Per second, so the two windows' small length differences don't matter.
