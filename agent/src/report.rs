@@ -318,6 +318,13 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             c.mutex_events_seen, c.mutex_events_recorded, f.mutex_fraction, c.lock_table_full
         );
     }
+    if c.user_stack_walked + c.user_stack_cache_hit > 0 {
+        let _ = writeln!(
+            s,
+            "accounting: {} user stacks walked, {} taken from the walk cache",
+            c.user_stack_walked, c.user_stack_cache_hit
+        );
+    }
     if f.profiles.contains(&ProfileKind::Block) {
         let _ = writeln!(
             s,

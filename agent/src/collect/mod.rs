@@ -21,7 +21,8 @@ use aya::{
 use stallscope_common::{
     BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, LockKey,
     LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, STACK_LOST,
-    ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, runq_bucket_low,
+    ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, WalkCacheEntry,
+    WalkCacheKey, runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -52,6 +53,9 @@ pub struct Counters {
     pub mutex_events_seen: u64,
     pub mutex_events_recorded: u64,
     pub lock_table_full: u64,
+    /// User stacks served from the in-kernel walk cache, and walked frame by frame.
+    pub user_stack_cache_hit: u64,
+    pub user_stack_walked: u64,
 }
 
 /// A part of a stack as read back from the kernel.
@@ -251,16 +255,25 @@ impl Collector {
 
     /// Adds a process (tgid) to the set the programs record.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), Error> {
-        let mut targets: HashMap<_, u32, u32> = self.map_mut("TARGETS")?;
-        targets
-            .insert(tgid, 1, 0)
-            .map_err(|e| Error::Internal(format!("adding target {tgid}: {e}")))
+        self.set_target_bit(tgid, true)
+    }
+
+    /// Sets or clears `tgid`'s bit in the programs' target bitmap.
+    fn set_target_bit(&mut self, tgid: u32, on: bool) -> Result<(), Error> {
+        let (word, bit) = stallscope_common::target_bit(tgid)
+            .ok_or_else(|| Error::Internal(format!("pid {tgid} is beyond the target bitmap")))?;
+        let mut bits: aya::maps::Array<_, u64> = self.map_mut("TARGET_BITS")?;
+        let old = bits
+            .get(&word, 0)
+            .map_err(|e| Error::Internal(format!("target bitmap: {e}")))?;
+        let new = if on { old | bit } else { old & !bit };
+        bits.set(word, new, 0)
+            .map_err(|e| Error::Internal(format!("target bitmap: {e}")))
     }
 
     /// Removes a process from the set the programs record (and its unwinder mappings).
     pub fn remove_target(&mut self, tgid: u32) -> Result<(), Error> {
-        let mut targets: HashMap<_, u32, u32> = self.map_mut("TARGETS")?;
-        let _ = targets.remove(&tgid);
+        self.set_target_bit(tgid, false)?;
         let mut mappings: HashMap<_, u32, ProcMappings> = self.map_mut("PROC_MAPPINGS")?;
         let _ = mappings.remove(&tgid);
         Ok(())
@@ -287,6 +300,8 @@ impl Collector {
         clear::<LockKey, LockState>(self, "LOCKS")?;
         clear::<u32, ThreadState>(self, "THREADS")?;
         clear::<u64, UserStack>(self, "USER_STACKS")?;
+        // Cached walks name handles in USER_STACKS, just emptied.
+        clear::<WalkCacheKey, WalkCacheEntry>(self, "WALK_CACHE")?;
         let ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         for id in ids {
             let _ = self.stacks.remove(&id);
@@ -480,6 +495,8 @@ impl Collector {
             mutex_events_seen: read(Counter::MutexEventsSeen)?,
             mutex_events_recorded: read(Counter::MutexEventsRecorded)?,
             lock_table_full: read(Counter::LockTableFull)?,
+            user_stack_cache_hit: read(Counter::UserStackCacheHit)?,
+            user_stack_walked: read(Counter::UserStackWalked)?,
         })
     }
 
@@ -694,8 +711,20 @@ impl Collector {
     /// Sets the executable-mapping table of a process for the unwinder.
     pub fn set_proc_mappings(&mut self, tgid: u32, m: &ProcMappings) -> Result<(), Error> {
         let mut map: HashMap<_, u32, ProcMappings> = self.map_mut("PROC_MAPPINGS")?;
+        let unchanged = map
+            .get(&tgid, 0)
+            .is_ok_and(|old| old.count == m.count && old.entries[..] == m.entries[..]);
+        if unchanged {
+            return Ok(());
+        }
         map.insert(tgid, *m, 0)
-            .map_err(|e| Error::Internal(format!("writing the mappings of {tgid}: {e}")))
+            .map_err(|e| Error::Internal(format!("writing the mappings of {tgid}: {e}")))?;
+        // Walks cached under the old table may have gone differently: retire them.
+        let mut generation: Array<_, u64> = self.map_mut("WALK_GEN")?;
+        let g = generation.get(&0, 0).unwrap_or(0);
+        generation
+            .set(0, g.wrapping_add(1), 0)
+            .map_err(|e| Error::Internal(format!("bumping the walk-cache generation: {e}")))
     }
 
     fn user_stack(&self, handle: u64, cache: &mut UserStackCache) -> StackPart {

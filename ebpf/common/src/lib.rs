@@ -14,8 +14,20 @@ pub const STACK_MAP_ENTRIES: u32 = 65536;
 /// Entries in each aggregation map (distinct stacks × classes per capture).
 pub const AGG_MAP_ENTRIES: u32 = 65536;
 
-/// Processes that can be targeted at once.
-pub const MAX_TARGETS: u32 = 1024;
+/// Target processes are a bitmap indexed by tgid, one bit per possible pid: one array load
+/// decides whether an event is for a target (a hash look-up cost most of a non-target event).
+/// Covers `PID_MAX_LIMIT` (2^22 on 64-bit).
+pub const TARGET_BITMAP_WORDS: u32 = 1 << 16;
+
+/// The bitmap word and bit of `tgid`, or `None` beyond the bitmap.
+#[inline(always)]
+pub fn target_bit(tgid: u32) -> Option<(u32, u64)> {
+    let word = tgid >> 6;
+    if word >= TARGET_BITMAP_WORDS {
+        return None;
+    }
+    Some((word, 1u64 << (tgid & 63)))
+}
 
 /// Indexes into the `COUNTERS` per-CPU array. The agent sums them over CPUs and shows them.
 #[repr(u32)]
@@ -47,9 +59,6 @@ pub enum Counter {
     BlockEventsRecorded = 11,
     /// Run-queue latency histogram map full.
     RunqHistFull = 12,
-    /// Intervals that started before a thread's state was known (e.g. it was already off CPU
-    /// when the capture began) are not counted; this counts switch-ins seen without state.
-    OffcpuUnknownStart = 13,
     /// User frames unwound with CFI rows.
     UnwindCfiFrames = 14,
     /// User frames unwound with frame pointers.
@@ -64,6 +73,10 @@ pub enum Counter {
     MutexEventsRecorded = 19,
     /// The lock table (`LOCKS`) was full: a futex word's waiters were not tracked.
     LockTableFull = 20,
+    /// User stacks taken from the walk cache (same registers and stack words as a walk before).
+    UserStackCacheHit = 21,
+    /// User stacks walked frame by frame.
+    UserStackWalked = 22,
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
@@ -161,10 +174,14 @@ pub struct ThreadState {
     pub kernel_stack: i32,
     /// `THREAD_*` flags.
     pub flags: u32,
+    /// User stack taken during the current futex call (valid with `THREAD_SYS_STACK`).
+    pub sys_stack: u64,
 }
 
 /// The thread's current futex wait was counted as a waiter in `LOCKS`.
 pub const THREAD_LOCK_WAITER: u32 = 1;
+/// `ThreadState::sys_stack` holds the user stack of the current syscall.
+pub const THREAD_SYS_STACK: u32 = 2;
 
 /// Key of the off-CPU aggregation map.
 #[repr(C)]
@@ -366,6 +383,44 @@ pub struct UserStack {
     pub ips: [u64; MAX_USER_FRAMES],
 }
 
+/// Stack words a cached walk may depend on (every word the walk read, at most this many).
+pub const WALK_CACHE_READS: usize = 32;
+/// The words a cached walk read lie within this many bytes above its stack pointer.
+pub const WALK_CACHE_SPAN: u32 = 4096;
+
+/// Key of the user-stack walk cache: a thread and the user instruction pointer it stopped at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct WalkCacheKey {
+    pub tid: u32,
+    pub _pad: u32,
+    pub ip: u64,
+}
+
+/// A finished walk and everything it depended on. A walk is a pure function of the starting
+/// registers and the stack words it read (given the unwind rows), so when `sp` and `bp` are
+/// the same and every word at `sp + offs[i]` still holds `vals[i]`, walking again would give
+/// the same frames: `handle`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WalkCacheEntry {
+    pub sp: u64,
+    pub bp: u64,
+    pub handle: u64,
+    /// `WALK_GEN` when the walk was made.
+    pub generation: u64,
+    /// Bytes from `sp` that cover every read word (`max(offs) + 8`).
+    pub span: u32,
+    /// Words read.
+    pub n: u32,
+    /// Non-zero when the walk used the starting `bp` (a frame-pointer step or an rbp-based
+    /// CFA before rbp was restored from the stack); otherwise `bp` need not match.
+    pub bp_used: u32,
+    pub _pad: u32,
+    pub offs: [u32; WALK_CACHE_READS],
+    pub vals: [u64; WALK_CACHE_READS],
+}
+
 /// The walk stopped at `MAX_USER_FRAMES` (the stack is truncated at the root end).
 pub const USTACK_TRUNCATED: u32 = 1;
 /// At least one frame was unwound with CFI rows (not frame pointers).
@@ -398,6 +453,8 @@ mod pod {
     unsafe impl aya::Pod for ExecMapping {}
     unsafe impl aya::Pod for ProcMappings {}
     unsafe impl aya::Pod for UserStack {}
+    unsafe impl aya::Pod for WalkCacheKey {}
+    unsafe impl aya::Pod for WalkCacheEntry {}
     unsafe impl aya::Pod for LockKey {}
     unsafe impl aya::Pod for LockState {}
     unsafe impl aya::Pod for MutexKey {}

@@ -13,16 +13,12 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    macros::map,
-    maps::HashMap,
-};
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use stallscope_common::{
     AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue,
 };
 
-use crate::{shared::count, unwind::user_stack_handle};
+use crate::shared::count;
 
 /// Futex words with waiters seen in the window.
 #[map]
@@ -111,7 +107,14 @@ pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
 
 /// A counted waiter stops waiting (woken, timed out or interrupted) after `waited` ns.
 #[inline(always)]
-pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) {
+pub fn wait_end(
+    cfg: &Config,
+    tgid: u32,
+    uaddr: u64,
+    now: u64,
+    waited: u64,
+    stack: impl FnOnce() -> u64,
+) {
     let key = LockKey {
         tgid,
         _pad: 0,
@@ -131,16 +134,16 @@ pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) {
             tgid,
             _pad: 0,
             uaddr,
-            user_stack: user_stack_handle(tgid),
+            user_stack: stack(),
         };
         add_value(&LOCK_WAITERS, &k, weight, waited.wrapping_mul(weight));
     }
 }
 
 /// A target thread wakes waiters of `uaddr`: it ends the span; charge the waiting time
-/// accumulated since the last release to its stack.
+/// accumulated since the last release to its stack (`stack`, taken only when recorded).
 #[inline(always)]
-pub fn release(cfg: &Config, tgid: u32, uaddr: u64) {
+pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce() -> u64) {
     let key = LockKey {
         tgid,
         _pad: 0,
@@ -149,8 +152,6 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64) {
     let Some(p) = LOCKS.get_ptr_mut(key) else {
         return;
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: live map value; a torn read against a concurrent waiter update is off by at most
     // that waiter's (near-zero) time so far.
     let st = unsafe { &mut *p };
@@ -176,7 +177,7 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64) {
         tgid,
         _pad: 0,
         uaddr,
-        user_stack: user_stack_handle(tgid),
+        user_stack: stack(),
     };
     add_value(&MUTEX, &k, weight, delay.wrapping_mul(weight));
 }

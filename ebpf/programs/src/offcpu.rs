@@ -20,7 +20,8 @@ use aya_ebpf::{
 use stallscope_common::{
     AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX,
     CONFIG_OFFCPU, Config, Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey,
-    STACK_NONE, THREAD_LOCK_WAITER, ThreadState, USER_STACK_NONE, runq_bucket, wait_class,
+    STACK_NONE, THREAD_LOCK_WAITER, THREAD_SYS_STACK, ThreadState, USER_STACK_NONE, runq_bucket,
+    wait_class,
 };
 
 use crate::{
@@ -83,6 +84,7 @@ const FUTEX_WAKE_BITSET: u32 = 10;
 const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 const TASK_STOPPED: u32 = 0x4;
 const TASK_TRACED: u32 = 0x8;
+const TASK_DEAD: u32 = 0x80;
 const TASK_NOLOAD: u32 = 0x400;
 
 // Offsets of struct pt_regs (x86-64 uapi layout, stable).
@@ -108,6 +110,15 @@ fn task_pid(task: *const u8) -> Option<u32> {
     let off = offsets().task_pid as usize;
     // SAFETY: reading kernel memory through the probe-read helper, which handles faults.
     unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.ok()
+}
+
+/// The tgid of `task` when it is a target process, without touching the thread table.
+#[inline(always)]
+fn target_task(task: *const u8) -> Option<u32> {
+    let off = offsets().task_tgid as usize;
+    // SAFETY: as in `task_pid`.
+    let tgid: u32 = unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.ok()?;
+    is_target(tgid).then_some(tgid)
 }
 
 #[inline(always)]
@@ -136,6 +147,22 @@ fn syscall_class(st: &ThreadState) -> u32 {
         NO_SYSCALL => wait_class::OTHER,
         _ => wait_class::SYSCALL,
     }
+}
+
+/// The current thread's user stack. In a futex call it is taken once and kept for the rest of
+/// the call (a futex call's user registers cannot change before it returns): the switch-out,
+/// the mutex profile and the block profile of one wait share one look-up.
+#[inline(always)]
+fn syscall_stack(tgid: u32, st: &mut ThreadState) -> u64 {
+    if st.flags & THREAD_SYS_STACK != 0 {
+        return st.sys_stack;
+    }
+    let h = user_stack_handle(tgid);
+    if st.syscall == SYS_FUTEX || st.syscall == SYS_FUTEX_WAITV {
+        st.sys_stack = h;
+        st.flags |= THREAD_SYS_STACK;
+    }
+    h
 }
 
 #[inline(always)]
@@ -214,7 +241,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
 
     // Switch-in of next: close its interval if we saw it leave.
-    if let Some(next_tid) = task_pid(next)
+    if target_task(next).is_some()
+        && let Some(next_tid) = task_pid(next)
         && next_tid != 0
     {
         switch_in(next_tid, now, cfg.offcpu_min_ns);
@@ -231,8 +259,14 @@ fn switch_out(
     prev_state: u32,
     now: u64,
 ) {
-    count(Counter::OffcpuSwitchOut);
     let state = prev_state & 0xff_ffff;
+    if state & TASK_DEAD != 0 {
+        // The thread's last switch: `sched_process_exit` has dropped its state already, and
+        // an interval opened now would never close.
+        let _ = THREADS.remove(tid);
+        return;
+    }
+    count(Counter::OffcpuSwitchOut);
     let existing = THREADS.get_ptr_mut(tid);
     let mut st = match existing {
         // SAFETY: copy of a live map value.
@@ -255,8 +289,15 @@ fn switch_out(
     st.off_ts = now;
     st.wake_ts = 0;
     st.tgid = tgid;
-    st.user_stack = user_stack_handle(tgid);
-    st.kernel_stack = kernel_stack(ctx);
+    st.user_stack = syscall_stack(tgid, &mut st);
+    // The kernel stack says something only when the wait class does not already: a thread
+    // blocked in futex, poll/epoll or nanosleep is always in that syscall's wait path, and a
+    // preempted one in the scheduler's preemption path. Capturing it (the kernel's ORC walk)
+    // cost more than everything else in this program together.
+    st.kernel_stack = match st.class {
+        wait_class::FUTEX | wait_class::IO | wait_class::SLEEP | wait_class::RUNNABLE => STACK_NONE,
+        _ => kernel_stack(ctx),
+    };
     match existing {
         // SAFETY: writing back into the live map value of this thread; only this thread's
         // own switch-out and the wakeup path write it.
@@ -317,6 +358,9 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let task: *const u8 = ctx.arg(0);
+    if target_task(task).is_none() {
+        return 0;
+    }
     let Some(tid) = task_pid(task) else {
         return 0;
     };
@@ -341,54 +385,69 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     let tid = pid_tgid as u32;
     let regs: *const u8 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
-    // SAFETY: probe reads of the syscall's saved user registers.
-    let arg0: u64 =
-        unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_DI) as *const u64) }.unwrap_or(0);
-    let arg1: u64 =
-        unsafe { bpf_probe_read_kernel(regs.add(PT_REGS_SI) as *const u64) }.unwrap_or(0);
+    // The arguments matter only to futex calls (mutex and block profiles).
+    let (arg0, arg1) = if id as i32 == SYS_FUTEX {
+        // SAFETY: probe reads of the syscall's saved user registers.
+        unsafe {
+            (
+                bpf_probe_read_kernel(regs.add(PT_REGS_DI) as *const u64).unwrap_or(0),
+                bpf_probe_read_kernel(regs.add(PT_REGS_SI) as *const u64).unwrap_or(0),
+            )
+        }
+    } else {
+        (0, 0)
+    };
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut flags = 0;
-    if id as i32 == SYS_FUTEX {
-        let cfg = config();
-        if cfg.flags & CONFIG_MUTEX != 0 {
-            let op = arg1 as u32;
-            if is_futex_wait(op) {
-                if mutex::wait_begin(tgid, arg0, now) {
-                    flags |= THREAD_LOCK_WAITER;
-                }
-            } else if is_futex_wake(op) {
-                mutex::release(&cfg, tgid, arg0);
-            }
-        }
-    }
-    match THREADS.get_ptr_mut(tid) {
-        Some(p) => {
-            // SAFETY: live map value of this thread.
-            let st = unsafe { &mut *p };
-            st.syscall = id as i32;
-            st.sys_enter_ts = now;
-            st.sys_arg0 = arg0;
-            st.sys_arg1 = arg1 as u32;
-            st.flags = flags;
-        }
+    // The thread's state first: the mutex release below takes the thread's stack through it.
+    let state = match THREADS.get_ptr_mut(tid) {
+        Some(p) => Some(p),
         None => {
             let st = ThreadState {
                 tgid,
-                syscall: id as i32,
-                sys_enter_ts: now,
-                sys_arg0: arg0,
-                sys_arg1: arg1 as u32,
+                syscall: NO_SYSCALL,
                 user_stack: USER_STACK_NONE,
                 kernel_stack: STACK_NONE,
-                flags,
                 ..ThreadState::default()
             };
             if THREADS.insert(tid, st, 0).is_err() {
                 count(Counter::ThreadMapFull);
-                if flags & THREAD_LOCK_WAITER != 0 {
-                    // Untracked thread: undo its waiter count so the lock's books balance.
-                    mutex::wait_end(&config(), tgid, arg0, now, 0);
+            }
+            THREADS.get_ptr_mut(tid)
+        }
+    };
+    if let Some(p) = state {
+        // SAFETY: live map value of this thread.
+        let st = unsafe { &mut *p };
+        st.syscall = id as i32;
+        st.sys_enter_ts = now;
+        st.sys_arg0 = arg0;
+        st.sys_arg1 = arg1 as u32;
+        st.flags = 0;
+    }
+    if id as i32 != SYS_FUTEX {
+        return 0;
+    }
+    let cfg = config();
+    if cfg.flags & CONFIG_MUTEX == 0 {
+        return 0;
+    }
+    let op = arg1 as u32;
+    match state {
+        // SAFETY: live map value of this thread.
+        Some(p) => {
+            let st = unsafe { &mut *p };
+            if is_futex_wait(op) {
+                // Only a thread with state can report its wait's end (at sys_exit).
+                if mutex::wait_begin(tgid, arg0, now) {
+                    st.flags |= THREAD_LOCK_WAITER;
                 }
+            } else if is_futex_wake(op) {
+                mutex::release(&cfg, tgid, arg0, now, || syscall_stack(tgid, st));
+            }
+        }
+        None => {
+            if is_futex_wake(op) {
+                mutex::release(&cfg, tgid, arg0, now, || user_stack_handle(tgid));
             }
         }
     }
@@ -409,21 +468,29 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     };
     // SAFETY: live map value of this thread.
     let st = unsafe { &mut *p };
+    if st.sys_enter_ts != 0 {
+        syscall_ended(tgid, st);
+    }
+    st.syscall = NO_SYSCALL;
+    st.sys_enter_ts = 0;
+    st.flags = 0;
+    0
+}
+
+/// The end of a tracked syscall: the mutex profile's waiter accounting and the block profile.
+#[inline(always)]
+fn syscall_ended(tgid: u32, st: &mut ThreadState) {
     let syscall = st.syscall;
     let enter = st.sys_enter_ts;
     let op = st.sys_arg1;
     let uaddr = st.sys_arg0;
     let lock_waiter = st.flags & THREAD_LOCK_WAITER != 0;
-    st.syscall = NO_SYSCALL;
-    st.sys_enter_ts = 0;
-    st.flags = 0;
-    if enter == 0 {
-        return 0;
-    }
     let cfg = config();
     let now = unsafe { bpf_ktime_get_ns() };
     if lock_waiter {
-        mutex::wait_end(&cfg, tgid, uaddr, now, now.saturating_sub(enter));
+        mutex::wait_end(&cfg, tgid, uaddr, now, now.saturating_sub(enter), || {
+            syscall_stack(tgid, st)
+        });
     }
     let waits = match syscall {
         SYS_FUTEX => is_futex_wait(op),
@@ -431,10 +498,10 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
         _ => false,
     };
     if !waits {
-        return 0;
+        return;
     }
     if cfg.flags & CONFIG_BLOCK == 0 {
-        return 0;
+        return;
     }
     count(Counter::BlockEventsSeen);
     let d = now.saturating_sub(enter).max(1);
@@ -447,7 +514,7 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
         let r = unsafe { bpf_get_prandom_u32() } as u64;
         // keep when r / 2^32 < d / rate
         if r * rate >= d << 32 {
-            return 0;
+            return;
         }
         (rate * BLOCK_COUNT_SCALE / d, rate)
     };
@@ -455,7 +522,7 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     let key = BlockKey {
         tgid,
         _pad: 0,
-        user_stack: user_stack_handle(tgid),
+        user_stack: syscall_stack(tgid, st),
     };
     if let Some(v) = BLOCK.get_ptr_mut(key) {
         // SAFETY: live map value; each add is atomic.
@@ -482,7 +549,6 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     {
         count(Counter::AggMapFull);
     }
-    0
 }
 
 /// sched_process_exit(struct task_struct *p): current is the exiting thread.

@@ -5,16 +5,17 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{HashMap, PerCpuArray, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
 };
 use stallscope_common::{
-    COUNTER_SLOTS, Counter, MAX_TARGETS, STACK_LOST, STACK_MAP_ENTRIES, STACK_NONE,
+    COUNTER_SLOTS, Counter, STACK_LOST, STACK_MAP_ENTRIES, STACK_NONE, TARGET_BITMAP_WORDS,
+    target_bit,
 };
 
-/// Processes (tgid) being profiled. The value is reserved for per-target flags.
+/// Processes (tgid) being profiled: bit `tgid % 64` of word `tgid / 64` (see `target_bit`).
 #[map]
-pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+pub static TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
 
 /// Stack traces referenced by the aggregation maps (user and kernel stacks).
 #[map]
@@ -37,8 +38,11 @@ pub fn count(c: Counter) {
 
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
-    // SAFETY: read-only presence check of a plain u32 value.
-    unsafe { TARGETS.get(tgid).is_some() }
+    // An array look-up, which the verifier inlines: no helper call, no hashing.
+    match target_bit(tgid) {
+        Some((word, bit)) => TARGET_BITS.get(word).is_some_and(|w| w & bit != 0),
+        None => false,
+    }
 }
 
 /// The kernel stack of the current task: `STACK_NONE` when there is none (a sample taken in

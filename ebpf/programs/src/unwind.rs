@@ -9,16 +9,16 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use stallscope_common::{
     CFA_REG_BP, CFA_REG_SP, Counter, MAX_EXEC_MAPPINGS, MAX_USER_FRAMES, ProcMappings,
     ROW_END_OF_STACK, UNWIND_ROWS_MAX, USER_STACK_LOST, USTACK_TRUNCATED, USTACK_USED_CFI,
-    UnwindRow, UserStack,
+    UnwindRow, UserStack, WALK_CACHE_READS, WALK_CACHE_SPAN, WalkCacheEntry, WalkCacheKey,
 };
 
 use crate::shared::count;
@@ -45,6 +45,29 @@ static SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SEARCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Recent walks by (thread, instruction pointer), with the stack words each depended on: a
+/// thread that blocks where it blocked before (the common case: a worker waiting on the same
+/// condition variable) gets its stack back after one copy of its top stack words instead of a
+/// frame-by-frame walk with two binary searches per frame.
+#[map]
+static WALK_CACHE: LruHashMap<WalkCacheKey, WalkCacheEntry> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// The walk in progress and the words it read (per CPU), cached when it finishes cleanly.
+#[map]
+static WALK_LOG: PerCpuArray<WalkCacheEntry> = PerCpuArray::with_max_entries(1, 0);
+
+const COPY_BYTES: usize = WALK_CACHE_SPAN as usize + 8;
+
+/// The top of the stack, copied in one read to compare with a cached walk's words.
+#[map]
+static STACK_COPY: PerCpuArray<[u8; COPY_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bumped by the agent whenever a process's mapping table changes (a walk cached before may
+/// then have gone differently): cached walks of an older generation are not used.
+#[map]
+static WALK_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
 // struct pt_regs (x86-64): bp, ip, sp.
 const PT_REGS_BP: usize = 32;
 const PT_REGS_IP: usize = 128;
@@ -57,6 +80,40 @@ const MAPPING_SEARCH_STEPS: u32 = 7; // enough for MAX_EXEC_MAPPINGS = 64
 fn read_user_u64(addr: u64) -> Option<u64> {
     // SAFETY: the helper checks the address and fails on a fault.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Reads a stack word for the walk and logs it in `WALK_LOG`, so the walk can be cached. A
+/// failed read, a word outside the cached window or too many words make the walk uncacheable.
+#[inline(always)]
+fn walk_read(w: &mut Walk, addr: u64) -> Option<u64> {
+    let Some(val) = read_user_u64(addr) else {
+        w.uncacheable = 1;
+        return None;
+    };
+    let off = addr.wrapping_sub(w.sp0);
+    let n = w.nreads as usize;
+    if off > (WALK_CACHE_SPAN - 8) as u64 || n >= WALK_CACHE_READS {
+        w.uncacheable = 1;
+        return Some(val);
+    }
+    match WALK_LOG.get_ptr_mut(0) {
+        Some(log) => {
+            // SAFETY: per-CPU value, used only within this program run.
+            let log = unsafe { &mut *log };
+            if let (Some(o), Some(v)) = (log.offs.get_mut(n), log.vals.get_mut(n)) {
+                *o = off as u32;
+                *v = val;
+                w.nreads += 1;
+                if off as u32 + 8 > w.span {
+                    w.span = off as u32 + 8;
+                }
+            } else {
+                w.uncacheable = 1;
+            }
+        }
+        None => w.uncacheable = 1,
+    }
+    Some(val)
 }
 
 /// Volatile access to the search bounds, so the compiler keeps them in memory too.
@@ -151,7 +208,17 @@ struct Walk {
     /// Frames recorded so far.
     n: u32,
     flags: u32,
-    _pad: u32,
+    /// Set when the walk read something it cannot be cached by (see `walk_read`).
+    uncacheable: u32,
+    /// The stack pointer the walk started from; logged reads are relative to it.
+    sp0: u64,
+    /// Words logged in `WALK_LOG`, and the bytes above `sp0` they cover.
+    nreads: u32,
+    span: u32,
+    /// `bp` still holds the starting register's value (not yet restored from the stack).
+    bp_is_reg: u32,
+    /// The walk used the starting register's `bp`.
+    bp_used: u32,
 }
 
 /// One frame of the walk, run by `bpf_loop`: the verifier checks this body once instead of
@@ -190,17 +257,25 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     match row {
         Some(r) if r.flags & ROW_END_OF_STACK != 0 => return 1,
         Some(r) if r.cfa_reg == CFA_REG_SP || r.cfa_reg == CFA_REG_BP => {
-            let base = if r.cfa_reg == CFA_REG_SP { sp } else { bp };
+            let base = if r.cfa_reg == CFA_REG_SP {
+                sp
+            } else {
+                w.bp_used |= w.bp_is_reg;
+                bp
+            };
             let cfa = base.wrapping_add(r.cfa_offset as i64 as u64);
             if cfa <= sp {
                 return 1;
             }
-            let Some(ra) = read_user_u64(cfa.wrapping_sub(8)) else {
+            let Some(ra) = walk_read(w, cfa.wrapping_sub(8)) else {
                 return 1;
             };
             if r.rbp_offset != 0 {
-                match read_user_u64(cfa.wrapping_add(r.rbp_offset as i64 as u64)) {
-                    Some(v) => w.bp = v,
+                match walk_read(w, cfa.wrapping_add(r.rbp_offset as i64 as u64)) {
+                    Some(v) => {
+                        w.bp = v;
+                        w.bp_is_reg = 0;
+                    }
                     None => return 1,
                 }
             }
@@ -211,14 +286,19 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         }
         _ => {
             // Frame pointers: [bp] = caller's bp, [bp + 8] = return address.
+            w.bp_used |= w.bp_is_reg;
             if bp == 0 || bp < sp {
                 return 1;
             }
-            let (Some(next_bp), Some(ra)) = (read_user_u64(bp), read_user_u64(bp + 8)) else {
+            let Some(next_bp) = walk_read(w, bp) else {
+                return 1;
+            };
+            let Some(ra) = walk_read(w, bp + 8) else {
                 return 1;
             };
             w.sp = bp + 16;
             w.bp = next_bp;
+            w.bp_is_reg = 0;
             w.ip = ra;
             count(Counter::UnwindFpFrames);
         }
@@ -228,6 +308,42 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         count(Counter::UnwindTruncated);
     }
     0
+}
+
+/// The cached walk for this thread at `ip`, if the registers and every stack word it read
+/// are unchanged (so walking again would give the same frames).
+#[inline(never)]
+fn cached_walk(key: &WalkCacheKey, sp: u64, bp: u64) -> Option<u64> {
+    // SAFETY: copy of a live map value (an LRU entry may be evicted right after).
+    let e = unsafe { WALK_CACHE.get(key) }?;
+    let gen_now = WALK_GEN.get(0).copied().unwrap_or(0);
+    if e.sp != sp || (e.bp_used != 0 && e.bp != bp) || e.generation != gen_now {
+        return None;
+    }
+    let span = e.span;
+    let n = e.n as usize;
+    if span == 0 || span > WALK_CACHE_SPAN || n > WALK_CACHE_READS {
+        return None;
+    }
+    let copy = STACK_COPY.get_ptr_mut(0)?;
+    // SAFETY: per-CPU buffer used only within this program run.
+    let copy = unsafe { &mut *copy };
+    // SAFETY: reads `span` (<= WALK_CACHE_SPAN) bytes of user memory into the buffer.
+    let buf = copy.get_mut(..span as usize)?;
+    unsafe { bpf_probe_read_user_buf(sp as *const u8, buf) }.ok()?;
+    for i in 0..WALK_CACHE_READS {
+        if i >= n {
+            break;
+        }
+        let off = (*e.offs.get(i)? & (WALK_CACHE_SPAN - 1)) as usize;
+        let word = copy.get(off..off + 8)?;
+        // SAFETY: 8 bytes inside the buffer.
+        let v = unsafe { core::ptr::read_unaligned(word.as_ptr() as *const u64) };
+        if v != *e.vals.get(i)? {
+            return None;
+        }
+    }
+    Some(e.handle)
 }
 
 /// Unwinds the current task's user stack and returns its handle in `USER_STACKS` (a hash of
@@ -246,6 +362,16 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         count(Counter::UserStackLost);
         return USER_STACK_LOST;
     };
+    let key = WalkCacheKey {
+        tid: bpf_get_current_pid_tgid() as u32,
+        _pad: 0,
+        ip,
+    };
+    if let Some(handle) = cached_walk(&key, sp, bp) {
+        count(Counter::UserStackCacheHit);
+        return handle;
+    }
+    count(Counter::UserStackWalked);
     let mut w = Walk {
         ip,
         sp,
@@ -254,7 +380,12 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         tgid,
         n: 0,
         flags: 0,
-        _pad: 0,
+        uncacheable: 0,
+        sp0: sp,
+        nreads: 0,
+        span: 0,
+        bp_is_reg: 1,
+        bp_used: 0,
     };
     // SAFETY: the callback is a BPF subprogram; `w` outlives the call.
     unsafe {
@@ -280,6 +411,21 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
     if unsafe { USER_STACKS.get(hash) }.is_none() && USER_STACKS.insert(hash, st, 0).is_err() {
         count(Counter::UserStackMapFull);
         return USER_STACK_LOST;
+    }
+    if w.uncacheable == 0
+        && w.span > 0
+        && let Some(log) = WALK_LOG.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU value filled by this walk's reads.
+        let log = unsafe { &mut *log };
+        log.sp = sp;
+        log.bp = bp;
+        log.handle = hash;
+        log.span = w.span;
+        log.n = w.nreads;
+        log.bp_used = w.bp_used;
+        log.generation = WALK_GEN.get(0).copied().unwrap_or(0);
+        let _ = WALK_CACHE.insert(key, log, 0);
     }
     hash
 }
