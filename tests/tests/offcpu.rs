@@ -199,3 +199,33 @@ fn block_rate_sampling_is_unbiased_and_cheaper() {
         "rate 1ms recorded {rec_s} of {seen_s} waits: not far fewer"
     );
 }
+
+/// One thread blocks at the same instruction with the same registers through two call paths
+/// (`same_site.c`: 5 × 1 ms under `via_short`, then 5 × 3 ms under `via_long`). The kernel's
+/// walk cache must tell them apart by the stack words the walk read: each path gets its own
+/// share (3:1), while most stacks still come from the cache.
+#[test]
+fn walk_cache_tells_call_paths_apart() {
+    require_root();
+    let w = Workload::spawn("same_site", &[]);
+    let run = attach_ok(&w, "4s", "offcpu", &[]);
+    let p = read_profile(run.file("offcpu.pb.gz"));
+    let d = p.duration.as_secs_f64();
+    let short = seconds(&p, "off-cpu", "via_short", Some("sleep"));
+    let long = seconds(&p, "off-cpu", "via_long", Some("sleep"));
+    // Sleeps overshoot by the timer slack (~50-100 µs each), which pulls the ratio below 3.
+    let ratio = long / short;
+    assert!(
+        (2.6..=3.2).contains(&ratio),
+        "via_long {long:.3} s / via_short {short:.3} s = {ratio:.2}, want about 3"
+    );
+    within(short + long, d, 0.05, "sleep time under the two paths");
+    let both = seconds(&p, "off-cpu", "nap", Some("sleep"));
+    within(both, short + long, 0.01, "sleep time under nap");
+    let hits = accounting(&run, "taken from the walk cache");
+    let walked = accounting(&run, "user stacks walked");
+    assert!(
+        hits > walked,
+        "walk cache barely used: {hits} hits, {walked} walks"
+    );
+}
