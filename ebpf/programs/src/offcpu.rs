@@ -10,9 +10,7 @@
 //! - `sched_process_exit`: drops the state of exiting threads.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap},
     programs::BtfTracePointContext,
@@ -108,8 +106,10 @@ fn offsets() -> KernelOffsets {
 #[inline(always)]
 fn task_pid(task: *const u8) -> Option<u32> {
     let off = offsets().task_pid as usize;
-    // SAFETY: reading kernel memory through the probe-read helper, which handles faults.
-    unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.ok()
+    // SAFETY: `task` is a BTF-typed task_struct pointer and `off` a constant the verifier reads
+    // from the frozen .rodata: it checks the access against the kernel's BTF and turns it into a
+    // fault-handling load, cheaper than a bpf_probe_read_kernel call.
+    Some(unsafe { core::ptr::read_volatile(task.add(off) as *const u32) })
 }
 
 /// The tgid of `task` when it is a target process, without touching the thread table.
@@ -117,7 +117,7 @@ fn task_pid(task: *const u8) -> Option<u32> {
 fn target_task(task: *const u8) -> Option<u32> {
     let off = offsets().task_tgid as usize;
     // SAFETY: as in `task_pid`.
-    let tgid: u32 = unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.ok()?;
+    let tgid: u32 = unsafe { core::ptr::read_volatile(task.add(off) as *const u32) };
     is_target(tgid).then_some(tgid)
 }
 
@@ -227,21 +227,25 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if cfg.flags & CONFIG_OFFCPU == 0 {
         return 0;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let preempt: u64 = ctx.arg(0);
     let next: *const u8 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
-
-    // Switch-out: current is prev.
+    // Current is prev. Most switches on a machine are between other processes: they leave
+    // after two bitmap look-ups and one read of next's tgid, before the clock is read.
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    if tid != 0 && is_target(tgid) {
+    let prev_is_target = tid != 0 && is_target(tgid);
+    let next_is_target = target_task(next).is_some();
+    if !prev_is_target && !next_is_target {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if prev_is_target {
+        let preempt: u64 = ctx.arg(0);
+        let prev_state: u64 = ctx.arg(3);
         switch_out(&ctx, tid, tgid, preempt != 0, prev_state as u32, now);
     }
-
     // Switch-in of next: close its interval if we saw it leave.
-    if target_task(next).is_some()
+    if next_is_target
         && let Some(next_tid) = task_pid(next)
         && next_tid != 0
     {
@@ -387,11 +391,12 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     let id: i64 = ctx.arg(1);
     // The arguments matter only to futex calls (mutex and block profiles).
     let (arg0, arg1) = if id as i32 == SYS_FUTEX {
-        // SAFETY: probe reads of the syscall's saved user registers.
+        // SAFETY: `regs` is the BTF-typed struct pt_regs argument; the verifier checks these
+        // constant-offset loads against its BTF (as in `task_pid`).
         unsafe {
             (
-                bpf_probe_read_kernel(regs.add(PT_REGS_DI) as *const u64).unwrap_or(0),
-                bpf_probe_read_kernel(regs.add(PT_REGS_SI) as *const u64).unwrap_or(0),
+                core::ptr::read_volatile(regs.add(PT_REGS_DI) as *const u64),
+                core::ptr::read_volatile(regs.add(PT_REGS_SI) as *const u64),
             )
         }
     } else {

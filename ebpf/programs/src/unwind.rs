@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -356,12 +356,9 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         count(Counter::UserStackLost);
         return USER_STACK_LOST;
     }
-    let read = |off: usize| unsafe { bpf_probe_read_kernel(regs.add(off) as *const u64) }.ok();
-    let (Some(ip), Some(sp), Some(bp)) = (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP))
-    else {
-        count(Counter::UserStackLost);
-        return USER_STACK_LOST;
-    };
+    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
+    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    let (ip, sp, bp) = (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP));
     let key = WalkCacheKey {
         tid: bpf_get_current_pid_tgid() as u32,
         _pad: 0,
