@@ -202,6 +202,19 @@ const BPFTRACE_EMPTY: BpftraceScript = BpftraceScript {
     text: "tracepoint:raw_syscalls:sys_enter { }\n",
 };
 
+/// Empty programs on the four hooks the off-CPU, block and mutex profiles use (raw tracepoints,
+/// as the agent's BTF tracepoints): the slowdown no tracer of these events can go below.
+const BPFTRACE_HOOKS: BpftraceScript = BpftraceScript {
+    name: "hooks",
+    text: BPFTRACE_HOOKS_TEXT,
+};
+
+const BPFTRACE_HOOKS_TEXT: &str = "rawtracepoint:sched_switch { }
+rawtracepoint:sched_wakeup { }
+rawtracepoint:sys_enter { }
+rawtracepoint:sys_exit { }
+";
+
 const BPFTRACE_OFFCPU_TEXT: &str = r#"tracepoint:sched:sched_switch
 {
   if (pid == $1) {
@@ -1765,6 +1778,8 @@ struct Bpftrace {
     instrumented: Option<Cost>,
     /// ns per run of an empty program (`BPFTRACE_EMPTY`).
     floor_ns: Option<f64>,
+    /// The ping-pong with empty programs on the agent's hooks (`BPFTRACE_HOOKS`).
+    hooks: Option<Pairs>,
     missing: Option<String>,
 }
 
@@ -1782,6 +1797,7 @@ fn bpftrace(ctx: &Ctx) -> Result<Bpftrace> {
                 pairs: None,
                 instrumented: None,
                 floor_ns: None,
+                hooks: None,
                 missing: Some(format!("{tool} is not installed (`cargo xtask setup`)")),
             });
         }
@@ -1789,7 +1805,7 @@ fn bpftrace(ctx: &Ctx) -> Result<Bpftrace> {
     // On one CPU, where the cost per switch shows fully (compared with the same regime).
     let pp = ctx.one_cpu_pingpong();
     let tool = Tool::Bpftrace(&BPFTRACE_OFFCPU);
-    let pairs = pairs(ctx, "ping-pong, bpftrace off-CPU", &pp, &tool)?;
+    let offcpu_pairs = pairs(ctx, "ping-pong, bpftrace off-CPU", &pp, &tool)?;
     let (_, cost) = timed(ctx, &pp, &tool, true)?;
     let (_, empty) = timed(ctx, &pp, &Tool::Bpftrace(&BPFTRACE_EMPTY), true)?;
     let floor_ns = empty.and_then(|c| {
@@ -1797,10 +1813,17 @@ fn bpftrace(ctx: &Ctx) -> Result<Bpftrace> {
         Some(*ns as f64 / (*n).max(1) as f64)
     });
     println!("   empty program: {floor_ns:?} ns per run");
+    let hooks = pairs(
+        ctx,
+        "ping-pong, empty programs on the agent's hooks",
+        &pp,
+        &Tool::Bpftrace(&BPFTRACE_HOOKS),
+    )?;
     Ok(Bpftrace {
-        pairs: Some(pairs),
+        pairs: Some(offcpu_pairs),
         instrumented: cost,
         floor_ns,
+        hooks: Some(hooks),
         missing: None,
     })
 }
@@ -2670,7 +2693,22 @@ impl Report {
                 m.one_cpu.median_cost(|c| c.ready_s)
             );
         }
-        let _ = writeln!(s, "\n```\n{}```\n", BPFTRACE_OFFCPU_TEXT);
+        if let Some(p) = &b.hooks {
+            let _ = writeln!(
+                s,
+                "| bpftrace, empty programs on sched_switch, sched_wakeup, sys_enter, sys_exit | {} | {:.1}% | {:.0} MiB | {:.2} s | — |",
+                p.cell(),
+                p.median_cost(Cost::cpu_share) * 100.0,
+                p.median_cost(|c| c.maxrss_kib as f64) / 1024.0,
+                p.median_cost(|c| c.ready_s)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nThe empty programs are the floor for any tracer of these events on this \
+             regime: they do nothing but run.\n\n```\n{}```\n\n```\n{}```\n",
+            BPFTRACE_OFFCPU_TEXT, BPFTRACE_HOOKS_TEXT
+        );
     }
 
     fn render_dump(&self, s: &mut String) {
