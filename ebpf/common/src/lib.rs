@@ -416,7 +416,8 @@ pub struct WalkCacheEntry {
     /// Non-zero when the walk used the starting `bp` (a frame-pointer step or an rbp-based
     /// CFA before rbp was restored from the stack); otherwise `bp` need not match.
     pub bp_used: u32,
-    pub _pad: u32,
+    /// Scratch bits of the BPF walker while the walk is being logged; 0 in the cache.
+    pub walk_state: u32,
     pub offs: [u32; WALK_CACHE_READS],
     pub vals: [u64; WALK_CACHE_READS],
 }

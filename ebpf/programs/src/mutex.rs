@@ -105,16 +105,11 @@ pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
     true
 }
 
-/// A counted waiter stops waiting (woken, timed out or interrupted) after `waited` ns.
+/// A counted waiter stops waiting (woken, timed out or interrupted). Returns the weight with
+/// which its wait is to be recorded on the waiter side ([`record_waiter`]), or `None` when the
+/// 1-in-N sampling skips it.
 #[inline(always)]
-pub fn wait_end(
-    cfg: &Config,
-    tgid: u32,
-    uaddr: u64,
-    now: u64,
-    waited: u64,
-    stack: impl FnOnce() -> u64,
-) {
+pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64) -> Option<u64> {
     let key = LockKey {
         tgid,
         _pad: 0,
@@ -129,15 +124,19 @@ pub fn wait_end(
             xadd(&raw mut (*p).sum_end, now);
         }
     }
-    if let Some(weight) = sample(cfg) {
-        let k = MutexKey {
-            tgid,
-            _pad: 0,
-            uaddr,
-            user_stack: stack(),
-        };
-        add_value(&LOCK_WAITERS, &k, weight, waited.wrapping_mul(weight));
-    }
+    sample(cfg)
+}
+
+/// Records a wait of `waited` ns on `uaddr` under the waiter's stack (`LOCK_WAITERS`).
+#[inline(always)]
+pub fn record_waiter(tgid: u32, uaddr: u64, user_stack: u64, weight: u64, waited: u64) {
+    let k = MutexKey {
+        tgid,
+        _pad: 0,
+        uaddr,
+        user_stack,
+    };
+    add_value(&LOCK_WAITERS, &k, weight, waited.wrapping_mul(weight));
 }
 
 /// A target thread wakes waiters of `uaddr`: it ends the span; charge the waiting time

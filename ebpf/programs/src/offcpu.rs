@@ -18,8 +18,8 @@ use aya_ebpf::{
 use stallscope_common::{
     AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX,
     CONFIG_OFFCPU, Config, Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey,
-    STACK_NONE, THREAD_LOCK_WAITER, THREAD_SYS_STACK, ThreadState, USER_STACK_NONE, runq_bucket,
-    wait_class,
+    STACK_NONE, THREAD_LOCK_WAITER, THREAD_SYS_STACK, ThreadState, USER_STACK_LOST,
+    USER_STACK_NONE, runq_bucket, wait_class,
 };
 
 use crate::{
@@ -153,6 +153,8 @@ fn syscall_class(st: &ThreadState) -> u32 {
 /// the call (a futex call's user registers cannot change before it returns): the switch-out,
 /// the mutex profile and the block profile of one wait share one look-up.
 #[inline(always)]
+/// Each program calls it from one place only: every inlined copy of the unwinder is verified
+/// again, which is what loading time grows with.
 fn syscall_stack(tgid: u32, st: &mut ThreadState) -> u64 {
     if st.flags & THREAD_SYS_STACK != 0 {
         return st.sys_stack;
@@ -242,7 +244,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if prev_is_target {
         let preempt: u64 = ctx.arg(0);
         let prev_state: u64 = ctx.arg(3);
-        switch_out(&ctx, tid, tgid, preempt != 0, prev_state as u32, now);
+        let how = (prev_state & 0xffff_ffff) | ((preempt != 0) as u64) << 32;
+        switch_out(&ctx, pid_tgid, how, now);
     }
     // Switch-in of next: close its interval if we saw it leave.
     if next_is_target
@@ -254,16 +257,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// A target thread leaves the CPU. `how`: `prev_state` in the low 32 bits, preempted in bit 32.
 #[inline(always)]
-fn switch_out(
-    ctx: &BtfTracePointContext,
-    tid: u32,
-    tgid: u32,
-    preempt: bool,
-    prev_state: u32,
-    now: u64,
-) {
-    let state = prev_state & 0xff_ffff;
+fn switch_out(ctx: &BtfTracePointContext, pid_tgid: u64, how: u64, now: u64) {
+    let tid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    let preempt = how >> 32 != 0;
+    let state = how as u32 & 0xff_ffff;
     if state & TASK_DEAD != 0 {
         // The thread's last switch: `sched_process_exit` has dropped its state already, and
         // an interval opened now would never close.
@@ -437,24 +437,25 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let op = arg1 as u32;
-    match state {
-        // SAFETY: live map value of this thread.
-        Some(p) => {
-            let st = unsafe { &mut *p };
-            if is_futex_wait(op) {
-                // Only a thread with state can report its wait's end (at sys_exit).
-                if mutex::wait_begin(tgid, arg0, now) {
-                    st.flags |= THREAD_LOCK_WAITER;
-                }
-            } else if is_futex_wake(op) {
-                mutex::release(&cfg, tgid, arg0, now, || syscall_stack(tgid, st));
-            }
+    // SAFETY: live map value of this thread.
+    let st = state.map(|p| unsafe { &mut *p });
+    if is_futex_wait(op) {
+        // Only a thread with state can report its wait's end (at sys_exit).
+        if let Some(st) = st
+            && mutex::wait_begin(tgid, arg0, now)
+        {
+            st.flags |= THREAD_LOCK_WAITER;
         }
-        None => {
-            if is_futex_wake(op) {
-                mutex::release(&cfg, tgid, arg0, now, || user_stack_handle(tgid));
+    } else if is_futex_wake(op) {
+        // Without thread state (the thread table is full, counted) the stack is not taken:
+        // a second copy of the unwinder here would cost more verifier time than it is worth.
+        mutex::release(&cfg, tgid, arg0, now, || match st {
+            Some(st) => syscall_stack(tgid, st),
+            None => {
+                count(Counter::UserStackLost);
+                USER_STACK_LOST
             }
-        }
+        });
     }
     0
 }
@@ -489,45 +490,39 @@ fn syscall_ended(tgid: u32, st: &mut ThreadState) {
     let enter = st.sys_enter_ts;
     let op = st.sys_arg1;
     let uaddr = st.sys_arg0;
-    let lock_waiter = st.flags & THREAD_LOCK_WAITER != 0;
     let cfg = config();
     let now = unsafe { bpf_ktime_get_ns() };
-    if lock_waiter {
-        mutex::wait_end(&cfg, tgid, uaddr, now, now.saturating_sub(enter), || {
-            syscall_stack(tgid, st)
-        });
-    }
+    let waited = now.saturating_sub(enter);
+    // The mutex profile's waiter side, and whether this wait's stack is recorded there.
+    let waiter_weight = if st.flags & THREAD_LOCK_WAITER != 0 {
+        mutex::wait_end(&cfg, tgid, uaddr, now)
+    } else {
+        None
+    };
     let waits = match syscall {
         SYS_FUTEX => is_futex_wait(op),
         SYS_FUTEX_WAITV => true,
         _ => false,
     };
-    if !waits {
-        return;
-    }
-    if cfg.flags & CONFIG_BLOCK == 0 {
-        return;
-    }
-    count(Counter::BlockEventsSeen);
-    let d = now.saturating_sub(enter).max(1);
-    let rate = cfg.block_rate_ns;
-    // Go >= 1.17: keep with probability min(1, d/rate); a kept event adds
-    // count += max(1, rate/d) and delay += max(d, rate).
-    let (count_scaled, delay) = if rate <= 1 || d >= rate {
-        (BLOCK_COUNT_SCALE, d)
+    let block = if waits && cfg.flags & CONFIG_BLOCK != 0 {
+        block_sample(&cfg, waited)
     } else {
-        let r = unsafe { bpf_get_prandom_u32() } as u64;
-        // keep when r / 2^32 < d / rate
-        if r * rate >= d << 32 {
-            return;
-        }
-        (rate * BLOCK_COUNT_SCALE / d, rate)
+        None
     };
-    count(Counter::BlockEventsRecorded);
+    if waiter_weight.is_none() && block.is_none() {
+        return;
+    }
+    let stack = syscall_stack(tgid, st);
+    if let Some(weight) = waiter_weight {
+        mutex::record_waiter(tgid, uaddr, stack, weight, waited);
+    }
+    let Some((count_scaled, delay)) = block else {
+        return;
+    };
     let key = BlockKey {
         tgid,
         _pad: 0,
-        user_stack: syscall_stack(tgid, st),
+        user_stack: stack,
     };
     if let Some(v) = BLOCK.get_ptr_mut(key) {
         // SAFETY: live map value; each add is atomic.
@@ -554,6 +549,28 @@ fn syscall_ended(tgid: u32, st: &mut ThreadState) {
     {
         count(Counter::AggMapFull);
     }
+}
+
+/// Go's block-profile sampling (>= 1.17) of a wait of `waited` ns, counted: keep with
+/// probability min(1, d/rate); a kept event adds count += max(1, rate/d) (fixed point) and
+/// delay += max(d, rate). `None`: not kept.
+#[inline(always)]
+fn block_sample(cfg: &Config, waited: u64) -> Option<(u64, u64)> {
+    count(Counter::BlockEventsSeen);
+    let d = waited.max(1);
+    let rate = cfg.block_rate_ns;
+    let kept = if rate <= 1 || d >= rate {
+        (BLOCK_COUNT_SCALE, d)
+    } else {
+        let r = unsafe { bpf_get_prandom_u32() } as u64;
+        // keep when r / 2^32 < d / rate
+        if r * rate >= d << 32 {
+            return None;
+        }
+        (rate * BLOCK_COUNT_SCALE / d, rate)
+    };
+    count(Counter::BlockEventsRecorded);
+    Some(kept)
 }
 
 /// sched_process_exit(struct task_struct *p): current is the exiting thread.

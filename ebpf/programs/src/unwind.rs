@@ -82,36 +82,43 @@ fn read_user_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// `WalkCacheEntry::walk_state` bits while a walk is logged in `WALK_LOG`.
+const WALK_UNCACHEABLE: u32 = 1;
+/// `bp` still holds the starting register's value (not yet restored from the stack).
+const WALK_BP_IS_REG: u32 = 2;
+
+/// The walk's log (per CPU). Its counters live in map memory, not in the `Walk` on the stack:
+/// the verifier then sees them as unknown values, and the states of successive frames
+/// converge instead of being explored one count at a time.
+#[inline(always)]
+fn walk_log() -> Option<&'static mut WalkCacheEntry> {
+    // SAFETY: per-CPU value, used only within this program run.
+    WALK_LOG.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
 /// Reads a stack word for the walk and logs it in `WALK_LOG`, so the walk can be cached. A
 /// failed read, a word outside the cached window or too many words make the walk uncacheable.
 #[inline(always)]
-fn walk_read(w: &mut Walk, addr: u64) -> Option<u64> {
+fn walk_read(w: &Walk, log: &mut WalkCacheEntry, addr: u64) -> Option<u64> {
     let Some(val) = read_user_u64(addr) else {
-        w.uncacheable = 1;
+        log.walk_state |= WALK_UNCACHEABLE;
         return None;
     };
     let off = addr.wrapping_sub(w.sp0);
-    let n = w.nreads as usize;
-    if off > (WALK_CACHE_SPAN - 8) as u64 || n >= WALK_CACHE_READS {
-        w.uncacheable = 1;
+    let n = log.n as usize;
+    if off > (WALK_CACHE_SPAN - 8) as u64 {
+        log.walk_state |= WALK_UNCACHEABLE;
         return Some(val);
     }
-    match WALK_LOG.get_ptr_mut(0) {
-        Some(log) => {
-            // SAFETY: per-CPU value, used only within this program run.
-            let log = unsafe { &mut *log };
-            if let (Some(o), Some(v)) = (log.offs.get_mut(n), log.vals.get_mut(n)) {
-                *o = off as u32;
-                *v = val;
-                w.nreads += 1;
-                if off as u32 + 8 > w.span {
-                    w.span = off as u32 + 8;
-                }
-            } else {
-                w.uncacheable = 1;
-            }
+    if let (Some(o), Some(v)) = (log.offs.get_mut(n), log.vals.get_mut(n)) {
+        *o = off as u32;
+        *v = val;
+        log.n = n as u32 + 1;
+        if off as u32 + 8 > log.span {
+            log.span = off as u32 + 8;
         }
-        None => w.uncacheable = 1,
+    } else {
+        log.walk_state |= WALK_UNCACHEABLE;
     }
     Some(val)
 }
@@ -208,17 +215,9 @@ struct Walk {
     /// Frames recorded so far.
     n: u32,
     flags: u32,
-    /// Set when the walk read something it cannot be cached by (see `walk_read`).
-    uncacheable: u32,
+    _pad: u32,
     /// The stack pointer the walk started from; logged reads are relative to it.
     sp0: u64,
-    /// Words logged in `WALK_LOG`, and the bytes above `sp0` they cover.
-    nreads: u32,
-    span: u32,
-    /// `bp` still holds the starting register's value (not yet restored from the stack).
-    bp_is_reg: u32,
-    /// The walk used the starting register's `bp`.
-    bp_used: u32,
 }
 
 /// One frame of the walk, run by `bpf_loop`: the verifier checks this body once instead of
@@ -236,6 +235,9 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     };
     // SAFETY: per-CPU scratch value, used only within this program run.
     let st = unsafe { &mut *st };
+    let Some(log) = walk_log() else {
+        return 1;
+    };
     let ip = w.ip;
     if let Some(slot) = st.ips.get_mut(i) {
         *slot = ip;
@@ -260,21 +262,23 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
             let base = if r.cfa_reg == CFA_REG_SP {
                 sp
             } else {
-                w.bp_used |= w.bp_is_reg;
+                if log.walk_state & WALK_BP_IS_REG != 0 {
+                    log.bp_used = 1;
+                }
                 bp
             };
             let cfa = base.wrapping_add(r.cfa_offset as i64 as u64);
             if cfa <= sp {
                 return 1;
             }
-            let Some(ra) = walk_read(w, cfa.wrapping_sub(8)) else {
+            let Some(ra) = walk_read(w, log, cfa.wrapping_sub(8)) else {
                 return 1;
             };
             if r.rbp_offset != 0 {
-                match walk_read(w, cfa.wrapping_add(r.rbp_offset as i64 as u64)) {
+                match walk_read(w, log, cfa.wrapping_add(r.rbp_offset as i64 as u64)) {
                     Some(v) => {
                         w.bp = v;
-                        w.bp_is_reg = 0;
+                        log.walk_state &= !WALK_BP_IS_REG;
                     }
                     None => return 1,
                 }
@@ -286,19 +290,21 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         }
         _ => {
             // Frame pointers: [bp] = caller's bp, [bp + 8] = return address.
-            w.bp_used |= w.bp_is_reg;
+            if log.walk_state & WALK_BP_IS_REG != 0 {
+                log.bp_used = 1;
+            }
             if bp == 0 || bp < sp {
                 return 1;
             }
-            let Some(next_bp) = walk_read(w, bp) else {
+            let Some(next_bp) = walk_read(w, log, bp) else {
                 return 1;
             };
-            let Some(ra) = walk_read(w, bp + 8) else {
+            let Some(ra) = walk_read(w, log, bp + 8) else {
                 return 1;
             };
             w.sp = bp + 16;
             w.bp = next_bp;
-            w.bp_is_reg = 0;
+            log.walk_state &= !WALK_BP_IS_REG;
             w.ip = ra;
             count(Counter::UnwindFpFrames);
         }
@@ -310,40 +316,82 @@ extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// What [`compare_step`] checks: a cached walk's words against the stack copy.
+#[repr(C)]
+struct Compare {
+    entry: *const WalkCacheEntry,
+    copy: *const [u8; COPY_BYTES],
+    n: u32,
+    mismatch: u32,
+}
+
+/// One word of the comparison, run by `bpf_loop` (verified once, not once per word).
+#[inline(never)]
+extern "C" fn compare_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `Compare` that `cached_walk` passed to bpf_loop; its pointers are a
+    // map value and a per-CPU buffer, live for this program run.
+    let c = unsafe { &mut *(ctx as *mut Compare) };
+    let i = i as usize;
+    if i >= c.n as usize {
+        return 1;
+    }
+    let (e, copy) = unsafe { (&*c.entry, &*c.copy) };
+    let (Some(off), Some(want)) = (e.offs.get(i), e.vals.get(i)) else {
+        c.mismatch = 1;
+        return 1;
+    };
+    let off = (*off & (WALK_CACHE_SPAN - 1)) as usize;
+    let Some(word) = copy.get(off..off + 8) else {
+        c.mismatch = 1;
+        return 1;
+    };
+    // SAFETY: 8 bytes inside the buffer.
+    let v = unsafe { core::ptr::read_unaligned(word.as_ptr() as *const u64) };
+    if v != *want {
+        c.mismatch = 1;
+        return 1;
+    }
+    0
+}
+
 /// The cached walk for this thread at `ip`, if the registers and every stack word it read
 /// are unchanged (so walking again would give the same frames).
 #[inline(never)]
 fn cached_walk(key: &WalkCacheKey, sp: u64, bp: u64) -> Option<u64> {
-    // SAFETY: copy of a live map value (an LRU entry may be evicted right after).
+    // SAFETY: live map value (an LRU entry may be evicted and reused while we read it: the
+    // comparison then fails or, at worst, reads another walk's consistent-enough words).
     let e = unsafe { WALK_CACHE.get(key) }?;
     let gen_now = WALK_GEN.get(0).copied().unwrap_or(0);
     if e.sp != sp || (e.bp_used != 0 && e.bp != bp) || e.generation != gen_now {
         return None;
     }
     let span = e.span;
-    let n = e.n as usize;
-    if span == 0 || span > WALK_CACHE_SPAN || n > WALK_CACHE_READS {
+    let n = e.n;
+    if span == 0 || span > WALK_CACHE_SPAN || n as usize > WALK_CACHE_READS {
         return None;
     }
+    let handle = e.handle;
     let copy = STACK_COPY.get_ptr_mut(0)?;
     // SAFETY: per-CPU buffer used only within this program run.
-    let copy = unsafe { &mut *copy };
+    let buf = unsafe { &mut *copy }.get_mut(..span as usize)?;
     // SAFETY: reads `span` (<= WALK_CACHE_SPAN) bytes of user memory into the buffer.
-    let buf = copy.get_mut(..span as usize)?;
     unsafe { bpf_probe_read_user_buf(sp as *const u8, buf) }.ok()?;
-    for i in 0..WALK_CACHE_READS {
-        if i >= n {
-            break;
-        }
-        let off = (*e.offs.get(i)? & (WALK_CACHE_SPAN - 1)) as usize;
-        let word = copy.get(off..off + 8)?;
-        // SAFETY: 8 bytes inside the buffer.
-        let v = unsafe { core::ptr::read_unaligned(word.as_ptr() as *const u64) };
-        if v != *e.vals.get(i)? {
-            return None;
-        }
-    }
-    Some(e.handle)
+    let mut c = Compare {
+        entry: e as *const WalkCacheEntry,
+        copy: copy as *const [u8; COPY_BYTES],
+        n,
+        mismatch: 0,
+    };
+    // SAFETY: the callback is a BPF subprogram; `c` outlives the call.
+    unsafe {
+        bpf_loop(
+            WALK_CACHE_READS as u32,
+            compare_step as *mut core::ffi::c_void,
+            &raw mut c as *mut core::ffi::c_void,
+            0,
+        )
+    };
+    (c.mismatch == 0).then_some(handle)
 }
 
 /// Unwinds the current task's user stack and returns its handle in `USER_STACKS` (a hash of
@@ -369,6 +417,13 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         return handle;
     }
     count(Counter::UserStackWalked);
+    let Some(log) = walk_log() else {
+        return USER_STACK_LOST;
+    };
+    log.n = 0;
+    log.span = 0;
+    log.bp_used = 0;
+    log.walk_state = WALK_BP_IS_REG;
     let mut w = Walk {
         ip,
         sp,
@@ -377,12 +432,8 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         tgid,
         n: 0,
         flags: 0,
-        uncacheable: 0,
+        _pad: 0,
         sp0: sp,
-        nreads: 0,
-        span: 0,
-        bp_is_reg: 1,
-        bp_used: 0,
     };
     // SAFETY: the callback is a BPF subprogram; `w` outlives the call.
     unsafe {
@@ -409,18 +460,14 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         count(Counter::UserStackMapFull);
         return USER_STACK_LOST;
     }
-    if w.uncacheable == 0
-        && w.span > 0
-        && let Some(log) = WALK_LOG.get_ptr_mut(0)
+    if let Some(log) = walk_log()
+        && log.walk_state & WALK_UNCACHEABLE == 0
+        && log.span > 0
     {
-        // SAFETY: per-CPU value filled by this walk's reads.
-        let log = unsafe { &mut *log };
         log.sp = sp;
         log.bp = bp;
         log.handle = hash;
-        log.span = w.span;
-        log.n = w.nreads;
-        log.bp_used = w.bp_used;
+        log.walk_state = 0;
         log.generation = WALK_GEN.get(0).copied().unwrap_or(0);
         let _ = WALK_CACHE.insert(key, log, 0);
     }
