@@ -202,17 +202,19 @@ const BPFTRACE_EMPTY: BpftraceScript = BpftraceScript {
     text: "tracepoint:raw_syscalls:sys_enter { }\n",
 };
 
-/// Empty programs on the four hooks the off-CPU, block and mutex profiles use (raw tracepoints,
-/// as the agent's BTF tracepoints): the slowdown no tracer of these events can go below.
+/// Empty programs on the four events the off-CPU, block and mutex profiles hook: what a
+/// tracer pays before it does anything. bpftrace 0.17 has no raw tracepoints, so these are perf
+/// tracepoints, which also fill an event record per run (the agent's BTF tracepoints do not):
+/// an upper bound of the floor; the agent's own floor is its non-target figure.
 const BPFTRACE_HOOKS: BpftraceScript = BpftraceScript {
     name: "hooks",
     text: BPFTRACE_HOOKS_TEXT,
 };
 
-const BPFTRACE_HOOKS_TEXT: &str = "rawtracepoint:sched_switch { }
-rawtracepoint:sched_wakeup { }
-rawtracepoint:sys_enter { }
-rawtracepoint:sys_exit { }
+const BPFTRACE_HOOKS_TEXT: &str = "tracepoint:sched:sched_switch { }
+tracepoint:sched:sched_wakeup { }
+tracepoint:raw_syscalls:sys_enter { }
+tracepoint:raw_syscalls:sys_exit { }
 ";
 
 const BPFTRACE_OFFCPU_TEXT: &str = r#"tracepoint:sched:sched_switch
@@ -2705,8 +2707,10 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nThe empty programs are the floor for any tracer of these events on this \
-             regime: they do nothing but run.\n\n```\n{}```\n\n```\n{}```\n",
+            "\nThe empty programs do nothing but run: what any tracer of these four events \
+             pays on this regime before it records anything (perf tracepoints, which also fill \
+             an event record; the agent's BTF tracepoints do not, and its own floor is the \
+             non-target figure in section 2).\n\n```\n{}```\n\n```\n{}```\n",
             BPFTRACE_OFFCPU_TEXT, BPFTRACE_HOOKS_TEXT
         );
     }
