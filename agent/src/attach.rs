@@ -256,9 +256,11 @@ pub fn write_profiles(
         })?;
         out.files.push(pb);
         let folded_path = out_dir.join(format!("{}.folded", kind.name()));
-        std::fs::write(&folded_path, folded_text(&profile)).map_err(|source| Error::Output {
-            path: folded_path.clone(),
-            source,
+        export::folded::write_text(&folded_path, &folded_text(&profile)).map_err(|source| {
+            Error::Output {
+                path: folded_path.clone(),
+                source,
+            }
         })?;
         out.files.push(folded_path);
         let mut section = report::profile_section(&profile, top_n);

@@ -77,22 +77,9 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// Writes [`render`] output to `path` (atomically: temporary file, then rename).
-pub fn write(p: &Profile, value_index: usize, path: &Path) -> std::io::Result<()> {
-    write_text(path, &render(p, value_index))
-}
-
-/// Writes [`render_with_root`] output to `path` (atomically).
-pub fn write_with_root(
-    p: &Profile,
-    value_index: usize,
-    path: &Path,
-    root: impl Fn(&Sample) -> Option<String>,
-) -> std::io::Result<()> {
-    write_text(path, &render_with_root(p, value_index, root))
-}
-
-fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes folded text to `path` atomically (a temporary file, then a rename), so a reader
+/// never sees half a file.
+pub fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
     super::pprof::write_atomically(path, text.as_bytes()).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -213,7 +200,7 @@ mod tests {
     #[test]
     fn writes_file() {
         let path = std::env::temp_dir().join(format!("folded-{}.txt", std::process::id()));
-        write(&profile(), 1, &path).unwrap();
+        write_text(&path, &render(&profile(), 1)).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             render(&profile(), 1)
