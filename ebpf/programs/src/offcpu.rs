@@ -104,21 +104,20 @@ fn offsets() -> KernelOffsets {
 }
 
 #[inline(always)]
-fn task_pid(task: *const u8) -> Option<u32> {
+fn task_pid(task: *const u8) -> u32 {
     let off = offsets().task_pid as usize;
     // SAFETY: `task` is a BTF-typed task_struct pointer and `off` a constant the verifier reads
     // from the frozen .rodata: it checks the access against the kernel's BTF and turns it into a
     // fault-handling load, cheaper than a bpf_probe_read_kernel call.
-    Some(unsafe { core::ptr::read_volatile(task.add(off) as *const u32) })
+    unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }
 }
 
-/// The tgid of `task` when it is a target process, without touching the thread table.
+/// Whether `task` belongs to a target process, without touching the thread table.
 #[inline(always)]
-fn target_task(task: *const u8) -> Option<u32> {
+fn is_target_task(task: *const u8) -> bool {
     let off = offsets().task_tgid as usize;
     // SAFETY: as in `task_pid`.
-    let tgid: u32 = unsafe { core::ptr::read_volatile(task.add(off) as *const u32) };
-    is_target(tgid).then_some(tgid)
+    is_target(unsafe { core::ptr::read_volatile(task.add(off) as *const u32) })
 }
 
 #[inline(always)]
@@ -236,7 +235,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     let prev_is_target = tid != 0 && is_target(tgid);
-    let next_is_target = target_task(next).is_some();
+    let next_is_target = is_target_task(next);
     if !prev_is_target && !next_is_target {
         return 0;
     }
@@ -244,26 +243,28 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if prev_is_target {
         let preempt: u64 = ctx.arg(0);
         let prev_state: u64 = ctx.arg(3);
-        let how = (prev_state & 0xffff_ffff) | ((preempt != 0) as u64) << 32;
-        switch_out(&ctx, pid_tgid, how, now);
+        switch_out(&ctx, tid, tgid, preempt != 0, prev_state as u32, now);
     }
     // Switch-in of next: close its interval if we saw it leave.
-    if next_is_target
-        && let Some(next_tid) = task_pid(next)
-        && next_tid != 0
-    {
-        switch_in(next_tid, now, cfg.offcpu_min_ns);
+    if next_is_target {
+        let next_tid = task_pid(next);
+        if next_tid != 0 {
+            switch_in(next_tid, now, cfg.offcpu_min_ns);
+        }
     }
     0
 }
 
-/// A target thread leaves the CPU. `how`: `prev_state` in the low 32 bits, preempted in bit 32.
 #[inline(always)]
-fn switch_out(ctx: &BtfTracePointContext, pid_tgid: u64, how: u64, now: u64) {
-    let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
-    let preempt = how >> 32 != 0;
-    let state = how as u32 & 0xff_ffff;
+fn switch_out(
+    ctx: &BtfTracePointContext,
+    tid: u32,
+    tgid: u32,
+    preempt: bool,
+    prev_state: u32,
+    now: u64,
+) {
+    let state = prev_state & 0xff_ffff;
     if state & TASK_DEAD != 0 {
         // The thread's last switch: `sched_process_exit` has dropped its state already, and
         // an interval opened now would never close.
@@ -362,13 +363,10 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let task: *const u8 = ctx.arg(0);
-    if target_task(task).is_none() {
+    if !is_target_task(task) {
         return 0;
     }
-    let Some(tid) = task_pid(task) else {
-        return 0;
-    };
-    if let Some(p) = THREADS.get_ptr_mut(tid) {
+    if let Some(p) = THREADS.get_ptr_mut(task_pid(task)) {
         // SAFETY: live map value.
         let st = unsafe { &mut *p };
         if st.off_ts != 0 && st.wake_ts == 0 {
