@@ -10,23 +10,6 @@ use stallscope_tests::*;
 
 const HZ: f64 = 499.0;
 
-fn attach_cpu(w: &Workload, duration: &str, frequency: Option<&str>) -> AgentRun {
-    let pid = w.pid_str();
-    let mut args = vec![
-        "attach",
-        "--pid",
-        pid.as_str(),
-        "--duration",
-        duration,
-        "--profile",
-        "cpu",
-    ];
-    if let Some(f) = frequency {
-        args.extend(["--frequency", f]);
-    }
-    run_agent(&args)
-}
-
 /// Sample types, period and the cpu/nanoseconds column agree with the sampling frequency.
 fn check_cpu_profile_shape(p: &Profile, hz: f64) {
     let types: Vec<(&str, &str)> = p
@@ -110,9 +93,8 @@ fn cpu_split_3_to_1() {
     require_root();
     let w = Workload::spawn("cpu_split", &[]);
     let cpu0 = w.cpu_time();
-    let run = attach_cpu(&w, "5s", Some("499"));
+    let run = attach_ok(&w, "5s", "cpu", &["--frequency", "499"]);
     let cpu = w.cpu_time() - cpu0;
-    run.assert_success();
     let p = read_profile(run.file("cpu.pb.gz"));
     check_cpu_profile_shape(&p, HZ);
 
@@ -186,9 +168,8 @@ fn go_hot_function_first() {
     let w = Workload::spawn("gohot", &[]);
     let cpu0 = w.cpu_time();
     // Default frequency (99 Hz).
-    let run = attach_cpu(&w, "5s", None);
+    let run = attach_ok(&w, "5s", "cpu", &[]);
     let cpu = w.cpu_time() - cpu0;
-    run.assert_success();
     let p = read_profile(run.file("cpu.pb.gz"));
     check_cpu_profile_shape(&p, 99.0);
 
@@ -227,9 +208,8 @@ fn thread_created_after_attach_is_counted() {
     let w = Workload::spawn("late_thread", &["2"]);
     let cpu0 = w.cpu_time();
     let agent_started = Instant::now();
-    let run = attach_cpu(&w, "5s", Some("499"));
+    let run = attach_ok(&w, "5s", "cpu", &["--frequency", "499"]);
     let cpu = w.cpu_time() - cpu0;
-    run.assert_success();
     let thread_started = w.wait_for_line("late thread started", Duration::ZERO);
     let p = read_profile(run.file("cpu.pb.gz"));
     check_cpu_profile_shape(&p, HZ);
@@ -286,8 +266,7 @@ fn target_exits_mid_capture() {
     let w = Workload::spawn("exit_early", &["2"]);
     let cpu0 = w.cpu_time();
     let agent_started = Instant::now();
-    let run = attach_cpu(&w, "8s", Some("499"));
-    run.assert_success();
+    let run = attach_ok(&w, "8s", "cpu", &["--frequency", "499"]);
 
     let status = w
         .exit_status()
