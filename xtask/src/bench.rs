@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::util::{cargo, display, find_in_path, is_root, probe, run, target_dir, workspace_root};
+use crate::util::{
+    SIGNAL, cargo, display, find_in_path, install_signal_handlers, is_root, probe, run, target_dir,
+    workspace_root,
+};
 
 /// `cargo xtask bench` options.
 #[derive(Args, Clone)]
@@ -504,25 +507,8 @@ impl Drop for BpfStats {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// The last SIGINT/SIGTERM received. Children run in their own process groups, so a terminal
-/// Ctrl-C reaches only xtask, which stops at the next check and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
-
 fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if SIGNAL.load(Ordering::SeqCst) != 0 {
         bail!("interrupted");
     }
     Ok(())

@@ -5,36 +5,21 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{check, display, run, target_dir, up_to_date, workspace_root};
+use crate::util::{
+    SIGNAL, check, display, install_signal_handlers, run, target_dir, up_to_date, workspace_root,
+};
 
 /// The profiles the demo asks for (`--profile a,b`). Add `offcpu`, `block`, ... as they land.
 pub const DEMO_PROFILES: &[&str] = &["cpu", "offcpu", "block", "mutex"];
 const DEMO_DURATION: &str = "10s";
 /// Relative to the workspace root.
 const DEMO_OUT: &str = "out/demo";
-
-/// The last SIGINT/SIGTERM xtask received (0: none). Both children run in their own process
-/// group, so a terminal Ctrl-C reaches only xtask, which forwards it to the agent exactly once.
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
 
 /// Runs in the child between fork and exec: its own process group (so the terminal's Ctrl-C goes
 /// to xtask only) and a signal when xtask dies, so nothing outlives a killed xtask.

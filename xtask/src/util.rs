@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -108,6 +109,25 @@ pub fn up_to_date(out: &Path, inputs: &[PathBuf]) -> bool {
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < out_time)
     })
+}
+
+/// The last SIGINT/SIGTERM xtask received (0: none). The children of `demo` and `bench` run in
+/// their own process groups, so a terminal Ctrl-C reaches only xtask, which then stops (and
+/// forwards it) in its own time.
+pub static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// Records SIGINT and SIGTERM in [`SIGNAL`] instead of dying on them.
+pub fn install_signal_handlers() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
 }
 
 #[cfg(test)]
