@@ -83,9 +83,9 @@ impl CaptureSpec {
         Self {
             profiles: args.profile.clone(),
             duration: args.duration,
-            frequency: args.frequency,
-            block_rate: args.block_rate,
-            mutex_fraction: args.mutex_fraction,
+            frequency: args.rates.frequency,
+            block_rate: args.rates.block_rate,
+            mutex_fraction: args.rates.mutex_fraction,
             offcpu_min: args.offcpu_min,
             dumps: Some(DumpOptions {
                 dir: args.output.clone(),
@@ -174,12 +174,12 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         requested: args.duration,
         elapsed,
         end,
-        frequency: args.frequency,
+        frequency: args.rates.frequency,
         cpus,
         counters,
         profiles: args.profile.clone(),
-        block_rate_ns: args.block_rate,
-        mutex_fraction: args.mutex_fraction,
+        block_rate_ns: args.rates.block_rate,
+        mutex_fraction: args.rates.mutex_fraction,
         runq,
     };
 

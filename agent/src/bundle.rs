@@ -281,9 +281,9 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
             ProfileKind::Mutex,
         ],
         duration: args.duration,
-        frequency: args.frequency,
-        block_rate: args.block_rate,
-        mutex_fraction: args.mutex_fraction,
+        frequency: args.rates.frequency,
+        block_rate: args.rates.block_rate,
+        mutex_fraction: args.rates.mutex_fraction,
         offcpu_min: 0,
         dumps: None,
     };

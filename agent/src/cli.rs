@@ -73,17 +73,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     pub max_concurrent_profiles: u32,
 
-    /// CPU sampling frequency of /debug/pprof/profile, Hz.
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub frequency: u64,
-
-    /// Block profile rate of /debug/pprof/block (as `agent attach --block-rate`).
-    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
-    pub block_rate: u64,
-
-    /// Mutex profile fraction of /debug/pprof/mutex (as `agent attach --mutex-fraction`).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub mutex_fraction: u64,
+    #[command(flatten)]
+    pub rates: Rates,
 
     /// Measure the BPF programs' run time during profile windows (BPF_ENABLE_STATS, shown as
     /// stallscope_bpf_program_run_seconds_total). While a window runs, every BPF program on
@@ -110,17 +101,8 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "FILE")]
     pub archive: Option<PathBuf>,
 
-    /// CPU sampling frequency in Hz.
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub frequency: u64,
-
-    /// Block profile rate (as `attach --block-rate`).
-    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
-    pub block_rate: u64,
-
-    /// Mutex profile fraction (as `attach --mutex-fraction`).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub mutex_fraction: u64,
+    #[command(flatten)]
+    pub rates: Rates,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +132,25 @@ pub enum DumpFormat {
     Json,
 }
 
+/// Sampling rates, the same for `attach`, `capture` and `serve` (its /debug/pprof windows).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Rates {
+    /// CPU sampling frequency in Hz (per CPU).
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+
+    /// Block profile rate, like Go's SetBlockProfileRate: a wait of d is recorded with
+    /// probability min(1, d/rate) and weighted so totals stay unbiased. 1 records every wait.
+    /// Takes ns or a duration (100us, 1ms); at most 4s.
+    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
+    pub block_rate: u64,
+
+    /// Mutex profile fraction, like Go's SetMutexProfileFraction: 1 in N contention events is
+    /// recorded (decided in the kernel) and its values multiplied by N.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mutex_fraction: u64,
+}
+
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// Process to profile (every thread of it, including threads it starts during the capture).
@@ -165,24 +166,12 @@ pub struct AttachArgs {
     #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_profile)]
     pub profile: Vec<ProfileKind>,
 
-    /// Block profile rate, like Go's SetBlockProfileRate: a wait of d is recorded with
-    /// probability min(1, d/rate) and weighted so totals stay unbiased. 1 records every wait.
-    /// Takes ns or a duration (100us, 1ms); at most 4s.
-    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
-    pub block_rate: u64,
-
-    /// Mutex profile fraction, like Go's SetMutexProfileFraction: 1 in N contention events is
-    /// recorded (decided in the kernel) and its values multiplied by N.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub mutex_fraction: u64,
+    #[command(flatten)]
+    pub rates: Rates,
 
     /// Ignore off-CPU intervals shorter than this (ns or a duration such as 10us).
     #[arg(long, default_value = "0", value_parser = parse_nanos)]
     pub offcpu_min: u64,
-
-    /// CPU sampling frequency in Hz (per CPU).
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub frequency: u64,
 
     /// Directory for the output files (created if missing).
     #[arg(short, long, default_value = "out")]

@@ -148,9 +148,9 @@ impl Profiler {
             slots,
             jobs: std::sync::Mutex::new(tx),
             health,
-            frequency: args.frequency,
-            block_rate: args.block_rate,
-            mutex_fraction: args.mutex_fraction,
+            frequency: args.rates.frequency,
+            block_rate: args.rates.block_rate,
+            mutex_fraction: args.rates.mutex_fraction,
             bpf_stats: args.bpf_stats,
         })
     }
