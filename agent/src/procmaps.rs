@@ -8,6 +8,10 @@
 //! later reads the file through `/proc/self/fd/N`, whether or not the process still exists.
 //!
 //! Call [`MapsCache::forget`] when a process execs or exits (after its stacks were symbolized).
+//!
+//! The main binary's mappings also remember the name the program was started as when that is a
+//! symlink to it ([`CachedMapping::started_as`], [`started_as`]): Debian's `/usr/bin/redis-server`
+//! is a symlink to `redis-check-rdb`, and `/proc/PID/maps` only shows the target.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -131,6 +135,10 @@ pub struct CachedMapping {
     pub inode: u64,
     /// GNU build ID as lowercase hex, when the file has one.
     pub build_id: Option<String>,
+    /// For the main binary's mappings: the path the program was started as, when that is a
+    /// symlink to `path` (`/usr/bin/redis-server` for `/usr/bin/redis-check-rdb`). `path` stays
+    /// the real file; this is the name to show ([`CachedMapping::display_path`]).
+    pub started_as: Option<String>,
     file: Option<Arc<CachedFile>>,
 }
 
@@ -167,6 +175,17 @@ impl CachedMapping {
         self.path.rsplit('/').next().unwrap_or(&self.path)
     }
 
+    /// The path to show: [`CachedMapping::started_as`] when known, else `path`.
+    pub fn display_path(&self) -> &str {
+        self.started_as.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Last component of [`CachedMapping::display_path`] (`redis-server`).
+    pub fn display_name(&self) -> &str {
+        let p = self.display_path();
+        p.rsplit('/').next().unwrap_or(p)
+    }
+
     fn same_as(&self, l: &MapLine) -> bool {
         self.start == l.start
             && self.end == l.end
@@ -177,12 +196,35 @@ impl CachedMapping {
     }
 }
 
+impl ProcMaps {
+    /// The started-as name for a mapping of `path`: only the current main binary has one.
+    fn started_as_of(&self, path: &str) -> Option<String> {
+        match (&self.exe, &self.started_as) {
+            (Some(exe), Some((for_exe, name))) if exe == path && for_exe == exe => name.clone(),
+            _ => None,
+        }
+    }
+
+    /// Records the started-as name of the current main binary and applies it to its mappings.
+    fn set_started_as(&mut self, name: Option<String>) {
+        let Some(exe) = self.exe.clone() else {
+            return;
+        };
+        self.started_as = Some((exe, name));
+        for i in 0..self.mappings.len() {
+            self.mappings[i].started_as = self.started_as_of(&self.mappings[i].path);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct ProcMaps {
     /// Target of `/proc/PID/exe` (the main binary), without ` (deleted)`.
     exe: Option<String>,
     /// Start time of the process (clock ticks after boot), to notice pid reuse.
     start_time: Option<u64>,
+    /// [`started_as`] for the main binary `.0` (looked up once per main binary).
+    started_as: Option<(String, Option<String>)>,
     /// Sorted by `start`, non-overlapping.
     mappings: Vec<CachedMapping>,
 }
@@ -239,7 +281,22 @@ impl MapsCache {
                 }
             });
         let start_time = proc_start_time(pid);
+        let started = exe.as_deref().map(|exe| {
+            let known = self
+                .procs
+                .get(&pid)
+                .filter(|p| start_time.is_none() || p.start_time == start_time)
+                .and_then(|p| p.started_as.as_ref())
+                .filter(|(e, _)| e == exe);
+            match known {
+                Some((_, name)) => name.clone(),
+                None => read_started_as(pid, exe),
+            }
+        });
         self.update(pid, &parse_maps(&text), exe, start_time);
+        if let (Some(proc), Some(name)) = (self.procs.get_mut(&pid), started) {
+            proc.set_started_as(name);
+        }
         Ok(())
     }
 
@@ -281,7 +338,8 @@ impl MapsCache {
             }
             proc.mappings
                 .retain(|m| m.end <= line.start || m.start >= line.end);
-            let mapping = self.new_mapping(pid, line);
+            let mut mapping = self.new_mapping(pid, line);
+            mapping.started_as = proc.started_as_of(&mapping.path);
             let at = proc.mappings.partition_point(|m| m.start < mapping.start);
             proc.mappings.insert(at, mapping);
         }
@@ -348,6 +406,7 @@ impl MapsCache {
             dev: line.dev.clone(),
             inode: line.inode,
             build_id: file.as_ref().and_then(|f| f.build_id.clone()),
+            started_as: None,
             file,
         }
     }
@@ -407,6 +466,209 @@ fn open_mapped_file(pid: u32, line: &MapLine) -> Option<File> {
         "cannot open mapped file; its frames stay unsymbolized"
     );
     None
+}
+
+/// What `lstat` says a path is, for [`started_as`]: a symlink carries its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathEntry {
+    Dir,
+    File,
+    Symlink(String),
+}
+
+/// Where `execvp` looks when `PATH` is unset (glibc's is shorter; this is a superset).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Most symlinks followed in one path, as the kernel's `ELOOP` limit.
+const MAX_SYMLINKS: usize = 40;
+
+/// The path a program was started as, when it is a symlink whose canonical target is its main
+/// binary `exe` (an absolute, canonical path as `/proc/PID/exe` shows it); `None` when it is not
+/// (or is `exe` itself, or cannot be told).
+///
+/// Candidate names, in this order: `argv0`; its first word when it has spaces (programs that
+/// rewrite their title, like redis: `/usr/bin/redis-server *:6379`); `comm` (the base name of the
+/// path given to `execve`, at most 15 bytes), first in `exe`'s directory. A name with a `/` is
+/// a path (relative ones from `cwd`); a name without is searched in each directory of
+/// `path_env` (`PATH`, `:`-separated; an empty entry is `cwd`). The first candidate whose last
+/// component is a symlink and whose canonical path is `exe` wins, shown as given (absolute, with
+/// `.`, `..` and repeated `/` removed lexically).
+///
+/// `lstat` describes a path whose directories are already canonical (no symlinks), as `lstat(2)`
+/// would, and `None` when it does not exist; symlinks are followed here, so a resolver that
+/// looks inside another root (`/proc/PID/root`) follows absolute links within that root.
+pub fn started_as(
+    argv0: &str,
+    comm: Option<&str>,
+    exe: &str,
+    path_env: &str,
+    cwd: Option<&str>,
+    lstat: impl Fn(&str) -> Option<PathEntry>,
+) -> Option<String> {
+    let mut names: Vec<&str> = vec![argv0];
+    if let Some(first) = argv0.split_whitespace().next()
+        && first != argv0
+    {
+        names.push(first);
+    }
+    let mut candidates: Vec<String> = Vec::new();
+    for name in names {
+        candidates.extend(name_candidates(name, path_env, cwd));
+    }
+    if let Some(comm) = comm.filter(|c| !c.is_empty() && !c.contains('/')) {
+        if let Some((dir, _)) = exe.rsplit_once('/') {
+            candidates.push(format!("{dir}/{comm}"));
+        }
+        candidates.extend(name_candidates(comm, path_env, cwd));
+    }
+    candidates.into_iter().find(|c| {
+        c != exe && is_symlink(c, &lstat) && canonicalize(c, &lstat).as_deref() == Some(exe)
+    })
+}
+
+/// Absolute, lexically normalized paths that `name` may have been found at.
+fn name_candidates(name: &str, path_env: &str, cwd: Option<&str>) -> Vec<String> {
+    if name.is_empty() {
+        return Vec::new();
+    }
+    let join = |dir: &str| match dir {
+        "" => cwd.map(|c| format!("{c}/{name}")),
+        d if d.starts_with('/') => Some(format!("{d}/{name}")),
+        d => cwd.map(|c| format!("{c}/{d}/{name}")),
+    };
+    let raw: Vec<String> = if name.starts_with('/') {
+        vec![name.to_string()]
+    } else if name.contains('/') {
+        join("").into_iter().collect()
+    } else {
+        path_env.split(':').filter_map(join).collect()
+    };
+    raw.iter().filter_map(|p| normalize(p)).collect()
+}
+
+/// `/a/./b//c/../d` → `/a/b/d`; `None` for a relative path.
+fn normalize(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
+/// Whether the last component of `path` is a symlink (its directories resolved first).
+fn is_symlink(path: &str, lstat: &impl Fn(&str) -> Option<PathEntry>) -> bool {
+    let Some((dir, last)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let Some(dir) = canonicalize(if dir.is_empty() { "/" } else { dir }, lstat) else {
+        return false;
+    };
+    let full = if dir == "/" {
+        format!("/{last}")
+    } else {
+        format!("{dir}/{last}")
+    };
+    matches!(lstat(&full), Some(PathEntry::Symlink(_)))
+}
+
+/// The canonical form of the absolute `path` (every symlink followed, as `realpath(3)`), or
+/// `None` when some component does not exist, a file is used as a directory, or links loop.
+fn canonicalize(path: &str, lstat: &impl Fn(&str) -> Option<PathEntry>) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    // Components still to walk, the next one last.
+    let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "" | "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here = format!(
+            "/{}",
+            done.iter()
+                .chain([&c])
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        match lstat(&here)? {
+            PathEntry::Dir => done.push(c),
+            PathEntry::File => {
+                if todo.iter().any(|t| !t.is_empty() && t != ".") {
+                    return None;
+                }
+                done.push(c);
+            }
+            PathEntry::Symlink(target) => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return None;
+                }
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(target.split('/').rev().map(str::to_string));
+            }
+        }
+    }
+    Some(format!("/{}", done.join("/")))
+}
+
+/// [`started_as`] for process `pid` (main binary `exe`) from `/proc/PID/cmdline`, `comm`,
+/// `environ` (`PATH`, else [`DEFAULT_PATH`]) and `cwd`, resolving paths inside `/proc/PID/root`.
+fn read_started_as(pid: u32, exe: &str) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let comm = comm.as_deref().map(|c| c.trim_end_matches('\n'));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let path_env = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"PATH="))
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let root = format!("/proc/{pid}/root");
+    let lstat = |p: &str| -> Option<PathEntry> {
+        let full = format!("{root}{p}");
+        let meta = std::fs::symlink_metadata(&full).ok()?;
+        Some(if meta.file_type().is_symlink() {
+            PathEntry::Symlink(
+                std::fs::read_link(&full)
+                    .ok()?
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        } else if meta.is_dir() {
+            PathEntry::Dir
+        } else {
+            PathEntry::File
+        })
+    };
+    let name = started_as(&argv0, comm, exe, &path_env, cwd.as_deref(), lstat);
+    if let Some(name) = &name {
+        tracing::debug!(pid, exe, name, "main binary started through a symlink");
+    }
+    name
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -565,6 +827,186 @@ garbage line
         c.update(pid, &[app], exe, Some(6));
         assert_eq!(c.mappings(pid).len(), 1);
         assert_eq!(c.mappings(pid)[0].path, "/usr/bin/app");
+    }
+
+    /// A file system for [`started_as`]: Debian's redis links, merged /usr, alternatives.
+    fn fake_lstat(p: &str) -> Option<PathEntry> {
+        use PathEntry::*;
+        Some(match p {
+            "/usr" | "/usr/bin" | "/usr/local" | "/usr/local/bin" | "/etc"
+            | "/etc/alternatives" | "/home" | "/home/u" => Dir,
+            "/bin" => Symlink("usr/bin".into()),
+            "/usr/bin/redis-server" => Symlink("redis-check-rdb".into()),
+            "/usr/bin/redis-check-rdb" | "/usr/bin/vim.basic" | "/usr/local/bin/other" => File,
+            "/usr/bin/editor" => Symlink("/etc/alternatives/editor".into()),
+            "/etc/alternatives/editor" => Symlink("../../usr/bin/vim.basic".into()),
+            "/usr/bin/other" => Symlink("vim.basic".into()),
+            "/usr/bin/loop" => Symlink("loop2".into()),
+            "/usr/bin/loop2" => Symlink("/usr/bin/loop".into()),
+            "/home/u/redis" => Symlink("/usr/bin/redis-server".into()),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn started_as_resolves_argv0_comm_path_and_symlink_chains() {
+        const RDB: &str = "/usr/bin/redis-check-rdb";
+        const PATH: &str = "/usr/local/bin:/usr/bin";
+        let name = |argv0: &str, comm: Option<&str>, exe: &str, cwd: Option<&str>| {
+            started_as(argv0, comm, exe, PATH, cwd, fake_lstat)
+        };
+        let server = Some("/usr/bin/redis-server".to_string());
+        // Found through PATH, as a path, with a rewritten title, through comm.
+        assert_eq!(name("redis-server", None, RDB, None), server);
+        assert_eq!(name("/usr/bin/redis-server", None, RDB, None), server);
+        assert_eq!(
+            name("/usr/bin/redis-server *:6379", None, RDB, None),
+            server
+        );
+        assert_eq!(name("redis-server *:6379", None, RDB, None), server);
+        assert_eq!(name("", Some("redis-server"), RDB, None), server);
+        assert_eq!(name("weird title", Some("redis-server"), RDB, None), server);
+        // Relative paths from the working directory, shown normalized.
+        assert_eq!(name("./redis-server", None, RDB, Some("/usr/bin")), server);
+        assert_eq!(
+            name("../bin//redis-server", None, RDB, Some("/usr/local")),
+            server
+        );
+        assert_eq!(name("./redis-server", None, RDB, None), None, "no cwd");
+        // Started under the real name: nothing to add.
+        assert_eq!(
+            name("redis-check-rdb", Some("redis-check-rd"), RDB, None),
+            None
+        );
+        assert_eq!(name(RDB, None, RDB, None), None);
+        // Merged /usr: `/bin/redis-check-rdb` is not itself a symlink; `/bin/redis-server` is.
+        assert_eq!(name("/bin/redis-check-rdb", None, RDB, None), None);
+        assert_eq!(
+            name("/bin/redis-server", None, RDB, None).as_deref(),
+            Some("/bin/redis-server")
+        );
+        // Chains of absolute and relative links (alternatives), and a link to a link.
+        assert_eq!(
+            name("editor", None, "/usr/bin/vim.basic", None).as_deref(),
+            Some("/usr/bin/editor")
+        );
+        assert_eq!(
+            name("/home/u/redis", None, RDB, None).as_deref(),
+            Some("/home/u/redis")
+        );
+        // A symlink to another file; a file of the same name earlier in PATH is skipped.
+        assert_eq!(name("/usr/bin/other", None, RDB, None), None);
+        assert_eq!(
+            name("other", None, "/usr/bin/vim.basic", None).as_deref(),
+            Some("/usr/bin/other")
+        );
+        // Loops and missing files end.
+        assert_eq!(name("loop", None, RDB, None), None);
+        assert_eq!(name("missing", Some("missing"), RDB, None), None);
+        assert_eq!(name("", None, RDB, None), None);
+        // An unset PATH is the caller's business (DEFAULT_PATH); an empty entry is cwd.
+        assert_eq!(
+            started_as(
+                "redis-server",
+                None,
+                RDB,
+                ":/nowhere",
+                Some("/usr/bin"),
+                fake_lstat
+            ),
+            server
+        );
+        assert!(DEFAULT_PATH.split(':').any(|d| d == "/usr/bin"));
+    }
+
+    #[test]
+    fn canonicalize_and_normalize() {
+        assert_eq!(
+            canonicalize("/bin/redis-server", &fake_lstat).as_deref(),
+            Some("/usr/bin/redis-check-rdb")
+        );
+        assert_eq!(
+            canonicalize("/usr/bin/editor", &fake_lstat).as_deref(),
+            Some("/usr/bin/vim.basic")
+        );
+        assert_eq!(canonicalize("/", &fake_lstat).as_deref(), Some("/"));
+        assert_eq!(
+            canonicalize("/usr/bin/vim.basic/x", &fake_lstat),
+            None,
+            "ENOTDIR"
+        );
+        assert_eq!(canonicalize("/usr/bin/loop", &fake_lstat), None, "ELOOP");
+        assert_eq!(canonicalize("usr/bin", &fake_lstat), None, "relative");
+        assert_eq!(normalize("/a/./b//c/../d/").as_deref(), Some("/a/b/d"));
+        assert_eq!(normalize("/..").as_deref(), Some("/"));
+        assert_eq!(normalize("a/b"), None);
+    }
+
+    #[test]
+    fn started_as_applies_only_to_the_main_binary() {
+        let pid = u32::MAX - 5;
+        let line = |start: u64, path: &str, inode: u64| MapLine {
+            start,
+            end: start + 0x1000,
+            perms: "r-xp".into(),
+            offset: 0,
+            dev: "fd:01".into(),
+            inode,
+            path: Some(path.into()),
+            deleted: false,
+        };
+        let app = line(0x40_0000, "/usr/bin/app-real", 1);
+        let lib = line(0x7f00_0000, "/lib/liba.so", 2);
+        let mut c = MapsCache::new();
+        let exe = Some("/usr/bin/app-real".to_string());
+        c.update(pid, std::slice::from_ref(&app), exe.clone(), Some(5));
+        c.procs
+            .get_mut(&pid)
+            .unwrap()
+            .set_started_as(Some("/usr/bin/app".into()));
+        // A mapping added later gets it too; other files never.
+        c.update(pid, &[app.clone(), lib], exe.clone(), Some(5));
+        let m = c.find(pid, 0x40_0010).unwrap();
+        assert_eq!(m.path, "/usr/bin/app-real", "the real path stays");
+        assert_eq!(m.display_path(), "/usr/bin/app");
+        assert_eq!(m.display_name(), "app");
+        assert_eq!(m.file_name(), "app-real");
+        let l = c.find(pid, 0x7f00_0010).unwrap();
+        assert_eq!(
+            (l.started_as.as_deref(), l.display_name()),
+            (None, "liba.so")
+        );
+        c.update(
+            pid,
+            &[line(0x40_0000, "/usr/bin/app-real", 3)],
+            exe,
+            Some(5),
+        );
+        assert_eq!(
+            c.find(pid, 0x40_0010).unwrap().display_path(),
+            "/usr/bin/app"
+        );
+        // exec of another binary: the name does not carry over.
+        let other = line(0x40_0000, "/usr/bin/other", 9);
+        c.update(pid, &[other], Some("/usr/bin/other".into()), Some(5));
+        assert_eq!(c.find(pid, 0x40_0010).unwrap().started_as, None);
+        c.procs.get_mut(&pid).unwrap().set_started_as(None);
+        assert_eq!(
+            c.find(pid, 0x40_0010).unwrap().display_path(),
+            "/usr/bin/other"
+        );
+    }
+
+    #[test]
+    fn own_process_was_not_started_through_a_symlink() {
+        let pid = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_string_lossy();
+        assert_eq!(read_started_as(pid, &exe), None);
+        let mut cache = MapsCache::new();
+        cache.refresh(pid).unwrap();
+        let addr = parses_all_kinds_of_lines as *const () as usize as u64;
+        assert_eq!(cache.find(pid, addr).unwrap().display_path(), exe);
     }
 
     #[test]

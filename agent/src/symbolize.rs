@@ -5,6 +5,28 @@
 //! come from `/proc/kallsyms`. Every address yields a [`Location`]: what cannot be resolved is
 //! named `libfoo.so+0x1234` or `[unknown] 0x7f...` rather than dropped.
 //!
+//! # Code without a symbol
+//! An address in a file that blazesym cannot name (stripped binary, no DWARF, no `.symtab` or
+//! `.dynsym` symbol covering it) is named after the start of its function, so that every address
+//! of one function gets the same name (one pprof `Function`; the [`Location`] keeps its address,
+//! for `go tool pprof -addresses`): `binary+0xSTART`, `START` an ELF virtual address of the file
+//! (what `objdump -d --start-address`, `nm` and `addr2line` use). The start is the largest of
+//! these at or below the address ([`FuncStarts`], built once per file from
+//! [`crate::unwind::code_ranges_file`]):
+//! - the initial location of every `.eh_frame` FDE (a function, or a part such as `foo.cold`);
+//! - the end of every FDE (code after a function that has no CFI of its own, hand-written
+//!   assembly, is one group up to the next FDE);
+//! - the start and end of every executable section (code before the first FDE, such as `.init`);
+//!
+//! and when none is (or the file has no section headers) the start of the `PT_LOAD` segment that
+//! holds the address. Only a file that cannot be read as ELF at all (or a pseudo mapping such as
+//! `[vdso]`) keeps one name per address: `binary+0xFILEOFFSET`.
+//!
+//! `binary` is the last component of the mapping's [`CachedMapping::display_path`]: the name the
+//! program was started as when that is a symlink to the main binary (`redis-server`, not
+//! `redis-check-rdb`), which is also the pprof `Mapping`'s file; the real path is said once in a
+//! profile comment.
+//!
 //! [`Symbolizer`] wraps one long-lived blazesym symbolizer, which caches parsed ELF/DWARF data per
 //! file. It is not `Send`: create it on the thread that symbolizes and keep it there.
 
@@ -17,6 +39,8 @@ use blazesym::{MaybeDefault, Pid};
 
 use crate::model::{Line, Location, Mapping, Profile, RawProfile, Sample};
 use crate::procmaps::{CachedMapping, MapsCache};
+use crate::unwind::CodeRanges;
+use crate::unwinder::Segment;
 
 /// File name of the mapping that kernel locations belong to (as `perf` names it). Exporters and
 /// the pprof decoder use it to recognise kernel frames.
@@ -31,6 +55,9 @@ pub struct Symbolizer {
     /// `/proc/self/fd/N` paths handed to blazesym, with the identity of the file behind them, so
     /// blazesym's cache entry can be evicted once the file is no longer cached in [`MapsCache`].
     used_files: HashMap<PathBuf, u64>,
+    /// Function starts per cached file ([`CachedMapping::file_id`]), built the first time an
+    /// address of the file has no symbol; dropped with the file.
+    func_starts: HashMap<u64, FuncStarts>,
     /// Start of this process's own vDSO: the vDSO is the same image in every process, so target
     /// vDSO addresses are symbolized at the same offset in ours.
     own_vdso: Option<u64>,
@@ -53,7 +80,8 @@ enum LocKey {
 
 /// Per distinct cached mapping: the output mapping and what was learnt about it.
 struct MappingAcc {
-    pid: u32,
+    /// The main binary of its process (sorted first).
+    main: bool,
     mapping: Mapping,
 }
 
@@ -68,6 +96,7 @@ impl Symbolizer {
         Self {
             inner,
             used_files: HashMap::new(),
+            func_starts: HashMap::new(),
             own_vdso: own_vdso_start(),
             kernel_build_id: kernel_build_id(),
             kernel_warned: false,
@@ -182,6 +211,7 @@ impl Symbolizer {
         }
 
         let mut accs: Vec<MappingAcc> = Vec::new();
+        let mut comments = raw.comments;
         let mut groups: Vec<_> = by_mapping.into_values().collect();
         groups.sort_by_key(|(m, _)| m.id);
         for (m, locs) in groups {
@@ -189,14 +219,20 @@ impl Symbolizer {
                 LocKey::User { pid, .. } => pid,
                 LocKey::Kernel { .. } => 0,
             };
+            if let Some(name) = &m.started_as {
+                let note = symlink_comment(name, &m.path);
+                if !comments.contains(&note) {
+                    comments.push(note);
+                }
+            }
             let index = accs.len();
             accs.push(MappingAcc {
-                pid,
+                main: maps.exe(pid) == Some(m.path.as_str()),
                 mapping: Mapping {
                     start: m.start,
                     limit: m.end,
                     offset: m.offset,
-                    file: m.path.clone(),
+                    file: m.display_path().to_string(),
                     build_id: m.build_id.clone(),
                     ..Default::default()
                 },
@@ -212,7 +248,7 @@ impl Symbolizer {
             let addrs: Vec<u64> = kernel_locs.iter().map(|&i| locations[i].address).collect();
             let index = accs.len();
             accs.push(MappingAcc {
-                pid: 0,
+                main: false,
                 mapping: Mapping {
                     start: addrs.iter().copied().min().unwrap_or(0),
                     limit: addrs
@@ -252,7 +288,7 @@ impl Symbolizer {
             }
         }
 
-        let mappings = main_binaries_first(accs, maps, &mut locations);
+        let mappings = main_binaries_first(accs, &mut locations);
         self.evict_stale(maps);
 
         Profile {
@@ -266,7 +302,7 @@ impl Symbolizer {
             samples,
             locations,
             mappings,
-            comments: raw.comments,
+            comments,
         }
     }
 
@@ -278,22 +314,14 @@ impl Symbolizer {
         locations: &[Location],
     ) -> Vec<Vec<Line>> {
         let addrs: Vec<u64> = locs.iter().map(|&i| locations[i].address).collect();
+        if let (Some(path), Some(id)) = (m.open_path(), m.file_id()) {
+            self.used_files.insert(path.clone(), id);
+            let offsets: Vec<u64> = addrs.iter().map(|&a| m.file_offset(a)).collect();
+            return self.symbolize_file(&path, id, m.display_name(), &offsets);
+        }
         let fallback = |addr: u64| vec![offset_line(m, addr)];
 
-        let results: Option<Vec<Symbolized<'_>>> = if let Some(path) = m.open_path() {
-            if let Some(id) = m.file_id() {
-                self.used_files.insert(path.clone(), id);
-            }
-            let offsets: Vec<u64> = addrs.iter().map(|&a| m.file_offset(a)).collect();
-            let src = Source::Elf(Elf::new(&path));
-            match self.inner.symbolize(&src, Input::FileOffset(&offsets)) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::debug!(file = %m.path, "cannot symbolize: {e}");
-                    None
-                }
-            }
-        } else if m.path == "[vdso]"
+        let results: Option<Vec<Symbolized<'_>>> = if m.path == "[vdso]"
             && let Some(own) = self.own_vdso
         {
             let abs: Vec<u64> = addrs
@@ -329,6 +357,46 @@ impl Symbolizer {
                 .collect(),
             _ => addrs.iter().map(|&a| fallback(a)).collect(),
         }
+    }
+
+    /// Lines for the file offsets `offsets` of the ELF file at `path` (cached file `file_id`),
+    /// named `name+0xSTART` per function where the file has no symbol for them.
+    fn symbolize_file(
+        &mut self,
+        path: &Path,
+        file_id: u64,
+        name: &str,
+        offsets: &[u64],
+    ) -> Vec<Vec<Line>> {
+        let src = Source::Elf(Elf::new(path));
+        let named: Vec<Option<Vec<Line>>> =
+            match self.inner.symbolize(&src, Input::FileOffset(offsets)) {
+                Ok(r) if r.len() == offsets.len() => r
+                    .iter()
+                    .map(|s| match s {
+                        Symbolized::Sym(sym) => sym_lines(sym),
+                        Symbolized::Unknown(_) => None,
+                    })
+                    .collect(),
+                Ok(_) => vec![None; offsets.len()],
+                Err(e) => {
+                    tracing::debug!(file = name, "cannot symbolize: {e}");
+                    vec![None; offsets.len()]
+                }
+            };
+        named
+            .into_iter()
+            .zip(offsets)
+            .map(|(lines, &off)| {
+                lines.unwrap_or_else(|| {
+                    let starts = self
+                        .func_starts
+                        .entry(file_id)
+                        .or_insert_with(|| FuncStarts::load(path));
+                    vec![placeholder_line(name, starts.group_start(off), off)]
+                })
+            })
+            .collect()
     }
 
     fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<Vec<Line>> {
@@ -378,6 +446,7 @@ impl Symbolizer {
             .filter(|&(_, &id)| !maps.file_alive(id))
             .map(|(p, _)| p.clone())
             .collect();
+        self.func_starts.retain(|&id, _| maps.file_alive(id));
         for path in stale {
             self.used_files.remove(&path);
             let evict = blazesym::symbolize::evict::Evict::Elf(
@@ -447,12 +516,88 @@ fn unknown_line(addr: u64) -> Line {
 
 /// `libfoo.so+0x1234` (file offset), or `[vdso]+0x9a0` (offset in the mapping).
 fn offset_line(m: &CachedMapping, addr: u64) -> Line {
+    placeholder_line(m.display_name(), None, m.file_offset(addr))
+}
+
+/// `name+0xSTART` for code of the group (function) starting at ELF virtual address `start`, else
+/// `name+0xFILEOFFSET` for the address at file offset `offset` alone.
+fn placeholder_line(name: &str, start: Option<u64>, offset: u64) -> Line {
     Line {
-        function: format!("{}+{:#x}", m.file_name(), m.file_offset(addr)),
+        function: format!("{name}+{:#x}", start.unwrap_or(offset)),
         system_name: None,
         file: None,
         line: None,
     }
+}
+
+/// The profile comment that says which file a symlinked program name stands for.
+fn symlink_comment(started_as: &str, path: &str) -> String {
+    format!("{started_as} is a symlink to {path} (the file that was read)")
+}
+
+/// Where the code groups of one ELF file start (see the module documentation): sorted,
+/// deduplicated ELF virtual addresses, and the `PT_LOAD` segments to turn file offsets into them.
+#[derive(Debug, Default)]
+struct FuncStarts {
+    starts: Vec<u64>,
+    segments: Vec<Segment>,
+}
+
+impl FuncStarts {
+    /// Reads the file's FDEs, sections and segments; what cannot be read is left empty.
+    fn load(path: &Path) -> Self {
+        let ranges = crate::unwind::code_ranges_file(path).unwrap_or_else(|e| {
+            tracing::debug!(path = %path.display(), "no function starts: {e}");
+            CodeRanges::default()
+        });
+        let segments = crate::unwinder::load_segments(path).unwrap_or_default();
+        Self {
+            starts: group_starts(&ranges),
+            segments,
+        }
+    }
+
+    /// The ELF virtual address of file offset `offset`, through the `PT_LOAD` segment holding it.
+    fn vaddr(&self, offset: u64) -> Option<u64> {
+        self.segment(offset).map(|s| offset - s.offset + s.vaddr)
+    }
+
+    fn segment(&self, offset: u64) -> Option<&Segment> {
+        self.segments
+            .iter()
+            .find(|s| offset >= s.offset && offset - s.offset < s.filesz)
+    }
+
+    /// Start (ELF virtual address) of the group holding file offset `offset`: the enclosing
+    /// function's, else its segment's; `None` when the offset is in no segment.
+    fn group_start(&self, offset: u64) -> Option<u64> {
+        let vaddr = self.vaddr(offset)?;
+        let seg_start = self.segment(offset)?.vaddr;
+        Some(match enclosing_start(&self.starts, vaddr) {
+            // A group start in an earlier segment does not reach into this one.
+            Some(start) if start >= seg_start => start,
+            _ => seg_start,
+        })
+    }
+}
+
+/// The sorted group starts of a file: FDE starts and ends, executable section starts and ends.
+fn group_starts(ranges: &CodeRanges) -> Vec<u64> {
+    let mut starts: Vec<u64> = ranges
+        .fdes
+        .iter()
+        .chain(&ranges.exec_sections)
+        .flat_map(|&(start, end)| [start, end])
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+}
+
+/// The largest of the sorted `starts` at or below `vaddr`.
+fn enclosing_start(starts: &[u64], vaddr: u64) -> Option<u64> {
+    let i = starts.partition_point(|&s| s <= vaddr);
+    i.checked_sub(1).map(|i| starts[i])
 }
 
 /// Whether a function name is one of our placeholders rather than a resolved symbol.
@@ -462,14 +607,9 @@ pub fn is_placeholder(function: &str) -> bool {
 
 /// Orders mappings so each process's main binary comes first (pprof expects `mapping[0]` to be
 /// the main binary), then by creation; rewrites location indexes accordingly.
-fn main_binaries_first(
-    accs: Vec<MappingAcc>,
-    maps: &MapsCache,
-    locations: &mut [Location],
-) -> Vec<Mapping> {
+fn main_binaries_first(accs: Vec<MappingAcc>, locations: &mut [Location]) -> Vec<Mapping> {
     let mut order: Vec<usize> = (0..accs.len()).collect();
-    let is_main = |a: &MappingAcc| maps.exe(a.pid) == Some(a.mapping.file.as_str());
-    order.sort_by_key(|&i| !is_main(&accs[i]));
+    order.sort_by_key(|&i| !accs[i].main);
     let mut new_index = vec![0; accs.len()];
     for (new, &old) in order.iter().enumerate() {
         new_index[old] = new;
@@ -544,6 +684,220 @@ mod tests {
     #[inline(never)]
     fn marker_function_for_symbolizer_test() -> u64 {
         std::hint::black_box(marker_function_for_symbolizer_test as *const () as usize as u64)
+    }
+
+    #[test]
+    fn group_starts_name_code_by_enclosing_function() {
+        // .init at 0x1000, .text at 0x1040 with three FDEs, a gap without CFI after the second.
+        let ranges = CodeRanges {
+            fdes: vec![(0x1140, 0x11a0), (0x1100, 0x1140), (0x1200, 0x1250)],
+            exec_sections: vec![(0x1000, 0x1020), (0x1040, 0x1300)],
+        };
+        let starts = group_starts(&ranges);
+        assert_eq!(
+            starts,
+            [
+                0x1000, 0x1020, 0x1040, 0x1100, 0x1140, 0x11a0, 0x1200, 0x1250, 0x1300
+            ]
+        );
+        // Two addresses inside one FDE: one start. Another FDE: another start.
+        assert_eq!(enclosing_start(&starts, 0x1100), Some(0x1100));
+        assert_eq!(enclosing_start(&starts, 0x1105), Some(0x1100));
+        assert_eq!(enclosing_start(&starts, 0x113f), Some(0x1100));
+        assert_eq!(enclosing_start(&starts, 0x1140), Some(0x1140));
+        assert_eq!(enclosing_start(&starts, 0x1210), Some(0x1200));
+        // After an FDE's end (code without CFI): grouped from that end up to the next FDE.
+        assert_eq!(enclosing_start(&starts, 0x11a0), Some(0x11a0));
+        assert_eq!(enclosing_start(&starts, 0x11ff), Some(0x11a0));
+        // Before the first FDE: the executable section's start.
+        assert_eq!(enclosing_start(&starts, 0x1050), Some(0x1040));
+        assert_eq!(enclosing_start(&starts, 0x1010), Some(0x1000));
+        assert_eq!(enclosing_start(&starts, 0xfff), None);
+        assert_eq!(enclosing_start(&[], 0x1000), None);
+    }
+
+    #[test]
+    fn func_starts_map_file_offsets_and_fall_back_to_the_segment() {
+        // lld-style layout: text at file offset 0x1000 loaded at 0x2000.
+        let seg = |offset, vaddr, size| Segment {
+            offset,
+            vaddr,
+            filesz: size,
+            memsz: size,
+        };
+        let fs = FuncStarts {
+            starts: group_starts(&CodeRanges {
+                fdes: vec![(0x2100, 0x2180), (0x2180, 0x2200)],
+                exec_sections: vec![(0x2100, 0x2300)],
+            }),
+            segments: vec![seg(0, 0, 0x800), seg(0x1000, 0x2000, 0x1000)],
+        };
+        assert_eq!(fs.vaddr(0x1110), Some(0x2110));
+        assert_eq!(fs.group_start(0x1110), Some(0x2100));
+        assert_eq!(fs.group_start(0x117f), Some(0x2100));
+        assert_eq!(fs.group_start(0x1180), Some(0x2180));
+        // Before every table entry but inside the segment: the segment's start.
+        assert_eq!(fs.group_start(0x1010), Some(0x2000));
+        // In the first segment, below the table: its own start, not a later group.
+        assert_eq!(fs.group_start(0x10), Some(0));
+        // Past the segments' data: no group; one name per address then.
+        assert_eq!(fs.group_start(0x900), None);
+        let names: Vec<String> = [0x1110, 0x117f, 0x1180, 0x900]
+            .iter()
+            .map(|&off| placeholder_line("app", fs.group_start(off), off).function)
+            .collect();
+        assert_eq!(
+            names,
+            ["app+0x2100", "app+0x2100", "app+0x2180", "app+0x900"]
+        );
+        assert!(names.iter().all(|n| is_placeholder(n)));
+        // A file without anything readable.
+        assert_eq!(FuncStarts::default().group_start(0x1110), None);
+    }
+
+    const STRIPPED_C: &str = r#"
+#include <unistd.h>
+__attribute__((noinline)) long work_a(long x) {
+    long s = 0;
+    for (long i = 0; i < x * 1000; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+__attribute__((noinline)) long work_b(long x) {
+    long s = 1;
+    for (long i = 0; i < x * 1000; i++) s = s * 31 + (i ^ (s >> 7));
+    return s;
+}
+int main(int argc, char **argv) {
+    (void)argv;
+    long r = work_a(argc) + work_b(argc);
+    if (r == 12345) return 1;
+    pause();
+    return 0;
+}
+"#;
+
+    /// `(address, size)` of `name` in `bin`, from `nm -S`.
+    fn nm_symbol(bin: &Path, name: &str) -> (u64, u64) {
+        let out = std::process::Command::new("nm")
+            .arg("-S")
+            .arg(bin)
+            .output()
+            .expect("nm must be installed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4 && f[3] == name).then(|| {
+                    (
+                        u64::from_str_radix(f[0], 16).unwrap(),
+                        u64::from_str_radix(f[1], 16).unwrap(),
+                    )
+                })
+            })
+            .unwrap_or_else(|| panic!("{name} not in nm output of {}", bin.display()))
+    }
+
+    /// Kills the child when the test ends, passed or not.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn stripped_program_started_through_symlink_is_grouped_per_function() {
+        let dir = std::env::temp_dir().join(format!("stallscope-sym-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("prog.c");
+        std::fs::write(&src, STRIPPED_C).unwrap();
+        let (full, stripped) = (dir.join("prog-full"), dir.join("prog-stripped"));
+        for (bin, extra) in [(&full, None), (&stripped, Some("-s"))] {
+            let out = std::process::Command::new("gcc")
+                .args(["-O2", "-o"])
+                .arg(bin)
+                .arg(&src)
+                .args(extra)
+                .output()
+                .expect("gcc must be installed");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Started as `prog-link`, a symlink to the stripped binary.
+        let link = dir.join("prog-link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("prog-stripped", &link).unwrap();
+        let child = KillOnDrop(std::process::Command::new(&link).spawn().unwrap());
+        let pid = child.0.id();
+        let real = std::fs::canonicalize(&stripped).unwrap();
+        let real = real.to_string_lossy().into_owned();
+        let mut maps = MapsCache::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            maps.refresh(pid).unwrap();
+            // Maps are read before /proc/PID/exe: wait until both show the new image.
+            if maps.exe(pid) == Some(real.as_str())
+                && maps.mappings(pid).iter().any(|m| m.path == real)
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "child did not exec");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        // Process addresses of code inside work_a (twice), work_b and main.
+        let text = maps
+            .mappings(pid)
+            .iter()
+            .find(|m| m.path == real)
+            .expect("text mapping of the program")
+            .clone();
+        let segments = crate::unwinder::load_segments(&stripped).unwrap();
+        let bias = crate::unwinder::mapping_bias(&segments, text.start, text.offset).unwrap();
+        let (a, a_size) = nm_symbol(&full, "work_a");
+        let (b, _) = nm_symbol(&full, "work_b");
+        let (main, _) = nm_symbol(&full, "main");
+        let addrs = [a + 2, a + a_size - 2, b + 3, main + 1].map(|v| v + bias);
+        let s = RawSample {
+            pid,
+            stack: RawStack {
+                user: addrs.to_vec(),
+                kernel: vec![],
+            },
+            values: vec![1],
+            labels: vec![],
+        };
+        let mut sym = Symbolizer::new();
+        let p = sym.symbolize(raw(vec![s]), &maps);
+        let locs: Vec<&Location> = p.samples[0]
+            .locations
+            .iter()
+            .map(|&i| &p.locations[i])
+            .collect();
+        let names: Vec<&str> = locs.iter().map(|l| l.lines[0].function.as_str()).collect();
+        assert_eq!(names[0], format!("prog-link+{a:#x}"), "{names:?}");
+        assert_eq!(names[1], names[0], "same function, same name");
+        assert_eq!(names[2], format!("prog-link+{b:#x}"));
+        assert_eq!(names[3], format!("prog-link+{main:#x}"));
+        // Addresses stay per location (frames after the first are return addresses - 1).
+        assert_eq!(locs[0].address, addrs[0]);
+        assert_eq!(locs[1].address, addrs[1] - 1);
+        let m = &p.mappings[locs[0].mapping.unwrap()];
+        assert_eq!(m.file, link.to_string_lossy(), "the name it was started as");
+        assert!(!m.has_functions);
+        assert_eq!(p.mappings[0].file, m.file, "still the main binary");
+        assert!(
+            p.comments.contains(&symlink_comment(&m.file, &real)),
+            "{:?}",
+            p.comments
+        );
+        // The opened file is the real one; its function starts were cached once.
+        assert_eq!(sym.func_starts.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

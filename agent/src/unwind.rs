@@ -194,18 +194,103 @@ pub fn compile_file(path: &Path) -> Result<UnwindTable, UnwindError> {
     };
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
-    let mut read = |offset: u64, size: u64| -> Result<Vec<u8>, UnwindError> {
+    let mut read = file_reader(path, &file, len);
+    let sections = read_sections(&mut read)?;
+    compile_sections(&sections, &mut read)
+}
+
+/// Reads `size` bytes at `offset` of `file` (of length `len`), refusing reads past its end.
+fn file_reader<'a>(
+    path: &'a Path,
+    file: &'a File,
+    len: u64,
+) -> impl FnMut(u64, u64) -> Result<Vec<u8>, UnwindError> + 'a {
+    move |offset: u64, size: u64| -> Result<Vec<u8>, UnwindError> {
         if offset.checked_add(size).is_none_or(|end| end > len) {
             return Err(UnwindError::Malformed(format!(
                 "{size} bytes at offset {offset:#x} are past the end of the file"
             )));
         }
         let mut buf = vec![0; size as usize];
-        file.read_exact_at(&mut buf, offset).map_err(io_err)?;
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|source| UnwindError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(buf)
+    }
+}
+
+/// Where the functions of an ELF file are, for naming code that has no symbol: the `[start, end)`
+/// of every `.eh_frame` FDE (one per function, or per part of a function such as `foo.cold`) and
+/// of every executable section, as ELF virtual addresses, in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CodeRanges {
+    /// FDEs that start in an executable section (the others describe discarded code).
+    pub fdes: Vec<(u64, u64)>,
+    pub exec_sections: Vec<(u64, u64)>,
+}
+
+/// The [`CodeRanges`] of the ELF file at `path`. A file without `.eh_frame` has no FDEs (not an
+/// error); FDEs that do not parse are left out.
+pub fn code_ranges_file(path: &Path) -> Result<CodeRanges, UnwindError> {
+    let io_err = |source| UnwindError::Io {
+        path: path.to_owned(),
+        source,
     };
+    let file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let mut read = file_reader(path, &file, len);
     let sections = read_sections(&mut read)?;
-    compile_sections(&sections, &mut read)
+    let exec_sections = exec_ranges(&sections);
+    let Some(eh) = sections
+        .iter()
+        .find(|s| s.name == ".eh_frame" && s.sh_type != SHT_NOBITS && s.size > 0)
+        .filter(|s| s.size <= MAX_EH_FRAME)
+    else {
+        return Ok(CodeRanges {
+            fdes: Vec::new(),
+            exec_sections,
+        });
+    };
+    let data = read(eh.offset, eh.size)?;
+    let bases = eh_frame_bases(&sections, eh);
+    let mut eh_frame = EhFrame::new(&data[..], LittleEndian);
+    eh_frame.set_address_size(8);
+    let mut cies: HashMap<usize, CommonInformationEntry<EndianSlice<'_, LittleEndian>>> =
+        HashMap::new();
+    let mut fdes = Vec::new();
+    let mut entries = eh_frame.entries(&bases);
+    while let Some(entry) = entries.next().map_err(UnwindError::EhFrame)? {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(|section, bases, offset| {
+            if let Some(cie) = cies.get(&offset.0) {
+                return Ok(cie.clone());
+            }
+            let cie = section.cie_from_offset(bases, offset)?;
+            cies.insert(offset.0, cie.clone());
+            Ok(cie)
+        }) else {
+            continue;
+        };
+        let start = fde.initial_address();
+        let Some(end) = start.checked_add(fde.len()).filter(|&end| end > start) else {
+            continue;
+        };
+        if exec_sections.is_empty()
+            || exec_sections
+                .iter()
+                .any(|&(lo, hi)| lo <= start && start < hi)
+        {
+            fdes.push((start, end));
+        }
+    }
+    Ok(CodeRanges {
+        fdes,
+        exec_sections,
+    })
 }
 
 /// Compiles the unwind table of an ELF file held in memory.
@@ -364,6 +449,14 @@ fn compile_sections(
         )));
     }
     let data = read(eh.offset, eh.size)?;
+    let bases = eh_frame_bases(sections, eh);
+    let code = exec_ranges(sections);
+    compile_eh_frame(&data, &bases, &code)
+}
+
+/// The base addresses that `.eh_frame` pointer encodings may be relative to.
+fn eh_frame_bases(sections: &[Section], eh: &Section) -> BaseAddresses {
+    let find = |name: &str| sections.iter().find(|s| s.name == name);
     let mut bases = BaseAddresses::default().set_eh_frame(eh.addr);
     if let Some(s) = find(".eh_frame_hdr") {
         bases = bases.set_eh_frame_hdr(s.addr);
@@ -374,12 +467,16 @@ fn compile_sections(
     if let Some(s) = find(".got") {
         bases = bases.set_got(s.addr);
     }
-    let code: Vec<(u64, u64)> = sections
+    bases
+}
+
+/// `[start, end)` of the executable sections.
+fn exec_ranges(sections: &[Section]) -> Vec<(u64, u64)> {
+    sections
         .iter()
         .filter(|s| s.flags & (SHF_ALLOC | SHF_EXECINSTR) == SHF_ALLOC | SHF_EXECINSTR)
         .map(|s| (s.addr, s.addr.saturating_add(s.size)))
-        .collect();
-    compile_eh_frame(&data, &bases, &code)
+        .collect()
 }
 
 /// Compiles `.eh_frame` contents. `code` lists the executable sections' address ranges; an FDE
