@@ -6,9 +6,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use stallscope_common::{CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, KernelOffsets};
+use stallscope_common::{
+    CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, KernelOffsets, dump::DumpTask,
+};
 
 use crate::{
+    accounting,
     cli::AttachArgs,
     collect::{self, Collector},
     error::Error,
@@ -37,13 +40,15 @@ pub struct AttachOutcome {
 /// Offsets of kernel structures the programs need, from the running kernel's BTF.
 pub fn kernel_offsets() -> Result<KernelOffsets, Error> {
     let btf = KernelBtf::from_sys_fs().map_err(|e| Error::BpfLoad(e.to_string()))?;
-    let off = |s: &str, m: &str| {
-        btf.member_offset(s, m)
+    let off = |path: &[&str]| {
+        btf.member_path_offset("task_struct", path)
             .map_err(|e| Error::BpfLoad(format!("{e} (needed to read scheduler events)")))
     };
     Ok(KernelOffsets {
-        task_pid: off("task_struct", "pid")?,
-        task_tgid: off("task_struct", "tgid")?,
+        task_pid: off(&["pid"])?,
+        task_tgid: off(&["tgid"])?,
+        task_sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
+        task_start_time: off(&["start_time"])?,
     })
 }
 
@@ -56,6 +61,8 @@ pub struct CaptureSpec {
     pub block_rate: u64,
     pub mutex_fraction: u64,
     pub offcpu_min: u64,
+    /// Label samples with their thread id (`tid`) as well as the thread's name.
+    pub tid_labels: bool,
     /// Thread dumps during the window (`attach`'s SIGUSR1 and `--dump-when`).
     pub dumps: Option<DumpOptions>,
 }
@@ -87,6 +94,7 @@ impl CaptureSpec {
             block_rate: args.rates.block_rate,
             mutex_fraction: args.rates.mutex_fraction,
             offcpu_min: args.offcpu_min,
+            tid_labels: !args.labels.no_tid_label,
             dumps: Some(DumpOptions {
                 dir: args.output.clone(),
                 when: args.dump_when.clone(),
@@ -119,6 +127,11 @@ pub struct Captured {
     pub map_fill: Vec<collect::MapFill>,
     /// Run time and runs of each attached program (zero unless kernel.bpf_stats_enabled).
     pub program_stats: Vec<collect::ProgramStats>,
+    /// Every thread's time in the window.
+    pub accounting: accounting::Accounting,
+    /// The threads as the window opened and as it closed (empty if they could not be read).
+    pub start_views: Vec<accounting::ThreadView>,
+    pub end_views: Vec<accounting::ThreadView>,
 }
 
 /// Pre-flight checks shared by every command that profiles a process: privileges, BTF, and
@@ -165,8 +178,18 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         end,
         cpus,
         runq,
+        accounting,
         ..
     } = capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
+    let threads_json = args.output.join("threads.json");
+    export::folded::write_text(
+        &threads_json,
+        &serde_json::to_string_pretty(&accounting).unwrap_or_default(),
+    )
+    .map_err(|source| Error::Output {
+        path: threads_json.clone(),
+        source,
+    })?;
 
     let facts = CaptureFacts {
         pid: target.pid,
@@ -181,31 +204,41 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         block_rate_ns: args.rates.block_rate,
         mutex_fraction: args.rates.mutex_fraction,
         runq,
+        accounting: Some(accounting),
     };
 
     // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
-    let out_dir = args.output.clone();
-    let top_n = args.top;
-    let pid = target.pid;
+    let out = OutputOptions {
+        dir: args.output.clone(),
+        pid: target.pid,
+        top_n: args.top,
+        folded_thread_root: args.labels.folded_thread_root,
+    };
     let Written {
         files, sections, ..
     } = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
-        write_profiles(
-            &mut symbolizer,
-            raws,
-            lock_waiters,
-            &maps,
-            &out_dir,
-            pid,
-            top_n,
-        )
+        write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)
     })
     .await
     .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
 
+    let mut files = files;
+    files.push(threads_json);
     let summary = report::render_summary(&facts, &sections, &files);
     Ok(AttachOutcome { files, summary })
+}
+
+/// Where and how [`write_profiles`] writes.
+#[derive(Debug, Clone)]
+pub struct OutputOptions {
+    pub dir: PathBuf,
+    /// The target (lock symbols are looked up in its address space).
+    pub pid: u32,
+    /// Rows of the summary's top tables.
+    pub top_n: usize,
+    /// Thread names as the root frames of the .folded files.
+    pub folded_thread_root: bool,
 }
 
 /// What [`write_profiles`] produced.
@@ -225,11 +258,15 @@ pub fn write_profiles(
     raws: Vec<RawProfile>,
     lock_waiters: Option<RawProfile>,
     maps: &MapsCache,
-    out_dir: &Path,
-    pid: u32,
-    top_n: usize,
+    out: &OutputOptions,
 ) -> Result<Written, Error> {
-    let mut out = Written {
+    let OutputOptions {
+        dir: ref out_dir,
+        pid,
+        top_n,
+        folded_thread_root,
+    } = *out;
+    let mut written = Written {
         files: Vec::new(),
         sections: Vec::new(),
         profiles: Vec::new(),
@@ -238,6 +275,7 @@ pub fn write_profiles(
     for raw in raws {
         let kind = raw.kind;
         let mut profile = symbolizer.symbolize(raw, maps);
+        locks::classify_futex_waits(&mut profile);
         let mut lock_section = None;
         if let (ProfileKind::Mutex, Some(waiters)) = (kind, &waiters) {
             lock_section = Some(prepare_mutex(
@@ -254,34 +292,39 @@ pub fn write_profiles(
             path: pb.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        out.files.push(pb);
+        written.files.push(pb);
         let folded_path = out_dir.join(format!("{}.folded", kind.name()));
-        export::folded::write_text(&folded_path, &folded_text(&profile)).map_err(|source| {
-            Error::Output {
+        export::folded::write_text(&folded_path, &folded_text(&profile, folded_thread_root))
+            .map_err(|source| Error::Output {
                 path: folded_path.clone(),
                 source,
-            }
-        })?;
-        out.files.push(folded_path);
+            })?;
+        written.files.push(folded_path);
         let mut section = report::profile_section(&profile, top_n);
         if let Some(extra) = lock_section {
             section.push_str(&extra);
         }
-        out.sections.push(section);
-        out.profiles.push(profile);
+        written.sections.push(section);
+        written.profiles.push(profile);
     }
-    Ok(out)
+    Ok(written)
 }
 
 /// Folded stacks of a profile by its main value; off-CPU stacks get their wait class as the
 /// root frame, so a flame graph splits by class first.
-pub fn folded_text(profile: &crate::model::Profile) -> String {
+pub fn folded_text(profile: &crate::model::Profile, thread_root: bool) -> String {
     let value_index = report::main_value_index(profile);
-    if profile.kind == ProfileKind::Offcpu {
-        export::folded::render_with_root(profile, value_index, report::wait_class_of)
-    } else {
-        export::folded::render(profile, value_index)
-    }
+    let offcpu = profile.kind == ProfileKind::Offcpu;
+    export::folded::render_with_root(profile, value_index, |s| {
+        let mut root = Vec::new();
+        if thread_root {
+            root.push(report::label_of(s, "thread").unwrap_or_else(|| "[no thread]".into()));
+        }
+        if offcpu && let Some(class) = report::wait_class_of(s) {
+            root.push(class);
+        }
+        root
+    })
 }
 
 /// One bounded capture window of `target`: loads and verifies the programs, attaches what
@@ -371,14 +414,19 @@ async fn window(
     if wants(ProfileKind::Mutex) {
         flags |= CONFIG_MUTEX;
     }
-    collector.set_config(Config {
+    let config = Config {
         flags,
         offcpu_min_ns: spec.offcpu_min,
         block_rate_ns: spec.block_rate,
         mutex_fraction: spec.mutex_fraction,
-    })?;
-
+    };
+    // Attached with nothing to record, then switched on right before the first look at the
+    // threads: every interval recorded then starts after the window opened.
+    collector.set_config(Config::default())?;
     collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
+    if let Err(e) = collector.load_dump_iterator() {
+        tracing::warn!("loading the task iterator: {e} (no seeded waits, no accounting)");
+    }
     let started = SystemTime::now();
     let t0 = Instant::now();
     let mut cpus = 0;
@@ -388,6 +436,12 @@ async fn window(
     if flags != 0 {
         collector.start_offcpu()?;
     }
+    collector.set_config(config)?;
+    // Every thread as it is now, probes recording: those already off CPU get their waits
+    // seeded from here (accounting.rs), and everyone's CPU time starts here.
+    let t0_ktime = collect::ktime_now();
+    let start_tasks = read_threads(collector, target.pid);
+    let start_views = thread_views(target.pid, &start_tasks, maps, wants(ProfileKind::Offcpu));
     tracing::info!(
         "attached to {} ({}) for {:?}: {:?}",
         target.pid,
@@ -460,19 +514,64 @@ async fn window(
         },
     )
     .await;
-    // Stop recording first, then note the end time for intervals still open.
+    // The last look at the threads (their CPU time) with the probes still on, then the end
+    // time for intervals still open, then stop recording.
+    let end_tasks = read_threads(collector, target.pid);
+    let end_ts = collect::ktime_now();
     collector.set_config(Config::default())?;
     let program_stats = collector.program_stats();
     collector.stop_cpu();
     collector.stop_offcpu();
-    let end_ts = collect::ktime_now();
     let elapsed = t0.elapsed();
+    let end_views = thread_views(target.pid, &end_tasks, maps, true);
 
     let counters = collector.counters()?;
+    let mut offcpu_records = Vec::new();
+    let mut probes = accounting::ProbeView::default();
+    if flags != 0 {
+        probes = accounting::ProbeView {
+            first_seen: collector.first_seen()?,
+            tracked: collector.tracked_threads()?,
+        };
+    }
+    if wants(ProfileKind::Offcpu) {
+        offcpu_records = collector.offcpu_records()?;
+        offcpu_records.extend(profiles::close_open_intervals(
+            &collector.open_intervals()?,
+            end_ts,
+            spec.offcpu_min,
+        ));
+        offcpu_records.extend(accounting::seeded_intervals(
+            target.pid,
+            &start_views,
+            &probes,
+            t0_ktime,
+            end_ts,
+            spec.offcpu_min,
+        ));
+    }
+    let exited = if flags != 0 {
+        collector.exited_threads()?
+    } else {
+        Vec::new()
+    };
+    let looks = accounting::Looks {
+        start: &start_views,
+        end: &end_views,
+        exited: &exited,
+        probes: &probes,
+        t0: t0_ktime,
+        t_end: end_ts,
+    };
+    let accounting = accounting::account(&looks, &offcpu_records, wants(ProfileKind::Offcpu));
+    let mut comments = report::counter_comments(&counters);
+    comments.push(accounting.line());
     let window = Window {
         start: started,
         duration: elapsed,
-        comments: report::counter_comments(&counters),
+        comments,
+        threads: accounting.names(),
+        tid_labels: spec.tid_labels,
     };
     let mut raws = Vec::new();
     if wants(ProfileKind::Cpu) {
@@ -484,13 +583,7 @@ async fn window(
     }
     let mut runq = None;
     if wants(ProfileKind::Offcpu) {
-        let mut records = collector.offcpu_records()?;
-        records.extend(profiles::close_open_intervals(
-            &collector.open_intervals()?,
-            end_ts,
-            spec.offcpu_min,
-        ));
-        raws.push(profiles::offcpu_profile(&records, &window));
+        raws.push(profiles::offcpu_profile(&offcpu_records, &window));
         runq = profiles::runq_stats(&collector.runq_histogram()?);
     }
     if wants(ProfileKind::Block) {
@@ -516,6 +609,9 @@ async fn window(
     }
     let map_fill = collector.map_fill();
     Ok(Captured {
+        accounting,
+        start_views,
+        end_views,
         raws,
         lock_waiters,
         maps: MapsCache::new(),
@@ -527,6 +623,39 @@ async fn window(
         map_fill,
         program_stats,
     })
+}
+
+/// Every thread of `pid` now, as the task iterator reads it (each record with its own
+/// time). A failure costs the seeding and the accounting, not the window: it is logged.
+fn read_threads(collector: &mut Collector, pid: u32) -> Vec<DumpTask> {
+    let tasks = crate::dump::kernel_offsets().and_then(|o| collector.dump_tasks(pid, o));
+    match tasks {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("reading the threads of {pid}: {e} (no seeded waits, no accounting)");
+            Vec::new()
+        }
+    }
+}
+
+/// The threads of [`read_threads`] as plain views, with the user stacks of those off CPU
+/// when `stacks`.
+fn thread_views(
+    pid: u32,
+    tasks: &[DumpTask],
+    maps: &MapsCache,
+    stacks: bool,
+) -> Vec<accounting::ThreadView> {
+    let users = if stacks && !tasks.is_empty() {
+        crate::dump::capture::user_stacks(pid, tasks, maps)
+    } else {
+        vec![Vec::new(); tasks.len()]
+    };
+    tasks
+        .iter()
+        .zip(&users)
+        .filter_map(|(t, u)| accounting::view(t, u))
+        .collect()
 }
 
 /// Mutex profile after symbolization: drops futex words that are not locks (condition

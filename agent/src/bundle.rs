@@ -217,6 +217,8 @@ fn describe(rel: &Path) -> String {
         "process facts from /proc"
     } else if s == "threads_over_time.csv" {
         "thread count sampled every second"
+    } else if s == "threads.json" {
+        "every thread's time in the window: on CPU, off CPU by class, unaccounted"
     } else if s == "metrics.json" {
         "agent counters, map fill, BPF program stats"
     } else if s == "summary.md" {
@@ -285,6 +287,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         block_rate: args.rates.block_rate,
         mutex_fraction: args.rates.mutex_fraction,
         offcpu_min: 0,
+        tid_labels: !args.labels.no_tid_label,
         dumps: None,
     };
     let ctrl_c = async {
@@ -314,6 +317,8 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         runq,
         map_fill,
         program_stats,
+        accounting,
+        ..
     } = captured?;
 
     let alive = system::is_alive(&target);
@@ -338,6 +343,10 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         let _ = writeln!(csv, "{t:.1},{n},{fds}");
     }
     write(&dir.join("threads_over_time.csv"), csv)?;
+    write(
+        &dir.join("threads.json"),
+        serde_json::to_vec_pretty(&accounting).unwrap_or_default(),
+    )?;
     let metrics = serde_json::json!({
         "counters": counters,
         "map_fill": map_fill,
@@ -355,23 +364,22 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
 
     // Symbolize and write profiles and flame graphs on one blocking thread (blazesym).
     let out_dir = dir.clone();
+    let thread_root = args.labels.folded_thread_root;
+    let out = attach::OutputOptions {
+        dir: dir.clone(),
+        pid,
+        top_n: 15,
+        folded_thread_root: thread_root,
+    };
     let (written, svg_notes) = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
-        let written = attach::write_profiles(
-            &mut symbolizer,
-            raws,
-            lock_waiters,
-            &maps,
-            &out_dir,
-            pid,
-            15,
-        )?;
+        let written = attach::write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)?;
         let mut svg_notes = Vec::new();
         for p in &written.profiles {
             let vi = report::main_value_index(p);
             let unit = &p.sample_types[vi];
             let title = format!("{} profile ({}/{})", p.kind.name(), unit.r#type, unit.unit);
-            match flame_graph(&attach::folded_text(p), &title, &unit.unit) {
+            match flame_graph(&attach::folded_text(p, thread_root), &title, &unit.unit) {
                 Ok(svg) => {
                     let path = out_dir.join(format!("{}.svg", p.kind.name()));
                     write(&path, svg)?;
@@ -401,6 +409,8 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         deadlocks: last_dump
             .map(|d| d.deadlocks.iter().map(|c| c.description.clone()).collect())
             .unwrap_or_default(),
+        accounting: Some(&accounting),
+        dump_end: dump_end.as_ref(),
         threads_by_state: last_dump
             .map(|d| {
                 d.summary
@@ -452,6 +462,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         let _ = writeln!(md, "```\n{}```\n", sec);
     }
     let _ = writeln!(md, "## Accounting\n");
+    let _ = writeln!(md, "- {}", accounting.line());
     for c in report::counter_comments(&counters) {
         let _ = writeln!(md, "- {c}");
     }

@@ -103,6 +103,23 @@ pub struct CaptureArgs {
 
     #[command(flatten)]
     pub rates: Rates,
+
+    #[command(flatten)]
+    pub labels: ThreadLabels,
+}
+
+/// How profiles name threads, the same for `attach` and `capture`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ThreadLabels {
+    /// Leave the `tid` label out of the profiles (smaller files: samples of threads with one
+    /// name merge). The `thread` label (the thread's name) stays.
+    #[arg(long)]
+    pub no_tid_label: bool,
+
+    /// In the .folded files, put the thread's name as the root frame (a flame graph per
+    /// thread). Off-CPU files then start with `thread;wait_class;...`.
+    #[arg(long)]
+    pub folded_thread_root: bool,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +185,9 @@ pub struct AttachArgs {
 
     #[command(flatten)]
     pub rates: Rates,
+
+    #[command(flatten)]
+    pub labels: ThreadLabels,
 
     /// Ignore off-CPU intervals shorter than this (ns or a duration such as 10us).
     #[arg(long, default_value = "0", value_parser = parse_nanos)]

@@ -3,6 +3,7 @@
 //! Data flows one way (docs/ARCHITECTURE.md): `collect` (the only module that touches aya)
 //! → `model` (plain data) → `symbolize` (blazesym) → `export` (pprof, folded, top table).
 
+pub mod accounting;
 pub mod attach;
 pub mod bundle;
 pub mod cli;

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::model::{Label, Profile, Sample};
+use crate::dump::{model::WaitObject, state};
+use crate::model::{Label, Profile, ProfileKind, Sample};
 
 /// Functions that wait on a futex word that is not a lock: the kernel cannot tell them apart,
 /// the waiter's stack can.
@@ -25,6 +26,92 @@ const NOT_LOCK_WAITS: &[&str] = &[
     "std::sync::condvar",
     "Condvar::wait",
 ];
+
+/// Go runtime functions that wait for one of the runtime's own locks (`runtime.lock`).
+const RUNTIME_LOCK_WAITS: &[&str] = &["runtime.lock2", "runtime.lockWithRank", "runtime.lockSlow"];
+
+/// What a futex wait waits on, from its stack: the glibc (or Go runtime) function it waits
+/// in, innermost first.
+pub fn wait_object_of(p: &Profile, s: &Sample) -> WaitObject {
+    let frames = p.frames_root_first(s);
+    let names: Vec<&str> = frames
+        .iter()
+        .rev()
+        .map(|l| l.function.as_str())
+        .take(12)
+        .collect();
+    match state::wait_object(0, &names) {
+        WaitObject::Unknown
+            if names
+                .iter()
+                .any(|f| RUNTIME_LOCK_WAITS.iter().any(|r| f.starts_with(r))) =>
+        {
+            WaitObject::Mutex
+        }
+        o => o,
+    }
+}
+
+/// Whether threads waiting on `o` wait for a lock someone holds (contention), rather than for
+/// an event (idle workers on a condition variable, a semaphore, a join).
+pub fn is_lock(o: WaitObject) -> bool {
+    matches!(
+        o,
+        WaitObject::Mutex | WaitObject::PiMutex | WaitObject::RwLock | WaitObject::PiDeadlockPark
+    )
+}
+
+/// The `wait_object` label value of a futex wait.
+pub fn wait_object_label(o: WaitObject) -> &'static str {
+    match o {
+        WaitObject::Mutex => "mutex",
+        WaitObject::PiMutex | WaitObject::PiDeadlockPark => "pi_mutex",
+        WaitObject::RwLock => "rwlock",
+        WaitObject::ConditionVariable => "condvar",
+        WaitObject::Semaphore => "semaphore",
+        WaitObject::Join => "join",
+        WaitObject::Barrier => "barrier",
+        WaitObject::Unknown => "futex",
+    }
+}
+
+/// Tells futex waits apart by what they wait on, in an off-CPU or block profile: every futex
+/// wait gets a `wait_object` label (`mutex`, `rwlock`, `pi_mutex`, `condvar`, `semaphore`,
+/// `join`, `barrier`, `futex`), and in the off-CPU profile the lock waits move from
+/// `wait_class=futex` to `wait_class=lock`, so that `futex` is left with idle waits.
+pub fn classify_futex_waits(p: &mut Profile) {
+    if !matches!(p.kind, ProfileKind::Offcpu | ProfileKind::Block) {
+        return;
+    }
+    let offcpu = p.kind == ProfileKind::Offcpu;
+    let objects: Vec<Option<WaitObject>> = p
+        .samples
+        .iter()
+        .map(|s| {
+            let futex = !offcpu
+                || s.labels
+                    .iter()
+                    .any(|l| matches!(l, Label::Str(k, v) if k == "wait_class" && v == "futex"));
+            futex.then(|| wait_object_of(p, s))
+        })
+        .collect();
+    for (s, o) in p.samples.iter_mut().zip(objects) {
+        let Some(o) = o else { continue };
+        if offcpu && is_lock(o) {
+            for l in &mut s.labels {
+                if let Label::Str(k, v) = l
+                    && k == "wait_class"
+                {
+                    *v = "lock".into();
+                }
+            }
+        }
+        s.labels.push(Label::Str(
+            "wait_object".into(),
+            wait_object_label(o).into(),
+        ));
+    }
+}
 
 /// The `lock` label of a sample.
 pub fn lock_of(s: &Sample) -> Option<&str> {
@@ -182,6 +269,49 @@ mod tests {
             mappings: vec![],
             comments: vec![],
         }
+    }
+
+    #[test]
+    fn lock_waits_leave_the_idle_futex_class() {
+        let mut p = profile(vec![
+            ("", "___pthread_mutex_lock", 5),
+            ("", "___pthread_cond_wait", 7),
+            ("", "__new_sem_wait_slow64", 3),
+            ("", "runtime.lock2", 2),
+            ("", "my_futex_thing", 1),
+        ]);
+        p.kind = ProfileKind::Offcpu;
+        for s in &mut p.samples {
+            s.labels = vec![Label::Str("wait_class".into(), "futex".into())];
+        }
+        // A sleep is no futex wait: left alone.
+        p.samples[4].labels = vec![Label::Str("wait_class".into(), "sleep".into())];
+        classify_futex_waits(&mut p);
+        let got: Vec<(String, Option<String>)> = p
+            .samples
+            .iter()
+            .map(|s| {
+                let get = |key: &str| {
+                    s.labels.iter().find_map(|l| match l {
+                        Label::Str(k, v) if k == key => Some(v.clone()),
+                        _ => None,
+                    })
+                };
+                (get("wait_class").unwrap(), get("wait_object"))
+            })
+            .collect();
+        let want = [
+            ("lock", Some("mutex")),
+            ("futex", Some("condvar")),
+            ("futex", Some("semaphore")),
+            ("lock", Some("mutex")),
+            ("sleep", None),
+        ];
+        let want: Vec<(String, Option<String>)> = want
+            .iter()
+            .map(|(c, o)| (c.to_string(), o.map(str::to_string)))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

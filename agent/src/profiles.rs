@@ -1,6 +1,7 @@
 //! Turns what `collect` read from the kernel into [`RawProfile`]s: sample types, weights,
 //! labels. Pure functions of plain data, unit-tested without root.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use stallscope_common::{BLOCK_COUNT_SCALE, wait_class};
@@ -61,6 +62,30 @@ pub struct Window {
     pub start: SystemTime,
     pub duration: Duration,
     pub comments: Vec<String>,
+    /// Thread names by tid: every sample gets a `thread` label (and `tid` with `tid_labels`).
+    pub threads: HashMap<u32, String>,
+    /// Label samples with their thread id too (off: smaller profiles, merged across threads
+    /// of one name).
+    pub tid_labels: bool,
+}
+
+impl Window {
+    /// The `thread` and `tid` labels of a sample of thread `tid` (none for tid 0: unknown).
+    pub fn thread_labels(&self, tid: u32) -> Vec<Label> {
+        if tid == 0 {
+            return Vec::new();
+        }
+        let name = self
+            .threads
+            .get(&tid)
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        let mut l = vec![Label::Str("thread".into(), name)];
+        if self.tid_labels {
+            l.push(Label::Str("tid".into(), tid.to_string()));
+        }
+        l
+    }
 }
 
 /// CPU profile: a sample stands for one sampling period of CPU time (1/frequency s).
@@ -69,7 +94,8 @@ pub fn cpu_profile(records: &[CpuRecord], frequency: u64, w: &Window) -> RawProf
     let samples = records
         .iter()
         .map(|r| {
-            let (stack, labels) = raw_stack(&r.user, &r.kernel);
+            let (stack, mut labels) = raw_stack(&r.user, &r.kernel);
+            labels.extend(w.thread_labels(r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,
@@ -102,6 +128,7 @@ pub fn close_open_intervals(open: &[OpenInterval], end_ts: u64, min_ns: u64) -> 
         if ns >= min_ns.max(1) {
             out.push(OffcpuRecord {
                 tgid: o.tgid,
+                tid: o.tid,
                 class,
                 syscall: if class == wait_class::SYSCALL {
                     o.syscall
@@ -140,6 +167,7 @@ pub fn offcpu_profile(records: &[OffcpuRecord], w: &Window) -> RawProfile {
                 0,
                 Label::Str("wait_class".into(), wait_class_name(r.class, r.syscall)),
             );
+            labels.extend(w.thread_labels(r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,
@@ -169,7 +197,8 @@ pub fn block_profile(records: &[BlockRecord], rate_ns: u64, w: &Window) -> RawPr
     let samples = records
         .iter()
         .map(|r| {
-            let (stack, labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
+            let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
+            labels.extend(w.thread_labels(r.tid));
             let count = (r.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE;
             RawSample {
                 pid: r.tgid,
@@ -213,6 +242,7 @@ pub fn mutex_profile(records: &[MutexRecord], fraction: u64, w: &Window) -> RawP
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
             labels.insert(0, Label::Str("lock".into(), lock_label(r.uaddr)));
+            labels.extend(w.thread_labels(r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,
@@ -294,6 +324,8 @@ mod tests {
             start: SystemTime::UNIX_EPOCH,
             duration: Duration::from_secs(1),
             comments: vec!["c".into()],
+            threads: HashMap::from([(5, "worker".to_string())]),
+            tid_labels: true,
         }
     }
 
@@ -302,12 +334,14 @@ mod tests {
         let recs = vec![
             CpuRecord {
                 tgid: 7,
+                tid: 5,
                 user: StackPart::Frames(vec![0x10, 0x20]),
                 kernel: StackPart::Frames(vec![]),
                 count: 3,
             },
             CpuRecord {
                 tgid: 7,
+                tid: 5,
                 user: StackPart::Lost,
                 kernel: StackPart::Frames(vec![0xffff_0001]),
                 count: 2,
@@ -320,7 +354,11 @@ mod tests {
         let lost = p.samples.iter().find(|s| s.stack.user.is_empty()).unwrap();
         assert_eq!(
             lost.labels,
-            vec![Label::Str("stack_lost".into(), "user".into())]
+            vec![
+                Label::Str("stack_lost".into(), "user".into()),
+                Label::Str("thread".into(), "worker".into()),
+                Label::Str("tid".into(), "5".into()),
+            ]
         );
     }
 
@@ -337,6 +375,7 @@ mod tests {
         let recs = vec![
             OffcpuRecord {
                 tgid: 1,
+                tid: 5,
                 class: wait_class::SLEEP,
                 syscall: -1,
                 user: StackPart::Frames(vec![1]),
@@ -346,6 +385,7 @@ mod tests {
             },
             OffcpuRecord {
                 tgid: 1,
+                tid: 5,
                 class: wait_class::SYSCALL,
                 syscall: 0,
                 user: StackPart::Frames(vec![1]),
@@ -367,12 +407,21 @@ mod tests {
     fn block_counts_are_rounded_from_fixed_point() {
         let recs = vec![BlockRecord {
             tgid: 1,
+            tid: 6,
             user: StackPart::Frames(vec![1]),
             count_scaled: 12_600,
             delay_ns: 40,
         }];
         let p = block_profile(&recs, 1000, &w());
         assert_eq!(p.samples[0].values, vec![13, 40]);
+        // A thread the window has no name for is still told apart by its tid.
+        assert_eq!(
+            p.samples[0].labels,
+            vec![
+                Label::Str("thread".into(), "?".into()),
+                Label::Str("tid".into(), "6".into())
+            ]
+        );
         assert!(p.comments.iter().any(|c| c.contains("rate: 1000 ns")));
     }
 
@@ -415,6 +464,7 @@ mod tests {
     fn mutex_samples_carry_the_lock_address() {
         let recs = vec![MutexRecord {
             tgid: 1,
+            tid: 5,
             uaddr: 0x55d0_c0a0_40a0,
             user: StackPart::Frames(vec![1, 2]),
             count: 10,

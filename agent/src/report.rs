@@ -33,12 +33,19 @@ pub struct CaptureFacts {
     pub block_rate_ns: u64,
     pub mutex_fraction: u64,
     pub runq: Option<RunqStats>,
+    /// Every thread's time in the window (`None`: the threads could not be read).
+    pub accounting: Option<crate::accounting::Accounting>,
 }
 
 /// The `wait_class` label of a sample (off-CPU profiles).
 pub fn wait_class_of(s: &Sample) -> Option<String> {
+    label_of(s, "wait_class")
+}
+
+/// The string label `key` of a sample.
+pub fn label_of(s: &Sample, key: &str) -> Option<String> {
     s.labels.iter().find_map(|l| match l {
-        Label::Str(k, v) if k == "wait_class" => Some(v.clone()),
+        Label::Str(k, v) if k == key => Some(v.clone()),
         _ => None,
     })
 }
@@ -127,8 +134,8 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
     ];
     if c.offcpu_switch_out > 0 || c.block_events_seen > 0 {
         v.push(format!(
-            "off-cpu: {} switch-outs, {} intervals recorded, {} below --offcpu-min; thread table full {}; run-queue histogram full {}",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full
+            "off-cpu: {} switch-outs, {} intervals recorded, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}",
+            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full
         ));
         v.push(format!(
             "block: {} futex waits seen, {} recorded after in-kernel rate sampling",
@@ -297,6 +304,16 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
     };
     let _ = writeln!(s, "stallscope: pid {} ({}): {end}", f.pid, f.comm);
     let c = &f.counters;
+    if let Some(a) = f.accounting.as_ref().filter(|a| !a.threads.is_empty()) {
+        let _ = writeln!(s, "{}", a.line());
+        let seeded = a.threads.iter().filter(|t| t.seeded).count();
+        if seeded > 0 && a.offcpu_recorded {
+            let _ = writeln!(
+                s,
+                "accounting: {seeded} threads were already off CPU when the window opened: their waits count from its start"
+            );
+        }
+    }
     if f.profiles.contains(&ProfileKind::Cpu) {
         let _ = writeln!(
             s,
@@ -336,14 +353,16 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
     }
     let _ = writeln!(
         s,
-        "losses: stacks lost user {} (user-stack map full {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}",
+        "losses: stacks lost user {} (user-stack map full {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}",
         c.user_stack_lost + c.user_stack_map_full,
         c.user_stack_map_full,
         c.kernel_stack_lost,
         c.stack_collisions,
         c.agg_map_full,
         c.thread_map_full,
-        c.runq_hist_full
+        c.runq_hist_full,
+        c.first_seen_full,
+        c.exited_full
     );
     if let Some(r) = f.runq {
         let _ = writeln!(
@@ -398,6 +417,7 @@ mod tests {
             profiles: vec![ProfileKind::Cpu],
             block_rate_ns: 1,
             mutex_fraction: 1,
+            accounting: None,
             runq: None,
         };
         let s = render_summary(&f, &[], &[PathBuf::from("out/cpu.pb.gz")]);

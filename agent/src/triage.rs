@@ -49,6 +49,10 @@ pub struct TriageInput<'a> {
     pub deadlocks: Vec<String>,
     /// Threads by state at the end, e.g. ("futex wait", 12).
     pub threads_by_state: Vec<(String, u32)>,
+    /// Every thread's time in the window (CPU, off CPU, seeded waits).
+    pub accounting: Option<&'a crate::accounting::Accounting>,
+    /// The thread dump taken at the end of the window (states, wait objects and their owners).
+    pub dump_end: Option<&'a crate::dump::Dump>,
 }
 
 /// The innermost frame worth naming in a sample: the first one in the main executable

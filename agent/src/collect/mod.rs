@@ -19,10 +19,10 @@ use aya::{
     util::online_cpus,
 };
 use stallscope_common::{
-    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, KernelOffsets, LockKey,
-    LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, STACK_LOST,
-    ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, WalkCacheEntry,
-    WalkCacheKey, runq_bucket_low,
+    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, FirstSeen, KernelOffsets,
+    LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey,
+    STACK_LOST, ThreadExit, ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack,
+    WalkCacheEntry, WalkCacheKey, runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -56,6 +56,10 @@ pub struct Counters {
     /// User stacks served from the in-kernel walk cache, and walked frame by frame.
     pub user_stack_cache_hit: u64,
     pub user_stack_walked: u64,
+    /// Threads off CPU since before the window that could not be followed (`FIRST_SEEN` full).
+    pub first_seen_full: u64,
+    /// Exited threads whose CPU time was lost (`EXITED` full).
+    pub exited_full: u64,
 }
 
 /// A part of a stack as read back from the kernel.
@@ -71,6 +75,7 @@ pub enum StackPart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuRecord {
     pub tgid: u32,
+    pub tid: u32,
     pub user: StackPart,
     pub kernel: StackPart,
     pub count: u64,
@@ -80,6 +85,7 @@ pub struct CpuRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffcpuRecord {
     pub tgid: u32,
+    pub tid: u32,
     /// `stallscope_common::wait_class::*`
     pub class: u32,
     /// Syscall number for the `syscall` class, else -1.
@@ -94,6 +100,7 @@ pub struct OffcpuRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockRecord {
     pub tgid: u32,
+    pub tid: u32,
     pub user: StackPart,
     /// Estimated contentions × `BLOCK_COUNT_SCALE`.
     pub count_scaled: u64,
@@ -105,6 +112,8 @@ pub struct BlockRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MutexRecord {
     pub tgid: u32,
+    /// The releasing thread (holders) or the waiting thread (waiters).
+    pub tid: u32,
     pub uaddr: u64,
     pub user: StackPart,
     pub count: u64,
@@ -132,6 +141,33 @@ pub struct OpenInterval {
     pub wake_ts: u64,
     pub user: StackPart,
     pub kernel: StackPart,
+}
+
+/// Wall time on CPU of one thread as the probes measured it (`ThreadState`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OnCpu {
+    /// ktime of the last switch-in when it is on CPU now (0: off CPU, or never seen going on).
+    pub on_ts: u64,
+    /// Wall time on CPU between switch-ins and switch-outs seen.
+    pub oncpu_ns: u64,
+    /// ktime of the first switch-out not preceded by a switch-in seen (0: none).
+    pub first_out_ts: u64,
+}
+
+/// A target thread that exited during the window, as `sched_process_exit` saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitedThread {
+    pub tid: u32,
+    pub tgid: u32,
+    /// ktime of its exit.
+    pub exit_ts: u64,
+    /// Its CPU time over its whole life, ns.
+    pub cpu_ns: u64,
+    /// ktime of its creation.
+    pub start_ts: u64,
+    pub name: String,
+    /// What the probes measured of its time on CPU, up to its exit (`on_ts` is 0).
+    pub oncpu: OnCpu,
 }
 
 /// How full one aggregation map was at the end of a window.
@@ -299,6 +335,8 @@ impl Collector {
         clear::<MutexKey, MutexValue>(self, "LOCK_WAITERS")?;
         clear::<LockKey, LockState>(self, "LOCKS")?;
         clear::<u32, ThreadState>(self, "THREADS")?;
+        clear::<u32, FirstSeen>(self, "FIRST_SEEN")?;
+        clear::<u32, ThreadExit>(self, "EXITED")?;
         clear::<u64, UserStack>(self, "USER_STACKS")?;
         // Cached walks name handles in USER_STACKS, just emptied.
         clear::<WalkCacheKey, WalkCacheEntry>(self, "WALK_CACHE")?;
@@ -497,6 +535,8 @@ impl Collector {
             lock_table_full: read(Counter::LockTableFull)?,
             user_stack_cache_hit: read(Counter::UserStackCacheHit)?,
             user_stack_walked: read(Counter::UserStackWalked)?,
+            first_seen_full: read(Counter::FirstSeenFull)?,
+            exited_full: read(Counter::ExitedFull)?,
         })
     }
 
@@ -511,6 +551,7 @@ impl Collector {
                 entry.map_err(|e| Error::Internal(format!("reading CPU_SAMPLES: {e}")))?;
             out.push(CpuRecord {
                 tgid: key.tgid,
+                tid: key.tid,
                 user: self.user_stack(key.user_stack, &mut ucache),
                 kernel: self.stack(key.kernel_stack, &mut cache),
                 count,
@@ -529,6 +570,7 @@ impl Collector {
             let (k, v) = entry.map_err(|e| Error::Internal(format!("reading OFFCPU: {e}")))?;
             out.push(OffcpuRecord {
                 tgid: k.tgid,
+                tid: k.tid,
                 class: k.class,
                 syscall: k.syscall,
                 user: self.user_stack(k.user_stack, &mut ucache),
@@ -549,6 +591,7 @@ impl Collector {
             let (k, v) = entry.map_err(|e| Error::Internal(format!("reading BLOCK: {e}")))?;
             out.push(BlockRecord {
                 tgid: k.tgid,
+                tid: k.tid,
                 user: self.user_stack(k.user_stack, &mut ucache),
                 count_scaled: v.count_scaled,
                 delay_ns: v.delay_ns,
@@ -567,6 +610,7 @@ impl Collector {
                 let (k, v) = entry.map_err(|e| Error::Internal(format!("reading {name}: {e}")))?;
                 out.push(MutexRecord {
                     tgid: k.tgid,
+                    tid: k.tid,
                     uaddr: k.uaddr,
                     user: self.user_stack(k.user_stack, &mut ucache),
                     count: v.count,
@@ -618,6 +662,63 @@ impl Collector {
                 kernel: self.stack(st.kernel_stack, &mut cache),
             });
         }
+        Ok(out)
+    }
+
+    /// Threads whose first switch-in (or wakeup) the probes saw without seeing them leave the
+    /// CPU: tid → (first wakeup, first switch-in) in ktime, 0 when not seen.
+    pub fn first_seen(&self) -> Result<StdHashMap<u32, (u64, u64)>, Error> {
+        let map: HashMap<_, u32, FirstSeen> = self.map_ref("FIRST_SEEN")?;
+        let mut out = StdHashMap::new();
+        for entry in map.iter() {
+            let (tid, f) =
+                entry.map_err(|e| Error::Internal(format!("reading FIRST_SEEN: {e}")))?;
+            out.insert(tid, (f.wake_ts, f.in_ts));
+        }
+        Ok(out)
+    }
+
+    /// Threads that have per-thread state in the kernel now (the probes saw them run), with
+    /// the wall time on CPU the probes measured.
+    pub fn tracked_threads(&self) -> Result<StdHashMap<u32, OnCpu>, Error> {
+        let map: HashMap<_, u32, ThreadState> = self.map_ref("THREADS")?;
+        let mut out = StdHashMap::new();
+        for entry in map.iter() {
+            let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
+            out.insert(
+                tid,
+                OnCpu {
+                    on_ts: st.on_ts,
+                    oncpu_ns: st.oncpu_ns,
+                    first_out_ts: st.first_out_ts,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Target threads that exited during the window.
+    pub fn exited_threads(&self) -> Result<Vec<ExitedThread>, Error> {
+        let map: HashMap<_, u32, ThreadExit> = self.map_ref("EXITED")?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (tid, x) = entry.map_err(|e| Error::Internal(format!("reading EXITED: {e}")))?;
+            let end = x.comm.iter().position(|&c| c == 0).unwrap_or(x.comm.len());
+            out.push(ExitedThread {
+                tid,
+                tgid: x.tgid,
+                exit_ts: x.exit_ts,
+                cpu_ns: x.sum_exec_ns,
+                start_ts: x.start_ts,
+                name: String::from_utf8_lossy(&x.comm[..end]).into_owned(),
+                oncpu: OnCpu {
+                    on_ts: 0,
+                    oncpu_ns: x.oncpu_ns,
+                    first_out_ts: x.first_out_ts,
+                },
+            });
+        }
+        out.sort_by_key(|x| x.tid);
         Ok(out)
     }
 

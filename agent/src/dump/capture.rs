@@ -328,8 +328,19 @@ pub fn take_dump(
     })
 }
 
+/// The user stacks (raw addresses, leaf first) of the tasks of `pid` the task iterator read,
+/// unwound from their saved registers and the target's memory; empty for a running thread or
+/// one whose stack cannot be read. What a profiling window needs to seed the waits that began
+/// before it.
+pub fn user_stacks(pid: u32, tasks: &[DumpTask], maps: &MapsCache) -> Vec<Vec<u64>> {
+    let aspace = address_space_tid(pid, tasks).unwrap_or(pid);
+    let mut notes = Vec::new();
+    let (stacks, _) = unwind_all(aspace, tasks, maps, &mut notes);
+    stacks.into_iter().map(|s| s.addrs).collect()
+}
+
 /// A NUL-padded `comm` as text.
-fn comm(raw: &[u8]) -> String {
+pub fn comm(raw: &[u8]) -> String {
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }

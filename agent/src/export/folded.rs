@@ -13,15 +13,15 @@ use crate::model::{Profile, Sample};
 /// Folded stacks of value column `value_index`; identical stacks merged, zero lines left out,
 /// lines sorted.
 pub fn render(p: &Profile, value_index: usize) -> String {
-    render_with_root(p, value_index, |_| None)
+    render_with_root(p, value_index, |_| Vec::new())
 }
 
-/// Like [`render`], with an extra root frame per sample chosen by `root` (e.g. the wait class
-/// label), so the flame graph splits by it first.
+/// Like [`render`], with extra root frames per sample chosen by `root`, outermost first (e.g.
+/// the thread's name and the wait class label), so the flame graph splits by them first.
 pub fn render_with_root(
     p: &Profile,
     value_index: usize,
-    root: impl Fn(&Sample) -> Option<String>,
+    root: impl Fn(&Sample) -> Vec<String>,
 ) -> String {
     let mut stacks: BTreeMap<String, i64> = BTreeMap::new();
     for s in &p.samples {
@@ -30,7 +30,7 @@ pub fn render_with_root(
             continue;
         }
         let mut frames: Vec<String> = Vec::new();
-        if let Some(r) = root(s) {
+        for r in root(s) {
             frames.push(sanitize(&r));
         }
         // Same order as `Profile::frames_root_first`, keeping track of kernel locations.
@@ -173,10 +173,13 @@ mod tests {
         let out = render(&p, 0);
         assert!(out.contains("main;caller;inlined_leaf 1\n"), "{out}");
         let out = render_with_root(&p, 1, |s| {
-            s.labels.iter().find_map(|l| match l {
-                Label::Str(k, v) if k == "wait" => Some(v.clone()),
-                _ => None,
-            })
+            s.labels
+                .iter()
+                .filter_map(|l| match l {
+                    Label::Str(k, v) if k == "wait" => Some(v.clone()),
+                    _ => None,
+                })
+                .collect()
         });
         assert!(
             out.contains("futex;main;caller;inlined_leaf;futex_wait_[k] 15\n"),

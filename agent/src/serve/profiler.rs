@@ -220,6 +220,7 @@ impl Profiler {
             block_rate: self.block_rate,
             mutex_fraction: self.mutex_fraction,
             offcpu_min: 0,
+            tid_labels: true,
             dumps: None,
         };
         // Statistics on for the window only (they cost every BPF program on the machine).
@@ -356,6 +357,7 @@ fn symbolize_one(
         .find(|r| r.kind == kind)
         .ok_or_else(|| format!("no {} profile was recorded", kind.name()))?;
     let mut profile = symbolizer.symbolize(raw, maps);
+    crate::locks::classify_futex_waits(&mut profile);
     if kind == ProfileKind::Mutex
         && let Some(w) = waiters
     {

@@ -77,6 +77,11 @@ pub enum Counter {
     UserStackCacheHit = 21,
     /// User stacks walked frame by frame.
     UserStackWalked = 22,
+    /// `FIRST_SEEN` was full: a thread off CPU since before the window could not be followed
+    /// (its seeded wait is closed at the window's end instead of at its first switch-in).
+    FirstSeenFull = 23,
+    /// `EXITED` was full: an exited thread's CPU time is missing from the accounting.
+    ExitedFull = 24,
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
@@ -91,6 +96,9 @@ pub struct CpuKey {
     pub kernel_stack: i32,
     /// Hash of the user stack in `USER_STACKS`, or `USER_STACK_NONE`/`USER_STACK_LOST`.
     pub user_stack: u64,
+    /// The sampled thread (profiles carry `tid` and `thread` labels).
+    pub tid: u32,
+    pub _pad: u32,
 }
 
 /// Stack id meaning "this part of the stack is empty" (a user-mode sample has no kernel part).
@@ -176,6 +184,14 @@ pub struct ThreadState {
     pub flags: u32,
     /// User stack taken during the current futex call (valid with `THREAD_SYS_STACK`).
     pub sys_stack: u64,
+    /// ktime of its last switch-in seen (0: not seen since the state was made).
+    pub on_ts: u64,
+    /// Wall time on CPU between the switch-ins and switch-outs seen, ns. It includes time the
+    /// hypervisor stole from the vCPU, which the scheduler's CPU time leaves out.
+    pub oncpu_ns: u64,
+    /// ktime of the first switch-out not preceded by a switch-in seen (the agent adds the time
+    /// on CPU before it: from the window's start or the thread's first switch-in).
+    pub first_out_ts: u64,
 }
 
 /// The thread's current futex wait was counted as a waiter in `LOCKS`.
@@ -193,6 +209,9 @@ pub struct OffcpuKey {
     pub syscall: i32,
     pub kernel_stack: i32,
     pub user_stack: u64,
+    /// The thread that was off CPU: per-thread accounting and `tid`/`thread` labels.
+    pub tid: u32,
+    pub _pad: u32,
 }
 
 /// Count and total time of the intervals aggregated under one key.
@@ -208,7 +227,8 @@ pub struct OffcpuValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     pub tgid: u32,
-    pub _pad: u32,
+    /// The waiting thread.
+    pub tid: u32,
     pub user_stack: u64,
 }
 
@@ -308,7 +328,8 @@ pub struct LockState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MutexKey {
     pub tgid: u32,
-    pub _pad: u32,
+    /// The releasing thread (`MUTEX`) or the waiting thread (`LOCK_WAITERS`).
+    pub tid: u32,
     pub uaddr: u64,
     pub user_stack: u64,
 }
@@ -330,6 +351,42 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     /// `task_struct.tgid`
     pub task_tgid: u32,
+    /// `task_struct.se.sum_exec_runtime` (CPU time of an exiting thread)
+    pub task_sum_exec_runtime: u32,
+    /// `task_struct.start_time` (CLOCK_MONOTONIC ns)
+    pub task_start_time: u32,
+}
+
+/// What the probes saw of a target thread they never saw leave the CPU: a thread that was
+/// already off CPU when the window opened (value of `FIRST_SEEN`, keyed by tid). The agent
+/// seeds its wait from the task iterator's view at the window's start and ends it here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstSeen {
+    /// ktime of its first wakeup (0: none seen before it ran).
+    pub wake_ts: u64,
+    /// ktime of its first switch-in (0: not yet).
+    pub in_ts: u64,
+}
+
+/// A target thread that exited during the window (value of `EXITED`, keyed by tid): what the
+/// per-thread accounting needs after the thread is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadExit {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// ktime of `sched_process_exit`.
+    pub exit_ts: u64,
+    /// CPU time of the whole thread life, ns (`se.sum_exec_runtime`).
+    pub sum_exec_ns: u64,
+    /// `task_struct.start_time` (ktime).
+    pub start_ts: u64,
+    pub comm: [u8; 16],
+    /// `ThreadState::oncpu_ns` with the last stretch on CPU up to the exit added.
+    pub oncpu_ns: u64,
+    /// `ThreadState::first_out_ts` (0: it never left the CPU in a way the probes saw).
+    pub first_out_ts: u64,
 }
 
 /// Deepest user stack the BPF unwinder walks.
@@ -460,6 +517,8 @@ mod pod {
     unsafe impl aya::Pod for LockState {}
     unsafe impl aya::Pod for MutexKey {}
     unsafe impl aya::Pod for MutexValue {}
+    unsafe impl aya::Pod for FirstSeen {}
+    unsafe impl aya::Pod for ThreadExit {}
 }
 
 #[cfg(test)]

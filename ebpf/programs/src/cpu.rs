@@ -32,6 +32,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         tgid,
         kernel_stack: kernel_stack(&ctx),
         user_stack: user_stack_handle(tgid),
+        tid: ctx.pid(),
+        _pad: 0,
     };
     if !add_or_insert(&CPU_SAMPLES, &key, 1) {
         count(Counter::AggMapFull);

@@ -132,7 +132,7 @@ pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64) -> Option<u64> {
 pub fn record_waiter(tgid: u32, uaddr: u64, user_stack: u64, weight: u64, waited: u64) {
     let k = MutexKey {
         tgid,
-        _pad: 0,
+        tid: aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32,
         uaddr,
         user_stack,
     };
@@ -174,7 +174,7 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
     count(Counter::MutexEventsRecorded);
     let k = MutexKey {
         tgid,
-        _pad: 0,
+        tid: aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32,
         uaddr,
         user_stack: stack(),
     };

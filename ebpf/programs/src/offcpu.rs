@@ -17,9 +17,9 @@ use aya_ebpf::{
 };
 use stallscope_common::{
     AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX,
-    CONFIG_OFFCPU, Config, Counter, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey,
-    STACK_NONE, THREAD_LOCK_WAITER, THREAD_SYS_STACK, ThreadState, USER_STACK_LOST,
-    USER_STACK_NONE, runq_bucket, wait_class,
+    CONFIG_OFFCPU, Config, Counter, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue,
+    RunqKey, STACK_NONE, THREAD_LOCK_WAITER, THREAD_SYS_STACK, ThreadExit, ThreadState,
+    USER_STACK_LOST, USER_STACK_NONE, runq_bucket, wait_class,
 };
 
 use crate::{
@@ -33,6 +33,16 @@ const THREAD_ENTRIES: u32 = 65536;
 
 #[map]
 static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
+
+/// Target threads whose first switch-in the probes saw without having seen them leave the
+/// CPU: threads already off CPU when the window opened (and new threads). Written once per
+/// thread; the agent ends the waits it seeded at the window's start with it.
+#[map]
+static FIRST_SEEN: HashMap<u32, FirstSeen> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
+
+/// Target threads that exited in the window, with their CPU time (per-thread accounting).
+#[map]
+static EXITED: HashMap<u32, ThreadExit> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
 
 #[map]
 static OFFCPU: HashMap<OffcpuKey, OffcpuValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
@@ -51,6 +61,8 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 0,
     task_tgid: 0,
+    task_sum_exec_runtime: 0,
+    task_start_time: 0,
 };
 
 // x86-64 syscall numbers.
@@ -112,12 +124,24 @@ fn task_pid(task: *const u8) -> u32 {
     unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }
 }
 
+#[inline(always)]
+fn task_tgid(task: *const u8) -> u32 {
+    let off = offsets().task_tgid as usize;
+    // SAFETY: as in `task_pid`.
+    unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }
+}
+
 /// Whether `task` belongs to a target process, without touching the thread table.
 #[inline(always)]
 fn is_target_task(task: *const u8) -> bool {
-    let off = offsets().task_tgid as usize;
+    is_target(task_tgid(task))
+}
+
+/// A u64 member of `task` at offset `off`.
+#[inline(always)]
+fn task_u64(task: *const u8, off: u32) -> u64 {
     // SAFETY: as in `task_pid`.
-    is_target(unsafe { core::ptr::read_volatile(task.add(off) as *const u32) })
+    unsafe { core::ptr::read_volatile(task.add(off as usize) as *const u64) }
 }
 
 #[inline(always)]
@@ -167,8 +191,11 @@ fn syscall_stack(tgid: u32, st: &mut ThreadState) -> u64 {
 }
 
 #[inline(always)]
-fn record(tgid: u32, class: u32, st: &ThreadState, ns: u64) {
+fn record(tid: u32, class: u32, st: &ThreadState, ns: u64) {
+    let tgid = st.tgid;
     let key = OffcpuKey {
+        tid,
+        _pad: 0,
         tgid,
         class,
         syscall: if class == wait_class::SYSCALL {
@@ -291,6 +318,12 @@ fn switch_out(
     } else {
         syscall_class(&st)
     };
+    if st.on_ts != 0 {
+        st.oncpu_ns += now.saturating_sub(st.on_ts);
+    } else if st.first_out_ts == 0 {
+        st.first_out_ts = now;
+    }
+    st.on_ts = 0;
     st.off_ts = now;
     st.wake_ts = 0;
     st.tgid = tgid;
@@ -318,11 +351,15 @@ fn switch_out(
 #[inline(always)]
 fn switch_in(tid: u32, now: u64, min_ns: u64) {
     let Some(p) = THREADS.get_ptr_mut(tid) else {
+        first_seen(tid, now, true);
         return;
     };
     // SAFETY: live map value of this thread.
     let st = unsafe { &mut *p };
+    st.on_ts = now;
     if st.off_ts == 0 {
+        // Never seen leaving the CPU (its state came from a syscall entry... of a thread
+        // running since before the window): nothing to close.
         return;
     }
     let off = st.off_ts;
@@ -332,13 +369,13 @@ fn switch_in(tid: u32, now: u64, min_ns: u64) {
         let blocked = st.wake_ts - off;
         let queued = now - st.wake_ts;
         if blocked >= min_ns {
-            record(st.tgid, st.class, st, blocked);
+            record(tid, st.class, st, blocked);
         } else {
             count(Counter::OffcpuBelowMin);
         }
         record_runq(st.tgid, queued);
         if queued >= min_ns {
-            record(st.tgid, wait_class::RUNNABLE, st, queued);
+            record(tid, wait_class::RUNNABLE, st, queued);
         } else {
             count(Counter::OffcpuBelowMin);
         }
@@ -348,12 +385,41 @@ fn switch_in(tid: u32, now: u64, min_ns: u64) {
             record_runq(st.tgid, ns);
         }
         if ns >= min_ns {
-            record(st.tgid, st.class, st, ns);
+            record(tid, st.class, st, ns);
         } else {
             count(Counter::OffcpuBelowMin);
         }
     }
     st.wake_ts = 0;
+}
+
+/// Notes the first wakeup (`switch_in` false) or switch-in of a target thread the probes never
+/// saw leave the CPU (no `THREADS` entry): once per thread and window.
+#[inline(always)]
+fn first_seen(tid: u32, now: u64, switch_in: bool) {
+    if let Some(p) = FIRST_SEEN.get_ptr_mut(tid) {
+        // SAFETY: live map value; only this thread's own wakeup and switch-in write it.
+        let f = unsafe { &mut *p };
+        if switch_in && f.in_ts == 0 {
+            f.in_ts = now;
+        }
+        return;
+    }
+    let f = if switch_in {
+        FirstSeen {
+            wake_ts: 0,
+            in_ts: now,
+        }
+    } else {
+        FirstSeen {
+            wake_ts: now,
+            in_ts: 0,
+        }
+    };
+    if FIRST_SEEN.insert(tid, f, 1 /* BPF_NOEXIST */).is_err() && FIRST_SEEN.get_ptr(tid).is_none()
+    {
+        count(Counter::FirstSeenFull);
+    }
 }
 
 /// sched_wakeup(struct task_struct *p)
@@ -366,12 +432,16 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
     if !is_target_task(task) {
         return 0;
     }
-    if let Some(p) = THREADS.get_ptr_mut(task_pid(task)) {
-        // SAFETY: live map value.
-        let st = unsafe { &mut *p };
-        if st.off_ts != 0 && st.wake_ts == 0 {
-            st.wake_ts = unsafe { bpf_ktime_get_ns() };
+    let tid = task_pid(task);
+    match THREADS.get_ptr_mut(tid) {
+        Some(p) => {
+            // SAFETY: live map value.
+            let st = unsafe { &mut *p };
+            if st.off_ts != 0 && st.wake_ts == 0 {
+                st.wake_ts = unsafe { bpf_ktime_get_ns() };
+            }
         }
+        None => first_seen(tid, unsafe { bpf_ktime_get_ns() }, false),
     }
     0
 }
@@ -473,7 +543,7 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     // SAFETY: live map value of this thread.
     let st = unsafe { &mut *p };
     if st.sys_enter_ts != 0 {
-        syscall_ended(tgid, st);
+        syscall_ended(tgid, tid, st);
     }
     st.syscall = NO_SYSCALL;
     st.sys_enter_ts = 0;
@@ -483,7 +553,7 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
 
 /// The end of a tracked syscall: the mutex profile's waiter accounting and the block profile.
 #[inline(always)]
-fn syscall_ended(tgid: u32, st: &mut ThreadState) {
+fn syscall_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
     let syscall = st.syscall;
     let enter = st.sys_enter_ts;
     let op = st.sys_arg1;
@@ -519,7 +589,7 @@ fn syscall_ended(tgid: u32, st: &mut ThreadState) {
     };
     let key = BlockKey {
         tgid,
-        _pad: 0,
+        tid,
         user_stack: stack,
     };
     if let Some(v) = BLOCK.get_ptr_mut(key) {
@@ -571,10 +641,43 @@ fn block_sample(cfg: &Config, waited: u64) -> Option<(u64, u64)> {
     Some(kept)
 }
 
-/// sched_process_exit(struct task_struct *p): current is the exiting thread.
+/// sched_process_exit(struct task_struct *p, ...): current is the exiting thread. A target
+/// thread's CPU time and name are kept for the window's per-thread accounting.
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
+    let task: *const u8 = ctx.arg(0);
+    let tgid = task_tgid(task);
+    if !is_target(tgid) || config().flags & CONFIG_OFFCPU == 0 {
+        let _ = THREADS.remove(tid);
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (mut oncpu_ns, mut first_out_ts) = (0, 0);
+    // SAFETY: a copy of this thread's own map value.
+    if let Some(st) = unsafe { THREADS.get(tid) } {
+        oncpu_ns = st.oncpu_ns;
+        if st.on_ts != 0 {
+            oncpu_ns += now.saturating_sub(st.on_ts);
+        }
+        first_out_ts = st.first_out_ts;
+    }
     let _ = THREADS.remove(tid);
+    let o = offsets();
+    // Current is the exiting thread.
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0u8; 16]);
+    let exit = ThreadExit {
+        tgid,
+        _pad: 0,
+        exit_ts: now,
+        sum_exec_ns: task_u64(task, o.task_sum_exec_runtime),
+        start_ts: task_u64(task, o.task_start_time),
+        comm,
+        oncpu_ns,
+        first_out_ts,
+    };
+    if EXITED.insert(tid, exit, 0).is_err() {
+        count(Counter::ExitedFull);
+    }
     0
 }
