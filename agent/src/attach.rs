@@ -129,9 +129,6 @@ pub struct Captured {
     pub program_stats: Vec<collect::ProgramStats>,
     /// Every thread's time in the window.
     pub accounting: accounting::Accounting,
-    /// The threads as the window opened and as it closed (empty if they could not be read).
-    pub start_views: Vec<accounting::ThreadView>,
-    pub end_views: Vec<accounting::ThreadView>,
 }
 
 /// Pre-flight checks shared by every command that profiles a process: privileges, BTF, and
@@ -424,7 +421,9 @@ async fn window(
     // threads: every interval recorded then starts after the window opened.
     collector.set_config(Config::default())?;
     collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
-    if let Err(e) = collector.load_dump_iterator() {
+    // The iterator and its offsets (a BTF parse) are ready before the window opens, so the first
+    // look at the threads follows the switch-on within microseconds.
+    if let Err(e) = crate::dump::kernel_offsets().and_then(|_| collector.load_dump_iterator()) {
         tracing::warn!("loading the task iterator: {e} (no seeded waits, no accounting)");
     }
     let started = SystemTime::now();
@@ -523,7 +522,7 @@ async fn window(
     collector.stop_cpu();
     collector.stop_offcpu();
     let elapsed = t0.elapsed();
-    let end_views = thread_views(target.pid, &end_tasks, maps, true);
+    let end_views = thread_views(target.pid, &end_tasks, maps, false);
 
     let counters = collector.counters()?;
     let mut offcpu_records = Vec::new();
@@ -610,8 +609,6 @@ async fn window(
     let map_fill = collector.map_fill();
     Ok(Captured {
         accounting,
-        start_views,
-        end_views,
         raws,
         lock_waiters,
         maps: MapsCache::new(),

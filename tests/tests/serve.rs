@@ -452,20 +452,33 @@ fn metrics_promtool_prometheus_and_dashboard() {
     promtool_check(&text);
 
     let labels = [("pid", pid.as_str()), ("comm", "mutex_convoy")];
-    // 4 workers contend on one lock: lock wait grows, the futex class has most of it.
+    // 4 workers contend on one glibc mutex: lock wait grows, in the lock class; the idle
+    // futex waits (condition variables...) are a series of their own.
+    let lock = sample(
+        &text,
+        "stallscope_offcpu_seconds_total",
+        &[labels[0], labels[1], ("class", "lock")],
+    )
+    .expect("lock off-CPU series");
+    assert!(lock > 0.5, "lock off-CPU seconds {lock}:\n{text}");
+    let lock_wait = sample(&text, "stallscope_lock_wait_seconds_total", &labels).unwrap();
+    assert!((lock_wait - lock).abs() < 1e-6);
     let futex = sample(
         &text,
         "stallscope_offcpu_seconds_total",
         &[labels[0], labels[1], ("class", "futex")],
     )
     .expect("futex off-CPU series");
-    assert!(futex > 0.5, "futex off-CPU seconds {futex}:\n{text}");
-    let lock_wait = sample(&text, "stallscope_lock_wait_seconds_total", &labels).unwrap();
-    assert!((lock_wait - futex).abs() < 1e-6);
+    let idle = sample(&text, "stallscope_futex_wait_seconds_total", &labels).unwrap();
+    assert!((idle - futex).abs() < 1e-6);
+    assert!(
+        idle < lock,
+        "the convoy's waits are lock waits, not idle ones: {idle} vs {lock}"
+    );
     let cpu = sample(&text, "stallscope_cpu_seconds_total", &labels).unwrap();
     assert!(cpu > 0.1, "cpu seconds {cpu}");
     let threads: f64 = [
-        "running", "futex", "io", "sleep", "syscall", "disk", "stopped", "other",
+        "running", "lock", "futex", "io", "sleep", "syscall", "disk", "stopped", "other",
     ]
     .iter()
     .map(|s| {
