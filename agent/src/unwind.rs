@@ -188,15 +188,21 @@ pub fn unwind_stack(
 /// Compiles the unwind table of the ELF file at `path`. Reads only the section headers and
 /// `.eh_frame`, not the whole file.
 pub fn compile_file(path: &Path) -> Result<UnwindTable, UnwindError> {
+    let (file, len) = open_elf(path)?;
+    let mut read = file_reader(path, &file, len);
+    let sections = read_sections(&mut read)?;
+    compile_sections(&sections, &mut read)
+}
+
+/// Opens the file at `path` and returns it with its length.
+fn open_elf(path: &Path) -> Result<(File, u64), UnwindError> {
     let io_err = |source| UnwindError::Io {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
-    let mut read = file_reader(path, &file, len);
-    let sections = read_sections(&mut read)?;
-    compile_sections(&sections, &mut read)
+    Ok((file, len))
 }
 
 /// Reads `size` bytes at `offset` of `file` (of length `len`), refusing reads past its end.
@@ -234,12 +240,7 @@ pub struct CodeRanges {
 /// The [`CodeRanges`] of the ELF file at `path`. A file without `.eh_frame` has no FDEs (not an
 /// error); FDEs that do not parse are left out.
 pub fn code_ranges_file(path: &Path) -> Result<CodeRanges, UnwindError> {
-    let io_err = |source| UnwindError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
+    let (file, len) = open_elf(path)?;
     let mut read = file_reader(path, &file, len);
     let sections = read_sections(&mut read)?;
     let exec_sections = exec_ranges(&sections);

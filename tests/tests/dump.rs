@@ -154,7 +154,7 @@ fn deadlock_formed_before_the_agent_started() {
     assert!(before_summary.contains("transfer_ab(...)"), "{text}");
     assert!(before_summary.contains("transfer_ba(...)"), "{text}");
     assert!(
-        text.contains("threads by state: 3 futex wait, 1 syscall (4 threads)"),
+        text.contains("threads by state: 3 futex wait (3 mutex: lock wait), 1 syscall (4 threads)"),
         "{text}"
     );
 
@@ -250,7 +250,9 @@ fn condvar_waiters_group_into_one() {
         "{header:#?}"
     );
     assert!(
-        text.contains("threads by state: 100 futex wait, 1 syscall (101 threads)"),
+        text.contains(
+            "threads by state: 100 futex wait (100 condition variable: idle), 1 syscall (101 threads)"
+        ),
         "{text}"
     );
 

@@ -106,10 +106,31 @@ pub fn summarize(threads: &[model::Thread]) -> model::Summary {
         .collect();
     blocked.sort_by_key(|b| (std::cmp::Reverse(b.in_state_ns), b.tid));
     blocked.truncate(LONGEST_BLOCKED);
+    let mut objects: HashMap<model::WaitObject, usize> = HashMap::new();
+    for t in threads
+        .iter()
+        .filter(|t| t.state == model::State::FutexWait)
+    {
+        let o = t
+            .wait
+            .as_ref()
+            .map_or(model::WaitObject::Unknown, |w| w.object);
+        *objects.entry(o).or_default() += 1;
+    }
+    let mut futex_by_object: Vec<model::ObjectCount> = objects
+        .into_iter()
+        .map(|(object, count)| model::ObjectCount {
+            object,
+            count,
+            lock: crate::locks::is_lock(object),
+        })
+        .collect();
+    futex_by_object.sort_by_key(|c| (std::cmp::Reverse(c.count), c.object.label()));
     model::Summary {
         threads: threads.len(),
         by_state,
         longest_blocked: blocked,
+        futex_by_object,
     }
 }
 
@@ -273,6 +294,32 @@ mod tests {
                 (State::Sleep, 1)
             ]
         );
+        // The 7 waiters wait on mutexes: lock waits, not idle.
+        assert_eq!(
+            s.futex_by_object,
+            vec![model::ObjectCount {
+                object: model::WaitObject::Mutex,
+                count: 7,
+                lock: true
+            }]
+        );
+        let text = text::render(
+            &Dump {
+                schema_version: model::SCHEMA_VERSION,
+                pid: 1,
+                process_name: "p".into(),
+                exe: None,
+                taken_at: String::new(),
+                taken_at_unix_ms: 0,
+                deadlocks: vec![],
+                summary: s.clone(),
+                threads: vec![],
+                notes: vec![],
+                timings: model::Timings::default(),
+            },
+            Detail::Grouped,
+        );
+        assert!(text.contains("7 futex wait (7 mutex: lock wait)"), "{text}");
         // Running threads are not "blocked"; the 1 s sleeper is the longest.
         assert_eq!(
             s.longest_blocked.iter().map(|b| b.tid).collect::<Vec<_>>(),

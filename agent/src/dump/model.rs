@@ -258,6 +258,18 @@ pub struct Summary {
     pub by_state: Vec<StateCount>,
     /// Blocked threads (not running or runnable) that have waited longest, longest first.
     pub longest_blocked: Vec<BlockedThread>,
+    /// The threads in `futex_wait` by what they wait on (lock waits apart from idle condition
+    /// variables and semaphores), largest count first.
+    #[serde(default)]
+    pub futex_by_object: Vec<ObjectCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCount {
+    pub object: WaitObject,
+    pub count: usize,
+    /// Waiting for a lock someone holds (mutex, rwlock), not for an event.
+    pub lock: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

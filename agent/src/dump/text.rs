@@ -216,7 +216,23 @@ fn write_summary(out: &mut String, d: &Dump) {
         .summary
         .by_state
         .iter()
-        .map(|c| format!("{} {}", c.count, c.state.label()))
+        .map(|c| {
+            let objects: Vec<String> = d
+                .summary
+                .futex_by_object
+                .iter()
+                .filter(|_| c.state == State::FutexWait)
+                .map(|o| {
+                    let why = if o.lock { "lock wait" } else { "idle" };
+                    format!("{} {}: {why}", o.count, o.object.label())
+                })
+                .collect();
+            if objects.is_empty() {
+                format!("{} {}", c.count, c.state.label())
+            } else {
+                format!("{} {} ({})", c.count, c.state.label(), objects.join(", "))
+            }
+        })
         .collect();
     let _ = writeln!(
         out,
@@ -401,7 +417,9 @@ thread 4243 \"worker-4\" [running on CPU 1, 5 ms]:
             "thread dump of process 100 \"bank\" /src/bank: 2 threads at 2026-05-01T12:00:00.000Z"
         ));
         assert!(
-            text.contains("threads by state: 1 running, 1 futex wait (2 threads)"),
+            text.contains(
+                "threads by state: 1 running, 1 futex wait (1 mutex: lock wait) (2 threads)"
+            ),
             "{text}"
         );
         assert!(!text.contains("DEADLOCK"));

@@ -24,7 +24,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::time::Instant;
 
-use crate::dump::state::{FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TID_MASK, PID_MAX_LIMIT, futex_cmd};
+use crate::dump::state::{
+    FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TID_MASK, PID_MAX_LIMIT, SYS_FUTEX, SYS_FUTEX_WAITV,
+    futex_cmd,
+};
 
 /// Thread states and wait classes shown in metrics (a bounded label set). `lock`: a futex
 /// wait for a lock; `futex`: every other futex wait ([`classify_futex`]).
@@ -42,9 +45,6 @@ const DISK: usize = 7;
 const STOPPED: usize = 8;
 const OTHER: usize = 9;
 
-/// `futex(2)` and `futex_waitv(2)` on x86-64.
-const SYS_FUTEX: i64 = 202;
-const SYS_FUTEX_WAITV: i64 = 449;
 const FUTEX_WAIT: u64 = 0;
 /// `FUTEX_WAITERS`: the bit a robust or PI futex word (and musl's mutexes) has set when the
 /// lock has waiters; the owner's tid is in [`FUTEX_TID_MASK`].
