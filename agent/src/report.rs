@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration}
 use crate::{
     collect::Counters,
     export::top,
-    model::{Label, Profile, ProfileKind, Sample},
+    model::{Label, Line, Profile, ProfileKind, Sample},
     profiles::RunqStats,
 };
 
@@ -64,52 +64,367 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
-/// A short description of a sample's stack: the innermost user-space functions, leaf first.
-pub fn stack_brief(p: &Profile, s: &Sample, depth: usize) -> String {
-    let mut names: Vec<String> = Vec::new();
-    for &loc in &s.locations {
-        let l = &p.locations[loc];
-        if l.kernel {
+/// File names (basenames) of the C runtime, the loader and the vDSO: their frames are never
+/// the code worth naming.
+const SYSTEM_MODULES: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "libpthread",
+    "ld-linux",
+    "ld-",
+    "libm.so",
+    "libm-",
+    "libgcc_s",
+    "libstdc++",
+    "libdl",
+    "librt",
+    "[vdso]",
+    "linux-vdso",
+];
+
+/// Function name prefixes of C library and language runtime internals (lock, futex, syscall
+/// wrappers; the Go runtime; Rust's std synchronization and thread start; CPython's
+/// condition/mutex wrappers), also when linked statically.
+const RUNTIME_PREFIXES: &[&str] = &[
+    "__lll_",
+    "lll_",
+    "__futex",
+    "futex_",
+    "___pthread_",
+    "__pthread_",
+    "pthread_",
+    "__GI_",
+    "syscall",
+    "__syscall",
+    "__internal_syscall",
+    "__libc_",
+    "__new_sem_",
+    "__sem_",
+    "sem_",
+    "do_futex_wait",
+    "_dl_",
+    "__restore_rt",
+    "runtime.",
+    "std::sys::",
+    "std::sys_common::",
+    "std::sync::",
+    "std::thread::",
+    "std::rt::",
+    "std::panicking::",
+    "std::panic::",
+    "core::ops::function::",
+    "__rust_begin_short_backtrace",
+    "parking_lot_core::",
+    "PyCOND_",
+    "PyMUTEX_",
+];
+
+/// Exact names of blocking C library calls (and their aliases).
+const RUNTIME_NAMES: &[&str] = &[
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "__epoll_wait",
+    "poll",
+    "__poll",
+    "ppoll",
+    "__ppoll",
+    "select",
+    "__select",
+    "pselect",
+    "__pselect",
+    "nanosleep",
+    "__nanosleep",
+    "clock_nanosleep",
+    "__clock_nanosleep",
+    "usleep",
+    "sleep",
+    "read",
+    "__read",
+    "write",
+    "__write",
+    "pread64",
+    "__pread64",
+    "pwrite64",
+    "readv",
+    "writev",
+    "recv",
+    "__recv",
+    "recvfrom",
+    "__recvfrom",
+    "recvmsg",
+    "__recvmsg",
+    "send",
+    "sendto",
+    "sendmsg",
+    "accept",
+    "accept4",
+    "connect",
+    "wait",
+    "wait4",
+    "waitpid",
+    "__waitpid",
+    "pause",
+    "sigwait",
+    "sigtimedwait",
+    "__sigtimedwait",
+    "sigwaitinfo",
+    "sched_yield",
+    "__sched_yield",
+    "futex",
+];
+
+/// The roots of every stack: thread and process start. Never named as culprits (`main` is).
+const ROOT_NAMES: &[&str] = &[
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "__clone_internal",
+    "_start",
+    "__libc_start_call_main",
+    "runtime.goexit",
+    "runtime.mstart",
+    "runtime.rt0_go",
+];
+
+/// A symbol without its version (`read@GLIBC_2.2.5`).
+fn unversioned(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+/// Whether a mapping file (path or basename) is the C runtime, the loader or the vDSO.
+pub fn is_system_module(file: &str) -> bool {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    SYSTEM_MODULES.iter().any(|p| base.starts_with(p)) || base.starts_with("[kernel")
+}
+
+/// Whether a function is a C library or runtime internal (lock and futex waits, syscall
+/// wrappers, blocking calls).
+pub fn is_runtime_function(name: &str) -> bool {
+    let n = unversioned(name);
+    RUNTIME_PREFIXES.iter().any(|p| n.starts_with(p)) || RUNTIME_NAMES.contains(&n)
+}
+
+/// Whether a function is the root of a thread's stack (`start_thread`, `clone3`, `_start`,
+/// `__libc_start_main*`...).
+pub fn is_root_function(name: &str) -> bool {
+    let n = unversioned(name);
+    ROOT_NAMES.contains(&n) || n.starts_with("__libc_start_main")
+}
+
+/// Whether a frame is the program's own code: not in a system library, not a runtime
+/// internal, not a stack root.
+pub fn is_app_frame(function: &str, module: Option<&str>) -> bool {
+    !module.is_some_and(is_system_module)
+        && !is_runtime_function(function)
+        && !is_root_function(function)
+}
+
+/// The user-space frames of a sample, innermost first (inlined frames expanded), each with
+/// whether it is application code.
+pub fn user_frames<'a>(p: &'a Profile, s: &Sample) -> Vec<(&'a Line, bool)> {
+    let mut out = Vec::new();
+    for &li in &s.locations {
+        let Some(loc) = p.locations.get(li) else {
+            continue;
+        };
+        if loc.kernel {
             continue;
         }
-        for line in &l.lines {
-            if names.len() < depth {
-                let mut n = line.function.clone();
-                if names.is_empty()
-                    && let (Some(f), Some(no)) = (&line.file, line.line)
-                {
-                    let short = f.rsplit('/').next().unwrap_or(f);
-                    n = format!("{n} ({short}:{no})");
-                }
-                names.push(n);
-            }
+        let module = loc
+            .mapping
+            .and_then(|m| p.mappings.get(m))
+            .map(|m| m.file.as_str());
+        for line in &loc.lines {
+            out.push((line, is_app_frame(&line.function, module)));
         }
     }
-    if names.is_empty() {
-        "[no user stack]".into()
-    } else {
-        names.join(" <- ")
+    out
+}
+
+/// The innermost application frame of a sample (see [`is_app_frame`]).
+pub fn first_app_frame<'a>(p: &'a Profile, s: &Sample) -> Option<&'a Line> {
+    user_frames(p, s)
+        .into_iter()
+        .find_map(|(l, app)| app.then_some(l))
+}
+
+/// The innermost user-space frame of a sample: where its self time goes.
+pub fn leaf_frame<'a>(p: &'a Profile, s: &Sample) -> Option<&'a Line> {
+    user_frames(p, s).into_iter().next().map(|(l, _)| l)
+}
+
+/// `function (file:line)`, with the file's base name when `short`.
+pub fn frame_text(l: &Line, short: bool) -> String {
+    located(&l.function, l.file.as_deref(), l.line, short)
+}
+
+fn located(function: &str, file: Option<&str>, line: Option<u32>, short: bool) -> String {
+    match (file, line) {
+        (Some(f), Some(n)) => {
+            let f = if short {
+                f.rsplit('/').next().unwrap_or(f)
+            } else {
+                f
+            };
+            format!("{function} ({f}:{n})")
+        }
+        _ => function.to_string(),
     }
 }
 
-/// The top stacks of a profile by one value column, optionally restricted to samples for
+/// The innermost application frame of a thread dump's stack (innermost first).
+pub fn dump_first_app_frame(
+    stack: &[crate::dump::model::Frame],
+) -> Option<&crate::dump::model::Frame> {
+    stack
+        .iter()
+        .find(|f| is_app_frame(&f.function, f.module.as_deref()))
+}
+
+/// `function (file:line)` of a dump frame.
+pub fn dump_frame_text(f: &crate::dump::model::Frame, short: bool) -> String {
+    located(&f.function, f.file.as_deref(), f.line, short)
+}
+
+/// The library function a program called into, named as documented (`___pthread_mutex_lock`,
+/// `__GI___libc_read` → `pthread_mutex_lock`, `read`).
+pub fn entry_name(function: &str) -> &str {
+    let n = unversioned(function);
+    let n = n.strip_prefix("__GI_").unwrap_or(n);
+    let n = n.trim_start_matches('_');
+    n.strip_prefix("libc_").unwrap_or(n)
+}
+
+/// A short description of a sample's stack: its application frames from the innermost one
+/// (with its file:line), skipping C library and runtime internals and stack roots, then the
+/// library function it is in (`take_the_lock (hung.c:19) <- lock_waiter, in
+/// pthread_mutex_lock`). `depth` application frames at most.
+pub fn stack_brief(p: &Profile, s: &Sample, depth: usize) -> String {
+    let frames = user_frames(p, s);
+    if frames.is_empty() {
+        return "[no user stack]".into();
+    }
+    let Some(first) = frames.iter().position(|(_, app)| *app) else {
+        let names: Vec<&str> = frames
+            .iter()
+            .map(|(l, _)| l.function.as_str())
+            .filter(|f| !is_root_function(f))
+            .take(depth)
+            .collect();
+        return if names.is_empty() {
+            "[no application frame]".into()
+        } else {
+            format!("[no application frame] {}", names.join(" <- "))
+        };
+    };
+    let names: Vec<String> = frames[first..]
+        .iter()
+        .filter(|(_, app)| *app)
+        .take(depth.max(1))
+        .enumerate()
+        .map(|(i, (l, _))| {
+            if i == 0 {
+                frame_text(l, true)
+            } else {
+                l.function.clone()
+            }
+        })
+        .collect();
+    let mut out = names.join(" <- ");
+    if first > 0 {
+        let _ = write!(out, ", in {}", entry_name(&frames[first - 1].0.function));
+    }
+    out
+}
+
+/// `[name]` for one thread, `[4 threads: a, b, c, ...]` for several (from the `thread` and
+/// `tid` labels of the samples); empty without thread labels.
+pub fn thread_tag<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> String {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for s in samples {
+        let Some(name) = label_of(s, "thread") else {
+            continue;
+        };
+        let key = label_of(s, "tid").unwrap_or_else(|| name.clone());
+        if !seen.iter().any(|(k, _)| *k == key) {
+            seen.push((key, name));
+        }
+    }
+    match seen.len() {
+        0 => String::new(),
+        1 => format!("[{}]", seen[0].1),
+        n => {
+            let mut names: Vec<&str> = seen.iter().take(3).map(|(_, v)| v.as_str()).collect();
+            if n > 3 {
+                names.push("...");
+            }
+            format!("[{n} threads: {}]", names.join(", "))
+        }
+    }
+}
+
+/// The top stacks of a profile by one value column, as [`stack_brief`]s (samples with the same
+/// brief added together), each with its [`thread_tag`]; optionally restricted to samples for
 /// which `filter` holds.
-fn top_stacks(
+fn top_briefs(
     p: &Profile,
     vi: usize,
     n: usize,
     filter: impl Fn(&Sample) -> bool,
-) -> Vec<(i64, &Sample)> {
-    let mut v: Vec<(i64, &Sample)> = p
-        .samples
-        .iter()
-        .filter(|s| filter(s))
-        .map(|s| (s.values[vi], s))
-        .filter(|(x, _)| *x > 0)
-        .collect();
-    v.sort_by_key(|x| std::cmp::Reverse(x.0));
-    v.truncate(n);
-    v
+) -> Vec<(i64, String, String)> {
+    let mut groups: Vec<(String, i64, Vec<&Sample>)> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for s in p.samples.iter().filter(|s| filter(s)) {
+        let v = s.values[vi];
+        if v <= 0 {
+            continue;
+        }
+        let brief = stack_brief(p, s, 4);
+        let i = *index.entry(brief.clone()).or_insert_with(|| {
+            groups.push((brief, 0, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1 += v;
+        groups[i].2.push(s);
+    }
+    for g in &mut groups {
+        g.2.sort_by_key(|s| std::cmp::Reverse(s.values[vi]));
+    }
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    groups.truncate(n);
+    groups
+        .into_iter()
+        .map(|(brief, v, samples)| (v, brief, thread_tag(samples)))
+        .collect()
+}
+
+fn brief_row(s: &mut String, indent: &str, v: i64, brief: &str, tag: &str) {
+    let _ = write!(s, "{indent}{:>10}  {brief}", human_ns(v.max(0) as u64));
+    if !tag.is_empty() {
+        let _ = write!(s, "  {tag}");
+    }
+    s.push('\n');
+}
+
+/// Whether a futex wait (off-CPU or block sample) waits for a lock (`Some(true)`: contention),
+/// for an event (`Some(false)`: condition variable, semaphore, join: idle), or is no futex wait.
+pub fn is_lock_wait(p: &Profile, s: &Sample) -> Option<bool> {
+    match wait_class_of(s).as_deref() {
+        Some("lock") => return Some(true),
+        Some("futex") | None => {}
+        Some(_) => return None,
+    }
+    match label_of(s, "wait_object").as_deref() {
+        Some("mutex" | "rwlock" | "pi_mutex") => Some(true),
+        Some(_) => Some(false),
+        None if p.kind == ProfileKind::Block || wait_class_of(s).is_some() => {
+            Some(crate::locks::is_lock(crate::locks::wait_object_of(p, s)))
+        }
+        None => None,
+    }
 }
 
 /// The value column a profile is summarized by (its default sample type, else the last).
@@ -149,6 +464,17 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
+/// The mutex profile's note on the futex words left out of it (condition variables,
+/// semaphores, joins: see `attach::prepare_mutex`) and how many wake-ups it left out.
+fn left_out_note(p: &Profile) -> Option<(i64, &str)> {
+    let c = p
+        .comments
+        .iter()
+        .find(|c| c.contains("non-lock futex words"))?;
+    let n = c.split_whitespace().next()?.parse().ok()?;
+    Some((n, c.as_str()))
+}
+
 /// One profile's part of the summary: totals and the top table.
 pub fn profile_section(p: &Profile, top_n: usize) -> String {
     let vi = main_value_index(p);
@@ -179,11 +505,37 @@ pub fn profile_section(p: &Profile, top_n: usize) -> String {
                 .value_index("contentions")
                 .map(|i| p.total(i))
                 .unwrap_or(0);
+            let (mut lock, mut idle) = (0i64, 0i64);
+            for smp in &p.samples {
+                match is_lock_wait(p, smp) {
+                    Some(true) => lock += smp.values[vi],
+                    Some(false) => idle += smp.values[vi],
+                    None => {}
+                }
+            }
             let _ = writeln!(
                 s,
-                "Block profile: {n} contentions (estimated), {} blocked on futexes (locks, condition variables)",
-                human_ns(total.max(0) as u64)
+                "Block profile: {n} contentions (estimated), {} blocked on futexes: {} waiting for locks (contention), {} on condition variables, semaphores, joins (idle waits)",
+                human_ns(total.max(0) as u64),
+                human_ns(lock.max(0) as u64),
+                human_ns(idle.max(0) as u64)
             );
+            for (want, head) in [
+                (true, "top lock waits (contention):"),
+                (
+                    false,
+                    "top idle futex waits (condition variables, semaphores, joins):",
+                ),
+            ] {
+                let rows = top_briefs(p, vi, 3, |x| is_lock_wait(p, x) == Some(want));
+                if rows.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(s, "  {head}");
+                for (v, brief, tag) in rows {
+                    brief_row(&mut s, "    ", v, &brief, &tag);
+                }
+            }
         }
         ProfileKind::Mutex => {
             let n = p
@@ -195,6 +547,19 @@ pub fn profile_section(p: &Profile, top_n: usize) -> String {
                 "Mutex profile: {n} contentions, {} of waiting caused, charged to the lock holders' stacks (where they released the lock)",
                 human_ns(total.max(0) as u64)
             );
+            if let Some((removed, note)) = left_out_note(p).filter(|(n, _)| *n > 0) {
+                if p.samples.is_empty() || total == 0 {
+                    let _ = writeln!(
+                        s,
+                        "  no lock contention in this window: {note}. {removed} wake-ups with waiters were recorded, but their waiters waited for an event (pthread_cond_wait, sem_wait, pthread_join), not for a lock holder: they are not lock contention"
+                    );
+                    return s;
+                }
+                let _ = writeln!(
+                    s,
+                    "  {note}: their waiters waited for an event, not for a lock holder"
+                );
+            }
         }
     }
     if p.samples.is_empty() || total == 0 {
@@ -205,15 +570,73 @@ pub fn profile_section(p: &Profile, top_n: usize) -> String {
         let rows = top::top(p, vi, top_n);
         s.push_str(&top::render(&rows, &unit, total));
     }
+    if p.kind == ProfileKind::Cpu {
+        let _ = writeln!(
+            s,
+            "  hottest by first application frame (libc and runtime internals skipped):"
+        );
+        for (v, brief, tag) in by_app_frame(p, vi, 5) {
+            let _ = writeln!(
+                s,
+                "    {:>10}  {:5.1}%  {brief}{}",
+                human_ns(v.max(0) as u64),
+                100.0 * v as f64 / total.max(1) as f64,
+                if tag.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {tag}")
+                }
+            );
+        }
+    }
     s
+}
+
+/// A profile's value by the first application frame of its samples (`function (file:line)`,
+/// else `[no application frame] in leaf`), largest first, each with its thread tag.
+fn by_app_frame(p: &Profile, vi: usize, n: usize) -> Vec<(i64, String, String)> {
+    let mut groups: BTreeMap<String, (i64, Vec<&Sample>)> = BTreeMap::new();
+    for smp in &p.samples {
+        let v = smp.values[vi];
+        if v <= 0 {
+            continue;
+        }
+        let key = match first_app_frame(p, smp) {
+            Some(l) => frame_text(l, true),
+            None => {
+                let frames = user_frames(p, smp);
+                match frames.iter().find(|(l, _)| !is_root_function(&l.function)) {
+                    Some((l, _)) => format!("[no application frame] in {}", l.function),
+                    None if frames.is_empty() => "[no user stack]".into(),
+                    None => "[no application frame]".into(),
+                }
+            }
+        };
+        let g = groups.entry(key).or_default();
+        g.0 += v;
+        g.1.push(smp);
+    }
+    let mut v: Vec<(i64, String, String)> = groups
+        .into_iter()
+        .map(|(k, (v, mut samples))| {
+            samples.sort_by_key(|s| std::cmp::Reverse(s.values[vi]));
+            (v, k, thread_tag(samples))
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    v.truncate(n);
+    v
+}
+
+/// The wait class a sample is summarized under (`other` when it has none).
+fn class_key(s: &Sample) -> String {
+    wait_class_of(s).unwrap_or_else(|| "other".into())
 }
 
 fn offcpu_by_class(s: &mut String, p: &Profile, vi: usize, total: i64) {
     let mut by_class: BTreeMap<String, i64> = BTreeMap::new();
     for smp in &p.samples {
-        *by_class
-            .entry(wait_class_of(smp).unwrap_or_else(|| "other".into()))
-            .or_default() += smp.values[vi];
+        *by_class.entry(class_key(smp)).or_default() += smp.values[vi];
     }
     let mut classes: Vec<(String, i64)> = by_class.into_iter().collect();
     classes.sort_by_key(|c| std::cmp::Reverse(c.1));
@@ -227,15 +650,21 @@ fn offcpu_by_class(s: &mut String, p: &Profile, vi: usize, total: i64) {
             100.0 * *ns as f64 / total as f64
         );
     }
+    if classes.iter().any(|(c, _)| c == "lock" || c == "futex") {
+        let _ = writeln!(
+            s,
+            "  (lock: waiting for a mutex, rwlock or PI mutex another thread holds: contention; futex: other futex waits, condition variables, semaphores, joins: usually idle workers waiting for work)"
+        );
+    }
     for (class, _) in classes.iter().take(6) {
-        let _ = writeln!(s, "  top {class} stacks:");
-        for (v, smp) in top_stacks(p, vi, 3, |x| wait_class_of(x).as_deref() == Some(class)) {
-            let _ = writeln!(
-                s,
-                "    {:>10}  {}",
-                human_ns(v as u64),
-                stack_brief(p, smp, 4)
-            );
+        let head = match class.as_str() {
+            "lock" => "top lock-wait stacks (contention):".to_string(),
+            "futex" => "top idle futex waits (condition variables, semaphores, joins):".to_string(),
+            c => format!("top {c} stacks:"),
+        };
+        let _ = writeln!(s, "  {head}");
+        for (v, brief, tag) in top_briefs(p, vi, 3, |x| class_key(x) == *class) {
+            brief_row(s, "    ", v, &brief, &tag);
         }
     }
 }
@@ -267,19 +696,23 @@ pub fn locks_section(
             l.contentions
         );
         for (v, i) in &l.holders {
-            let _ = writeln!(
-                s,
-                "      held by   {:>10}  {}",
-                human_ns(*v as u64),
-                stack_brief(mutex, &mutex.samples[*i], 4)
+            let smp = &mutex.samples[*i];
+            brief_row(
+                &mut s,
+                "      held by   ",
+                *v,
+                &stack_brief(mutex, smp, 4),
+                &thread_tag([smp]),
             );
         }
         for (v, i) in &l.waiters {
-            let _ = writeln!(
-                s,
-                "      waited in {:>10}  {}",
-                human_ns(*v as u64),
-                stack_brief(waiters, &waiters.samples[*i], 4)
+            let smp = &waiters.samples[*i];
+            brief_row(
+                &mut s,
+                "      waited in ",
+                *v,
+                &stack_brief(waiters, smp, 4),
+                &thread_tag([smp]),
             );
         }
     }
@@ -395,8 +828,309 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::model::{Location, Mapping, ValueType};
+    use std::time::SystemTime;
+
+    /// A profile from stacks written leaf first: `name@/src/f.c:19` is in the program,
+    /// `libc:name` in libc.so.6, `py:name@file:line` in libpython; the last value of each
+    /// sample is `v`, the others 1.
+    pub(crate) fn stacked(
+        kind: ProfileKind,
+        types: &[(&str, &str)],
+        samples: Vec<(Vec<&str>, i64, Vec<Label>)>,
+    ) -> Profile {
+        let mut locations: Vec<Location> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        let samples = samples
+            .into_iter()
+            .map(|(frames, v, labels)| {
+                let locs = frames
+                    .iter()
+                    .map(|f| {
+                        *index.entry(f.to_string()).or_insert_with(|| {
+                            let (mapping, rest) = match f.split_once(':') {
+                                Some(("libc", r)) => (1, r),
+                                Some(("py", r)) => (2, r),
+                                _ => (0, *f),
+                            };
+                            let (function, file, line) = match rest.split_once('@') {
+                                Some((func, at)) => {
+                                    let (file, line) = at.rsplit_once(':').unwrap();
+                                    (func, Some(file.to_string()), line.parse().ok())
+                                }
+                                None => (rest, None, None),
+                            };
+                            locations.push(Location {
+                                address: 0x1000 + locations.len() as u64,
+                                mapping: Some(mapping),
+                                lines: vec![Line {
+                                    function: function.into(),
+                                    system_name: None,
+                                    file,
+                                    line,
+                                }],
+                                kernel: false,
+                            });
+                            locations.len() - 1
+                        })
+                    })
+                    .collect();
+                let mut values = vec![1; types.len()];
+                *values.last_mut().unwrap() = v;
+                Sample {
+                    locations: locs,
+                    values,
+                    labels,
+                }
+            })
+            .collect();
+        let mapping = |f: &str| Mapping {
+            file: f.into(),
+            ..Default::default()
+        };
+        Profile {
+            kind,
+            sample_types: types.iter().map(|(a, b)| ValueType::new(a, b)).collect(),
+            default_sample_type: None,
+            period_type: ValueType::new("x", "y"),
+            period: 1,
+            start: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_secs(10),
+            samples,
+            locations,
+            mappings: vec![
+                mapping("/usr/bin/app"),
+                mapping("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                mapping("/usr/lib/libpython3.12.so.1.0"),
+            ],
+            comments: vec![],
+        }
+    }
+
+    /// `thread`, `tid` and extra string labels.
+    pub(crate) fn labels(thread: &str, tid: u32, extra: &[(&str, &str)]) -> Vec<Label> {
+        let mut v = vec![
+            Label::Str("thread".into(), thread.into()),
+            Label::Str("tid".into(), tid.to_string()),
+        ];
+        v.extend(
+            extra
+                .iter()
+                .map(|(k, x)| Label::Str(k.to_string(), x.to_string())),
+        );
+        v
+    }
+
+    pub(crate) const OFFCPU: &[(&str, &str)] = &[("events", "count"), ("off-cpu", "nanoseconds")];
+
+    /// The hung service's lock waiter, leaf first.
+    pub(crate) const LOCK_WAIT: &[&str] = &[
+        "libc:futex_wait",
+        "libc:__lll_lock_wait",
+        "libc:___pthread_mutex_lock",
+        "take_the_lock@/src/hung.c:19",
+        "lock_waiter@/src/hung.c:25",
+        "libc:start_thread",
+        "libc:clone3",
+    ];
+
+    #[test]
+    fn frames_that_matter_skip_runtime_internals_and_roots() {
+        assert!(is_runtime_function("__GI___lll_lock_wait"));
+        assert!(is_runtime_function("read@GLIBC_2.2.5"));
+        assert!(!is_runtime_function("read_request"));
+        assert!(is_root_function("__libc_start_main_impl"));
+        assert!(!is_root_function("main"));
+        assert!(is_system_module("/lib/x86_64-linux-gnu/libpthread.so.0"));
+        assert!(!is_system_module("/usr/lib/libpython3.12.so.1.0"));
+        assert_eq!(entry_name("__GI___libc_read"), "read");
+        let p = stacked(
+            ProfileKind::Offcpu,
+            OFFCPU,
+            vec![
+                (LOCK_WAIT.to_vec(), 5, vec![]),
+                // Statically linked: internals and roots in the program's own mapping.
+                (
+                    vec![
+                        "pthread_cond_wait",
+                        "worker@/src/w.c:3",
+                        "start_thread",
+                        "clone3",
+                    ],
+                    5,
+                    vec![],
+                ),
+                (vec!["libc:start_thread", "libc:clone3"], 5, vec![]),
+                (vec!["_start", "libc:__libc_start_call_main"], 5, vec![]),
+            ],
+        );
+        assert_eq!(
+            stack_brief(&p, &p.samples[0], 4),
+            "take_the_lock (hung.c:19) <- lock_waiter, in pthread_mutex_lock"
+        );
+        assert_eq!(
+            stack_brief(&p, &p.samples[1], 4),
+            "worker (w.c:3), in pthread_cond_wait"
+        );
+        assert_eq!(stack_brief(&p, &p.samples[2], 4), "[no application frame]");
+        assert_eq!(
+            first_app_frame(&p, &p.samples[0]).map(|l| l.function.as_str()),
+            Some("take_the_lock")
+        );
+        assert!(first_app_frame(&p, &p.samples[3]).is_none());
+        assert_eq!(
+            leaf_frame(&p, &p.samples[0]).map(|l| l.function.as_str()),
+            Some("futex_wait")
+        );
+    }
+
+    #[test]
+    fn offcpu_section_splits_lock_from_idle_futex_waits_with_threads() {
+        let io = |n: u32| format!("io_thd_{n}");
+        let mut samples = vec![(
+            LOCK_WAIT.to_vec(),
+            7_660_000_000,
+            labels(
+                "lock_waiter",
+                101,
+                &[("wait_class", "lock"), ("wait_object", "mutex")],
+            ),
+        )];
+        for n in 1..=4 {
+            samples.push((
+                vec![
+                    "libc:__futex_abstimed_wait_common",
+                    "libc:___pthread_cond_wait",
+                    "wait_for_io@/src/io.c:7",
+                    "io_loop@/src/io.c:30",
+                    "libc:start_thread",
+                ],
+                1_000_000_000,
+                labels(
+                    &io(n),
+                    200 + n,
+                    &[("wait_class", "futex"), ("wait_object", "condvar")],
+                ),
+            ));
+        }
+        samples.push((
+            vec!["libc:__GI___libc_read", "read_request@/src/hung.c:44"],
+            5_000_000_000,
+            labels("pipe_reader", 103, &[("wait_class", "syscall:read")]),
+        ));
+        let p = stacked(ProfileKind::Offcpu, OFFCPU, samples);
+        let s = profile_section(&p, 10);
+        assert!(s.contains("    lock "), "{s}");
+        assert!(s.contains("    futex "), "{s}");
+        assert!(s.contains("lock: waiting for a mutex"), "{s}");
+        assert!(s.contains("top lock-wait stacks (contention):"), "{s}");
+        assert!(
+            s.contains(
+                "take_the_lock (hung.c:19) <- lock_waiter, in pthread_mutex_lock  [lock_waiter]"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("top idle futex waits"), "{s}");
+        // The four idle threads' identical stacks are one row.
+        assert!(
+            s.contains(
+                "4.00 s  wait_for_io (io.c:7) <- io_loop, in pthread_cond_wait  [4 threads: io_thd_1, io_thd_2, io_thd_3, ...]"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("read_request (hung.c:44), in read  [pipe_reader]"),
+            "{s}"
+        );
+        assert!(!s.contains("start_thread"), "{s}");
+    }
+
+    #[test]
+    fn block_section_splits_lock_waits_from_idle_waits() {
+        let p = stacked(
+            ProfileKind::Block,
+            &[("contentions", "count"), ("delay", "nanoseconds")],
+            vec![
+                (
+                    LOCK_WAIT.to_vec(),
+                    2_000_000_000,
+                    labels("lock_waiter", 101, &[("wait_object", "mutex")]),
+                ),
+                (
+                    vec![
+                        "libc:___pthread_cond_wait",
+                        "get_job@/src/pool.c:12",
+                        "libc:start_thread",
+                    ],
+                    6_000_000_000,
+                    labels("worker", 5, &[("wait_object", "condvar")]),
+                ),
+            ],
+        );
+        let s = profile_section(&p, 10);
+        assert!(
+            s.contains("8.00 s blocked on futexes: 2.00 s waiting for locks (contention), 6.00 s on condition variables, semaphores, joins (idle waits)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("top lock waits (contention):\n        2.00 s  take_the_lock (hung.c:19) <- lock_waiter, in pthread_mutex_lock  [lock_waiter]"),
+            "{s}"
+        );
+        assert!(
+            s.contains("        6.00 s  get_job (pool.c:12), in pthread_cond_wait  [worker]"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn mutex_section_says_what_was_left_out() {
+        let mut p = stacked(
+            ProfileKind::Mutex,
+            &[("contentions", "count"), ("delay", "nanoseconds")],
+            vec![],
+        );
+        p.comments.push(
+            "4459 wake-ups of 3 non-lock futex words (condition variables, semaphores, joins) left out"
+                .into(),
+        );
+        let s = profile_section(&p, 10);
+        assert!(
+            s.contains("4459 wake-ups of 3 non-lock futex words (condition variables, semaphores, joins) left out"),
+            "{s}"
+        );
+        assert!(s.contains("not lock contention"), "{s}");
+        assert!(!s.contains("no samples"), "{s}");
+    }
+
+    #[test]
+    fn cpu_section_names_first_application_frames() {
+        let p = stacked(
+            ProfileKind::Cpu,
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            vec![
+                (
+                    vec![
+                        "libc:__memcpy_avx_unaligned",
+                        "parse@/src/p.c:5",
+                        "main@/src/p.c:50",
+                    ],
+                    3_000_000_000,
+                    labels("app", 1, &[]),
+                ),
+                (
+                    vec!["libc:start_thread", "libc:clone3"],
+                    1_000_000_000,
+                    labels("w", 2, &[]),
+                ),
+            ],
+        );
+        let s = profile_section(&p, 10);
+        assert!(s.contains("hottest by first application frame"), "{s}");
+        assert!(s.contains("75.0%  parse (p.c:5)  [app]"), "{s}");
+        assert!(s.contains("[no application frame]  [w]"), "{s}");
+    }
 
     #[test]
     fn summary_says_the_target_exited_and_shows_losses() {
