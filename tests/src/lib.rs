@@ -299,12 +299,26 @@ impl Workload {
     pub fn spawn(name: &str, args: &[&str]) -> Workload {
         let path = workload_path(name);
         let mut cmd = Command::new(&path);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.args(args);
+        Workload::spawn_command(name, cmd, Some("ready"), Duration::from_secs(10))
+    }
+
+    /// Starts any program (a server, an interpreter, a load generator) as a workload called
+    /// `name`: stdin closed, stdout piped and kept line by line (stderr as `cmd` says), SIGKILLed
+    /// when the test thread dies and SIGKILLed and reaped on drop. With `ready`, waits up to
+    /// `timeout` for a line of its stdout containing it.
+    pub fn spawn_command(
+        name: &str,
+        mut cmd: Command,
+        ready: Option<&str>,
+        timeout: Duration,
+    ) -> Workload {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         parent_death_signal(&mut cmd, libc::SIGKILL);
         let started = Instant::now();
         let mut child: Child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", Path::new(cmd.get_program()).display()));
         let pid = child.id();
         let pidfd = pidfd_open(pid);
         let stdout = Arc::new(Lines::default());
@@ -336,14 +350,21 @@ impl Workload {
             reaper: Some(reaper),
             started,
         };
-        if let Err(e) = w.stdout.wait_for("ready", Duration::from_secs(10)) {
+        if let Some(ready) = ready
+            && let Err(e) = w.stdout.wait_for(ready, timeout)
+        {
             panic!(
-                "workload {name} (pid {pid}) did not print \"ready\": {e}; it printed {:?}, exit status {:?}",
+                "workload {name} (pid {pid}) did not print {ready:?}: {e}; it printed {:?}, exit status {:?}",
                 w.stdout.all(),
                 w.exit_status()
             );
         }
         w
+    }
+
+    /// Every line of its stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.all()
     }
 
     pub fn pid(&self) -> u32 {
@@ -572,7 +593,13 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 /// `agent attach --pid <w> --duration <duration> --profile <profiles> <extra...>`, asserting
 /// that it succeeded.
 pub fn attach_ok(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
-    let pid = w.pid_str();
+    attach_pid_ok(w.pid(), duration, profiles, extra)
+}
+
+/// `agent attach` for any process (one the test did not start itself, such as a PostgreSQL
+/// backend), asserting that it succeeded.
+pub fn attach_pid_ok(pid: u32, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
+    let pid = pid.to_string();
     let mut args = vec![
         "attach",
         "--pid",
@@ -582,6 +609,16 @@ pub fn attach_ok(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -
         "--profile",
         profiles,
     ];
+    args.extend_from_slice(extra);
+    let run = run_agent(&args);
+    run.assert_success();
+    run
+}
+
+/// `agent capture --pid <pid> --duration <duration> <extra...>`, asserting that it succeeded.
+pub fn capture_pid_ok(pid: u32, duration: &str, extra: &[&str]) -> AgentRun {
+    let pid = pid.to_string();
+    let mut args = vec!["capture", "--pid", pid.as_str(), "--duration", duration];
     args.extend_from_slice(extra);
     let run = run_agent(&args);
     run.assert_success();
@@ -805,6 +842,270 @@ pub fn folded_by_leaf(path: impl AsRef<Path>) -> HashMap<String, u64> {
         *out.entry(leaf).or_insert(0) += count;
     }
     out
+}
+
+/// The value of a sample's label `key` (string labels as they are, numeric ones in decimal),
+/// e.g. `thread`, `tid`, `wait_class`, `wait_object`, `lock_name`.
+pub fn sample_label(s: &agent::model::Sample, key: &str) -> Option<String> {
+    s.labels.iter().find_map(|l| match l {
+        agent::model::Label::Str(k, v) if k == key => Some(v.clone()),
+        agent::model::Label::Num(k, v, _) if k == key => Some(v.to_string()),
+        _ => None,
+    })
+}
+
+/// Whether any frame (inlined ones included) of the sample's stack is `function`.
+pub fn stack_has(p: &Profile, s: &agent::model::Sample, function: &str) -> bool {
+    p.frames_root_first(s)
+        .iter()
+        .any(|l| l.function == function)
+}
+
+/// The sample's stack as `root;...;leaf`, for messages.
+pub fn stack_text(p: &Profile, s: &agent::model::Sample) -> String {
+    p.frames_root_first(s)
+        .iter()
+        .map(|l| l.function.as_str())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Sum of `value_type` per `tid` label.
+pub fn total_by_tid(p: &Profile, value_type: &str) -> HashMap<u32, i64> {
+    let vi = value_index(p, value_type);
+    let mut out = HashMap::new();
+    for s in &p.samples {
+        let tid = sample_label(s, "tid")
+            .and_then(|t| t.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("sample without a numeric tid label: {:?}", s.labels));
+        *out.entry(tid).or_insert(0) += s.values[vi];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread accounting (threads.json)
+// ---------------------------------------------------------------------------------------------
+
+/// One thread of `threads.json` (agent/src/accounting.rs `ThreadAccount`).
+#[derive(Debug, Clone)]
+pub struct ThreadAcct {
+    pub tid: u32,
+    pub name: String,
+    pub alive_ns: i64,
+    pub oncpu_ns: i64,
+    pub cpu_ns: i64,
+    pub offcpu_ns: i64,
+    pub offcpu_by_class: std::collections::BTreeMap<String, i64>,
+    pub unaccounted_ns: i64,
+    pub seeded: bool,
+    pub created: bool,
+    pub exited: bool,
+    pub incomplete: bool,
+}
+
+impl ThreadAcct {
+    /// Off-CPU time in one wait class, ns (0 when absent).
+    pub fn class_ns(&self, class: &str) -> i64 {
+        self.offcpu_by_class.get(class).copied().unwrap_or(0)
+    }
+
+    /// What is wrong with `oncpu + offcpu = alive` for this thread, if anything: they must
+    /// agree within 2% of `alive` plus 5 ms.
+    pub fn invariant_error(&self) -> Option<String> {
+        let sum = self.oncpu_ns + self.offcpu_ns;
+        let diff = sum - self.alive_ns;
+        let slack = self.alive_ns / 50 + 5_000_000;
+        (diff.abs() > slack).then(|| {
+            format!(
+                "thread {} {:?}: on CPU {:.3} s + off CPU {:.3} s = {:.3} s, alive {:.3} s: {:+.1} ms \
+                 ({:+.2}%), more than 2% + 5 ms (threads.json says unaccounted {:+.1} ms)",
+                self.tid,
+                self.name,
+                self.oncpu_ns as f64 / 1e9,
+                self.offcpu_ns as f64 / 1e9,
+                sum as f64 / 1e9,
+                self.alive_ns as f64 / 1e9,
+                diff as f64 / 1e6,
+                100.0 * diff as f64 / self.alive_ns.max(1) as f64,
+                self.unaccounted_ns as f64 / 1e6
+            )
+        })
+    }
+}
+
+/// `threads.json` of one window.
+#[derive(Debug, Clone)]
+pub struct Threads {
+    pub window_ns: i64,
+    pub thread_ns: i64,
+    pub oncpu_ns: i64,
+    pub cpu_ns: i64,
+    pub offcpu_ns: i64,
+    pub unaccounted_ns: i64,
+    pub offcpu_recorded: bool,
+    pub threads: Vec<ThreadAcct>,
+    /// The file's text, for messages.
+    pub text: String,
+}
+
+impl Threads {
+    /// Threads called `name`.
+    pub fn named(&self, name: &str) -> Vec<&ThreadAcct> {
+        self.threads.iter().filter(|t| t.name == name).collect()
+    }
+
+    /// The one thread called `name`, panicking (with the file) unless there is exactly one.
+    pub fn one(&self, name: &str) -> &ThreadAcct {
+        let found = self.named(name);
+        assert!(
+            found.len() == 1,
+            "want exactly one thread named {name:?} in threads.json, found {}: {}",
+            found.len(),
+            self.text
+        );
+        found[0]
+    }
+
+    /// The thread with id `tid`.
+    pub fn tid(&self, tid: u32) -> Option<&ThreadAcct> {
+        self.threads.iter().find(|t| t.tid == tid)
+    }
+
+    /// Panics, listing every offender, unless every thread has `oncpu + offcpu = alive`
+    /// within 2% + 5 ms.
+    pub fn assert_invariant(&self) {
+        let bad: Vec<String> = self
+            .threads
+            .iter()
+            .filter_map(ThreadAcct::invariant_error)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "per-thread accounting does not add up (window {:.3} s):\n  {}\n{}",
+            self.window_ns as f64 / 1e9,
+            bad.join("\n  "),
+            self.text
+        );
+    }
+}
+
+/// Reads and checks the shape of a `threads.json`.
+pub fn read_threads(path: impl AsRef<Path>) -> Threads {
+    let path = path.as_ref();
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()));
+    let int = |v: &serde_json::Value, k: &str| -> i64 {
+        v[k].as_i64()
+            .unwrap_or_else(|| panic!("{}: {k} is not an integer: {}", path.display(), v[k]))
+    };
+    let flag = |v: &serde_json::Value, k: &str| -> bool {
+        v[k].as_bool()
+            .unwrap_or_else(|| panic!("{}: {k} is not a boolean: {}", path.display(), v[k]))
+    };
+    let threads = v["threads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no threads array", path.display()))
+        .iter()
+        .map(|t| ThreadAcct {
+            tid: int(t, "tid") as u32,
+            name: t["name"].as_str().unwrap_or_default().to_string(),
+            alive_ns: int(t, "alive_ns"),
+            oncpu_ns: int(t, "oncpu_ns"),
+            cpu_ns: int(t, "cpu_ns"),
+            offcpu_ns: int(t, "offcpu_ns"),
+            offcpu_by_class: t["offcpu_by_class"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{}: no offcpu_by_class", path.display()))
+                .iter()
+                .map(|(k, n)| (k.clone(), n.as_i64().unwrap_or(-1)))
+                .collect(),
+            unaccounted_ns: int(t, "unaccounted_ns"),
+            seeded: flag(t, "seeded"),
+            created: flag(t, "created"),
+            exited: flag(t, "exited"),
+            incomplete: flag(t, "incomplete"),
+        })
+        .collect();
+    Threads {
+        window_ns: int(&v, "window_ns"),
+        thread_ns: int(&v, "thread_ns"),
+        oncpu_ns: int(&v, "oncpu_ns"),
+        cpu_ns: int(&v, "cpu_ns"),
+        offcpu_ns: int(&v, "offcpu_ns"),
+        unaccounted_ns: int(&v, "unaccounted_ns"),
+        offcpu_recorded: flag(&v, "offcpu_recorded"),
+        threads,
+        text,
+    }
+}
+
+/// tid → name of every thread of a live process, from /proc/PID/task/*/comm.
+pub fn proc_threads(pid: u32) -> Vec<(u32, String)> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out: Vec<(u32, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let tid = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((tid, comm.trim_end().to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real software (servers, interpreters) the tests run
+// ---------------------------------------------------------------------------------------------
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    l.local_addr().expect("local address").port()
+}
+
+/// Panics with `hint` unless `path` is an executable file.
+pub fn require_executable(path: impl AsRef<Path>, hint: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.as_ref();
+    let ok = path
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    assert!(
+        ok,
+        "{} is missing or not executable: {hint}",
+        path.display()
+    );
+}
+
+/// The real interpreter behind `python3` on PATH (`sys.executable`: pyenv's shims are shell
+/// scripts), panicking with what to do when there is none.
+pub fn python3_path() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            require_executable(&p, "python3 reported it as sys.executable");
+            p
+        }
+        Ok(o) => panic!(
+            "`python3 -c 'import sys; print(sys.executable)'` failed ({}): {}; the GIL test needs a \
+             working CPython 3 as `python3` on PATH",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!(
+            "python3 not found ({e}): the GIL test needs CPython 3 as `python3` on PATH (with \
+             symbols, e.g. pyenv's build, for take_gil in the stacks)"
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,8 +16,20 @@ use anyhow::{Context, Result, bail};
 use crate::util::{find_in_path, is_root, probe, run};
 
 /// Debian packages the tests and the demo need: gcc (C workloads), golang-go (Go workload and
-/// `go tool pprof`), bpftrace and bpftool (debugging BPF by hand), prometheus (`promtool`).
-pub const APT_PACKAGES: &[&str] = &["gcc", "golang-go", "bpftrace", "bpftool", "prometheus"];
+/// `go tool pprof`), bpftrace and bpftool (debugging BPF by hand), prometheus (`promtool`),
+/// redis-server and redis-tools (`redis-benchmark`, `redis-cli`) and postgresql (`initdb`,
+/// `pg_ctl`, `pgbench`) for the tests against real software (tests/tests/real_software.rs).
+/// The GIL test uses the machine's own `python3` (a CPython with symbols), not a package.
+pub const APT_PACKAGES: &[&str] = &[
+    "gcc",
+    "golang-go",
+    "bpftrace",
+    "bpftool",
+    "prometheus",
+    "redis-server",
+    "redis-tools",
+    "postgresql",
+];
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
