@@ -60,6 +60,8 @@ pub struct Counters {
     pub first_seen_full: u64,
     /// Exited threads whose CPU time was lost (`EXITED` full).
     pub exited_full: u64,
+    /// Stored user stacks whose frames did not hash to their handle (read by the agent).
+    pub user_stack_corrupt: u64,
 }
 
 /// A part of a stack as read back from the kernel.
@@ -537,6 +539,7 @@ impl Collector {
             user_stack_walked: read(Counter::UserStackWalked)?,
             first_seen_full: read(Counter::FirstSeenFull)?,
             exited_full: read(Counter::ExitedFull)?,
+            user_stack_corrupt: self.count_corrupt_stacks()?,
         })
     }
 
@@ -722,6 +725,17 @@ impl Collector {
         Ok(out)
     }
 
+    /// Stored user stacks whose frames do not match their handle (see [`verified_frames`]):
+    /// reading them gives a lost stack.
+    fn count_corrupt_stacks(&self) -> Result<u64, Error> {
+        let map: HashMap<_, u64, UserStack> = self.map_ref("USER_STACKS")?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(h, st)| verified_frames(*h, st).is_none())
+            .count() as u64)
+    }
+
     /// A typed view of the BPF map `name` (a `HashMap`, `Array`, `PerCpuArray`...).
     fn map_ref<'a, M>(&'a self, name: &str) -> Result<M, Error>
     where
@@ -840,10 +854,10 @@ impl Collector {
         }
         let part = match self.map_ref::<HashMap<_, u64, UserStack>>("USER_STACKS") {
             Ok(map) => match map.get(&handle, 0) {
-                Ok(st) => {
-                    let n = (st.len as usize).min(st.ips.len());
-                    StackPart::Frames(st.ips[..n].to_vec())
-                }
+                Ok(st) => match verified_frames(handle, &st) {
+                    Some(f) => StackPart::Frames(f),
+                    None => StackPart::Lost,
+                },
                 Err(_) => StackPart::Lost,
             },
             Err(_) => StackPart::Lost,
@@ -867,6 +881,15 @@ impl Collector {
             })
             .clone()
     }
+}
+
+/// The frames of a stored user stack, if they are the stack its handle names (the handle is
+/// their hash): a walk overwritten mid-way by another program on the same CPU would store
+/// frames under a hash they do not have.
+pub fn verified_frames(handle: u64, st: &UserStack) -> Option<Vec<u64>> {
+    let n = (st.len as usize).min(st.ips.len());
+    let frames = &st.ips[..n];
+    (stallscope_common::stack_hash(frames) == handle).then(|| frames.to_vec())
 }
 
 impl Drop for Collector {

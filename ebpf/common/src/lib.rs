@@ -318,7 +318,8 @@ pub struct LockState {
     pub n_end: u64,
     pub sum_start: u64,
     pub sum_end: u64,
-    /// `W` at the last release.
+    /// Waiter-time charged to releases so far (`W` at the last release, unless two releases
+    /// raced: then ahead of it until `W` catches up).
     pub charged: u64,
 }
 
@@ -489,6 +490,30 @@ pub const USER_STACK_NONE: u64 = 0;
 /// User-stack handle meaning "capturing it failed" (counted).
 pub const USER_STACK_LOST: u64 = 1;
 
+/// The hash of a user stack (its handle in `USER_STACKS`) starts here (FNV-1a's basis)...
+pub const STACK_HASH_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// ... takes each frame, leaf first, like this ...
+#[inline(always)]
+pub fn stack_hash_step(h: u64, ip: u64) -> u64 {
+    (h ^ ip).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// ... and never collides with `USER_STACK_NONE` or `USER_STACK_LOST`.
+#[inline(always)]
+pub fn stack_handle(h: u64) -> u64 {
+    if h <= USER_STACK_LOST { h + 2 } else { h }
+}
+
+/// The handle of a stack of frames (leaf first): what the BPF unwinder stores it under, so the
+/// agent can check that a stored stack is the one its handle names.
+pub fn stack_hash(ips: &[u64]) -> u64 {
+    stack_handle(
+        ips.iter()
+            .fold(STACK_HASH_INIT, |h, &ip| stack_hash_step(h, ip)),
+    )
+}
+
 /// Thread dumps (the `dump_task` task iterator).
 pub mod dump;
 
@@ -524,6 +549,15 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_hashes_are_handles() {
+        assert_eq!(stack_hash(&[]), STACK_HASH_INIT);
+        assert_ne!(stack_hash(&[1, 2]), stack_hash(&[2, 1]));
+        for ips in [[0u64; 0].as_slice(), &[0x401000], &[7, 8, 9]] {
+            assert!(stack_hash(ips) > USER_STACK_LOST);
+        }
+    }
 
     #[test]
     fn runq_buckets_are_monotonic_and_invert() {

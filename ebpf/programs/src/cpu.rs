@@ -12,7 +12,7 @@ use stallscope_common::{AGG_MAP_ENTRIES, Counter, CpuKey};
 
 use crate::{
     shared::{add_or_insert, count, is_target, kernel_stack},
-    unwind::user_stack_handle,
+    unwind::{SLOT_PERF, user_stack_handle},
 };
 
 /// Sample counts per (process, user stack, kernel stack).
@@ -31,7 +31,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let key = CpuKey {
         tgid,
         kernel_stack: kernel_stack(&ctx),
-        user_stack: user_stack_handle(tgid),
+        user_stack: user_stack_handle::<SLOT_PERF>(tgid),
         tid: ctx.pid(),
         _pad: 0,
     };

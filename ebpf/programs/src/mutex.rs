@@ -18,7 +18,7 @@ use stallscope_common::{
     AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue,
 };
 
-use crate::shared::count;
+use crate::shared::{add_pair_or_insert, count};
 
 /// Futex words with waiters seen in the window.
 #[map]
@@ -53,23 +53,7 @@ fn sample(cfg: &Config) -> Option<u64> {
 
 #[inline(always)]
 fn add_value(map: &HashMap<MutexKey, MutexValue>, key: &MutexKey, count_n: u64, delay: u64) {
-    if let Some(v) = map.get_ptr_mut(key) {
-        // SAFETY: live map value.
-        unsafe {
-            xadd(&raw mut (*v).count, count_n);
-            xadd(&raw mut (*v).delay_ns, delay);
-        }
-    } else if map
-        .insert(
-            key,
-            MutexValue {
-                count: count_n,
-                delay_ns: delay,
-            },
-            0,
-        )
-        .is_err()
-    {
+    if !add_pair_or_insert(map, key, count_n, delay) {
         count(Counter::AggMapFull);
     }
 }
@@ -166,7 +150,13 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
     if delay == 0 || delay > 1u64 << 50 {
         return;
     }
-    st.charged = w;
+    // Added, not stored: two threads releasing the same word at once (the lock was taken and
+    // released again between an unlock and its wake) both read the same `charged` and both
+    // charge the span. With a plain store the second charge would stay in the totals for good;
+    // with the add `charged` runs ahead by that span, the next releases find `W - charged`
+    // short (or implausible, dropped) until `W` catches up, so the window's total stays `W`.
+    // (A compare-and-swap would need BPF cpu v3; the programs build for v1.)
+    xadd(&raw mut st.charged, delay);
     count(Counter::MutexEventsSeen);
     let Some(weight) = sample(cfg) else {
         return;

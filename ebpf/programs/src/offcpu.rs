@@ -24,8 +24,8 @@ use stallscope_common::{
 
 use crate::{
     mutex,
-    shared::{add_or_insert, count, is_target, kernel_stack},
-    unwind::user_stack_handle,
+    shared::{add_or_insert, add_pair_or_insert, count, is_target, kernel_stack},
+    unwind::{SLOT_TRACEPOINT, user_stack_handle},
 };
 
 /// Threads tracked at once (all target threads that are or were off CPU in the window).
@@ -182,7 +182,7 @@ fn syscall_stack(tgid: u32, st: &mut ThreadState) -> u64 {
     if st.flags & THREAD_SYS_STACK != 0 {
         return st.sys_stack;
     }
-    let h = user_stack_handle(tgid);
+    let h = user_stack_handle::<SLOT_TRACEPOINT>(tgid);
     if st.syscall == SYS_FUTEX || st.syscall == SYS_FUTEX_WAITV {
         st.sys_stack = h;
         st.flags |= THREAD_SYS_STACK;
@@ -206,30 +206,7 @@ fn record(tid: u32, class: u32, st: &ThreadState, ns: u64) {
         kernel_stack: st.kernel_stack,
         user_stack: st.user_stack,
     };
-    if let Some(v) = OFFCPU.get_ptr_mut(key) {
-        // SAFETY: live map value; the two adds are atomic each.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*v).count,
-                1,
-            );
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*v).total_ns,
-                ns,
-            );
-        }
-        count(Counter::OffcpuRecorded);
-    } else if OFFCPU
-        .insert(
-            key,
-            OffcpuValue {
-                count: 1,
-                total_ns: ns,
-            },
-            0,
-        )
-        .is_ok()
-    {
+    if add_pair_or_insert(&OFFCPU, &key, 1, ns) {
         count(Counter::OffcpuRecorded);
     } else {
         count(Counter::AggMapFull);
@@ -358,8 +335,9 @@ fn switch_in(tid: u32, now: u64, min_ns: u64) {
     let st = unsafe { &mut *p };
     st.on_ts = now;
     if st.off_ts == 0 {
-        // Never seen leaving the CPU (its state came from a syscall entry... of a thread
-        // running since before the window): nothing to close.
+        // Never seen leaving the CPU (its state came from a syscall entry): nothing to close,
+        // but if it was off CPU when the window opened its seeded wait ends here.
+        first_seen(tid, now, true);
         return;
     }
     let off = st.off_ts;
@@ -454,6 +432,12 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
+    // Attached but not recording (the window is opening or closing): no thread state, so that
+    // a thread's first switch-in in the window is seen as such (`FIRST_SEEN`).
+    let cfg = config();
+    if cfg.flags == 0 {
+        return 0;
+    }
     let tid = pid_tgid as u32;
     let regs: *const u8 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
@@ -500,7 +484,6 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     if id as i32 != SYS_FUTEX {
         return 0;
     }
-    let cfg = config();
     if cfg.flags & CONFIG_MUTEX == 0 {
         return 0;
     }
@@ -592,29 +575,7 @@ fn syscall_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
         tid,
         user_stack: stack,
     };
-    if let Some(v) = BLOCK.get_ptr_mut(key) {
-        // SAFETY: live map value; each add is atomic.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*v).count_scaled,
-                count_scaled,
-            );
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*v).delay_ns,
-                delay,
-            );
-        }
-    } else if BLOCK
-        .insert(
-            key,
-            BlockValue {
-                count_scaled,
-                delay_ns: delay,
-            },
-            0,
-        )
-        .is_err()
-    {
+    if !add_pair_or_insert(&BLOCK, &key, count_scaled, delay) {
         count(Counter::AggMapFull);
     }
 }

@@ -86,3 +86,65 @@ pub fn add_or_insert<K>(map: &HashMap<K, u64>, key: &K, n: u64) -> bool {
         None => false,
     }
 }
+
+/// A map value of two `u64` counters side by side (`#[repr(C)]`), added to atomically.
+pub trait Pair: Copy {
+    fn pair(a: u64, b: u64) -> Self;
+}
+
+impl Pair for stallscope_common::OffcpuValue {
+    fn pair(a: u64, b: u64) -> Self {
+        Self {
+            count: a,
+            total_ns: b,
+        }
+    }
+}
+
+impl Pair for stallscope_common::BlockValue {
+    fn pair(a: u64, b: u64) -> Self {
+        Self {
+            count_scaled: a,
+            delay_ns: b,
+        }
+    }
+}
+
+impl Pair for stallscope_common::MutexValue {
+    fn pair(a: u64, b: u64) -> Self {
+        Self {
+            count: a,
+            delay_ns: b,
+        }
+    }
+}
+
+/// Atomically adds `(a, b)` to the pair at `key`, inserting it when absent. Two CPUs inserting
+/// the same new key at once both land: the loser of the `BPF_NOEXIST` insert adds to the
+/// winner's entry. `false` when the map is full (the caller counts the drop).
+#[inline(always)]
+pub fn add_pair_or_insert<K, V: Pair>(map: &HashMap<K, V>, key: &K, a: u64, b: u64) -> bool {
+    #[inline(always)]
+    fn add<V>(v: *mut V, a: u64, b: u64) {
+        let p = v as *mut u64;
+        // SAFETY: `v` points at a live map value made of two u64 (`Pair`), each add is atomic.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, a);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p.add(1), b);
+        }
+    }
+    if let Some(v) = map.get_ptr_mut(key) {
+        add(v, a, b);
+        return true;
+    }
+    if map.insert(key, V::pair(a, b), BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    match map.get_ptr_mut(key) {
+        Some(v) => {
+            add(v, a, b);
+            true
+        }
+        None => false,
+    }
+}

@@ -17,8 +17,9 @@ use aya_ebpf::{
 };
 use stallscope_common::{
     CFA_REG_BP, CFA_REG_SP, Counter, MAX_EXEC_MAPPINGS, MAX_USER_FRAMES, ProcMappings,
-    ROW_END_OF_STACK, UNWIND_ROWS_MAX, USER_STACK_LOST, USTACK_TRUNCATED, USTACK_USED_CFI,
-    UnwindRow, UserStack, WALK_CACHE_READS, WALK_CACHE_SPAN, WalkCacheEntry, WalkCacheKey,
+    ROW_END_OF_STACK, STACK_HASH_INIT, UNWIND_ROWS_MAX, USER_STACK_LOST, USTACK_TRUNCATED,
+    USTACK_USED_CFI, UnwindRow, UserStack, WALK_CACHE_READS, WALK_CACHE_SPAN, WalkCacheEntry,
+    WalkCacheKey, stack_handle, stack_hash_step,
 };
 
 use crate::shared::count;
@@ -35,15 +36,24 @@ static PROC_MAPPINGS: HashMap<u32, ProcMappings> = HashMap::with_max_entries(102
 #[map]
 static USER_STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, 0);
 
+/// Per-CPU scratch slots: one for the tracepoint programs, one for the CPU sampler. The sampler
+/// runs from a timer interrupt and can interrupt a tracepoint program's walk on the same CPU;
+/// sharing one slot, it would overwrite the walk in progress (frames stored under a wrong hash).
+const SLOTS: u32 = 2;
+/// The slot of the tracepoint programs (`sched_switch`, `sys_enter`, `sys_exit`).
+pub const SLOT_TRACEPOINT: u32 = 0;
+/// The slot of the CPU sampler (`cpu_sample`, interrupt context).
+pub const SLOT_PERF: u32 = 1;
+
 /// Scratch space for the stack being built (too big for the 512-byte BPF stack).
 #[map]
-static SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Binary-search bounds `[lo, hi]`. They live in map memory rather than registers on purpose:
 /// the verifier then treats them as unknown values, so the paths of a search converge and are
 /// pruned instead of being explored one by one for every frame (which exceeds its budget).
 #[map]
-static SEARCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+static SEARCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Recent walks by (thread, instruction pointer), with the stack words each depended on: a
 /// thread that blocks where it blocked before (the common case: a worker waiting on the same
@@ -55,13 +65,13 @@ static WALK_CACHE: LruHashMap<WalkCacheKey, WalkCacheEntry> =
 
 /// The walk in progress and the words it read (per CPU), cached when it finishes cleanly.
 #[map]
-static WALK_LOG: PerCpuArray<WalkCacheEntry> = PerCpuArray::with_max_entries(1, 0);
+static WALK_LOG: PerCpuArray<WalkCacheEntry> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 const COPY_BYTES: usize = WALK_CACHE_SPAN as usize + 8;
 
 /// The top of the stack, copied in one read to compare with a cached walk's words.
 #[map]
-static STACK_COPY: PerCpuArray<[u8; COPY_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+static STACK_COPY: PerCpuArray<[u8; COPY_BYTES]> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Bumped by the agent whenever a process's mapping table changes (a walk cached before may
 /// then have gone differently): cached walks of an older generation are not used.
@@ -91,9 +101,9 @@ const WALK_BP_IS_REG: u32 = 2;
 /// the verifier then sees them as unknown values, and the states of successive frames
 /// converge instead of being explored one count at a time.
 #[inline(always)]
-fn walk_log() -> Option<&'static mut WalkCacheEntry> {
-    // SAFETY: per-CPU value, used only within this program run.
-    WALK_LOG.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+fn walk_log<const S: u32>() -> Option<&'static mut WalkCacheEntry> {
+    // SAFETY: per-CPU value of this context's slot, used only within this program run.
+    WALK_LOG.get_ptr_mut(S).map(|p| unsafe { &mut *p })
 }
 
 /// Reads a stack word for the walk and logs it in `WALK_LOG`, so the walk can be cached. A
@@ -128,8 +138,8 @@ struct Bounds(*mut [u32; 2]);
 
 impl Bounds {
     #[inline(always)]
-    fn get() -> Option<Self> {
-        SEARCH.get_ptr_mut(0).map(Bounds)
+    fn get<const S: u32>() -> Option<Self> {
+        SEARCH.get_ptr_mut(S).map(Bounds)
     }
     #[inline(always)]
     fn lo(&self) -> u32 {
@@ -155,8 +165,8 @@ impl Bounds {
 
 /// Index of the mapping containing `pc`, by binary search over the sorted entries.
 #[inline(never)]
-fn find_mapping(m: &ProcMappings, pc: u64) -> Option<usize> {
-    let b = Bounds::get()?;
+fn find_mapping<const S: u32>(m: &ProcMappings, pc: u64) -> Option<usize> {
+    let b = Bounds::get::<S>()?;
     b.set_lo(0);
     b.set_hi(m.count.min(MAX_EXEC_MAPPINGS as u32));
     for _ in 0..MAPPING_SEARCH_STEPS {
@@ -179,8 +189,8 @@ fn find_mapping(m: &ProcMappings, pc: u64) -> Option<usize> {
 
 /// The row covering `vaddr` among `len` rows from `start`: the last row with `pc <= vaddr`.
 #[inline(never)]
-fn find_row(start: u32, len: u32, vaddr: u64) -> Option<UnwindRow> {
-    let b = Bounds::get()?;
+fn find_row<const S: u32>(start: u32, len: u32, vaddr: u64) -> Option<UnwindRow> {
+    let b = Bounds::get::<S>()?;
     // Invariant: rows[..lo] have pc <= vaddr, rows[hi..] have pc > vaddr.
     b.set_lo(0);
     b.set_hi(len);
@@ -223,37 +233,37 @@ struct Walk {
 /// One frame of the walk, run by `bpf_loop`: the verifier checks this body once instead of
 /// once per unrolled iteration, which keeps loading the programs fast. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn walk_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+extern "C" fn walk_step<const S: u32>(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` that `user_stack_handle` passed to bpf_loop.
     let w = unsafe { &mut *(ctx as *mut Walk) };
     let i = i as usize;
     if w.ip == 0 || i >= MAX_USER_FRAMES {
         return 1;
     }
-    let Some(st) = SCRATCH.get_ptr_mut(0) else {
+    let Some(st) = SCRATCH.get_ptr_mut(S) else {
         return 1;
     };
     // SAFETY: per-CPU scratch value, used only within this program run.
     let st = unsafe { &mut *st };
-    let Some(log) = walk_log() else {
+    let Some(log) = walk_log::<S>() else {
         return 1;
     };
     let ip = w.ip;
     if let Some(slot) = st.ips.get_mut(i) {
         *slot = ip;
     }
-    w.hash = (w.hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    w.hash = stack_hash_step(w.hash, ip);
     w.n = i as u32 + 1;
     // A return address points after the call: look up the call itself.
     let lookup = if i == 0 { ip } else { ip - 1 };
     let mut row = None;
     // SAFETY: read-only lookup of this process's mapping table (absent: frame pointers only).
     if let Some(m) = unsafe { PROC_MAPPINGS.get(w.tgid) }
-        && let Some(idx) = find_mapping(m, lookup)
+        && let Some(idx) = find_mapping::<S>(m, lookup)
         && let Some(e) = m.entries.get(idx)
         && e.rows_len > 0
     {
-        row = find_row(e.rows_start, e.rows_len, lookup.wrapping_sub(e.bias));
+        row = find_row::<S>(e.rows_start, e.rows_len, lookup.wrapping_sub(e.bias));
     }
     let (sp, bp) = (w.sp, w.bp);
     match row {
@@ -357,7 +367,7 @@ extern "C" fn compare_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// The cached walk for this thread at `ip`, if the registers and every stack word it read
 /// are unchanged (so walking again would give the same frames).
 #[inline(never)]
-fn cached_walk(key: &WalkCacheKey, sp: u64, bp: u64) -> Option<u64> {
+fn cached_walk<const S: u32>(key: &WalkCacheKey, sp: u64, bp: u64) -> Option<u64> {
     // SAFETY: live map value (an LRU entry may be evicted and reused while we read it: the
     // comparison then fails or, at worst, reads another walk's consistent-enough words).
     let e = unsafe { WALK_CACHE.get(key) }?;
@@ -371,7 +381,7 @@ fn cached_walk(key: &WalkCacheKey, sp: u64, bp: u64) -> Option<u64> {
         return None;
     }
     let handle = e.handle;
-    let copy = STACK_COPY.get_ptr_mut(0)?;
+    let copy = STACK_COPY.get_ptr_mut(S)?;
     // SAFETY: per-CPU buffer used only within this program run.
     let buf = unsafe { &mut *copy }.get_mut(..span as usize)?;
     // SAFETY: reads `span` (<= WALK_CACHE_SPAN) bytes of user memory into the buffer.
@@ -397,7 +407,7 @@ fn cached_walk(key: &WalkCacheKey, sp: u64, bp: u64) -> Option<u64> {
 /// Unwinds the current task's user stack and returns its handle in `USER_STACKS` (a hash of
 /// the frames), or `USER_STACK_LOST` (counted).
 #[inline(always)]
-pub fn user_stack_handle(tgid: u32) -> u64 {
+pub fn user_stack_handle<const S: u32>(tgid: u32) -> u64 {
     // SAFETY: BTF-typed current task; the helper returns its user-mode registers.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     if regs.is_null() {
@@ -412,12 +422,12 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         _pad: 0,
         ip,
     };
-    if let Some(handle) = cached_walk(&key, sp, bp) {
+    if let Some(handle) = cached_walk::<S>(&key, sp, bp) {
         count(Counter::UserStackCacheHit);
         return handle;
     }
     count(Counter::UserStackWalked);
-    let Some(log) = walk_log() else {
+    let Some(log) = walk_log::<S>() else {
         return USER_STACK_LOST;
     };
     log.n = 0;
@@ -428,7 +438,7 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
         ip,
         sp,
         bp,
-        hash: 0xcbf2_9ce4_8422_2325,
+        hash: STACK_HASH_INIT,
         tgid,
         n: 0,
         flags: 0,
@@ -439,28 +449,25 @@ pub fn user_stack_handle(tgid: u32) -> u64 {
     unsafe {
         bpf_loop(
             MAX_USER_FRAMES as u32,
-            walk_step as *mut core::ffi::c_void,
+            walk_step::<S> as *mut core::ffi::c_void,
             &raw mut w as *mut core::ffi::c_void,
             0,
         )
     };
-    let Some(st) = SCRATCH.get_ptr_mut(0) else {
+    let Some(st) = SCRATCH.get_ptr_mut(S) else {
         return USER_STACK_LOST;
     };
     // SAFETY: per-CPU scratch value, used only within this program run.
     let st = unsafe { &mut *st };
     st.len = w.n.min(MAX_USER_FRAMES as u32);
     st.flags = w.flags;
-    let mut hash = w.hash;
-    if hash <= USER_STACK_LOST {
-        hash += 2;
-    }
+    let hash = stack_handle(w.hash);
     // SAFETY: presence check only.
     if unsafe { USER_STACKS.get(hash) }.is_none() && USER_STACKS.insert(hash, st, 0).is_err() {
         count(Counter::UserStackMapFull);
         return USER_STACK_LOST;
     }
-    if let Some(log) = walk_log()
+    if let Some(log) = walk_log::<S>()
         && log.walk_state & WALK_UNCACHEABLE == 0
         && log.span > 0
     {
