@@ -23,6 +23,7 @@ use stallscope_common::{NO_SYSCALL, wait_class};
 use crate::collect::{ExitedThread, OffcpuRecord, OnCpu, StackPart};
 use crate::dump::model::State;
 use crate::dump::state;
+use crate::model::{Label, Profile};
 use crate::profiles::wait_class_name;
 
 /// One thread as the task iterator saw it at one end of the window.
@@ -188,7 +189,7 @@ pub struct ThreadAccount {
     pub cpu_ns: u64,
     /// Off-CPU time in the window, ns (the off-CPU profile's intervals of this thread).
     pub offcpu_ns: u64,
-    /// Off-CPU time by wait class.
+    /// Off-CPU time by wait class (`lock` apart from `futex` once the profile is symbolized).
     pub offcpu_by_class: BTreeMap<String, u64>,
     /// `alive - oncpu - offcpu`, ns (negative: counted twice).
     pub unaccounted_ns: i64,
@@ -217,6 +218,43 @@ pub struct Accounting {
 }
 
 impl Accounting {
+    /// Takes each thread's off-CPU time by class from the symbolized off-CPU profile, where lock
+    /// waits and idle futex waits are told apart by their stacks (`locks::classify_futex_waits`):
+    /// the kernel's classes know only "futex". Needs the `tid` label; a thread whose samples do
+    /// not add up to its off-CPU time keeps the kernel's classes.
+    pub fn classes_from(&mut self, offcpu: &Profile) {
+        let Some(vi) = offcpu.value_index("off-cpu") else {
+            return;
+        };
+        let mut by: HashMap<u32, BTreeMap<String, u64>> = HashMap::new();
+        for smp in &offcpu.samples {
+            let label = |key: &str| {
+                smp.labels.iter().find_map(|l| match l {
+                    Label::Str(k, v) if k == key => Some(v.as_str()),
+                    _ => None,
+                })
+            };
+            let (Some(tid), Some(class)) = (label("tid"), label("wait_class")) else {
+                continue;
+            };
+            let Ok(tid) = tid.parse::<u32>() else {
+                continue;
+            };
+            let v = smp.values.get(vi).copied().unwrap_or(0).max(0) as u64;
+            *by.entry(tid)
+                .or_default()
+                .entry(class.to_string())
+                .or_default() += v;
+        }
+        for t in &mut self.threads {
+            if let Some(m) = by.remove(&t.tid)
+                && m.values().sum::<u64>() == t.offcpu_ns
+            {
+                t.offcpu_by_class = m;
+            }
+        }
+    }
+
     /// Thread id → name, for labels.
     pub fn names(&self) -> HashMap<u32, String> {
         self.threads

@@ -175,20 +175,11 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         end,
         cpus,
         runq,
-        accounting,
+        mut accounting,
         ..
     } = capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
-    let threads_json = args.output.join("threads.json");
-    export::folded::write_text(
-        &threads_json,
-        &serde_json::to_string_pretty(&accounting).unwrap_or_default(),
-    )
-    .map_err(|source| Error::Output {
-        path: threads_json.clone(),
-        source,
-    })?;
 
-    let facts = CaptureFacts {
+    let mut facts = CaptureFacts {
         pid: target.pid,
         comm: target.comm.clone(),
         requested: args.duration,
@@ -201,7 +192,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         block_rate_ns: args.rates.block_rate,
         mutex_fraction: args.rates.mutex_fraction,
         runq,
-        accounting: Some(accounting),
+        accounting: None,
     };
 
     // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
@@ -212,13 +203,28 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         folded_thread_root: args.labels.folded_thread_root,
     };
     let Written {
-        files, sections, ..
+        files,
+        sections,
+        profiles,
     } = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
         write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)
     })
     .await
     .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
+    if let Some(p) = profiles.iter().find(|p| p.kind == ProfileKind::Offcpu) {
+        accounting.classes_from(p);
+    }
+    let threads_json = args.output.join("threads.json");
+    export::folded::write_text(
+        &threads_json,
+        &serde_json::to_string_pretty(&accounting).unwrap_or_default(),
+    )
+    .map_err(|source| Error::Output {
+        path: threads_json.clone(),
+        source,
+    })?;
+    facts.accounting = Some(accounting);
 
     let mut files = files;
     files.push(threads_json);

@@ -343,10 +343,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         let _ = writeln!(csv, "{t:.1},{n},{fds}");
     }
     write(&dir.join("threads_over_time.csv"), csv)?;
-    write(
-        &dir.join("threads.json"),
-        serde_json::to_vec_pretty(&accounting).unwrap_or_default(),
-    )?;
+
     let metrics = serde_json::json!({
         "counters": counters,
         "map_fill": map_fill,
@@ -392,6 +389,18 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     .await
     .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
     notes.extend(svg_notes);
+    let mut accounting = accounting;
+    if let Some(p) = written
+        .profiles
+        .iter()
+        .find(|p| p.kind == ProfileKind::Offcpu)
+    {
+        accounting.classes_from(p);
+    }
+    write(
+        &dir.join("threads.json"),
+        serde_json::to_vec_pretty(&accounting).unwrap_or_default(),
+    )?;
 
     let by_kind =
         |k: ProfileKind| -> Option<&Profile> { written.profiles.iter().find(|p| p.kind == k) };

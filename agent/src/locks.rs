@@ -27,29 +27,51 @@ const NOT_LOCK_WAITS: &[&str] = &[
     "Condvar::wait",
 ];
 
-/// Go runtime functions that wait for one of the runtime's own locks (`runtime.lock`).
-const RUNTIME_LOCK_WAITS: &[&str] = &["runtime.lock2", "runtime.lockWithRank", "runtime.lockSlow"];
+/// Functions of language runtimes and servers that wait for one of their own locks, whatever
+/// they sleep in (a condition variable, a semaphore, epoll on a latch): such a wait is lock
+/// contention, not an idle thread. Matched as prefixes of the frames' names.
+const RUNTIME_LOCK_WAITS: &[(&str, WaitObject)] = &[
+    // Go's runtime locks (`runtime.lock`).
+    ("runtime.lock2", WaitObject::Mutex),
+    ("runtime.lockWithRank", WaitObject::Mutex),
+    ("runtime.lockSlow", WaitObject::Mutex),
+    // CPython's global interpreter lock (a mutex and a condition variable).
+    ("take_gil", WaitObject::Mutex),
+    // PostgreSQL's lightweight locks (reader/writer, on semaphores) and heavyweight locks
+    // (rows, tables: a latch, so epoll).
+    ("LWLockAcquire", WaitObject::RwLock),
+    ("LWLockWaitForVar", WaitObject::RwLock),
+    ("ProcSleep", WaitObject::Mutex),
+];
 
-/// What a futex wait waits on, from its stack: the glibc (or Go runtime) function it waits
-/// in, innermost first.
-pub fn wait_object_of(p: &Profile, s: &Sample) -> WaitObject {
+/// Frames (innermost first) looked at to tell what a wait waits on.
+const WAIT_FRAMES: usize = 24;
+
+fn innermost_names<'a>(p: &'a Profile, s: &Sample) -> Vec<&'a str> {
     let frames = p.frames_root_first(s);
-    let names: Vec<&str> = frames
+    frames
         .iter()
         .rev()
         .map(|l| l.function.as_str())
-        .take(12)
-        .collect();
-    match state::wait_object(0, &names) {
-        WaitObject::Unknown
-            if names
-                .iter()
-                .any(|f| RUNTIME_LOCK_WAITS.iter().any(|r| f.starts_with(r))) =>
-        {
-            WaitObject::Mutex
-        }
-        o => o,
-    }
+        .take(WAIT_FRAMES)
+        .collect()
+}
+
+/// A runtime's or server's own lock that a wait waits for (see [`RUNTIME_LOCK_WAITS`]).
+fn runtime_lock_of(names: &[&str]) -> Option<WaitObject> {
+    names.iter().find_map(|f| {
+        RUNTIME_LOCK_WAITS
+            .iter()
+            .find(|(r, _)| f.starts_with(r))
+            .map(|(_, o)| *o)
+    })
+}
+
+/// What a futex wait waits on, from its stack: a runtime's own lock, else the glibc function
+/// it waits in, innermost first.
+pub fn wait_object_of(p: &Profile, s: &Sample) -> WaitObject {
+    let names = innermost_names(p, s);
+    runtime_lock_of(&names).unwrap_or_else(|| state::wait_object(0, &names[..names.len().min(12)]))
 }
 
 /// Whether threads waiting on `o` wait for a lock someone holds (contention), rather than for
@@ -78,7 +100,9 @@ pub fn wait_object_label(o: WaitObject) -> &'static str {
 /// Tells futex waits apart by what they wait on, in an off-CPU or block profile: every futex
 /// wait gets a `wait_object` label (`mutex`, `rwlock`, `pi_mutex`, `condvar`, `semaphore`,
 /// `join`, `barrier`, `futex`), and in the off-CPU profile the lock waits move from
-/// `wait_class=futex` to `wait_class=lock`, so that `futex` is left with idle waits.
+/// `wait_class=futex` to `wait_class=lock`, so that `futex` is left with idle waits. A wait
+/// for a runtime's or server's own lock ([`RUNTIME_LOCK_WAITS`]: CPython's GIL, PostgreSQL's
+/// row locks, which sleep in epoll) is a lock wait whatever it sleeps in.
 pub fn classify_futex_waits(p: &mut Profile) {
     if !matches!(p.kind, ProfileKind::Offcpu | ProfileKind::Block) {
         return;
@@ -88,11 +112,18 @@ pub fn classify_futex_waits(p: &mut Profile) {
         .samples
         .iter()
         .map(|s| {
-            let futex = !offcpu
-                || s.labels
-                    .iter()
-                    .any(|l| matches!(l, Label::Str(k, v) if k == "wait_class" && v == "futex"));
-            futex.then(|| wait_object_of(p, s))
+            let class = s.labels.iter().find_map(|l| match l {
+                Label::Str(k, v) if k == "wait_class" => Some(v.as_str()),
+                _ => None,
+            });
+            match class {
+                _ if !offcpu => Some(wait_object_of(p, s)),
+                Some("futex") => Some(wait_object_of(p, s)),
+                // Preempted, stopped or unknown: not waiting for anything of its own.
+                Some("runnable" | "stopped") | None => None,
+                // A runtime's lock that sleeps in epoll, a semaphore syscall...
+                Some(_) => runtime_lock_of(&innermost_names(p, s)),
+            }
         })
         .collect();
     for (s, o) in p.samples.iter_mut().zip(objects) {
@@ -279,13 +310,16 @@ mod tests {
             ("", "__new_sem_wait_slow64", 3),
             ("", "runtime.lock2", 2),
             ("", "my_futex_thing", 1),
+            ("", "take_gil", 4),
+            ("", "ProcSleep", 6),
         ]);
         p.kind = ProfileKind::Offcpu;
         for s in &mut p.samples {
             s.labels = vec![Label::Str("wait_class".into(), "futex".into())];
         }
-        // A sleep is no futex wait: left alone.
+        // A sleep is no futex wait: left alone; a server's lock sleeping in epoll is a lock.
         p.samples[4].labels = vec![Label::Str("wait_class".into(), "sleep".into())];
+        p.samples[6].labels = vec![Label::Str("wait_class".into(), "io".into())];
         classify_futex_waits(&mut p);
         let got: Vec<(String, Option<String>)> = p
             .samples
@@ -306,6 +340,8 @@ mod tests {
             ("futex", Some("semaphore")),
             ("lock", Some("mutex")),
             ("sleep", None),
+            ("lock", Some("mutex")),
+            ("lock", Some("mutex")),
         ];
         let want: Vec<(String, Option<String>)> = want
             .iter()

@@ -515,11 +515,12 @@ pub fn started_as(
     for name in names {
         candidates.extend(name_candidates(name, path_env, cwd));
     }
-    if let Some(comm) = comm.filter(|c| !c.is_empty() && !c.contains('/')) {
-        if let Some((dir, _)) = exe.rsplit_once('/') {
-            candidates.push(format!("{dir}/{comm}"));
-        }
-        candidates.extend(name_candidates(comm, path_env, cwd));
+    // A program that rewrote its argv[0] (PostgreSQL: `postgres: walwriter`) is looked up by
+    // its comm beside its executable only: a link of that name elsewhere on PATH is a guess.
+    if let Some(comm) = comm.filter(|c| !c.is_empty() && !c.contains('/'))
+        && let Some((dir, _)) = exe.rsplit_once('/')
+    {
+        candidates.push(format!("{dir}/{comm}"));
     }
     candidates.into_iter().find(|c| {
         c != exe && is_symlink(c, &lstat) && canonicalize(c, &lstat).as_deref() == Some(exe)
@@ -844,6 +845,8 @@ garbage line
             "/usr/bin/loop" => Symlink("loop2".into()),
             "/usr/bin/loop2" => Symlink("/usr/bin/loop".into()),
             "/home/u/redis" => Symlink("/usr/bin/redis-server".into()),
+            "/usr/lib/postgresql/15/bin/postgres" => File,
+            "/usr/local/bin/postgres" => Symlink("/usr/lib/postgresql/15/bin/postgres".into()),
             _ => return None,
         })
     }
@@ -899,6 +902,12 @@ garbage line
         assert_eq!(
             name("other", None, "/usr/bin/vim.basic", None).as_deref(),
             Some("/usr/bin/other")
+        );
+        // A rewritten title is not looked up on PATH by the comm.
+        const PG: &str = "/usr/lib/postgresql/15/bin/postgres";
+        assert_eq!(
+            name("postgres: walwriter ", Some("postgres"), PG, None),
+            None
         );
         // Loops and missing files end.
         assert_eq!(name("loop", None, RDB, None), None);

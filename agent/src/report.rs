@@ -204,7 +204,12 @@ pub fn is_system_module(file: &str) -> bool {
 /// wrappers, blocking calls).
 pub fn is_runtime_function(name: &str) -> bool {
     let n = unversioned(name);
-    RUNTIME_PREFIXES.iter().any(|p| n.starts_with(p)) || RUNTIME_NAMES.contains(&n)
+    RUNTIME_PREFIXES.iter().any(|p| n.starts_with(p))
+        || RUNTIME_NAMES.contains(&n)
+        // PLT stubs: named `x@plt`, or after the symbol before `.plt` (`_init`) when the file
+        // has no names for them.
+        || n.ends_with("@plt")
+        || matches!(n, "_init" | "_fini")
 }
 
 /// Whether a function is the root of a thread's stack (`start_thread`, `clone3`, `_start`,
@@ -443,8 +448,12 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
             c.cpu_samples, c.cpu_samples_target
         ),
         format!(
-            "stacks lost: user {}, kernel {}; stack map collisions {}; aggregation map full (samples dropped) {}",
-            c.user_stack_lost, c.kernel_stack_lost, c.stack_collisions, c.agg_map_full
+            "stacks lost: user {} (corrupt {}), kernel {}; stack map collisions {}; aggregation map full (samples dropped) {}",
+            c.user_stack_lost + c.user_stack_corrupt,
+            c.user_stack_corrupt,
+            c.kernel_stack_lost,
+            c.stack_collisions,
+            c.agg_map_full
         ),
     ];
     if c.offcpu_switch_out > 0 || c.block_events_seen > 0 {
@@ -786,9 +795,10 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
     }
     let _ = writeln!(
         s,
-        "losses: stacks lost user {} (user-stack map full {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}",
-        c.user_stack_lost + c.user_stack_map_full,
+        "losses: stacks lost user {} (user-stack map full {}, corrupt {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}",
+        c.user_stack_lost + c.user_stack_map_full + c.user_stack_corrupt,
         c.user_stack_map_full,
+        c.user_stack_corrupt,
         c.kernel_stack_lost,
         c.stack_collisions,
         c.agg_map_full,

@@ -290,6 +290,7 @@ impl Symbolizer {
 
         let mappings = main_binaries_first(accs, &mut locations);
         self.evict_stale(maps);
+        strip_probe_frames(&mut samples, &locations);
 
         Profile {
             kind: raw.kind,
@@ -661,9 +662,77 @@ pub fn gnu_build_id_from_notes(mut notes: &[u8]) -> Option<String> {
     None
 }
 
+/// Kernel functions that run the agent's own BPF programs: a kernel stack taken by a probe
+/// starts in the probe (JIT code, named after whatever kernel symbol precedes it) and these.
+const PROBE_FRAMES: &[&str] = &["bpf_trace_run", "__bpf_trace_", "bpf_prog_", "__traceiter_"];
+
+/// Drops, from the kernel part of each stack (innermost first), the frames of the probe that
+/// took it: everything up to and including the outermost [`PROBE_FRAMES`] function. The stack
+/// then starts where the traced code was (`__schedule`, `io_schedule`...).
+fn strip_probe_frames(samples: &mut [Sample], locations: &[Location]) {
+    let is_probe = |li: usize| {
+        locations.get(li).is_some_and(|l| {
+            l.kernel
+                && l.lines
+                    .iter()
+                    .any(|line| PROBE_FRAMES.iter().any(|p| line.function.starts_with(p)))
+        })
+    };
+    for s in samples {
+        let kernel_len = s
+            .locations
+            .iter()
+            .take_while(|&&li| locations.get(li).is_some_and(|l| l.kernel))
+            .count();
+        if let Some(last) = s.locations[..kernel_len]
+            .iter()
+            .rposition(|&li| is_probe(li))
+        {
+            s.locations.drain(..=last);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_frames_are_cut_from_kernel_stacks() {
+        let loc = |f: &str, kernel: bool| Location {
+            address: 1,
+            mapping: None,
+            lines: vec![Line {
+                function: f.into(),
+                system_name: None,
+                file: None,
+                line: None,
+            }],
+            kernel,
+        };
+        let locations = vec![
+            loc("__stop_runtime_ptr_USER_PTR_MAX", true),
+            loc("bpf_trace_run4", true),
+            loc("__schedule", true),
+            loc("io_schedule", true),
+            loc("fdatasync", false),
+        ];
+        let mut samples = vec![
+            Sample {
+                locations: vec![0, 1, 2, 3, 4],
+                values: vec![1],
+                labels: vec![],
+            },
+            Sample {
+                locations: vec![2, 3, 4],
+                values: vec![1],
+                labels: vec![],
+            },
+        ];
+        strip_probe_frames(&mut samples, &locations);
+        assert_eq!(samples[0].locations, vec![2, 3, 4]);
+        assert_eq!(samples[1].locations, vec![2, 3, 4]);
+    }
     use crate::model::{ProfileKind, RawSample, RawStack, ValueType};
     use std::time::{Duration, SystemTime};
 

@@ -163,6 +163,13 @@ fn hung_threads_are_accounted_and_classified() {
                 "{function} not on the stack: {d}"
             );
         }
+        // threads.json tells the classes apart as the profile does (lock vs idle futex).
+        assert_eq!(
+            t.class_ns(class),
+            t.offcpu_ns,
+            "{name}: all its off-CPU time is {class} in threads.json: {:?}",
+            t.offcpu_by_class
+        );
     }
     // Per thread, the profile's off-CPU time is threads.json's (±1 ms).
     let by_tid = total_by_tid(&p, "off-cpu");

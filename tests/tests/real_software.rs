@@ -548,7 +548,13 @@ fn python_gil_serializes_cpu_bound_threads() {
     for name in &workers {
         let t = th.one(name);
         cpu += t.cpu_ns;
-        let waiting = t.class_ns("futex") + t.class_ns("runnable");
+        // The GIL is CPython's own lock: its waits are lock waits, not idle futex waits.
+        assert!(
+            t.class_ns("lock") > t.class_ns("futex"),
+            "{name}: GIL waits should be lock waits: {:?}",
+            t.offcpu_by_class
+        );
+        let waiting = t.class_ns("lock") + t.class_ns("futex") + t.class_ns("runnable");
         assert!(
             waiting * 10 >= t.offcpu_ns * 9,
             "{name} off CPU {:.3} s, only {:.3} s of it waiting on the GIL or for a CPU: {:?}",
