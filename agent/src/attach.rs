@@ -343,7 +343,13 @@ pub async fn capture(
     let mut maps = MapsCache::new();
     maps.refresh(target.pid)
         .map_err(|_| Error::NoSuchProcess(target.pid))?;
-    let mut collector = Collector::load(kernel_offsets()?)?;
+    let offsets = kernel_offsets()?;
+    // The task iterator's offsets too (a second BTF parse, kept as offsets only), now, while no
+    // other parsed BTF is alive: later, next to the loader's, it would add ~20 MiB to the peak.
+    if let Err(e) = crate::dump::kernel_offsets() {
+        tracing::warn!("{e} (no seeded waits, no accounting)");
+    }
+    let mut collector = Collector::load(offsets)?;
     match collector.take_logger() {
         Ok(fut) => {
             tokio::spawn(fut);

@@ -228,3 +228,43 @@ fn hung_capture_names_the_stuck_lock_and_its_holder() {
     assert_eq!(th.threads.len(), 4, "{}", th.text);
     th.assert_invariant();
 }
+
+/// `--no-tid-label --folded-thread-root`: samples keep their `thread` label but lose `tid`,
+/// and every `.folded` line starts with the thread's name (then, off CPU, the wait class).
+#[test]
+fn thread_label_options() {
+    require_root();
+    let w = start_hung();
+    let run = attach_ok(
+        &w,
+        "2s",
+        "cpu,offcpu",
+        &["--no-tid-label", "--folded-thread-root"],
+    );
+    let p = read_profile(run.file("offcpu.pb.gz"));
+    assert!(!p.samples.is_empty());
+    for s in &p.samples {
+        assert!(sample_label(s, "thread").is_some(), "no thread label");
+        assert_eq!(sample_label(s, "tid"), None, "--no-tid-label");
+    }
+    let folded = std::fs::read_to_string(run.file("offcpu.folded")).unwrap();
+    let names = ["hung", "lock_waiter", "cond_idler", "pipe_reader"];
+    for line in folded.lines() {
+        let root = line.split(';').next().unwrap_or_default();
+        assert!(names.contains(&root), "root frame {root:?} in {line:?}");
+    }
+    for &(name, class, _, function) in WAITERS {
+        let prefix = format!("{name};{class};");
+        assert!(
+            folded
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(function)),
+            "no line starting {prefix:?} through {function}:\n{folded}"
+        );
+    }
+    let cpu = std::fs::read_to_string(run.file("cpu.folded")).unwrap();
+    assert!(
+        cpu.lines().all(|l| l.starts_with("hung;")),
+        "only the main thread runs:\n{cpu}"
+    );
+}

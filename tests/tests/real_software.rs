@@ -985,3 +985,56 @@ fn postgres_commits_wait_for_the_wal_flush() {
         );
     }
 }
+
+/// Debian's `/usr/bin/python3.11` is stripped (no `.symtab`, no DWARF); `python3.11-dbg` puts
+/// its debug info in a separate file under `/usr/lib/debug/.build-id/`. The CPU profile names
+/// CPython's own functions with their file and line from that split file, and the stripped
+/// binary's build id is what finds it.
+#[test]
+fn split_debug_info_names_a_stripped_debian_python() {
+    require_root();
+    let python = "/usr/bin/python3.11";
+    require_executable(
+        python,
+        "Debian's python3.11 and python3.11-dbg: run `cargo xtask setup` as root",
+    );
+    let build_id = build_id_of(python);
+    let debug_file = format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &build_id[..2],
+        &build_id[2..]
+    );
+    assert!(
+        std::path::Path::new(&debug_file).is_file(),
+        "{debug_file} missing: python3.11-dbg must match the installed python3.11 \
+         (`cargo xtask setup` installs both)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(workloads_src().join("gil.py"));
+    let w = Workload::spawn_command("python3.11", cmd, Some("ready"), Duration::from_secs(20));
+    let run = attach_pid_ok(w.pid(), "2s", "cpu", &[]);
+    let p = read_profile(run.file("cpu.pb.gz"));
+    let lines = lines_of(&p, "_PyEval_EvalFrameDefault");
+    assert!(
+        lines.iter().any(|l| {
+            l.line.is_some_and(|n| n > 0)
+                && l.file
+                    .as_deref()
+                    .is_some_and(|f| f.ends_with("Python/ceval.c"))
+        }),
+        "_PyEval_EvalFrameDefault without Python/ceval.c:LINE from {debug_file}: {lines:?}"
+    );
+}
+
+/// The GNU build id of an ELF file, from `readelf -n`.
+fn build_id_of(path: &str) -> String {
+    let out = Command::new("readelf")
+        .args(["-n", path])
+        .output()
+        .expect("readelf (binutils) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no build id in `readelf -n {path}`:\n{text}"))
+}

@@ -795,3 +795,49 @@ fn lifecycle_exit_and_all() {
         "the agent must not track itself: {comms:?}"
     );
 }
+
+/// `/debug/pprof/offcpu` of a hung service: threads blocked long before the request (a lock
+/// waiter, a condition-variable idler, a reader) are in the profile for the whole window,
+/// seeded when it opens, with their classes told apart, and the window's accounting line is
+/// among the profile's comments.
+#[test]
+fn offcpu_window_seeds_threads_blocked_before_it() {
+    require_root();
+    let w = Workload::spawn("hung", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = w.pid_str();
+    let serve = Serve::start(&["--pid", &pid], true);
+    let r = serve.get(&format!("/debug/pprof/offcpu?pid={pid}&seconds=2"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = agent::export::pprof::decode(&r.bytes).expect("pprof bytes");
+    let vi = p.value_index("off-cpu").expect("off-cpu values");
+    let window = p.duration.as_nanos() as i64;
+    for (thread, class) in [
+        ("lock_waiter", "lock"),
+        ("cond_idler", "futex"),
+        ("pipe_reader", "syscall:read"),
+    ] {
+        let mine: Vec<&agent::model::Sample> = p
+            .samples
+            .iter()
+            .filter(|s| stallscope_tests::sample_label(s, "thread").as_deref() == Some(thread))
+            .collect();
+        let total: i64 = mine.iter().map(|s| s.values[vi]).sum();
+        assert!(
+            total * 100 >= window * 97 && total <= window + 50_000_000,
+            "{thread} was blocked all along, yet {total} ns off CPU in a {window} ns window"
+        );
+        assert!(
+            mine.iter().all(|s| {
+                stallscope_tests::sample_label(s, "wait_class").as_deref() == Some(class)
+            }),
+            "{thread}'s waits are all {class}"
+        );
+    }
+    let line = p
+        .comments
+        .iter()
+        .find(|c| c.starts_with("threads: 4 in "))
+        .unwrap_or_else(|| panic!("no accounting comment: {:?}", p.comments));
+    assert!(line.contains("unaccounted"), "{line}");
+}

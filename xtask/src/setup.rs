@@ -19,7 +19,9 @@ use crate::util::{find_in_path, is_root, probe, run};
 /// `go tool pprof`), bpftrace and bpftool (debugging BPF by hand), prometheus (`promtool`),
 /// redis-server and redis-tools (`redis-benchmark`, `redis-cli`) and postgresql (`initdb`,
 /// `pg_ctl`, `pgbench`) for the tests against real software (tests/tests/real_software.rs).
-/// The GIL test uses the machine's own `python3` (a CPython with symbols), not a package.
+/// The GIL test uses the machine's own `python3` (a CPython with symbols); Debian's stripped
+/// `python3.11` with its split debug info (`python3.11-dbg`) tests symbols from
+/// `/usr/lib/debug/.build-id`.
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "golang-go",
@@ -29,6 +31,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "redis-server",
     "redis-tools",
     "postgresql",
+    "python3.11",
+    "python3.11-dbg",
 ];
 
 #[derive(Debug, Clone, Copy, Default)]
