@@ -40,6 +40,8 @@ pub struct AttachOutcome {
 /// Offsets of kernel structures the programs need, from the running kernel's BTF.
 pub fn kernel_offsets() -> Result<KernelOffsets, Error> {
     let btf = KernelBtf::from_sys_fs().map_err(|e| Error::BpfLoad(e.to_string()))?;
+    // The task iterator's offsets from the same parse (the window's first look needs them).
+    crate::dump::init_kernel_offsets(&btf);
     let off = |path: &[&str]| {
         btf.member_path_offset("task_struct", path)
             .map_err(|e| Error::BpfLoad(format!("{e} (needed to read scheduler events)")))
@@ -343,13 +345,9 @@ pub async fn capture(
     let mut maps = MapsCache::new();
     maps.refresh(target.pid)
         .map_err(|_| Error::NoSuchProcess(target.pid))?;
-    let offsets = kernel_offsets()?;
-    // The task iterator's offsets too (a second BTF parse, kept as offsets only), now, while no
-    // other parsed BTF is alive: later, next to the loader's, it would add ~20 MiB to the peak.
-    if let Err(e) = crate::dump::kernel_offsets() {
-        tracing::warn!("{e} (no seeded waits, no accounting)");
-    }
-    let mut collector = Collector::load(offsets)?;
+    // Also reads the task iterator's offsets, from the same BTF parse, while no other parsed BTF
+    // is alive (next to the loader's, a second parse added ~20 MiB to the peak RSS).
+    let mut collector = Collector::load(kernel_offsets()?)?;
     match collector.take_logger() {
         Ok(fut) => {
             tokio::spawn(fut);
@@ -433,16 +431,16 @@ async fn window(
     // threads: every interval recorded then starts after the window opened.
     collector.set_config(Config::default())?;
     collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
-    // The iterator and its offsets (a BTF parse) are ready before the window opens, so the first
-    // look at the threads follows the switch-on within microseconds.
-    if let Err(e) = crate::dump::kernel_offsets().and_then(|_| collector.load_dump_iterator()) {
-        tracing::warn!("loading the task iterator: {e} (no seeded waits, no accounting)");
-    }
     let started = SystemTime::now();
     let t0 = Instant::now();
     let mut cpus = 0;
     if wants(ProfileKind::Cpu) {
         cpus = collector.start_cpu(spec.frequency)?;
+    }
+    // The iterator and its offsets are ready before the window opens, so the first look at the
+    // threads follows the switch-on within microseconds (the CPU sampler runs meanwhile).
+    if let Err(e) = crate::dump::kernel_offsets().and_then(|_| collector.load_dump_iterator()) {
+        tracing::warn!("loading the task iterator: {e} (no seeded waits, no accounting)");
     }
     if flags != 0 {
         collector.start_offcpu()?;

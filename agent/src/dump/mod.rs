@@ -46,7 +46,6 @@ pub const LONGEST_BLOCKED: usize = 5;
 /// `task_struct` member offsets of the running kernel for the task iterator (read from its BTF
 /// once per agent process).
 pub fn kernel_offsets() -> Result<DumpOffsets, Error> {
-    static OFFSETS: OnceLock<Result<DumpOffsets, String>> = OnceLock::new();
     OFFSETS
         .get_or_init(|| {
             let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
@@ -54,6 +53,14 @@ pub fn kernel_offsets() -> Result<DumpOffsets, Error> {
         })
         .clone()
         .map_err(Error::BpfLoad)
+}
+
+static OFFSETS: OnceLock<Result<DumpOffsets, String>> = OnceLock::new();
+
+/// Reads the task iterator's offsets from a BTF the caller parsed anyway (parsing the kernel's
+/// BTF takes ~0.1 s and ~20 MiB), so that [`kernel_offsets`] does not parse it again.
+pub fn init_kernel_offsets(btf: &KernelBtf) {
+    OFFSETS.get_or_init(|| offsets_from(btf).map_err(|e| format!("{e} (needed for thread dumps)")));
 }
 
 fn offsets_from(btf: &KernelBtf) -> Result<DumpOffsets, BtfError> {

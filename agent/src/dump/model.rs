@@ -204,7 +204,8 @@ pub struct Frame {
     /// Instruction address (hex). For callers it is the return address; every inlined
     /// frame of one address repeats it.
     pub address: String,
-    /// Function name, or `module+0xoffset` / `[unknown] 0x...` when it has no symbol.
+    /// Function name, or `binary+0xSTART` (the start of the enclosing function, from
+    /// `.eh_frame`) / `[unknown] 0x...` when it has no symbol.
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
