@@ -318,8 +318,7 @@ pub struct LockState {
     pub n_end: u64,
     pub sum_start: u64,
     pub sum_end: u64,
-    /// Waiter-time charged to releases so far (`W` at the last release, unless two releases
-    /// raced: then ahead of it until `W` catches up).
+    /// `W` at the last release.
     pub charged: u64,
 }
 

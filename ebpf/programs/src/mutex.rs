@@ -150,13 +150,11 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
     if delay == 0 || delay > 1u64 << 50 {
         return;
     }
-    // Added, not stored: two threads releasing the same word at once (the lock was taken and
-    // released again between an unlock and its wake) both read the same `charged` and both
-    // charge the span. With a plain store the second charge would stay in the totals for good;
-    // with the add `charged` runs ahead by that span, the next releases find `W - charged`
-    // short (or implausible, dropped) until `W` catches up, so the window's total stays `W`.
-    // (A compare-and-swap would need BPF cpu v3; the programs build for v1.)
-    xadd(&raw mut st.charged, delay);
+    // Two threads releasing the same word at once (the lock was taken and released again
+    // between an unlock and its wake) both read the same `charged` and both charge the span;
+    // the last store wins, so only that span is charged twice (known, open: a compare-and-swap
+    // needs BPF cpu v3 and the programs build for v1).
+    st.charged = w;
     count(Counter::MutexEventsSeen);
     let Some(weight) = sample(cfg) else {
         return;
