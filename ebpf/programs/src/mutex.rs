@@ -123,6 +123,27 @@ pub fn record_waiter(tgid: u32, uaddr: u64, user_stack: u64, weight: u64, waited
     add_value(&LOCK_WAITERS, &k, weight, waited.wrapping_mul(weight));
 }
 
+/// `W(now)` of a lock. The loads are ordered against the waiters' adds so that a torn read
+/// is only ever too small: `n_start` before `sum_start` (a waiter adds `sum_start`, then
+/// `n_start`) and `sum_end` before `n_end` (a waiter adds `n_end`, then `sum_end`). In another
+/// order a waiter ending between two loads made `W` too large by its end time (the machine's
+/// uptime), charged as hours of delay.
+#[inline(always)]
+fn waiter_time(st: &LockState, now: u64) -> u64 {
+    // SAFETY: volatile loads of a live map value's fields, in this order.
+    let (n_start, sum_start, sum_end, n_end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const st.n_start),
+            core::ptr::read_volatile(&raw const st.sum_start),
+            core::ptr::read_volatile(&raw const st.sum_end),
+            core::ptr::read_volatile(&raw const st.n_end),
+        )
+    };
+    sum_end
+        .wrapping_sub(sum_start)
+        .wrapping_add(n_start.wrapping_sub(n_end).wrapping_mul(now))
+}
+
 /// A target thread wakes waiters of `uaddr`: it ends the span; charge the waiting time
 /// accumulated since the last release to its stack (`stack`, taken only when recorded).
 #[inline(always)]
@@ -138,11 +159,13 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
     // SAFETY: live map value; a torn read against a concurrent waiter update is off by at most
     // that waiter's (near-zero) time so far.
     let st = unsafe { &mut *p };
-    let active = st.n_start.wrapping_sub(st.n_end);
-    let w = st
-        .sum_end
-        .wrapping_sub(st.sum_start)
-        .wrapping_add(active.wrapping_mul(now));
+    // A read that straddles a waiter's two adds is torn; read in this order it can only be
+    // too small (by about `now`: negative, implausible), and it is gone a moment later, so it
+    // is read once more before the release is given up.
+    let mut w = waiter_time(st, now);
+    if w.wrapping_sub(st.charged) > 1u64 << 50 {
+        w = waiter_time(st, now);
+    }
     let delay = w.wrapping_sub(st.charged);
     // Anything implausible (a torn read against a waiter's two adds, which can only make `W`
     // too small: see `wait_begin`/`wait_end`) is dropped, and `charged` keeps its value so the
