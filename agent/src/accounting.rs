@@ -49,24 +49,24 @@ pub struct ThreadView {
 /// program would have classified its switch-out; `None` when it runs.
 pub fn class_of(task: &DumpTask) -> Option<(u32, i32)> {
     let sc = state::syscall_of(task, &[]);
-    let nr = sc.as_ref().map(|s| s.nr as i32).unwrap_or(NO_SYSCALL);
-    let by_syscall = |nr: i32| match i64::from(nr) {
-        state::SYS_FUTEX | state::SYS_FUTEX_WAITV => (wait_class::FUTEX, NO_SYSCALL),
-        7 | 23 | 232 | 270 | 271 | 281 | 441 => (wait_class::IO, NO_SYSCALL),
-        35 | 230 => (wait_class::SLEEP, NO_SYSCALL),
-        n if n < 0 => (wait_class::OTHER, NO_SYSCALL),
-        _ => (wait_class::SYSCALL, nr),
+    let nr = sc.as_ref().map(|s| s.nr);
+    let class = |st: State| match st {
+        State::Running | State::Zombie | State::Dead => None,
+        State::Runnable => Some((wait_class::RUNNABLE, NO_SYSCALL)),
+        State::Stopped | State::Traced => Some((wait_class::STOPPED, NO_SYSCALL)),
+        State::Disk => Some((wait_class::DISK, NO_SYSCALL)),
+        State::FutexWait => Some((wait_class::FUTEX, NO_SYSCALL)),
+        State::IoWait => Some((wait_class::IO, NO_SYSCALL)),
+        State::Sleep => Some((wait_class::SLEEP, NO_SYSCALL)),
+        State::Syscall => Some((wait_class::SYSCALL, nr.map_or(NO_SYSCALL, |n| n as i32))),
+        State::Sleeping | State::Idle => Some((wait_class::OTHER, NO_SYSCALL)),
     };
-    Some(match state::state_of(task, sc.as_ref()) {
-        State::Running | State::Zombie | State::Dead => return None,
-        State::Runnable => (wait_class::RUNNABLE, NO_SYSCALL),
-        State::Stopped | State::Traced => (wait_class::STOPPED, NO_SYSCALL),
-        State::Disk => (wait_class::DISK, NO_SYSCALL),
-        State::Sleeping => (wait_class::OTHER, NO_SYSCALL),
-        State::FutexWait | State::IoWait | State::Sleep | State::Syscall | State::Idle => {
-            by_syscall(nr)
-        }
-    })
+    match state::state_of(task, sc.as_ref()) {
+        // Uninterruptible but not counted as load (TASK_IDLE): the probes classify it by its
+        // syscall, as an interruptible sleep.
+        State::Idle => class(state::syscall_state(nr)),
+        st => class(st),
+    }
 }
 
 /// A thread of the iterator's record, or `None` for a thread that has exited.

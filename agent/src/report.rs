@@ -174,20 +174,9 @@ const RUNTIME_NAMES: &[&str] = &[
     "futex",
 ];
 
-/// The roots of every stack: thread and process start. Never named as culprits (`main` is).
-const ROOT_NAMES: &[&str] = &[
-    "start_thread",
-    "clone",
-    "clone3",
-    "__clone",
-    "__clone3",
-    "__clone_internal",
-    "_start",
-    "__libc_start_call_main",
-    "runtime.goexit",
-    "runtime.mstart",
-    "runtime.rt0_go",
-];
+/// The roots of Go stacks; the C runtime's are `dump::stack::RUNTIME_ROOT_FUNCTIONS`. Never
+/// named as culprits (`main` is).
+const GO_ROOT_NAMES: &[&str] = &["runtime.goexit", "runtime.mstart", "runtime.rt0_go"];
 
 /// A symbol without its version (`read@GLIBC_2.2.5`).
 fn unversioned(name: &str) -> &str {
@@ -216,7 +205,9 @@ pub fn is_runtime_function(name: &str) -> bool {
 /// `__libc_start_main*`...).
 pub fn is_root_function(name: &str) -> bool {
     let n = unversioned(name);
-    ROOT_NAMES.contains(&n) || n.starts_with("__libc_start_main")
+    crate::dump::stack::RUNTIME_ROOT_FUNCTIONS.contains(&n)
+        || GO_ROOT_NAMES.contains(&n)
+        || n.starts_with("__libc_start_main")
 }
 
 /// Whether a frame is the program's own code: not in a system library, not a runtime

@@ -133,8 +133,9 @@ pub fn unwind_user(regs: Regs, tables: &UnwindTables, mem: &MemReader) -> Vec<u6
     frames
 }
 
-/// Frames at the root of every stack that belong to the C runtime, not to the program.
-const RUNTIME_ROOT_FUNCTIONS: &[&str] = &[
+/// Frames at the root of every stack that belong to the C runtime, not to the program (also
+/// never named as culprits by the summaries: `report::is_root_function`).
+pub const RUNTIME_ROOT_FUNCTIONS: &[&str] = &[
     "_start",
     "__libc_start_main",
     "__libc_start_main_impl",

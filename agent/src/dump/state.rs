@@ -94,18 +94,23 @@ pub fn state_of(task: &DumpTask, syscall: Option<&Syscall>) -> State {
         return State::Idle;
     }
     if s & TASK_INTERRUPTIBLE != 0 {
-        return match syscall.map(|s| s.nr) {
-            Some(SYS_FUTEX | SYS_FUTEX_WAITV) => State::FutexWait,
-            Some(
-                SYS_POLL | SYS_SELECT | SYS_PSELECT6 | SYS_PPOLL | SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT
-                | SYS_EPOLL_PWAIT2,
-            ) => State::IoWait,
-            Some(SYS_NANOSLEEP | SYS_CLOCK_NANOSLEEP) => State::Sleep,
-            Some(_) => State::Syscall,
-            None => State::Sleeping,
-        };
+        return syscall_state(syscall.map(|s| s.nr));
     }
     State::Sleeping
+}
+
+/// The state of a thread asleep in syscall `nr` (`None`: in none it recognizes).
+pub fn syscall_state(nr: Option<i64>) -> State {
+    match nr {
+        Some(SYS_FUTEX | SYS_FUTEX_WAITV) => State::FutexWait,
+        Some(
+            SYS_POLL | SYS_SELECT | SYS_PSELECT6 | SYS_PPOLL | SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT
+            | SYS_EPOLL_PWAIT2,
+        ) => State::IoWait,
+        Some(SYS_NANOSLEEP | SYS_CLOCK_NANOSLEEP) => State::Sleep,
+        Some(_) => State::Syscall,
+        None => State::Sleeping,
+    }
 }
 
 /// When the thread last left its CPU, in the run-queue clock: it went on at `last_arrival`
@@ -217,7 +222,7 @@ pub const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 /// `PID_MAX_LIMIT` on 64-bit: no tid is larger.
 pub const PID_MAX_LIMIT: u32 = 1 << 22;
 
-const FUTEX_WAIT: u64 = 0;
+pub const FUTEX_WAIT: u64 = 0;
 const FUTEX_WAIT_BITSET: u64 = 9;
 
 /// Whether a thread waiting in `pthread_mutex_lock` (`object` from [`wait_object`]) is parked

@@ -25,8 +25,8 @@ use std::os::unix::fs::FileExt as _;
 use std::time::Instant;
 
 use crate::dump::state::{
-    FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TID_MASK, PID_MAX_LIMIT, SYS_FUTEX, SYS_FUTEX_WAITV,
-    futex_cmd,
+    FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TID_MASK, FUTEX_WAIT, PID_MAX_LIMIT, SYS_FUTEX,
+    SYS_FUTEX_WAITV, futex_cmd,
 };
 
 /// Thread states and wait classes shown in metrics (a bounded label set). `lock`: a futex
@@ -45,7 +45,6 @@ const DISK: usize = 7;
 const STOPPED: usize = 8;
 const OTHER: usize = 9;
 
-const FUTEX_WAIT: u64 = 0;
 /// `FUTEX_WAITERS`: the bit a robust or PI futex word (and musl's mutexes) has set when the
 /// lock has waiters; the owner's tid is in [`FUTEX_TID_MASK`].
 const FUTEX_WAITERS: u32 = 0x8000_0000;
