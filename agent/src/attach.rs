@@ -63,6 +63,8 @@ pub struct CaptureSpec {
     pub block_rate: u64,
     pub mutex_fraction: u64,
     pub offcpu_min: u64,
+    pub offcpu_rate: u64,
+    pub mutex_rate: u64,
     /// Label samples with their thread id (`tid`) as well as the thread's name.
     pub tid_labels: bool,
     /// Thread dumps during the window (`attach`'s SIGUSR1 and `--dump-when`).
@@ -96,6 +98,8 @@ impl CaptureSpec {
             block_rate: args.rates.block_rate,
             mutex_fraction: args.rates.mutex_fraction,
             offcpu_min: args.offcpu_min,
+            offcpu_rate: args.rates.offcpu_rate,
+            mutex_rate: args.rates.mutex_rate,
             tid_labels: !args.labels.no_tid_label,
             dumps: Some(DumpOptions {
                 dir: args.output.clone(),
@@ -426,6 +430,8 @@ async fn window(
         offcpu_min_ns: spec.offcpu_min,
         block_rate_ns: spec.block_rate,
         mutex_fraction: spec.mutex_fraction,
+        offcpu_rate_ns: spec.offcpu_rate,
+        mutex_rate_ns: spec.mutex_rate,
     };
     // Attached with nothing to record, then switched on right before the first look at the
     // threads: every interval recorded then starts after the window opened.
@@ -527,12 +533,14 @@ async fn window(
     // time for intervals still open, then stop recording.
     let end_tasks = read_threads(collector, target.pid);
     let end_ts = collect::ktime_now();
+    // The window ends here, not after the programs are detached: a syscall tracepoint's detach
+    // waits for an RCU grace period (about 0.1-0.3 s seen here) in which nothing is recorded.
+    let elapsed = t0.elapsed();
     collector.set_config(Config::default())?;
     let program_stats = collector.program_stats();
     collector.stop_cpu();
     collector.stop_offcpu();
-    let elapsed = t0.elapsed();
-    let end_views = thread_views(target.pid, &end_tasks, maps, false);
+    let end_views = thread_views(target.pid, &end_tasks, maps, wants(ProfileKind::Offcpu));
 
     let counters = collector.counters()?;
     let mut offcpu_records = Vec::new();
@@ -545,8 +553,11 @@ async fn window(
     }
     if wants(ProfileKind::Offcpu) {
         offcpu_records = collector.offcpu_records()?;
+        let mut open = collector.open_intervals()?;
+        let end_stacks = end_views.iter().map(|v| (v.tid, v.user.clone())).collect();
+        profiles::fill_deferred_stacks(&mut open, &end_stacks);
         offcpu_records.extend(profiles::close_open_intervals(
-            &collector.open_intervals()?,
+            &open,
             end_ts,
             spec.offcpu_min,
         ));
@@ -575,6 +586,14 @@ async fn window(
     let accounting = accounting::account(&looks, &offcpu_records, wants(ProfileKind::Offcpu));
     let mut comments = report::counter_comments(&counters);
     comments.push(accounting.line());
+    if flags != 0 {
+        comments.push(format!(
+            "sampling: off-CPU rate {} ns, mutex rate {} ns and fraction {}, block rate {} ns \
+             (an event of d is kept with probability min(1, d/rate) and weighted max(d, rate): \
+             totals are unbiased estimates; rate 1 records every event)",
+            spec.offcpu_rate, spec.mutex_rate, spec.mutex_fraction, spec.block_rate
+        ));
+    }
     let window = Window {
         start: started,
         duration: elapsed,

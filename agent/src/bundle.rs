@@ -287,6 +287,8 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         block_rate: args.rates.block_rate,
         mutex_fraction: args.rates.mutex_fraction,
         offcpu_min: 0,
+        offcpu_rate: args.rates.offcpu_rate,
+        mutex_rate: args.rates.mutex_rate,
         tid_labels: !args.labels.no_tid_label,
         dumps: None,
     };

@@ -162,10 +162,24 @@ pub struct Rates {
     #[arg(long, default_value = "100us", value_parser = parse_nanos)]
     pub block_rate: u64,
 
+    /// Off-CPU profile rate, the same sampling as --block-rate: an interval of d off CPU is
+    /// recorded with probability min(1, d/rate) and weighted max(d, rate), so totals per stack
+    /// stay unbiased while short waits cost less to record. 1 records every interval.
+    /// Takes ns or a duration (100us, 1ms); at most 4s.
+    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
+    pub offcpu_rate: u64,
+
     /// Mutex profile fraction, like Go's SetMutexProfileFraction: 1 in N contention events is
     /// recorded (decided in the kernel) and its values multiplied by N.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub mutex_fraction: u64,
+
+    /// Mutex profile rate, on top of --mutex-fraction: a release that caused a delay d (and a
+    /// wait of d, on the waiters' side) is recorded with probability min(1, d/rate) and
+    /// weighted max(d, rate), as --block-rate does. 1 records every event.
+    /// Takes ns or a duration (100us, 1ms); at most 4s.
+    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
+    pub mutex_rate: u64,
 }
 
 #[derive(Debug, Args)]

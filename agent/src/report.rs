@@ -449,8 +449,8 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
     ];
     if c.offcpu_switch_out > 0 || c.block_events_seen > 0 {
         v.push(format!(
-            "off-cpu: {} switch-outs, {} intervals recorded, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full
+            "off-cpu: {} switch-outs, {} intervals recorded ({} with the stack taken at the futex call's end), {} left out by --offcpu-rate sampling, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}",
+            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_deferred, c.offcpu_sampled_out, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full
         ));
         v.push(format!(
             "block: {} futex waits seen, {} recorded after in-kernel rate sampling",
@@ -757,8 +757,8 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
     if f.profiles.contains(&ProfileKind::Offcpu) {
         let _ = writeln!(
             s,
-            "accounting: {} switch-outs of target threads, {} off-CPU intervals recorded, {} shorter than --offcpu-min",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_below_min
+            "accounting: {} switch-outs of target threads, {} off-CPU intervals recorded (weighted), {} left out by --offcpu-rate sampling, {} shorter than --offcpu-min",
+            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_sampled_out, c.offcpu_below_min
         );
     }
     if f.profiles.contains(&ProfileKind::Mutex) {

@@ -124,7 +124,15 @@ fn mutex_fraction_estimates_the_same_totals() {
     require_root();
     let w = Workload::spawn("mutex_steady", &[]);
     let run = |fraction: &str| {
-        let extra = ["--block-rate", "1", "--mutex-fraction", fraction];
+        // The fraction alone: --mutex-rate 1 turns the duration-weighted sampling off.
+        let extra = [
+            "--block-rate",
+            "1",
+            "--mutex-rate",
+            "1",
+            "--mutex-fraction",
+            fraction,
+        ];
         attach_ok(&w, "6s", "mutex,block", &extra)
     };
     let mut recorded = Vec::new();

@@ -260,3 +260,124 @@ fn stacks_survive_the_sampler_interrupting_a_walk() {
         run.stdout
     );
 }
+
+/// Off-CPU time made of waits below the default `--offcpu-rate` (100 us: `handoff.c`, two
+/// threads taking turns and one napping 20 us at a time), so most intervals are left out. The
+/// kept ones' weights must give every thread's off-CPU time: on CPU (measured exactly) + off
+/// CPU (estimated) = alive within 2% per thread, in every window, and the players' estimated
+/// off-CPU time within 5% of their true one (alive - on CPU). Compared with every interval
+/// recorded (`--offcpu-rate 1`) the napper's sleep and the players' futex and run-queue time
+/// must agree within looser bounds: those shares move with the load that recording every
+/// interval (a stack walk each) adds. And fewer intervals are recorded.
+#[test]
+fn default_offcpu_rate_keeps_the_totals_of_rate_one() {
+    require_root();
+    let w = Workload::spawn("handoff", &[]);
+    let mut runs = Vec::new();
+    // Interleaved, so a drift of the machine's speed does not look like a bias.
+    for rate in ["1", "100us", "1", "100us"] {
+        let run = attach_ok(&w, "3s", "offcpu", &["--offcpu-rate", rate]);
+        let p = read_profile(run.file("offcpu.pb.gz"));
+        let threads = read_threads(run.file("threads.json"));
+        for t in &threads.threads {
+            if let Some(e) = t.invariant_error() {
+                panic!("--offcpu-rate {rate}: {e}\n{}", threads.text);
+            }
+        }
+        let players: Vec<_> = threads
+            .threads
+            .iter()
+            .filter(|t| t.name == "ping" || t.name == "pong")
+            .collect();
+        assert_eq!(players.len(), 2, "{}", threads.text);
+        let truth: i64 = players.iter().map(|t| t.alive_ns - t.oncpu_ns).sum();
+        let estimated: i64 = players.iter().map(|t| t.offcpu_ns).sum();
+        within(
+            estimated as f64 / 1e9,
+            truth as f64 / 1e9,
+            0.05,
+            &format!("--offcpu-rate {rate}: the players' off-CPU time against alive - on CPU"),
+        );
+        let recorded = accounting(&run, "off-CPU intervals recorded");
+        let left_out = accounting(&run, "left out by --offcpu-rate sampling");
+        runs.push((rate, p, recorded, left_out));
+    }
+    // Off-CPU seconds per second of window, by class (all classes: None), summed over the two
+    // players.
+    let per_s = |p: &Profile, class: Option<&str>| {
+        let vi = value_index(p, "off-cpu");
+        let ns: i64 = p
+            .samples
+            .iter()
+            .filter(|s| class.is_none() || wait_class(s) == class)
+            .filter(|s| has_function(p, s, "take_turn") || has_function(p, s, "player"))
+            .map(|s| s.values[vi])
+            .sum();
+        ns as f64 / 1e9 / p.duration.as_secs_f64()
+    };
+    let napper = |p: &Profile| {
+        let vi = value_index(p, "off-cpu");
+        let ns: i64 = p
+            .samples
+            .iter()
+            .filter(|s| wait_class(s) == Some("sleep") && has_function(p, s, "nap"))
+            .map(|s| s.values[vi])
+            .sum();
+        ns as f64 / 1e9 / p.duration.as_secs_f64()
+    };
+    let all: f64 = runs
+        .iter()
+        .filter(|r| r.0 == "1")
+        .map(|r| napper(&r.1))
+        .sum();
+    let sampled: f64 = runs
+        .iter()
+        .filter(|r| r.0 != "1")
+        .map(|r| napper(&r.1))
+        .sum();
+    eprintln!("napper sleep s/s (2 windows): rate 1 {all:.3}, default rate {sampled:.3}");
+    assert!(
+        all > 0.2,
+        "the napper slept only {all:.3} s/s in 2 windows at rate 1"
+    );
+    // Its sleeps per second still shift a little with what recording costs it (+3% seen).
+    within(
+        sampled,
+        all,
+        0.10,
+        "the napper's sleep seconds per second (2 windows)",
+    );
+    for (class, tolerance) in [(Some("futex"), 0.15), (Some("runnable"), 0.25)] {
+        let all: f64 = runs
+            .iter()
+            .filter(|r| r.0 == "1")
+            .map(|r| per_s(&r.1, class))
+            .sum();
+        let sampled: f64 = runs
+            .iter()
+            .filter(|r| r.0 != "1")
+            .map(|r| per_s(&r.1, class))
+            .sum();
+        let what = format!(
+            "{} seconds per second (2 windows)",
+            class.unwrap_or("off-CPU")
+        );
+        assert!(
+            all > 0.05,
+            "{what}: too little to compare ({all:.3} at rate 1)"
+        );
+        eprintln!("{what}: rate 1 {all:.3}, default rate {sampled:.3}");
+        within(sampled, all, tolerance, &what);
+    }
+    for (rate, _, recorded, left_out) in &runs {
+        if *rate == "1" {
+            assert_eq!(*left_out, 0, "rate 1 leaves nothing out");
+        } else {
+            // Most waits here are a few µs, some tens (a wake-up across CPUs in this VM).
+            assert!(
+                *recorded < *left_out,
+                "rate {rate}: {recorded} intervals recorded, {left_out} left out: not fewer"
+            );
+        }
+    }
+}

@@ -10,25 +10,32 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{
-        BtfTracePoint, PerfEvent,
+        PerfEvent, Program, ProgramError,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
         tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
     util::online_cpus,
 };
 use stallscope_common::{
-    BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, FirstSeen, KernelOffsets,
-    LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey,
-    STACK_LOST, ThreadExit, ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack,
-    WalkCacheEntry, WalkCacheKey, runq_bucket_low,
+    BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, FirstSeen,
+    KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, PENDING_RUNQ,
+    PENDING_WAIT, ProcMappings, RunqKey, STACK_LOST, THREAD_STACK_DEFERRED, ThreadExit,
+    ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, WalkCacheEntry,
+    WalkCacheKey, runq_bucket_low, wait_class,
 };
 
 use crate::error::Error;
 
 /// The BPF object built by agent/build.rs (aya-build) from ebpf/programs.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
+
+/// A program's failure to load, with the verifier's log when there is one.
+fn bpf_load(prog_name: &str, hook: Hook, e: ProgramError) -> Error {
+    Error::BpfLoad(format!("{prog_name} ({}): {e:#}", hook.describe()))
+}
 
 /// Kernel-side event and loss counters, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +49,10 @@ pub struct Counters {
     pub offcpu_switch_out: u64,
     pub offcpu_recorded: u64,
     pub offcpu_below_min: u64,
+    /// Off-CPU intervals left out by `--offcpu-rate` sampling (the kept ones carry weights).
+    pub offcpu_sampled_out: u64,
+    /// Kept intervals whose user stack was taken at the end of their futex call.
+    pub offcpu_deferred: u64,
     pub thread_map_full: u64,
     pub block_events_seen: u64,
     pub block_events_recorded: u64,
@@ -143,6 +154,12 @@ pub struct OpenInterval {
     pub wake_ts: u64,
     pub user: StackPart,
     pub kernel: StackPart,
+    /// The user stack was to be taken at the end of the thread's futex call, which had not
+    /// come when the window closed: `user` is to be filled from the last look at the threads.
+    pub stack_deferred: bool,
+    /// Kept intervals of that futex call still waiting for its stack: (class, estimated count,
+    /// weighted ns).
+    pub pending: Vec<(u32, u64, u64)>,
 }
 
 /// Wall time on CPU of one thread as the probes measured it (`ThreadState`).
@@ -201,19 +218,45 @@ pub const FILL_MAPS: [&str; 8] = [
     "USER_STACKS",
 ];
 
-const OFFCPU_PROGRAMS: [(&str, &str); 5] = [
-    ("sched_switch", "sched_switch"),
-    ("sched_wakeup", "sched_wakeup"),
-    ("sys_enter", "sys_enter"),
-    ("sys_exit", "sys_exit"),
-    ("sched_process_exit", "sched_process_exit"),
+/// The kernel programs behind the off-CPU, block and mutex profiles, and what each attaches to.
+const OFFCPU_PROGRAMS: [(&str, Hook); 5] = [
+    ("sched_switch", Hook::Tracepoint("sched_switch")),
+    ("sched_wakeup", Hook::Tracepoint("sched_wakeup")),
+    ("futex_enter", Hook::Syscall("sys_enter_futex")),
+    ("futex_exit", Hook::Syscall("sys_exit_futex")),
+    ("sched_process_exit", Hook::Tracepoint("sched_process_exit")),
 ];
+
+/// Where a kernel program attaches: a BTF tracepoint, or one syscall's tracepoint
+/// (`syscalls:sys_enter_*`/`sys_exit_*`: only that syscall runs the program, where a
+/// `raw_syscalls` hook runs for every syscall of every process). fentry on `__x64_sys_*` would
+/// be cheaper still, but kernels under lockdown (this project's machines) refuse it (EPERM).
+#[derive(Clone, Copy)]
+enum Hook {
+    Tracepoint(&'static str),
+    Syscall(&'static str),
+}
+
+impl Hook {
+    fn describe(self) -> String {
+        match self {
+            Hook::Tracepoint(tp) => format!("BTF tracepoint {tp}"),
+            Hook::Syscall(tp) => format!("tracepoint syscalls:{tp}"),
+        }
+    }
+}
+
+/// A link of an attached kernel program.
+enum HookLink {
+    Tracepoint(BtfTracePointLinkId),
+    Syscall(TracePointLinkId),
+}
 
 /// The loaded BPF programs and their maps, plus the links of what is attached now.
 pub struct Collector {
     ebpf: Ebpf,
     cpu_links: Vec<PerfEventLinkId>,
-    tp_links: Vec<(&'static str, BtfTracePointLinkId)>,
+    tp_links: Vec<(&'static str, HookLink)>,
     stacks: StackTraceMap<MapData>,
     btf: Option<Btf>,
 }
@@ -383,25 +426,8 @@ impl Collector {
             }
         }
         if offcpu {
-            if self.btf.is_none() {
-                self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                    Error::BpfLoad(format!(
-                        "reading the kernel BTF /sys/kernel/btf/vmlinux: {e}"
-                    ))
-                })?);
-            }
-            for (prog_name, tp) in OFFCPU_PROGRAMS {
-                let btf = self.btf.as_ref().expect("set above");
-                let prog: &mut BtfTracePoint = self
-                    .ebpf
-                    .program_mut(prog_name)
-                    .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?
-                    .try_into()
-                    .map_err(|e| Error::Internal(format!("{prog_name}: {e}")))?;
-                if prog.fd().is_err() {
-                    prog.load(tp, btf)
-                        .map_err(|e| Error::BpfLoad(format!("{prog_name}: {e:#}")))?;
-                }
+            for (prog_name, hook) in OFFCPU_PROGRAMS {
+                self.load_hooked(prog_name, hook)?;
             }
         }
         Ok(())
@@ -461,6 +487,28 @@ impl Collector {
     /// Attaches the scheduler and syscall tracepoints behind the off-CPU and block profiles
     /// (BTF tracepoints: no tracefs needed). What they record is chosen by [`Self::set_config`].
     pub fn start_offcpu(&mut self) -> Result<(), Error> {
+        self.load_programs(false, true)?;
+        crate::system::ensure_tracefs()?;
+        for (prog_name, hook) in OFFCPU_PROGRAMS {
+            let attached = self.program(prog_name).and_then(|prog| {
+                let link = match (hook, prog) {
+                    (Hook::Tracepoint(_), Program::BtfTracePoint(p)) => {
+                        p.attach().map(HookLink::Tracepoint)
+                    }
+                    (Hook::Syscall(tp), Program::TracePoint(p)) => {
+                        p.attach("syscalls", tp).map(HookLink::Syscall)
+                    }
+                    _ => return Err(Error::Internal(format!("{prog_name}: unexpected type"))),
+                };
+                link.map_err(|e| Error::Attach(format!("{}: {e:#}", hook.describe())))
+            })?;
+            self.tp_links.push((prog_name, attached));
+        }
+        Ok(())
+    }
+
+    /// Loads (verifies) one of [`OFFCPU_PROGRAMS`] against the kernel's BTF, unless loaded.
+    fn load_hooked(&mut self, prog_name: &'static str, hook: Hook) -> Result<(), Error> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| {
                 Error::BpfLoad(format!(
@@ -469,35 +517,52 @@ impl Collector {
             })?);
         }
         let btf = self.btf.as_ref().expect("set above");
-        for (prog_name, tp) in OFFCPU_PROGRAMS {
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(prog_name)
-                .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?
-                .try_into()
-                .map_err(|e| Error::Internal(format!("{prog_name}: {e}")))?;
-            if prog.fd().is_err() {
-                prog.load(tp, btf)
-                    .map_err(|e| Error::BpfLoad(format!("{prog_name}: {e:#}")))?;
+        let prog = self
+            .ebpf
+            .program_mut(prog_name)
+            .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?;
+        let loaded = match (hook, prog) {
+            (Hook::Tracepoint(tp), Program::BtfTracePoint(p)) => {
+                p.fd().is_ok() || {
+                    p.load(tp, btf).map_err(|e| bpf_load(prog_name, hook, e))?;
+                    true
+                }
             }
-            let link = prog
-                .attach()
-                .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}")))?;
-            self.tp_links.push((prog_name, link));
+            (Hook::Syscall(_), Program::TracePoint(p)) => {
+                p.fd().is_ok() || {
+                    p.load().map_err(|e| bpf_load(prog_name, hook, e))?;
+                    true
+                }
+            }
+            _ => false,
+        };
+        if !loaded {
+            return Err(Error::Internal(format!(
+                "{prog_name}: not the program type {} needs",
+                hook.describe()
+            )));
         }
         Ok(())
     }
 
-    /// Detaches the off-CPU/block tracepoints (idempotent). Recorded data stays readable.
+    fn program(&mut self, prog_name: &str) -> Result<&mut Program, Error> {
+        self.ebpf
+            .program_mut(prog_name)
+            .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))
+    }
+
+    /// Detaches the off-CPU/block/mutex programs (idempotent). Recorded data stays readable.
     pub fn stop_offcpu(&mut self) {
         for (prog_name, link) in self.tp_links.drain(..) {
             let Some(prog) = self.ebpf.program_mut(prog_name) else {
                 continue;
             };
-            let Ok(prog): Result<&mut BtfTracePoint, _> = prog.try_into() else {
-                continue;
+            let r = match (prog, link) {
+                (Program::BtfTracePoint(p), HookLink::Tracepoint(l)) => p.detach(l),
+                (Program::TracePoint(p), HookLink::Syscall(l)) => p.detach(l),
+                _ => continue,
             };
-            if let Err(e) = prog.detach(link) {
+            if let Err(e) = r {
                 tracing::warn!("detaching {prog_name}: {e}");
             }
         }
@@ -524,6 +589,8 @@ impl Collector {
             offcpu_switch_out: read(Counter::OffcpuSwitchOut)?,
             offcpu_recorded: read(Counter::OffcpuRecorded)?,
             offcpu_below_min: read(Counter::OffcpuBelowMin)?,
+            offcpu_sampled_out: read(Counter::OffcpuSampledOut)?,
+            offcpu_deferred: read(Counter::OffcpuDeferred)?,
             thread_map_full: read(Counter::ThreadMapFull)?,
             block_events_seen: read(Counter::BlockEventsSeen)?,
             block_events_recorded: read(Counter::BlockEventsRecorded)?,
@@ -578,7 +645,9 @@ impl Collector {
                 syscall: k.syscall,
                 user: self.user_stack(k.user_stack, &mut ucache),
                 kernel: self.stack(k.kernel_stack, &mut cache),
-                count: v.count,
+                // Each kept interval counts at least one (weights are ≥ 1), so no count
+                // rounds to zero.
+                count: (v.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE,
                 total_ns: v.total_ns,
             });
         }
@@ -616,7 +685,7 @@ impl Collector {
                     tid: k.tid,
                     uaddr: k.uaddr,
                     user: self.user_stack(k.user_stack, &mut ucache),
-                    count: v.count,
+                    count: (v.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE,
                     delay_ns: v.delay_ns,
                 });
             }
@@ -651,10 +720,24 @@ impl Collector {
         let mut out = Vec::new();
         for entry in map.iter() {
             let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
-            if st.off_ts == 0 {
+            let stack_deferred = st.flags & THREAD_STACK_DEFERRED != 0;
+            let pending: Vec<(u32, u64, u64)> = [
+                (wait_class::FUTEX, st.pending[PENDING_WAIT]),
+                (wait_class::RUNNABLE, st.pending[PENDING_RUNQ]),
+            ]
+            .into_iter()
+            .filter(|(_, p)| stack_deferred && p.count_scaled > 0)
+            .map(|(class, p)| {
+                let n = (p.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE;
+                (class, n, p.ns)
+            })
+            .collect();
+            if st.off_ts == 0 && pending.is_empty() {
                 continue;
             }
             out.push(OpenInterval {
+                stack_deferred,
+                pending,
                 tid,
                 tgid: st.tgid,
                 class: st.class,
@@ -798,8 +881,8 @@ impl Collector {
                 "cpu_sample" => "cpu_sample",
                 "sched_switch" => "sched_switch",
                 "sched_wakeup" => "sched_wakeup",
-                "sys_enter" => "sys_enter",
-                "sys_exit" => "sys_exit",
+                "futex_enter" => "futex_enter",
+                "futex_exit" => "futex_exit",
                 "sched_process_exit" => "sched_process_exit",
                 _ => continue,
             };

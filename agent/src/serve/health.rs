@@ -13,11 +13,13 @@ use prometheus::{
 use crate::collect::{Counters, MapFill, ProgramStats};
 use crate::error::Error;
 
-const EVENTS: [&str; 8] = [
+const EVENTS: [&str; 10] = [
     "cpu_samples",
     "cpu_samples_target",
     "offcpu_switch_out",
     "offcpu_recorded",
+    "offcpu_sampled_out",
+    "offcpu_below_min",
     "block_events_seen",
     "block_events_recorded",
     "mutex_events_seen",
@@ -35,8 +37,8 @@ const PROGRAMS: [&str; 6] = [
     "cpu_sample",
     "sched_switch",
     "sched_wakeup",
-    "sys_enter",
-    "sys_exit",
+    "futex_enter",
+    "futex_exit",
     "sched_process_exit",
 ];
 /// Profile kinds served (label values of the profile metrics).
@@ -282,6 +284,8 @@ impl Health {
             c.cpu_samples_target,
             c.offcpu_switch_out,
             c.offcpu_recorded,
+            c.offcpu_sampled_out,
+            c.offcpu_below_min,
             c.block_events_seen,
             c.block_events_recorded,
             c.mutex_events_seen,

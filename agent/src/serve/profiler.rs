@@ -64,6 +64,8 @@ pub struct Profiler {
     health: Health,
     frequency: u64,
     block_rate: u64,
+    offcpu_rate: u64,
+    mutex_rate: u64,
     mutex_fraction: u64,
     bpf_stats: bool,
 }
@@ -150,6 +152,8 @@ impl Profiler {
             health,
             frequency: args.rates.frequency,
             block_rate: args.rates.block_rate,
+            offcpu_rate: args.rates.offcpu_rate,
+            mutex_rate: args.rates.mutex_rate,
             mutex_fraction: args.rates.mutex_fraction,
             bpf_stats: args.bpf_stats,
         })
@@ -220,6 +224,8 @@ impl Profiler {
             block_rate: self.block_rate,
             mutex_fraction: self.mutex_fraction,
             offcpu_min: 0,
+            offcpu_rate: self.offcpu_rate,
+            mutex_rate: self.mutex_rate,
             tid_labels: true,
             dumps: None,
         };

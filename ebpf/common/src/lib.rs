@@ -82,6 +82,12 @@ pub enum Counter {
     FirstSeenFull = 23,
     /// `EXITED` was full: an exited thread's CPU time is missing from the accounting.
     ExitedFull = 24,
+    /// Off-CPU intervals left out by the duration-weighted sampling (`--offcpu-rate`), on
+    /// purpose: the kept ones carry their weight.
+    OffcpuSampledOut = 25,
+    /// Kept off-CPU intervals whose user stack is taken at the end of their futex call
+    /// (deferred walk) rather than at the switch-out.
+    OffcpuDeferred = 26,
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
@@ -192,12 +198,35 @@ pub struct ThreadState {
     /// ktime of the first switch-out not preceded by a switch-in seen (the agent adds the time
     /// on CPU before it: from the window's start or the thread's first switch-in).
     pub first_out_ts: u64,
+    /// Kept off-CPU intervals of the current futex call still waiting for its user stack
+    /// (`THREAD_STACK_DEFERRED`): the wait itself (class `FUTEX`) and the run-queue time
+    /// after its wakeups (class `RUNNABLE`). Recorded at the call's end (`futex_exit`); the
+    /// agent records what is still here when the window ends.
+    pub pending: [PendingWait; 2],
 }
+
+/// Sampled off-CPU time waiting for its stack: count × `BLOCK_COUNT_SCALE` and weighted ns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingWait {
+    pub count_scaled: u64,
+    pub ns: u64,
+}
+
+/// `ThreadState::pending` slot of the wait (class `FUTEX`).
+pub const PENDING_WAIT: usize = 0;
+/// `ThreadState::pending` slot of the run-queue time (class `RUNNABLE`).
+pub const PENDING_RUNQ: usize = 1;
 
 /// The thread's current futex wait was counted as a waiter in `LOCKS`.
 pub const THREAD_LOCK_WAITER: u32 = 1;
 /// `ThreadState::sys_stack` holds the user stack of the current syscall.
 pub const THREAD_SYS_STACK: u32 = 2;
+/// The thread is inside a futex call the `futex_enter`/`futex_exit` programs follow.
+pub const THREAD_IN_FUTEX: u32 = 4;
+/// The current off-CPU interval's user stack is not taken yet: it will be, at the end of the
+/// futex call, if the sampling keeps the interval (`ThreadState::pending`).
+pub const THREAD_STACK_DEFERRED: u32 = 8;
 
 /// Key of the off-CPU aggregation map.
 #[repr(C)]
@@ -214,11 +243,13 @@ pub struct OffcpuKey {
     pub _pad: u32,
 }
 
-/// Count and total time of the intervals aggregated under one key.
+/// Estimated count and total time of the intervals aggregated under one key, with the
+/// duration-weighted sampling (`Config::offcpu_rate_ns`) applied: `count_scaled` is the
+/// number of intervals × `BLOCK_COUNT_SCALE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffcpuValue {
-    pub count: u64,
+    pub count_scaled: u64,
     pub total_ns: u64,
 }
 
@@ -241,8 +272,26 @@ pub struct BlockValue {
     pub delay_ns: u64,
 }
 
-/// Fixed-point scale of `BlockValue::count_scaled`.
+/// Fixed-point scale of `BlockValue::count_scaled` and `OffcpuValue::count_scaled`.
 pub const BLOCK_COUNT_SCALE: u64 = 1000;
+
+/// Go's block-profile sampling (>= 1.17) of an event lasting `d` ns, given a uniform random
+/// `r`: kept with probability min(1, d/rate); a kept event counts max(1, rate/d) (×
+/// `BLOCK_COUNT_SCALE`) and weighs max(d, rate) ns, so that sums over many events are
+/// unbiased. `None`: left out. A `rate` ≤ 1 keeps every event at its own weight.
+#[inline(always)]
+pub fn weighted_sample(d: u64, rate: u64, r: u32) -> Option<(u64, u64)> {
+    let d = d.max(1);
+    if rate <= 1 || d >= rate {
+        return Some((BLOCK_COUNT_SCALE, d));
+    }
+    // Keep when r / 2^32 < d / rate. `rate` is at most a few seconds (< 2^32 ns · 2^31), so
+    // neither side overflows.
+    if (r as u64) * rate >= d << 32 {
+        return None;
+    }
+    Some((rate * BLOCK_COUNT_SCALE / d, rate))
+}
 
 /// Run-queue latency histogram: log-linear buckets, `RUNQ_SUB_BUCKETS` per power of two.
 pub const RUNQ_SUB_BITS: u32 = 3;
@@ -292,6 +341,12 @@ pub struct Config {
     /// Go's mutex-profile fraction (`SetMutexProfileFraction`): 1 in N contention events is
     /// kept and weighted by N. 0 or 1 keeps all.
     pub mutex_fraction: u64,
+    /// Off-CPU sampling rate in ns, with the block profile's semantics: an interval of `d` is
+    /// kept with probability min(1, d/rate) and weighted max(d, rate); ≤ 1 keeps every one.
+    pub offcpu_rate_ns: u64,
+    /// The same duration-weighted sampling for the mutex profile, on top of `mutex_fraction`:
+    /// of a release's delay (holder side) and of a wait (waiter side).
+    pub mutex_rate_ns: u64,
 }
 
 pub const CONFIG_OFFCPU: u64 = 1;
@@ -334,11 +389,12 @@ pub struct MutexKey {
     pub user_stack: u64,
 }
 
-/// Contention events and delay (already multiplied by the mutex fraction).
+/// Contention events (× `BLOCK_COUNT_SCALE`) and delay, with the sampling's weights (mutex
+/// fraction and mutex rate) already applied.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MutexValue {
-    pub count: u64,
+    pub count_scaled: u64,
     pub delay_ns: u64,
 }
 
@@ -572,5 +628,55 @@ mod tests {
                 last = b;
             }
         }
+    }
+
+    #[test]
+    fn weighted_sampling_is_unbiased_over_its_random_draws() {
+        // Every draw r in an even sweep of [0, 2^32): the kept events' weights must add up to
+        // the events' own total, in count and in time.
+        const DRAWS: u64 = 1 << 16;
+        for (d, rate) in [
+            (1, 100_000),
+            (2_500, 100_000),
+            (40_000, 100_000),
+            (99_999, 100_000),
+        ] {
+            let (mut n, mut ns) = (0u64, 0u64);
+            for i in 0..DRAWS {
+                let r = (i << 32) / DRAWS;
+                if let Some((c, w)) = weighted_sample(d, rate, r as u32) {
+                    assert_eq!(w, rate, "a short event weighs the rate");
+                    n += c;
+                    ns += w;
+                }
+            }
+            let want_ns = d as f64 * DRAWS as f64;
+            assert!(
+                (ns as f64 - want_ns).abs() <= rate as f64,
+                "d={d}: {ns} ns kept for {want_ns}"
+            );
+            // Within one kept event's count of the truth.
+            let want_n = (BLOCK_COUNT_SCALE * DRAWS) as f64;
+            let one = (rate * BLOCK_COUNT_SCALE / d) as f64;
+            assert!(
+                (n as f64 - want_n).abs() <= one,
+                "d={d}: count {n} for {want_n}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_events_and_rate_one_are_always_kept_at_their_own_weight() {
+        for r in [0, 1 << 31, u32::MAX] {
+            assert_eq!(weighted_sample(5, 1, r), Some((BLOCK_COUNT_SCALE, 5)));
+            assert_eq!(weighted_sample(0, 0, r), Some((BLOCK_COUNT_SCALE, 1)));
+            assert_eq!(
+                weighted_sample(200_000, 100_000, r),
+                Some((BLOCK_COUNT_SCALE, 200_000))
+            );
+        }
+        // The largest rate the CLI takes (4 s) does not overflow.
+        assert!(weighted_sample(3_999_999_999, 4_000_000_000, u32::MAX).is_none());
+        assert!(weighted_sample(3_999_999_999, 4_000_000_000, 0).is_some());
     }
 }

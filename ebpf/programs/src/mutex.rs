@@ -15,7 +15,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use stallscope_common::{
-    AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue,
+    AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue, weighted_sample,
 };
 
 use crate::shared::{add_pair_or_insert, count};
@@ -38,17 +38,30 @@ fn xadd(p: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
-/// 1-in-`fraction` sampling (Go's `SetMutexProfileFraction`): the weight of a kept event, or
-/// `None` to skip it.
+/// The mutex profile's sampling of an event of `d` ns: 1-in-`fraction` (Go's
+/// `SetMutexProfileFraction`, weight N), then duration-weighted by `mutex_rate_ns` like the
+/// block profile. The kept event's (count × `BLOCK_COUNT_SCALE`, delay) with both weights
+/// applied, or `None` to skip it. Decided before the stack is taken, which only kept events pay.
 #[inline(always)]
-fn sample(cfg: &Config) -> Option<u64> {
+fn sample(cfg: &Config, d: u64) -> Option<(u64, u64)> {
     let n = cfg.mutex_fraction;
-    if n <= 1 {
-        return Some(1);
+    if n > 1 {
+        // SAFETY: helper without arguments.
+        let r = unsafe { bpf_get_prandom_u32() } as u64;
+        if !r.is_multiple_of(n) {
+            return None;
+        }
     }
-    // SAFETY: helper without arguments.
-    let r = unsafe { bpf_get_prandom_u32() } as u64;
-    if r.is_multiple_of(n) { Some(n) } else { None }
+    let n = n.max(1);
+    let rate = cfg.mutex_rate_ns;
+    let r = if rate > 1 && d < rate {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_get_prandom_u32() }
+    } else {
+        0
+    };
+    let (c, w) = weighted_sample(d, rate, r)?;
+    Some((c.wrapping_mul(n), w.wrapping_mul(n)))
 }
 
 #[inline(always)]
@@ -89,11 +102,11 @@ pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
     true
 }
 
-/// A counted waiter stops waiting (woken, timed out or interrupted). Returns the weight with
-/// which its wait is to be recorded on the waiter side ([`record_waiter`]), or `None` when the
-/// 1-in-N sampling skips it.
+/// A counted waiter stops waiting (woken, timed out or interrupted) after `waited` ns. Returns
+/// the weighted (count, wait) to record on the waiter side ([`record_waiter`]), or `None` when
+/// the sampling skips it.
 #[inline(always)]
-pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64) -> Option<u64> {
+pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) -> Option<(u64, u64)> {
     let key = LockKey {
         tgid,
         _pad: 0,
@@ -108,19 +121,20 @@ pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64) -> Option<u64> {
             xadd(&raw mut (*p).sum_end, now);
         }
     }
-    sample(cfg)
+    sample(cfg, waited)
 }
 
-/// Records a wait of `waited` ns on `uaddr` under the waiter's stack (`LOCK_WAITERS`).
+/// Records a kept wait on `uaddr` (weighted count and ns, from [`wait_end`]) under the
+/// waiter's stack (`LOCK_WAITERS`).
 #[inline(always)]
-pub fn record_waiter(tgid: u32, uaddr: u64, user_stack: u64, weight: u64, waited: u64) {
+pub fn record_waiter(tgid: u32, uaddr: u64, user_stack: u64, kept: (u64, u64)) {
     let k = MutexKey {
         tgid,
         tid: aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32,
         uaddr,
         user_stack,
     };
-    add_value(&LOCK_WAITERS, &k, weight, waited.wrapping_mul(weight));
+    add_value(&LOCK_WAITERS, &k, kept.0, kept.1);
 }
 
 /// `W(now)` of a lock. The loads are ordered against the waiters' adds so that a torn read
@@ -179,7 +193,7 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
     // needs BPF cpu v3 and the programs build for v1).
     st.charged = w;
     count(Counter::MutexEventsSeen);
-    let Some(weight) = sample(cfg) else {
+    let Some((n, weighted)) = sample(cfg, delay) else {
         return;
     };
     count(Counter::MutexEventsRecorded);
@@ -189,5 +203,5 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
         uaddr,
         user_stack: stack(),
     };
-    add_value(&MUTEX, &k, weight, delay.wrapping_mul(weight));
+    add_value(&MUTEX, &k, n, weighted);
 }

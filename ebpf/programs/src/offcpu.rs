@@ -5,21 +5,34 @@
 //!   the thread coming in (`next`) closes its interval into `OFFCPU`.
 //! - `sched_wakeup`: the time a sleeping thread became runnable, so the interval splits into
 //!   the wait itself and the run-queue latency after it (`runnable`).
-//! - `sys_enter`/`sys_exit`: the syscall a thread is in (its wait class), and futex waits for
-//!   the block profile, sampled in the kernel with Go's `SetBlockProfileRate` semantics.
+//! - `futex_enter`/`futex_exit` (`syscalls:sys_enter_futex`/`sys_exit_futex`): the mutex profile's
+//!   waits and wakes, the block profile (sampled in the kernel with Go's `SetBlockProfileRate`
+//!   semantics), and the user stack of the futex waits the off-CPU sampling kept. No other
+//!   syscall is hooked: the class of a thread's wait comes from its saved user registers at
+//!   the switch-out (`current_syscall`).
 //! - `sched_process_exit`: drops the state of exiting threads.
+//!
+//! Off-CPU intervals are sampled like the block profile (`Config::offcpu_rate_ns`): an
+//! interval of `d` is kept with probability min(1, d/rate) and weighted max(d, rate). A wait
+//! inside a futex call gets its user stack only if it is kept, once, at the call's end (the
+//! user registers cannot change before it returns); other waits take it at the switch-out.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map},
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_task_pt_regs,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use stallscope_common::{
-    AGG_MAP_ENTRIES, BLOCK_COUNT_SCALE, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX,
-    CONFIG_OFFCPU, Config, Counter, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue,
-    RunqKey, STACK_NONE, THREAD_LOCK_WAITER, THREAD_SYS_STACK, ThreadExit, ThreadState,
-    USER_STACK_LOST, USER_STACK_NONE, runq_bucket, wait_class,
+    AGG_MAP_ENTRIES, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config,
+    Counter, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, PENDING_RUNQ,
+    PENDING_WAIT, PendingWait, RunqKey, STACK_NONE, THREAD_IN_FUTEX, THREAD_LOCK_WAITER,
+    THREAD_STACK_DEFERRED, THREAD_SYS_STACK, ThreadExit, ThreadState, USER_STACK_LOST,
+    USER_STACK_NONE, runq_bucket, wait_class, weighted_sample,
 };
 
 use crate::{
@@ -98,8 +111,20 @@ const TASK_DEAD: u32 = 0x80;
 const TASK_NOLOAD: u32 = 0x400;
 
 // Offsets of struct pt_regs (x86-64 uapi layout, stable).
-const PT_REGS_SI: usize = 104;
-const PT_REGS_DI: usize = 112;
+const PT_REGS_R11: usize = 48;
+const PT_REGS_AX: usize = 80;
+const PT_REGS_CX: usize = 88;
+const PT_REGS_ORIG_AX: usize = 120;
+const PT_REGS_IP: usize = 128;
+const PT_REGS_FLAGS: usize = 144;
+
+// The records of the syscalls:sys_enter_* tracepoints: the arguments from offset 16, 8 bytes each.
+const SYS_ENTER_ARG0: usize = 16;
+const SYS_ENTER_ARG1: usize = 24;
+
+const ENOSYS: u64 = 38;
+/// Beyond every x86-64 syscall number: larger `orig_ax` values are not syscalls.
+const MAX_SYSCALL_NR: u64 = 1024;
 
 #[inline(always)]
 fn config() -> Config {
@@ -172,6 +197,33 @@ fn syscall_class(st: &ThreadState) -> u32 {
     }
 }
 
+/// The syscall the current thread is in, from its saved user registers, or `NO_SYSCALL`.
+///
+/// `orig_ax` holds the syscall number during a syscall, but also an exception's error code
+/// (a page fault's is a small number) or an interrupt's negated vector. A syscall is told
+/// apart by what its entry saved: the `syscall` instruction put the user's rip in rcx and its
+/// rflags in r11, and the kernel set `ax` to -ENOSYS until the call returns; an exception's
+/// frame holds the user's own registers there. 32-bit (int 0x80) calls are not recognized.
+#[inline(always)]
+fn current_syscall() -> i32 {
+    // SAFETY: BTF-typed current task; the helper returns its user-mode registers.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return NO_SYSCALL;
+    }
+    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
+    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    let nr = read(PT_REGS_ORIG_AX);
+    if nr >= MAX_SYSCALL_NR
+        || read(PT_REGS_AX) != ENOSYS.wrapping_neg()
+        || read(PT_REGS_CX) != read(PT_REGS_IP)
+        || read(PT_REGS_R11) != read(PT_REGS_FLAGS)
+    {
+        return NO_SYSCALL;
+    }
+    nr as i32
+}
+
 /// The current thread's user stack. In a futex call it is taken once and kept for the rest of
 /// the call (a futex call's user registers cannot change before it returns): the switch-out,
 /// the mutex profile and the block profile of one wait share one look-up.
@@ -183,34 +235,76 @@ fn syscall_stack(tgid: u32, st: &mut ThreadState) -> u64 {
         return st.sys_stack;
     }
     let h = user_stack_handle::<SLOT_TRACEPOINT>(tgid);
-    if st.syscall == SYS_FUTEX || st.syscall == SYS_FUTEX_WAITV {
+    if st.flags & THREAD_IN_FUTEX != 0 {
         st.sys_stack = h;
         st.flags |= THREAD_SYS_STACK;
     }
     h
 }
 
+/// Adds a kept interval (`count_scaled`, weighted `ns`) under the thread's current stacks.
 #[inline(always)]
-fn record(tid: u32, class: u32, st: &ThreadState, ns: u64) {
-    let tgid = st.tgid;
-    let key = OffcpuKey {
-        tid,
-        _pad: 0,
-        tgid,
-        class,
-        syscall: if class == wait_class::SYSCALL {
-            st.syscall
-        } else {
-            NO_SYSCALL
-        },
-        kernel_stack: st.kernel_stack,
-        user_stack: st.user_stack,
-    };
-    if add_pair_or_insert(&OFFCPU, &key, 1, ns) {
-        count(Counter::OffcpuRecorded);
+fn record(tid: u32, class: u32, st: &ThreadState, count_scaled: u64, ns: u64) {
+    let syscall = if class == wait_class::SYSCALL {
+        st.syscall
     } else {
+        NO_SYSCALL
+    };
+    record_key(
+        OffcpuKey {
+            tid,
+            _pad: 0,
+            tgid: st.tgid,
+            class,
+            syscall,
+            kernel_stack: st.kernel_stack,
+            user_stack: st.user_stack,
+        },
+        count_scaled,
+        ns,
+    );
+}
+
+/// Adds to `OFFCPU`; the interval was counted as recorded when it was kept (`interval`).
+#[inline(always)]
+fn record_key(key: OffcpuKey, count_scaled: u64, ns: u64) {
+    if !add_pair_or_insert(&OFFCPU, &key, count_scaled, ns) {
         count(Counter::AggMapFull);
     }
+}
+
+/// The sampling decision for an interval of `ns` of class `class` that just ended: left out,
+/// recorded, or (its stack deferred) added to the thread's pending waits.
+#[inline(always)]
+fn interval(tid: u32, class: u32, st: &mut ThreadState, ns: u64, cfg: &Config) {
+    if ns < cfg.offcpu_min_ns {
+        count(Counter::OffcpuBelowMin);
+        return;
+    }
+    let rate = cfg.offcpu_rate_ns;
+    let r = if rate > 1 && ns < rate {
+        unsafe { bpf_get_prandom_u32() }
+    } else {
+        0
+    };
+    let Some((n, w)) = weighted_sample(ns, rate, r) else {
+        count(Counter::OffcpuSampledOut);
+        return;
+    };
+    count(Counter::OffcpuRecorded);
+    if st.flags & THREAD_STACK_DEFERRED != 0 {
+        let slot = if class == wait_class::RUNNABLE {
+            PENDING_RUNQ
+        } else {
+            PENDING_WAIT
+        };
+        let p = &mut st.pending[slot];
+        p.count_scaled += n;
+        p.ns += w;
+        count(Counter::OffcpuDeferred);
+        return;
+    }
+    record(tid, class, st, n, w);
 }
 
 #[inline(always)]
@@ -253,7 +347,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if next_is_target {
         let next_tid = task_pid(next);
         if next_tid != 0 {
-            switch_in(next_tid, now, cfg.offcpu_min_ns);
+            switch_in(next_tid, now, &cfg);
         }
     }
     0
@@ -282,10 +376,10 @@ fn switch_out(
         Some(p) => unsafe { *p },
         None => ThreadState {
             tgid,
-            syscall: NO_SYSCALL,
             ..ThreadState::default()
         },
     };
+    st.syscall = current_syscall();
     st.class = if preempt || state == 0 {
         wait_class::RUNNABLE
     } else if state & (TASK_STOPPED | TASK_TRACED) != 0 {
@@ -304,7 +398,17 @@ fn switch_out(
     st.off_ts = now;
     st.wake_ts = 0;
     st.tgid = tgid;
-    st.user_stack = syscall_stack(tgid, &mut st);
+    let in_futex = st.flags & THREAD_IN_FUTEX != 0;
+    if in_futex
+        && st.flags & THREAD_SYS_STACK == 0
+        && (st.class == wait_class::FUTEX || st.class == wait_class::RUNNABLE)
+    {
+        // Taken at the call's end, and only if the sampling keeps this interval.
+        st.flags |= THREAD_STACK_DEFERRED;
+        st.user_stack = USER_STACK_NONE;
+    } else {
+        st.user_stack = syscall_stack(tgid, &mut st);
+    }
     // The kernel stack says something only when the wait class does not already: a thread
     // blocked in futex, poll/epoll or nanosleep is always in that syscall's wait path, and a
     // preempted one in the scheduler's preemption path. Capturing it (the kernel's ORC walk)
@@ -326,7 +430,7 @@ fn switch_out(
 }
 
 #[inline(always)]
-fn switch_in(tid: u32, now: u64, min_ns: u64) {
+fn switch_in(tid: u32, now: u64, cfg: &Config) {
     let Some(p) = THREADS.get_ptr_mut(tid) else {
         first_seen(tid, now, true);
         return;
@@ -346,27 +450,17 @@ fn switch_in(tid: u32, now: u64, min_ns: u64) {
         // Blocked until the wakeup, then waited in the run queue.
         let blocked = st.wake_ts - off;
         let queued = now - st.wake_ts;
-        if blocked >= min_ns {
-            record(tid, st.class, st, blocked);
-        } else {
-            count(Counter::OffcpuBelowMin);
-        }
+        let class = st.class;
+        interval(tid, class, st, blocked, cfg);
         record_runq(st.tgid, queued);
-        if queued >= min_ns {
-            record(tid, wait_class::RUNNABLE, st, queued);
-        } else {
-            count(Counter::OffcpuBelowMin);
-        }
+        interval(tid, wait_class::RUNNABLE, st, queued, cfg);
     } else {
         let ns = now.saturating_sub(off);
         if st.class == wait_class::RUNNABLE {
             record_runq(st.tgid, ns);
         }
-        if ns >= min_ns {
-            record(tid, st.class, st, ns);
-        } else {
-            count(Counter::OffcpuBelowMin);
-        }
+        let class = st.class;
+        interval(tid, class, st, ns, cfg);
     }
     st.wake_ts = 0;
 }
@@ -424,9 +518,12 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// sys_enter(struct pt_regs *regs, long id)
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
+/// `syscalls:sys_enter_futex`: the mutex profile's waits and wakes. Every futex call on the
+/// machine runs it; other processes leave after one bitmap look-up. (The per-syscall
+/// tracepoint rather than fentry on `__x64_sys_futex`: the kernels this runs on may refuse
+/// fentry programs, as lockdown does here.)
+#[tracepoint(category = "syscalls", name = "sys_enter_futex")]
+pub fn futex_enter(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_target(tgid) {
@@ -439,20 +536,14 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let regs: *const u8 = ctx.arg(0);
-    let id: i64 = ctx.arg(1);
-    // The arguments matter only to futex calls (mutex and block profiles).
-    let (arg0, arg1) = if id as i32 == SYS_FUTEX {
-        // SAFETY: `regs` is the BTF-typed struct pt_regs argument; the verifier checks these
-        // constant-offset loads against its BTF (as in `task_pid`).
-        unsafe {
-            (
-                core::ptr::read_volatile(regs.add(PT_REGS_DI) as *const u64),
-                core::ptr::read_volatile(regs.add(PT_REGS_SI) as *const u64),
-            )
-        }
-    } else {
-        (0, 0)
+    let rec = ctx.as_ptr() as *const u8;
+    // SAFETY: the tracepoint's record (`format`: uaddr at 16, op at 24, 8 bytes each): loads
+    // from the context at constant offsets inside it, which the verifier checks.
+    let (uaddr, op) = unsafe {
+        (
+            core::ptr::read_volatile(rec.add(SYS_ENTER_ARG0) as *const u64),
+            core::ptr::read_volatile(rec.add(SYS_ENTER_ARG1) as *const u64) as u32,
+        )
     };
     let now = unsafe { bpf_ktime_get_ns() };
     // The thread's state first: the mutex release below takes the thread's stack through it.
@@ -475,32 +566,29 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     if let Some(p) = state {
         // SAFETY: live map value of this thread.
         let st = unsafe { &mut *p };
-        st.syscall = id as i32;
+        st.syscall = SYS_FUTEX;
         st.sys_enter_ts = now;
-        st.sys_arg0 = arg0;
-        st.sys_arg1 = arg1 as u32;
-        st.flags = 0;
-    }
-    if id as i32 != SYS_FUTEX {
-        return 0;
+        st.sys_arg0 = uaddr;
+        st.sys_arg1 = op;
+        st.flags = THREAD_IN_FUTEX;
+        st.pending = [PendingWait::default(); 2];
     }
     if cfg.flags & CONFIG_MUTEX == 0 {
         return 0;
     }
-    let op = arg1 as u32;
     // SAFETY: live map value of this thread.
     let st = state.map(|p| unsafe { &mut *p });
     if is_futex_wait(op) {
-        // Only a thread with state can report its wait's end (at sys_exit).
+        // Only a thread with state can report its wait's end (at futex_exit).
         if let Some(st) = st
-            && mutex::wait_begin(tgid, arg0, now)
+            && mutex::wait_begin(tgid, uaddr, now)
         {
             st.flags |= THREAD_LOCK_WAITER;
         }
     } else if is_futex_wake(op) {
         // Without thread state (the thread table is full, counted) the stack is not taken:
         // a second copy of the unwinder here would cost more verifier time than it is worth.
-        mutex::release(&cfg, tgid, arg0, now, || match st {
+        mutex::release(&cfg, tgid, uaddr, now, || match st {
             Some(st) => syscall_stack(tgid, st),
             None => {
                 count(Counter::UserStackLost);
@@ -511,9 +599,10 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// sys_exit(struct pt_regs *regs, long ret)
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
+/// `syscalls:sys_exit_futex`: the end of a futex wait (mutex and block profiles) and the
+/// user stack of its kept off-CPU intervals.
+#[tracepoint(category = "syscalls", name = "sys_exit_futex")]
+pub fn futex_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_target(tgid) {
@@ -525,19 +614,21 @@ pub fn sys_exit(_ctx: BtfTracePointContext) -> u32 {
     };
     // SAFETY: live map value of this thread.
     let st = unsafe { &mut *p };
-    if st.sys_enter_ts != 0 {
-        syscall_ended(tgid, tid, st);
+    if st.flags & THREAD_IN_FUTEX != 0 {
+        futex_ended(tgid, tid, st);
     }
     st.syscall = NO_SYSCALL;
     st.sys_enter_ts = 0;
     st.flags = 0;
+    st.pending = [PendingWait::default(); 2];
     0
 }
 
-/// The end of a tracked syscall: the mutex profile's waiter accounting and the block profile.
+/// The end of a followed futex call: the mutex profile's waiter accounting, the block profile
+/// and the kept off-CPU intervals that wait for this call's stack. Runs when the window is
+/// closing too (the intervals were kept while it was open; the waiter count must balance).
 #[inline(always)]
-fn syscall_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
-    let syscall = st.syscall;
+fn futex_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
     let enter = st.sys_enter_ts;
     let op = st.sys_arg1;
     let uaddr = st.sys_arg0;
@@ -546,26 +637,47 @@ fn syscall_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
     let waited = now.saturating_sub(enter);
     // The mutex profile's waiter side, and whether this wait's stack is recorded there.
     let waiter_weight = if st.flags & THREAD_LOCK_WAITER != 0 {
-        mutex::wait_end(&cfg, tgid, uaddr, now)
+        mutex::wait_end(&cfg, tgid, uaddr, now, waited)
     } else {
         None
     };
-    let waits = match syscall {
-        SYS_FUTEX => is_futex_wait(op),
-        SYS_FUTEX_WAITV => true,
-        _ => false,
-    };
-    let block = if waits && cfg.flags & CONFIG_BLOCK != 0 {
+    let block = if is_futex_wait(op) && cfg.flags & CONFIG_BLOCK != 0 {
         block_sample(&cfg, waited)
     } else {
         None
     };
-    if waiter_weight.is_none() && block.is_none() {
+    let pending = st.flags & THREAD_STACK_DEFERRED != 0
+        && (st.pending[PENDING_WAIT].count_scaled | st.pending[PENDING_RUNQ].count_scaled) != 0;
+    if waiter_weight.is_none() && block.is_none() && !pending {
         return;
     }
+    st.flags &= !THREAD_STACK_DEFERRED;
     let stack = syscall_stack(tgid, st);
-    if let Some(weight) = waiter_weight {
-        mutex::record_waiter(tgid, uaddr, stack, weight, waited);
+    if pending {
+        for (slot, class) in [
+            (PENDING_WAIT, wait_class::FUTEX),
+            (PENDING_RUNQ, wait_class::RUNNABLE),
+        ] {
+            let p = st.pending[slot];
+            if p.count_scaled != 0 {
+                record_key(
+                    OffcpuKey {
+                        tid,
+                        _pad: 0,
+                        tgid,
+                        class,
+                        syscall: NO_SYSCALL,
+                        kernel_stack: STACK_NONE,
+                        user_stack: stack,
+                    },
+                    p.count_scaled,
+                    p.ns,
+                );
+            }
+        }
+    }
+    if let Some(kept) = waiter_weight {
+        mutex::record_waiter(tgid, uaddr, stack, kept);
     }
     let Some((count_scaled, delay)) = block else {
         return;
@@ -586,18 +698,13 @@ fn syscall_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
 #[inline(always)]
 fn block_sample(cfg: &Config, waited: u64) -> Option<(u64, u64)> {
     count(Counter::BlockEventsSeen);
-    let d = waited.max(1);
     let rate = cfg.block_rate_ns;
-    let kept = if rate <= 1 || d >= rate {
-        (BLOCK_COUNT_SCALE, d)
+    let r = if rate > 1 && waited < rate {
+        unsafe { bpf_get_prandom_u32() }
     } else {
-        let r = unsafe { bpf_get_prandom_u32() } as u64;
-        // keep when r / 2^32 < d / rate
-        if r * rate >= d << 32 {
-            return None;
-        }
-        (rate * BLOCK_COUNT_SCALE / d, rate)
+        0
     };
+    let kept = weighted_sample(waited, rate, r)?;
     count(Counter::BlockEventsRecorded);
     Some(kept)
 }

@@ -95,7 +95,7 @@ pub trait Pair: Copy {
 impl Pair for stallscope_common::OffcpuValue {
     fn pair(a: u64, b: u64) -> Self {
         Self {
-            count: a,
+            count_scaled: a,
             total_ns: b,
         }
     }
@@ -113,7 +113,7 @@ impl Pair for stallscope_common::BlockValue {
 impl Pair for stallscope_common::MutexValue {
     fn pair(a: u64, b: u64) -> Self {
         Self {
-            count: a,
+            count_scaled: a,
             delay_ns: b,
         }
     }

@@ -40,7 +40,7 @@ static USER_STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, 0
 /// runs from a timer interrupt and can interrupt a tracepoint program's walk on the same CPU;
 /// sharing one slot, it would overwrite the walk in progress (frames stored under a wrong hash).
 const SLOTS: u32 = 2;
-/// The slot of the tracepoint programs (`sched_switch`, `sys_enter`, `sys_exit`).
+/// The slot of the tracepoint programs (`sched_switch`, `futex_enter`, `futex_exit`).
 pub const SLOT_TRACEPOINT: u32 = 0;
 /// The slot of the CPU sampler (`cpu_sample`, interrupt context).
 pub const SLOT_PERF: u32 = 1;
