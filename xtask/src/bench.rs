@@ -5,8 +5,8 @@
 //! ratios. BPF time per event comes from the kernel's own statistics (`bpf_stats_enabled`, then
 //! `run_time_ns` / `run_cnt` in the fdinfo of each program fd), switched on only for the
 //! measurement windows that need it (it costs a little per event itself) and restored at the
-//! end. Nothing here asserts a time: figures are written down and compared with the budget of
-//! issue 8.
+//! end. Nothing here asserts a time: figures are written down and compared with the budgets of
+//! issues 8 and 13.
 //!
 //! Everything started here runs in its own process group with SIGKILL as its parent-death
 //! signal, is killed and reaped when no longer needed, and a Ctrl-C stops the run cleanly.
@@ -63,6 +63,8 @@ pub struct BenchArgs {
 enum Part {
     /// Target slowdown per mode, agent CPU and memory, BPF time per target event.
     Slowdown,
+    /// A real server: Debian's Redis under `redis-benchmark`, without and with the agent.
+    Redis,
     /// A non-target workload while the agent watches an idle process.
     Nontarget,
     /// Event rates up to and past what the agent records without loss.
@@ -77,8 +79,9 @@ enum Part {
     Dump,
 }
 
-const ALL_PARTS: [Part; 7] = [
+const ALL_PARTS: [Part; 8] = [
     Part::Slowdown,
+    Part::Redis,
     Part::Nontarget,
     Part::Stress,
     Part::Symbolize,
@@ -125,15 +128,22 @@ const MODES: &[Mode] = &[
     },
     Mode {
         key: "offcpu_block",
-        label: "offcpu+block, default rate (100us)",
+        label: "offcpu+block, default rates (100us)",
         args: &["--profile", "offcpu,block"],
         on_cpu_workload: true,
         serve: false,
     },
     Mode {
         key: "offcpu_block_r1",
-        label: "offcpu+block, --block-rate 1",
-        args: &["--profile", "offcpu,block", "--block-rate", "1"],
+        label: "offcpu+block, --block-rate 1 --offcpu-rate 1",
+        args: &[
+            "--profile",
+            "offcpu,block",
+            "--block-rate",
+            "1",
+            "--offcpu-rate",
+            "1",
+        ],
         on_cpu_workload: true,
         serve: false,
     },
@@ -153,11 +163,15 @@ const MODES: &[Mode] = &[
     },
     Mode {
         key: "all_r1",
-        label: "all profiles, every event (--block-rate 1)",
+        label: "all profiles, every event (--block-rate 1 --offcpu-rate 1 --mutex-rate 1)",
         args: &[
             "--profile",
             "cpu,offcpu,block,mutex",
             "--block-rate",
+            "1",
+            "--offcpu-rate",
+            "1",
+            "--mutex-rate",
             "1",
             "--mutex-fraction",
             "1",
@@ -287,6 +301,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             Part::Latency => latency(&ctx).map(|x| r.latency = Some(x)),
             Part::Bpftrace => bpftrace(&ctx).map(|x| r.bpftrace = Some(x)),
             Part::Dump => dump(&ctx).map(|x| r.dump = Some(x)),
+            Part::Redis => redis(&ctx).map(|x| r.redis = Some(x)),
         };
         // A part that fails is reported as such; the others still run and are written down.
         if let Err(e) = result {
@@ -1310,6 +1325,8 @@ struct ModeFigures {
     pingpong: Pairs,
     /// The ping-pong on one CPU.
     one_cpu: Pairs,
+    /// The ping-pong left to the scheduler (only for `UNPINNED_MODES`).
+    unpinned: Option<Pairs>,
     cpu_bound: Option<Pairs>,
     /// One more ping-pong run with bpf_stats on (BPF time per event).
     instrumented: Cost,
@@ -1319,16 +1336,22 @@ struct ModeFigures {
 
 struct Slowdown {
     modes: Vec<ModeFigures>,
-    /// Hand-offs per run of the two-CPU ping-pong, and of the one-CPU one.
+    /// Hand-offs per run of the two-CPU ping-pong, of the one-CPU one and of the unpinned one.
     handoffs: u64,
     one_cpu_handoffs: u64,
+    unpinned_handoffs: u64,
     /// The agent has no `serve` subcommand (the serve idle mode was skipped).
     serve_missing: bool,
 }
 
+/// The modes also measured on the unpinned ping-pong (issue 13's budget names it for all
+/// profiles; the others would add their run time for little).
+const UNPINNED_MODES: &[&str] = &["all", "all_r1"];
+
 fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
     let pp = ctx.pingpong(1, 0);
     let one = ctx.one_cpu_pingpong();
+    let free = ctx.free_pingpong(1);
     let cpu = ctx.cpu_bound();
     let mut modes = Vec::new();
     let mut serve_missing = false;
@@ -1340,6 +1363,15 @@ fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
         let tool = Tool::Agent(m);
         let pingpong = pairs(ctx, &format!("ping-pong, {}", m.key), &pp, &tool)?;
         let one_cpu = pairs(ctx, &format!("ping-pong 1 CPU, {}", m.key), &one, &tool)?;
+        let unpinned = match UNPINNED_MODES.contains(&m.key) {
+            true => Some(pairs(
+                ctx,
+                &format!("ping-pong unpinned, {}", m.key),
+                &free,
+                &tool,
+            )?),
+            false => None,
+        };
         let cpu_bound = match m.on_cpu_workload {
             true => Some(pairs(
                 ctx,
@@ -1359,6 +1391,7 @@ fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
             mode: m,
             pingpong,
             one_cpu,
+            unpinned,
             cpu_bound,
             instrumented: cost.expect("agent run"),
             instrumented_cpu,
@@ -1368,6 +1401,7 @@ fn slowdown(ctx: &Ctx) -> Result<Slowdown> {
         modes,
         handoffs: 2 * ctx.pingpong_n,
         one_cpu_handoffs: 2 * ctx.one_cpu_n,
+        unpinned_handoffs: 2 * ctx.free_pingpong_n,
         serve_missing,
     })
 }
@@ -1955,6 +1989,343 @@ fn losses(summary: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Redis: a real server under load
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// The tests `redis-benchmark` runs (`-t set,get`), as its CSV names them.
+const REDIS_TESTS: [&str; 2] = ["SET", "GET"];
+
+/// Connections of `redis-benchmark` (`-c`).
+const REDIS_CLIENTS: u32 = 50;
+
+/// Throughput (requests/s) per test of one `redis-benchmark` run.
+type Rps = BTreeMap<String, f64>;
+
+struct Redis {
+    /// `redis-server --version`'s `v=`.
+    version: String,
+    /// Requests per test (`-n`).
+    requests: u64,
+    /// Per pair: the run without the agent and the one with it.
+    base: Vec<Rps>,
+    with: Vec<Rps>,
+    /// The agent's CPU during each traced benchmark, as a share of one core.
+    agent_cpu: Vec<f64>,
+    /// The agent's peak RSS (KiB) and the losses its summary counted, per traced run.
+    agent_maxrss_kib: Vec<f64>,
+    agent_losses: Vec<u64>,
+}
+
+impl Redis {
+    /// Traced / baseline throughput of `test`, per pair.
+    fn ratios(&self, test: &str) -> Vec<f64> {
+        self.base
+            .iter()
+            .zip(&self.with)
+            .filter_map(|(b, w)| Some(w.get(test)? / b.get(test)?))
+            .collect()
+    }
+
+    fn base_median(&self, test: &str) -> f64 {
+        median(
+            &self
+                .base
+                .iter()
+                .filter_map(|b| b.get(test).copied())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// "SET x0.97 (0.95..0.99), GET ...": met when every test's median is at least 0.98.
+    fn budget(&self) -> Option<(String, bool)> {
+        let mut parts = Vec::new();
+        let mut ok = true;
+        for t in REDIS_TESTS {
+            let r = self.ratios(t);
+            if r.is_empty() {
+                return None;
+            }
+            let (lo, hi) = min_max(&r);
+            ok &= median(&r) >= 0.98;
+            parts.push(format!("{t} x{:.3} ({lo:.3}..{hi:.3})", median(&r)));
+        }
+        Some((
+            format!(
+                "{} (median of {} pairs; agent {:.1}% of one core)",
+                parts.join(", "),
+                self.base.len(),
+                median(&self.agent_cpu) * 100.0
+            ),
+            ok,
+        ))
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Both are no-ops on a child already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a child at the workloads' nice value (as `Workload::start` does).
+fn at_workload_nice(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setpriority is async-signal-safe; its threads inherit it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, WORKLOAD_NICE);
+            Ok(())
+        })
+    }
+}
+
+/// `redis-server` in the foreground on a free loopback port, no persistence, two I/O threads
+/// (which also read: without `io-threads-do-reads`, Redis 7.0 threads only the writes).
+struct RedisServer {
+    child: Reaped,
+    port: u16,
+    log: PathBuf,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> Result<Self> {
+        let mut last_err = None;
+        // The free port is found by binding port 0 and closing it: someone may take it before
+        // Redis binds it, so a few tries.
+        for attempt in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("finding a free loopback port")?
+                .port();
+            let log = dir.join(format!("redis-{attempt}.log"));
+            let out = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let mut cmd = Command::new(REDIS_SERVER);
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--io-threads", "2", "--io-threads-do-reads", "yes"])
+                .args(["--daemonize", "no"])
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            let mut server = Self {
+                child: Reaped(spawn(at_workload_nice(&mut cmd))?),
+                port,
+                log,
+            };
+            match server.wait_pong(Duration::from_secs(15)) {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    check_interrupted()?;
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.expect("tried"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
+    /// Waits until `redis-cli -p PORT ping` answers PONG.
+    fn wait_pong(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            check_interrupted()?;
+            if let Some(status) = self.child.0.try_wait()? {
+                bail!(
+                    "redis-server exited ({status}) before it answered: {}",
+                    self.log_tail()
+                );
+            }
+            let pong =
+                probe(Command::new("redis-cli").args(["-p", &self.port.to_string(), "ping"]));
+            if pong.is_some_and(|p| p.trim() == "PONG") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "redis-server did not answer PONG after {timeout:?}: {}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One `redis-benchmark -c 50 -t set,get -n N -q --csv` run against the server.
+    fn benchmark(&mut self, n: u64) -> Result<Rps> {
+        let mut cmd = Command::new("redis-benchmark");
+        cmd.args(["-p", &self.port.to_string()])
+            .args(["-c", &REDIS_CLIENTS.to_string()])
+            .args(["-t", &REDIS_TESTS.join(",").to_lowercase()])
+            .args(["-n", &n.to_string(), "-q", "--csv"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = display(&cmd);
+        let mut child = Reaped(spawn(at_workload_nice(&mut cmd))?);
+        let out = line_reader(child.0.stdout.take().expect("piped"));
+        let err = line_reader(child.0.stderr.take().expect("piped"));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let status = loop {
+            check_interrupted()?;
+            if let Some(status) = child.0.try_wait()? {
+                break status;
+            }
+            if let Some(status) = self.child.0.try_wait()? {
+                bail!(
+                    "redis-server exited ({status}) during the benchmark: {}",
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("`{shown}` still ran after 600 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The streams end with the process.
+        let text: Vec<String> = out.iter().collect();
+        let errors: Vec<String> = err.iter().collect();
+        let rps = parse_redis_csv(&text.join("\n"));
+        if !status.success() || REDIS_TESTS.iter().any(|t| !rps.contains_key(*t)) {
+            bail!(
+                "`{shown}` failed ({status}): {} {}",
+                text.join(" | "),
+                errors.join(" | ")
+            );
+        }
+        Ok(rps)
+    }
+}
+
+/// `"test","rps",...` rows of `redis-benchmark --csv` (the header's rps does not parse).
+fn parse_redis_csv(text: &str) -> Rps {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(',').map(|x| x.trim().trim_matches('"'));
+            let test = f.next()?.to_string();
+            let rps = f.next()?.parse::<f64>().ok()?;
+            Some((test, rps))
+        })
+        .collect()
+}
+
+fn redis(ctx: &Ctx) -> Result<Redis> {
+    if !Path::new(REDIS_SERVER).is_file() || find_in_path("redis-benchmark").is_none() {
+        bail!(
+            "{REDIS_SERVER} or redis-benchmark is missing (Debian's redis-server and redis-tools): \
+             run `cargo xtask setup`"
+        );
+    }
+    let version = probe(Command::new(REDIS_SERVER).arg("--version"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v=").map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    let dir = TempDir(ctx.dir.join("redis"));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    let mut server = RedisServer::start(&dir.0)?;
+    // Sized from one warm-up run: its requests/s per test give the time per request.
+    let secs = if ctx.quick { 1.0 } else { 2.5 };
+    let warm_n = if ctx.quick { 20_000 } else { 50_000 };
+    let warm = server.benchmark(warm_n)?;
+    let per_request: f64 = REDIS_TESTS.iter().map(|t| 1.0 / warm[*t]).sum();
+    let requests = (((secs / per_request) / 1000.0).round() as u64 * 1000).max(10_000);
+    println!(
+        "   redis {version}: warm-up {warm_n} requests per test: {} → {requests} requests per \
+         test for about {secs} s per run",
+        REDIS_TESTS
+            .iter()
+            .map(|t| format!("{t} {:.0}/s", warm[*t]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut r = Redis {
+        version,
+        requests,
+        base: Vec::new(),
+        with: Vec::new(),
+        agent_cpu: Vec::new(),
+        agent_maxrss_kib: Vec::new(),
+        agent_losses: Vec::new(),
+    };
+    let agent_mode = mode("all");
+    for i in 0..ctx.pairs {
+        // Alternating which goes first, as `pairs` does.
+        let mut base = None;
+        let mut with = None;
+        for traced in [i % 2 == 1, i % 2 == 0] {
+            check_interrupted()?;
+            if !traced {
+                base = Some(server.benchmark(requests)?);
+                continue;
+            }
+            let what = format!("redis-{}", i + 1);
+            let (mut tracer, out) = Tracer::agent(ctx, agent_mode, server.pid(), &what)?;
+            let out = TempDir(out);
+            tracer.wait_ready(Duration::from_secs(120))?;
+            let (cpu0, t0) = (cpu_ns(tracer.pid), Instant::now());
+            let rps = server.benchmark(requests)?;
+            let cpu = cpu_ns(tracer.pid).saturating_sub(cpu0) as f64 / 1e9;
+            let share = cpu / t0.elapsed().as_secs_f64();
+            tracer.interrupt();
+            let (_, maxrss_kib, summary) = tracer.finish(Duration::from_secs(120))?;
+            // Kept for a look afterwards: the last traced run's summary.
+            let _ = std::fs::write(ctx.dir.join("redis-summary.txt"), &summary);
+            drop(out);
+            r.agent_cpu.push(share);
+            r.agent_maxrss_kib.push(maxrss_kib as f64);
+            r.agent_losses.push(losses(&summary));
+            with = Some(rps);
+        }
+        let (base, with) = (base.expect("ran"), with.expect("ran"));
+        println!(
+            "   redis: pair {}/{}: {}; agent {:.1}% of a core",
+            i + 1,
+            ctx.pairs,
+            REDIS_TESTS
+                .iter()
+                .map(|t| format!(
+                    "{t} {:.0} -> {:.0}/s (x{:.3})",
+                    base[*t],
+                    with[*t],
+                    with[*t] / base[*t]
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.agent_cpu.last().copied().unwrap_or(0.0) * 100.0
+        );
+        r.base.push(base);
+        r.with.push(with);
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
 // The report
 
 struct Report {
@@ -1970,6 +2341,7 @@ struct Report {
     latency: Option<Latency>,
     bpftrace: Option<Bpftrace>,
     dump: Option<Dump>,
+    redis: Option<Redis>,
     failures: Vec<String>,
 }
 
@@ -2055,6 +2427,7 @@ impl Report {
             latency: None,
             bpftrace: None,
             dump: None,
+            redis: None,
             failures: Vec::new(),
         }
     }
@@ -2072,7 +2445,7 @@ impl Report {
             "Run {}{} on Linux {}, {} CPUs, agent at {}. Load average (1/5/15 min): {}. \
              Workloads: `tests/workloads/bench_pingpong.c` (two threads handing a token \
              through a mutex and a condition variable: {} hand-offs pinned to two CPUs, {} \
-             pinned to one CPU, each sized to about {:.1} s) and \
+             pinned to one CPU, {} unpinned, each sized to about {:.1} s) and \
              `tests/workloads/bench_cpu.c` (one busy thread per CPU, {} rounds each, about \
              {:.1} s), sized from their fastest of three runs. Each slowdown is the median \
              of {} interleaved pairs of a baseline and a traced run (alternating which goes \
@@ -2087,6 +2460,7 @@ impl Report {
             self.loads,
             2 * ctx.pingpong_n,
             2 * ctx.one_cpu_n,
+            2 * ctx.free_pingpong_n,
             ctx.run_secs,
             ctx.cpu_n,
             2.0 * ctx.run_secs,
@@ -2116,6 +2490,7 @@ impl Report {
         self.render_latency(&mut s);
         self.render_bpftrace(&mut s);
         self.render_dump(&mut s);
+        self.render_redis(&mut s);
         let _ = writeln!(s, "{MARK_END}");
         s
     }
@@ -2129,7 +2504,13 @@ impl Report {
     }
 
     fn render_budget(&self, s: &mut String) {
-        let _ = writeln!(s, "### Budget (issue 8)\n");
+        let _ = writeln!(s, "### Budgets (issues 8 and 13)\n");
+        let _ = writeln!(
+            s,
+            "Rows marked (issue 13) are that issue's budgets; the others are issue 8's (or the \
+             issue named). Issue 13's ping-pong budgets replace issue 8's ≤1% (all profiles at \
+             default rates) and ≤3% (every event recorded) for the same modes.\n"
+        );
         let _ = writeln!(s, "| budget | figure | met? |\n|---|---|---|");
         let mut row = |what: &str, figure: Option<(String, bool)>| {
             let (f, ok) = figure.unwrap_or(("not measured in this run".into(), false));
@@ -2158,17 +2539,52 @@ impl Report {
                 )
             })
         };
+        // One regime of one mode against a limit on the median wall-time slowdown, as a
+        // percentage or (times) a factor.
+        let regime =
+            |key: &str, of: fn(&ModeFigures) -> Option<&Pairs>, limit: f64, times: bool| {
+                let p = of(self.mode_figures(key)?)?;
+                let r = p.ratios(|r| r.wall);
+                if r.is_empty() {
+                    return None;
+                }
+                let (lo, hi) = min_max(&r);
+                let (med, cpu) = (median(&r), p.cpu_slowdown());
+                let f = |v: f64| match times {
+                    true => format!("x{:.2}", 1.0 + v),
+                    false => format!("{:+.1}%", v * 100.0),
+                };
+                Some((
+                    format!(
+                        "{} wall ({} .. {}); workload CPU {}",
+                        f(med),
+                        f(lo),
+                        f(hi),
+                        f(cpu)
+                    ),
+                    med <= limit,
+                ))
+            };
         row(
-            "≤1% ping-pong slowdown at default rates, all profiles",
-            slow("all", 0.01),
+            "ping-pong on one CPU, all profiles at default rates: ≤ +15% (issue 13)",
+            regime("all", |m| Some(&m.one_cpu), 0.15, false),
+        );
+        row(
+            "ping-pong on two CPUs, all profiles at default rates: ≤ +3% (issue 13)",
+            regime("all", |m| Some(&m.pingpong), 0.03, false),
+        );
+        row(
+            "ping-pong unpinned, all profiles at default rates: ≤ x1.10 (issue 13)",
+            regime("all", |m| m.unpinned.as_ref(), 0.10, true),
+        );
+        row(
+            "ping-pong on one CPU, every event recorded (all profiles, `--block-rate 1 \
+             --offcpu-rate 1 --mutex-rate 1 --mutex-fraction 1`): ≤ +40% (issue 13)",
+            regime("all_r1", |m| Some(&m.one_cpu), 0.40, false),
         );
         row(
             "≤1% ping-pong slowdown, offcpu+block at the default rate",
             slow("offcpu_block", 0.01),
-        );
-        row(
-            "≤3% ping-pong slowdown, every event recorded (all profiles)",
-            slow("all_r1", 0.03),
         );
         row(
             "≤3% ping-pong slowdown, offcpu+block at rate 1",
@@ -2177,6 +2593,36 @@ impl Report {
         row(
             "≤2% ping-pong slowdown, mutex at fraction 1 (issue 4)",
             slow("mutex", 0.02),
+        );
+        row(
+            "Redis 7 from Debian (`--io-threads 2`, `redis-benchmark -c 50 -t set,get`), all \
+             profiles at default rates: throughput ≥ 0.98 of the same run without the agent \
+             (issue 13)",
+            self.redis.as_ref().and_then(Redis::budget),
+        );
+        row(
+            "≤800 ns BPF time per target hand-off, all profiles at default rates (issue 13)",
+            self.slowdown.as_ref().and_then(|sl| {
+                let c = &self.mode_figures("all")?.instrumented;
+                if c.prog_runs() == 0 {
+                    return None;
+                }
+                let raw = c.prog_ns() as f64 / sl.handoffs as f64;
+                let runs = c.prog_runs() as f64 / sl.handoffs as f64;
+                let text = match self.floor_ns() {
+                    Some(floor) => format!(
+                        "{raw:.0} ns per hand-off (this decides); {:.0} ns with an empty \
+                         program's {floor:.0} ns (the statistics' own cost) taken off each of \
+                         the {runs:.1} program runs per hand-off",
+                        raw - floor * runs
+                    ),
+                    None => format!(
+                        "{raw:.0} ns per hand-off ({runs:.1} program runs; the empty-program \
+                         floor is measured by the bpftrace part, not run here)"
+                    ),
+                };
+                Some((text, raw <= 800.0))
+            }),
         );
         row(
             "≤1 µs BPF time per target context switch, incl. stacks",
@@ -2193,17 +2639,22 @@ impl Report {
                 ))
             }),
         );
+        // The non-target run's per-event programs (the CPU sampler runs at its frequency, not
+        // per event): (name, ns per run).
+        let per_event = || -> Option<Vec<(String, f64)>> {
+            let c = &self.nontarget.as_ref()?.instrumented;
+            let v: Vec<_> = c
+                .progs
+                .iter()
+                .filter(|(_, (_, runs))| *runs as f64 / c.window_s >= 1000.0)
+                .map(|(k, (ns, runs))| (k.clone(), *ns as f64 / *runs as f64))
+                .collect();
+            (!v.is_empty()).then_some(v)
+        };
         row(
             "≤50 ns BPF time per non-target event",
-            self.nontarget.as_ref().and_then(|n| {
-                // Per-event programs only: the CPU sampler runs at its frequency, not per event.
-                let c = &n.instrumented;
-                let (name, per) = c
-                    .progs
-                    .iter()
-                    .filter(|(_, (_, runs))| *runs as f64 / c.window_s >= 1000.0)
-                    .map(|(k, (ns, runs))| (k.clone(), *ns as f64 / *runs as f64))
-                    .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            per_event().and_then(|v| {
+                let (name, per) = v.into_iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
                 Some(match self.floor_ns() {
                     Some(floor) => (
                         format!(
@@ -2215,6 +2666,33 @@ impl Report {
                     ),
                     None => (format!("worst {per:.0} ns ({name})"), per <= 50.0),
                 })
+            }),
+        );
+        row(
+            "non-target syscall/switch: BPF time within 10 ns of an empty program (issue 13)",
+            per_event().map(|v| {
+                let Some(floor) = self.floor_ns() else {
+                    let worst = v.iter().map(|x| x.1).fold(0.0, f64::max);
+                    return (
+                        format!(
+                            "not measured in this run (the empty program is the bpftrace \
+                             part's; worst non-target program {worst:.0} ns per run)"
+                        ),
+                        false,
+                    );
+                };
+                let above: Vec<String> = v
+                    .iter()
+                    .map(|(name, per)| format!("{name} {:+.0} ns", per - floor))
+                    .collect();
+                let worst = v.iter().map(|x| x.1 - floor).fold(f64::MIN, f64::max);
+                (
+                    format!(
+                        "{} against an empty program's {floor:.0} ns per run",
+                        above.join(", ")
+                    ),
+                    worst <= 10.0,
+                )
             }),
         );
         row(
@@ -2327,7 +2805,7 @@ impl Report {
              other, often idle, CPU, whose wake-up latency in this VM dominates and partly \
              hides the agent's cost) and on one CPU (about {:.0}k hand-offs/s; a hand-off is a \
              direct switch, so the agent's cost per switch shows fully). Unpinned, the \
-             scheduler moves between the two.\n",
+             scheduler moves between the two{}.\n",
             sl.handoffs as f64
                 / median(
                     &sl.modes.first().map_or(vec![], |m| m
@@ -2348,26 +2826,38 @@ impl Report {
                         .collect())
                 )
                 / 1000.0,
+            sl.modes
+                .iter()
+                .find_map(|m| m.unpinned.as_ref())
+                .map_or(String::new(), |p| format!(
+                    " (measured for {}: about {:.0}k hand-offs/s, and the run times jump \
+                     between the regimes, so its range is wide)",
+                    UNPINNED_MODES.join(" and "),
+                    sl.unpinned_handoffs as f64
+                        / median(&p.base.iter().map(|r| r.wall).collect::<Vec<_>>())
+                        / 1000.0
+                )),
         );
         let _ = writeln!(
             s,
-            "| mode | ping-pong, two CPUs | ping-pong, one CPU | CPU-bound |\n|---|---|---|---|"
+            "| mode | ping-pong, two CPUs | ping-pong, one CPU | ping-pong, unpinned | CPU-bound |\n|---|---|---|---|---|"
         );
         let both = |p: &Pairs| format!("{}; CPU {:+.1}%", p.cell(), p.cpu_slowdown() * 100.0);
         for m in &sl.modes {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 m.mode.label,
                 both(&m.pingpong),
                 both(&m.one_cpu),
+                m.unpinned.as_ref().map_or("—".into(), both),
                 m.cpu_bound.as_ref().map_or("—".into(), both),
             );
         }
         if sl.serve_missing {
             let _ = writeln!(
                 s,
-                "| serve idle | n/a: this agent has no `serve` subcommand | n/a | n/a |"
+                "| serve idle | n/a: this agent has no `serve` subcommand | n/a | — | n/a |"
             );
         }
         let _ = writeln!(s);
@@ -2729,6 +3219,54 @@ impl Report {
         }
         let _ = writeln!(s);
     }
+
+    fn render_redis(&self, s: &mut String) {
+        let Some(r) = &self.redis else { return };
+        let _ = writeln!(s, "### Redis (a real server)\n");
+        let _ = writeln!(
+            s,
+            "Debian's `redis-server` {} on a loopback port, no persistence (`--save '' \
+             --appendonly no`), two I/O threads (`--io-threads 2 --io-threads-do-reads yes`: \
+             without the second, Redis 7.0 threads only the writes), loaded by `redis-benchmark \
+             -c {REDIS_CLIENTS} -t set,get -n {} -q --csv` (requests per test sized from a \
+             warm-up run), one server for the whole part. {} interleaved pairs (alternating \
+             which goes first) of a run without the agent and one with `agent attach --pid \
+             <redis-server> --profile cpu,offcpu,block,mutex` at default rates, attached \
+             before the benchmark starts and stopped with SIGINT after it. Server and client \
+             run at nice {WORKLOAD_NICE}, as the workloads do. Throughput: redis-benchmark's \
+             requests/s; the ratio is with the agent / without.\n",
+            r.version,
+            r.requests,
+            r.base.len()
+        );
+        let _ = writeln!(
+            s,
+            "| test | throughput with the agent / without (median) | range | baseline (median) |\n|---|---|---|---|"
+        );
+        for t in REDIS_TESTS {
+            let v = r.ratios(t);
+            let (lo, hi) = min_max(&v);
+            let _ = writeln!(
+                s,
+                "| {t} | **x{:.3}** | x{lo:.3} .. x{hi:.3} | {:.0} requests/s |",
+                median(&v),
+                r.base_median(t)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nThe agent during the traced benchmarks: {:.1}% of one core (median; all its \
+             threads, `/proc/PID/task/*/schedstat`), peak RSS {:.0} MiB, losses counted in its \
+             summary: {}.\n",
+            median(&r.agent_cpu) * 100.0,
+            median(&r.agent_maxrss_kib) / 1024.0,
+            r.agent_losses
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
 
 /// Replaces this command's block in `path` (or appends it), keeping everything else.
@@ -2825,6 +3363,16 @@ mod tests {
         assert!(text.contains("keep me") && text.contains("second") && !text.contains("first"));
         assert_eq!(text.matches(MARK_BEGIN).count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redis_csv() {
+        let csv = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\"\n\
+                   \"SET\",\"14892.03\",\"3.242\",\"0.136\"\n\
+                   \"GET\",\"7426.66\",\"6.649\",\"0.120\"\n";
+        let r = parse_redis_csv(csv);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r["SET"], r["GET"]), (14892.03, 7426.66));
     }
 
     #[test]
