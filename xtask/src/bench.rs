@@ -230,8 +230,8 @@ const BPFTRACE_HOOKS: BpftraceScript = BpftraceScript {
 
 const BPFTRACE_HOOKS_TEXT: &str = "tracepoint:sched:sched_switch { }
 tracepoint:sched:sched_wakeup { }
-tracepoint:raw_syscalls:sys_enter { }
-tracepoint:raw_syscalls:sys_exit { }
+tracepoint:syscalls:sys_enter_futex { }
+tracepoint:syscalls:sys_exit_futex { }
 ";
 
 const BPFTRACE_OFFCPU_TEXT: &str = r#"tracepoint:sched:sched_switch
@@ -3174,7 +3174,7 @@ impl Report {
         if let Some(p) = &b.hooks {
             let _ = writeln!(
                 s,
-                "| bpftrace, empty programs on sched_switch, sched_wakeup, sys_enter, sys_exit | {} | {:.1}% | {:.0} MiB | {:.2} s | — |",
+                "| bpftrace, empty programs on sched_switch, sched_wakeup, sys_enter_futex, sys_exit_futex | {} | {:.1}% | {:.0} MiB | {:.2} s | — |",
                 p.cell(),
                 p.median_cost(Cost::cpu_share) * 100.0,
                 p.median_cost(|c| c.maxrss_kib as f64) / 1024.0,

@@ -156,6 +156,15 @@ fn task_tgid(task: *const u8) -> u32 {
     unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }
 }
 
+/// The current thread's (tgid, tid), read from its task_struct: `bpf_get_current_task_btf` is
+/// inlined by the JIT (a per-CPU load) where `bpf_get_current_pid_tgid` is a call.
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    // SAFETY: helper without arguments; returns the BTF-typed current task.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    (task_tgid(task), task_pid(task))
+}
+
 /// Whether `task` belongs to a target process, without touching the thread table.
 #[inline(always)]
 fn is_target_task(task: *const u8) -> bool {
@@ -322,21 +331,23 @@ fn record_runq(tgid: u32, ns: u64) {
 ///              unsigned int prev_state)
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let cfg = config();
-    if cfg.flags & CONFIG_OFFCPU == 0 {
-        return 0;
-    }
+    let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     // Current is prev. Most switches on a machine are between other processes: they leave
-    // after two bitmap look-ups and one read of next's tgid, before the clock is read.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let tid = pid_tgid as u32;
-    let prev_is_target = tid != 0 && is_target(tgid);
+    // after two reads of a tgid and two bitmap look-ups (no helper call), before the clock or
+    // the configuration is read. The idle task's tgid 0 is never a target.
+    let tgid = task_tgid(prev);
+    let prev_is_target = is_target(tgid);
     let next_is_target = is_target_task(next);
     if !prev_is_target && !next_is_target {
         return 0;
     }
+    let cfg = config();
+    if cfg.flags & CONFIG_OFFCPU == 0 {
+        return 0;
+    }
+    let tid = task_pid(prev);
+    let prev_is_target = prev_is_target && tid != 0;
     let now = unsafe { bpf_ktime_get_ns() };
     if prev_is_target {
         let preempt: u64 = ctx.arg(0);
@@ -497,11 +508,8 @@ fn first_seen(tid: u32, now: u64, switch_in: bool) {
 /// sched_wakeup(struct task_struct *p)
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    if config().flags & CONFIG_OFFCPU == 0 {
-        return 0;
-    }
     let task: *const u8 = ctx.arg(0);
-    if !is_target_task(task) {
+    if !is_target_task(task) || config().flags & CONFIG_OFFCPU == 0 {
         return 0;
     }
     let tid = task_pid(task);
@@ -524,8 +532,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
 /// fentry programs, as lockdown does here.)
 #[tracepoint(category = "syscalls", name = "sys_enter_futex")]
 pub fn futex_enter(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
     }
@@ -535,7 +542,6 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
     if cfg.flags == 0 {
         return 0;
     }
-    let tid = pid_tgid as u32;
     let rec = ctx.as_ptr() as *const u8;
     // SAFETY: the tracepoint's record (`format`: uaddr at 16, op at 24, 8 bytes each): loads
     // from the context at constant offsets inside it, which the verifier checks.
@@ -603,12 +609,10 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
 /// user stack of its kept off-CPU intervals.
 #[tracepoint(category = "syscalls", name = "sys_exit_futex")]
 pub fn futex_exit(_ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
     }
-    let tid = pid_tgid as u32;
     let Some(p) = THREADS.get_ptr_mut(tid) else {
         return 0;
     };
