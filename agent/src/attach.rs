@@ -162,11 +162,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         let exe = std::fs::read_link(format!("/proc/{}/exe", target.pid)).unwrap_or_default();
         crate::dump::trigger::check_signal_target(sig, &exe).map_err(Error::Usage)?;
     }
-    std::fs::create_dir_all(&args.output).map_err(|source| Error::Output {
-        path: args.output.clone(),
-        source,
-    })?;
-    check_writable(&args.output)?;
+    prepare_output(&args.output)?;
 
     let spec = CaptureSpec::from_args(args);
     let ctrl_c = async {
@@ -813,11 +809,31 @@ fn sync_unwind_tables(
     collector.set_proc_mappings(pid, &pm)
 }
 
+/// Creates the output directory and checks files can be written in it, before anything is
+/// attached; a failure names the reason (a pseudo-filesystem such as /proc, read-only, denied).
+pub fn prepare_output(dir: &Path) -> Result<(), Error> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        let existing = dir
+            .ancestors()
+            .find(|a| a.is_dir())
+            .unwrap_or(Path::new("/"));
+        return Err(Error::OutputNotWritable {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "creating it in {} failed: {}",
+                existing.display(),
+                system::unwritable_reason(existing, &e)
+            ),
+        });
+    }
+    check_writable(dir)
+}
+
 fn check_writable(dir: &Path) -> Result<(), Error> {
     let probe = dir.join(".stallscope-write-test");
-    std::fs::write(&probe, b"").map_err(|source| Error::Output {
+    std::fs::write(&probe, b"").map_err(|e| Error::OutputNotWritable {
         path: dir.to_path_buf(),
-        source,
+        reason: system::unwritable_reason(dir, &e),
     })?;
     let _ = std::fs::remove_file(probe);
     Ok(())

@@ -19,6 +19,21 @@ pub enum Error {
     NoSuchProcess(u32),
 
     #[error(
+        "process {pid} ({comm}) is a zombie: every thread of it has exited and its parent \
+         (PID {ppid}) has not collected its exit status, so nothing runs in it to profile or \
+         dump (only /proc/{pid}/stat and status remain); look at the parent: \
+         stallscope dump --pid {ppid}"
+    )]
+    Zombie { pid: u32, comm: String, ppid: u32 },
+
+    #[error(
+        "PID {pid} ({comm}) is a kernel thread: it has no user space and no process to \
+         profile; stallscope profiles user processes (for a kernel thread, /proc/{pid}/stack \
+         shows where it waits)"
+    )]
+    KernelThread { pid: u32, comm: String },
+
+    #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): stallscope needs a kernel \
          built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2021 are)"
     )]
@@ -41,6 +56,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("cannot write output to {path}: {reason}; choose another directory with -o")]
+    OutputNotWritable { path: PathBuf, reason: String },
+
     #[error("{0}")]
     Internal(String),
 }
@@ -49,7 +67,7 @@ impl Error {
     /// Process exit code: 2 for usage errors, 1 for every other failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::KernelThread { .. } => 2,
             _ => 1,
         }
     }

@@ -124,20 +124,62 @@ pub fn parse_stat(text: &str) -> Option<(String, char, u64)> {
     Some((comm, state, start))
 }
 
-/// Reads a process's identity, or `NoSuchProcess`.
+/// `PF_KTHREAD` in the flags of /proc/PID/stat (field 9).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The flags field (9) of /proc/PID/stat text.
+pub fn stat_flags(text: &str) -> Option<u64> {
+    let close = text.rfind(')')?;
+    text.get(close + 1..)?
+        .split_whitespace()
+        .nth(6)?
+        .parse()
+        .ok()
+}
+
+/// A numeric field (`Tgid:`, `PPid:`) of /proc/PID/status text.
+pub fn status_field(status: &str, name: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether some thread of process `pid` still runs (not a zombie): a process whose main
+/// thread exited shows the main thread as a zombie while the others run on.
+pub fn any_live_thread(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|e| {
+        let tid = e.file_name();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy()))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+            .is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
+    })
+}
+
+/// Reads a process's identity: `NoSuchProcess`, `Zombie` (no thread of it runs) and
+/// `KernelThread` say why there is nothing to profile.
 pub fn process_info(pid: u32) -> Result<ProcessInfo, Error> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|_| Error::NoSuchProcess(pid))?;
     let (comm, state, start_ticks) = parse_stat(&stat).ok_or(Error::NoSuchProcess(pid))?;
-    if state == 'Z' || state == 'X' {
-        return Err(Error::NoSuchProcess(pid));
-    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let tgid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(pid);
+    let kthread = status_field(&status, "Kthread") == Some(1)
+        || stat_flags(&stat).is_some_and(|f| f & PF_KTHREAD != 0);
+    if kthread {
+        return Err(Error::KernelThread { pid, comm });
+    }
+    if (state == 'Z' || state == 'X') && !any_live_thread(pid) {
+        return Err(Error::Zombie {
+            pid,
+            comm,
+            ppid: status_field(&status, "PPid").unwrap_or(0),
+        });
+    }
+    let tgid = status_field(&status, "Tgid").unwrap_or(pid);
     Ok(ProcessInfo {
         pid,
         comm,
@@ -146,20 +188,77 @@ pub fn process_info(pid: u32) -> Result<ProcessInfo, Error> {
     })
 }
 
-/// True while the process identified by `info` lives (same PID and start time, not a zombie).
+/// True while the process identified by `info` lives (same PID and start time, and some
+/// thread of it not a zombie).
 pub fn is_alive(info: &ProcessInfo) -> bool {
     match std::fs::read_to_string(format!("/proc/{}/stat", info.pid)) {
         Ok(stat) => match parse_stat(&stat) {
-            Some((_, state, start)) => start == info.start_ticks && state != 'Z' && state != 'X',
+            Some((_, state, start)) => {
+                start == info.start_ticks
+                    && ((state != 'Z' && state != 'X') || any_live_thread(info.pid))
+            }
             None => false,
         },
         Err(_) => false,
     }
 }
 
+/// Magic numbers (`statfs` f_type) of pseudo-filesystems no output can go to.
+const PSEUDO_FS: [(i64, &str); 5] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x2762_2c78_u32 as i64, "cgroup2"),
+];
+
+/// Why files cannot be written in `dir`, given the error creating one there: the filesystem
+/// it is on when that says more than the error (a pseudo-filesystem, read-only).
+pub fn unwritable_reason(dir: &Path, e: &std::io::Error) -> String {
+    // SAFETY: a plain C struct of integers, valid when zeroed.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: statfs(2) on a NUL-terminated path, writing into a zeroed struct.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0
+        && let Some((_, fs)) = PSEUDO_FS.iter().find(|(m, _)| *m == st.f_type as i64)
+    {
+        return format!(
+            "it is on {fs}, a kernel pseudo-filesystem where files cannot be created ({e})"
+        );
+    }
+    if e.raw_os_error() == Some(libc::EROFS) {
+        return format!("its filesystem is mounted read-only ({e})");
+    }
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!("permission denied ({e})"),
+        _ => format!("it is not writable ({e})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_flags_and_status_fields() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert_eq!(stat_flags(kthreadd), Some(2_129_984));
+        assert_ne!(stat_flags(kthreadd).unwrap() & PF_KTHREAD, 0);
+        let odd = "7 (a) b) S 1 7 7 0 -1 4194560 1 0";
+        assert_eq!(stat_flags(odd), Some(4_194_560));
+        let status = "Name:\tx\nTgid:\t42\nPPid:\t7\nKthread:\t0\n";
+        assert_eq!(status_field(status, "Tgid"), Some(42));
+        assert_eq!(status_field(status, "PPid"), Some(7));
+        assert_eq!(status_field(status, "Kthread"), Some(0));
+        assert_eq!(status_field(status, "Pid"), None);
+    }
+
+    #[test]
+    fn an_unwritable_proc_directory_is_named_as_such() {
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let r = unwritable_reason(Path::new("/proc"), &e);
+        assert!(r.contains("proc, a kernel pseudo-filesystem"), "{r}");
+    }
 
     #[test]
     fn tracefs_is_found_in_proc_mounts() {

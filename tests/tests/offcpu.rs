@@ -381,3 +381,35 @@ fn default_offcpu_rate_keeps_the_totals_of_rate_one() {
         }
     }
 }
+
+/// Two agents on one process at once (two engineers paged for the same service): each loads
+/// its own programs and maps, and each sees the whole of the known waits.
+#[test]
+fn two_agents_on_one_process_both_see_every_wait() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| attach_ok(&w, "3s", "offcpu", &[]));
+        let b = s.spawn(|| attach_ok(&w, "3s", "offcpu", &[]));
+        (
+            a.join().expect("first agent"),
+            b.join().expect("second agent"),
+        )
+    });
+    for run in [&a, &b] {
+        let p = read_profile(run.file("offcpu.pb.gz"));
+        let d = p.duration.as_secs_f64();
+        within(
+            seconds(&p, "off-cpu", "sleep_forever", Some("sleep")),
+            d,
+            0.05,
+            "sleep time under sleep_forever, two agents at once",
+        );
+        within(
+            seconds(&p, "off-cpu", "poll_forever", Some("io")),
+            d,
+            0.05,
+            "io time under poll_forever, two agents at once",
+        );
+    }
+}

@@ -237,6 +237,9 @@ pub fn run(args: &DumpArgs) -> Result<String, Error> {
     system::check_privileges()?;
     system::check_btf()?;
     let pid = args.pid;
+    // Zombies and kernel threads are told apart from missing processes (a process whose main
+    // thread exited, with others running, is dumped).
+    system::process_info(pid)?;
     let tgid = target_tgid(pid)?;
     if tgid != pid {
         return Err(Error::Usage(format!(
