@@ -262,21 +262,33 @@ fn stacks_survive_the_sampler_interrupting_a_walk() {
 }
 
 /// Off-CPU time made of waits below the default `--offcpu-rate` (100 us: `handoff.c`, two
-/// threads taking turns and one napping 20 us at a time), so most intervals are left out. The
-/// kept ones' weights must give every thread's off-CPU time: on CPU (measured exactly) + off
-/// CPU (estimated) = alive within 2% per thread, in every window, and the players' estimated
-/// off-CPU time within 5% of their true one (alive - on CPU). Compared with every interval
-/// recorded (`--offcpu-rate 1`) the napper's sleep and the players' futex and run-queue time
-/// must agree within looser bounds: those shares move with the load that recording every
-/// interval (a stack walk each) adds. And fewer intervals are recorded.
+/// threads taking turns and one napping 20 us at a time), so most intervals are left out. Two
+/// agents watch the same windows of the same process at once, one recording every interval
+/// (`--offcpu-rate 1`), one at the default rate: the kept intervals' weights must give the same
+/// off-CPU seconds per second within 5% (in all, in the napper's sleeps) while far fewer
+/// intervals are recorded. The players' split between futex waits and run-queue time gets 10%:
+/// the two windows open a little apart (each agent loads its own programs) and that split
+/// drifts with the napper's competition for the CPUs (-8% seen once in 5 runs, the total -1.3%). In every window, every thread is accounted (on CPU + off CPU = alive within 2%)
+/// and the players' estimated off-CPU time is within 5% of their true one (alive - on CPU).
 #[test]
 fn default_offcpu_rate_keeps_the_totals_of_rate_one() {
     require_root();
     let w = Workload::spawn("handoff", &[]);
     let mut runs = Vec::new();
-    // Interleaved, so a drift of the machine's speed does not look like a bias.
-    for rate in ["1", "100us", "1", "100us"] {
-        let run = attach_ok(&w, "3s", "offcpu", &["--offcpu-rate", rate]);
+    for _round in 0..2 {
+        let (all, sampled) = std::thread::scope(|s| {
+            let all = s.spawn(|| attach_ok(&w, "3s", "offcpu", &["--offcpu-rate", "1"]));
+            let sampled = s.spawn(|| attach_ok(&w, "3s", "offcpu", &["--offcpu-rate", "100us"]));
+            (
+                all.join().expect("rate 1"),
+                sampled.join().expect("default rate"),
+            )
+        });
+        runs.push(("1", all));
+        runs.push(("100us", sampled));
+    }
+    let mut figures = Vec::new();
+    for (rate, run) in &runs {
         let p = read_profile(run.file("offcpu.pb.gz"));
         let threads = read_threads(run.file("threads.json"));
         for t in &threads.threads {
@@ -298,87 +310,61 @@ fn default_offcpu_rate_keeps_the_totals_of_rate_one() {
             0.05,
             &format!("--offcpu-rate {rate}: the players' off-CPU time against alive - on CPU"),
         );
-        let recorded = accounting(&run, "off-CPU intervals recorded");
-        let left_out = accounting(&run, "left out by --offcpu-rate sampling");
-        runs.push((rate, p, recorded, left_out));
+        let recorded = accounting(run, "off-CPU intervals recorded");
+        let left_out = accounting(run, "left out by --offcpu-rate sampling");
+        if *rate == "1" {
+            assert_eq!(left_out, 0, "rate 1 leaves nothing out");
+        } else {
+            // Most waits here are a few µs, some tens (a wake-up across CPUs in this VM).
+            assert!(
+                recorded < left_out,
+                "rate {rate}: {recorded} intervals recorded, {left_out} left out: not fewer"
+            );
+        }
+        figures.push((*rate, p));
     }
-    // Off-CPU seconds per second of window, by class (all classes: None), summed over the two
-    // players.
-    let per_s = |p: &Profile, class: Option<&str>| {
+    // Off-CPU seconds per second of window, summed over the two rounds, by what is measured.
+    let per_s = |p: &Profile, class: Option<&str>, function: &str| {
         let vi = value_index(p, "off-cpu");
         let ns: i64 = p
             .samples
             .iter()
             .filter(|s| class.is_none() || wait_class(s) == class)
-            .filter(|s| has_function(p, s, "take_turn") || has_function(p, s, "player"))
+            .filter(|s| has_function(p, s, function))
             .map(|s| s.values[vi])
             .sum();
         ns as f64 / 1e9 / p.duration.as_secs_f64()
     };
-    let napper = |p: &Profile| {
-        let vi = value_index(p, "off-cpu");
-        let ns: i64 = p
-            .samples
-            .iter()
-            .filter(|s| wait_class(s) == Some("sleep") && has_function(p, s, "nap"))
-            .map(|s| s.values[vi])
-            .sum();
-        ns as f64 / 1e9 / p.duration.as_secs_f64()
-    };
-    let all: f64 = runs
-        .iter()
-        .filter(|r| r.0 == "1")
-        .map(|r| napper(&r.1))
-        .sum();
-    let sampled: f64 = runs
-        .iter()
-        .filter(|r| r.0 != "1")
-        .map(|r| napper(&r.1))
-        .sum();
-    eprintln!("napper sleep s/s (2 windows): rate 1 {all:.3}, default rate {sampled:.3}");
-    assert!(
-        all > 0.2,
-        "the napper slept only {all:.3} s/s in 2 windows at rate 1"
-    );
-    // Its sleeps per second still shift a little with what recording costs it (+3% seen).
-    within(
-        sampled,
-        all,
-        0.10,
-        "the napper's sleep seconds per second (2 windows)",
-    );
-    for (class, tolerance) in [(Some("futex"), 0.15), (Some("runnable"), 0.25)] {
-        let all: f64 = runs
-            .iter()
-            .filter(|r| r.0 == "1")
-            .map(|r| per_s(&r.1, class))
-            .sum();
-        let sampled: f64 = runs
-            .iter()
-            .filter(|r| r.0 != "1")
-            .map(|r| per_s(&r.1, class))
-            .sum();
-        let what = format!(
-            "{} seconds per second (2 windows)",
-            class.unwrap_or("off-CPU")
-        );
+    for (what, class, function, tolerance) in [
+        ("the players' off-CPU time", None, "player", 0.05),
+        ("the players' futex waits", Some("futex"), "player", 0.10),
+        ("the napper's sleeps", Some("sleep"), "nap", 0.05),
+        (
+            "the players' run-queue time",
+            Some("runnable"),
+            "player",
+            0.10,
+        ),
+    ] {
+        let sum = |want: &str| -> f64 {
+            figures
+                .iter()
+                .filter(|(r, _)| *r == want)
+                .map(|(_, p)| per_s(p, class, function))
+                .sum()
+        };
+        let (all, sampled) = (sum("1"), sum("100us"));
+        eprintln!("{what}, s/s over 2 windows: rate 1 {all:.3}, default rate {sampled:.3}");
         assert!(
             all > 0.05,
-            "{what}: too little to compare ({all:.3} at rate 1)"
+            "{what}: too little to compare ({all:.3} s/s at rate 1)"
         );
-        eprintln!("{what}: rate 1 {all:.3}, default rate {sampled:.3}");
-        within(sampled, all, tolerance, &what);
-    }
-    for (rate, _, recorded, left_out) in &runs {
-        if *rate == "1" {
-            assert_eq!(*left_out, 0, "rate 1 leaves nothing out");
-        } else {
-            // Most waits here are a few µs, some tens (a wake-up across CPUs in this VM).
-            assert!(
-                *recorded < *left_out,
-                "rate {rate}: {recorded} intervals recorded, {left_out} left out: not fewer"
-            );
-        }
+        within(
+            sampled,
+            all,
+            tolerance,
+            &format!("{what} per second (2 windows)"),
+        );
     }
 }
 
