@@ -67,8 +67,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// Writes one file of the bundle whole or not at all (a temporary file, then a rename).
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), Error> {
-    std::fs::write(path, contents).map_err(io_err(path))
+    crate::export::pprof::write_atomically(path, contents.as_ref()).map_err(io_err(path))
 }
 
 /// Threads of the process now (from /proc/PID/status), if it lives.
@@ -172,6 +173,18 @@ fn end_text(end: EndReason, elapsed: Duration, requested: Duration) -> String {
 
 /// Packs `dir` into a gzipped tar at `archive` (paths relative to the bundle's folder name).
 pub fn pack(dir: &Path, archive: &Path) -> Result<(), Error> {
+    // Built under a temporary name and renamed when complete: an archive under its own name
+    // is never a half-written one (a full disk, a kill).
+    let partial = archive.with_extension("partial");
+    let result = pack_into(dir, &partial)
+        .and_then(|()| std::fs::rename(&partial, archive).map_err(io_err(archive)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+fn pack_into(dir: &Path, archive: &Path) -> Result<(), Error> {
     let file = std::fs::File::create(archive).map_err(io_err(archive))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
@@ -577,6 +590,24 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["bundle/a.txt", "bundle/proc/status"]);
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+
+    #[test]
+    fn a_failed_pack_leaves_no_archive_under_its_name() {
+        let tmp = std::env::temp_dir().join(format!("stallscope-nopack-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let archive = tmp.join("b.tar.gz");
+        // The bundle folder is missing: the archive fails part-way.
+        assert!(pack(&tmp.join("missing"), &archive).is_err());
+        assert!(
+            !archive.exists(),
+            "a failed archive was left under its own name"
+        );
+        assert!(
+            !archive.with_extension("partial").exists(),
+            "its partial file was left"
+        );
         let _ = std::fs::remove_dir_all(tmp);
     }
 

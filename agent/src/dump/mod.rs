@@ -167,9 +167,12 @@ fn write_into(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, Error> 
         source,
     })?;
     let path = dir.join(name);
-    std::fs::write(&path, contents).map_err(|source| Error::Output {
-        path: path.clone(),
-        source,
+    // A temporary file, then a rename: a dump on disk is always whole.
+    crate::export::pprof::write_atomically(&path, contents.as_bytes()).map_err(|source| {
+        Error::Output {
+            path: path.clone(),
+            source,
+        }
     })?;
     Ok(path)
 }
