@@ -693,6 +693,12 @@ fn auth_token() {
     let dir = TempDir::new("stallscope-auth");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "t0ken-for-tests\n").unwrap();
+    // The agent refuses a token file others can read.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let out = Command::new(agent_path())
         .args(["serve", "--listen", "0.0.0.0:0", "--auth-token-file"])
         .arg(dir.path().join("missing"))

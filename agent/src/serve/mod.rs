@@ -49,6 +49,19 @@ pub fn auth_token(args: &ServeArgs) -> Result<Option<String>, Error> {
     let token = match &args.auth_token_file {
         None => None,
         Some(path) => {
+            // A token other users can read authenticates them too.
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(Error::Usage(format!(
+                        "the auth token file {} can be read by other users (mode {mode:04o}); \
+                         make it private: chmod 600 {}",
+                        path.display(),
+                        path.display()
+                    )));
+                }
+            }
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::Usage(format!(
                     "cannot read the auth token file {}: {e}",
@@ -362,6 +375,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("token");
         std::fs::write(&f, "s3cret\n").unwrap();
+        let a = args(&[
+            "--listen",
+            "0.0.0.0:6060",
+            "--auth-token-file",
+            f.to_str().unwrap(),
+        ]);
+        // Written with the default umask: readable by others, refused.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = auth_token(&a).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let a = args(&[
             "--listen",
             "0.0.0.0:6060",
