@@ -32,6 +32,12 @@ use crate::error::Error;
 /// The BPF object built by agent/build.rs (aya-build) from ebpf/programs.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stallscope"));
 
+/// A fixed-point count (× `BLOCK_COUNT_SCALE`) rounded to a whole one. Each kept event
+/// counts at least one (its weight is ≥ 1), so no recorded count rounds to zero.
+fn unscale(count_scaled: u64) -> u64 {
+    (count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE
+}
+
 /// A program's failure to load, with the verifier's log when there is one.
 fn bpf_load(prog_name: &str, hook: Hook, e: ProgramError) -> Error {
     Error::BpfLoad(format!("{prog_name} ({}): {e:#}", hook.describe()))
@@ -645,9 +651,7 @@ impl Collector {
                 syscall: k.syscall,
                 user: self.user_stack(k.user_stack, &mut ucache),
                 kernel: self.stack(k.kernel_stack, &mut cache),
-                // Each kept interval counts at least one (weights are ≥ 1), so no count
-                // rounds to zero.
-                count: (v.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE,
+                count: unscale(v.count_scaled),
                 total_ns: v.total_ns,
             });
         }
@@ -685,7 +689,7 @@ impl Collector {
                     tid: k.tid,
                     uaddr: k.uaddr,
                     user: self.user_stack(k.user_stack, &mut ucache),
-                    count: (v.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE,
+                    count: unscale(v.count_scaled),
                     delay_ns: v.delay_ns,
                 });
             }
@@ -727,10 +731,7 @@ impl Collector {
             ]
             .into_iter()
             .filter(|(_, p)| stack_deferred && p.count_scaled > 0)
-            .map(|(class, p)| {
-                let n = (p.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE;
-                (class, n, p.ns)
-            })
+            .map(|(class, p)| (class, unscale(p.count_scaled), p.ns))
             .collect();
             if st.off_ts == 0 && pending.is_empty() {
                 continue;

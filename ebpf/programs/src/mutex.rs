@@ -15,10 +15,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use stallscope_common::{
-    AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue, weighted_sample,
+    AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue,
 };
 
-use crate::shared::{add_pair_or_insert, count};
+use crate::shared::{add_pair_or_insert, count, sample_by_duration};
 
 /// Futex words with waiters seen in the window.
 #[map]
@@ -53,14 +53,7 @@ fn sample(cfg: &Config, d: u64) -> Option<(u64, u64)> {
         }
     }
     let n = n.max(1);
-    let rate = cfg.mutex_rate_ns;
-    let r = if rate > 1 && d < rate {
-        // SAFETY: helper without arguments.
-        unsafe { bpf_get_prandom_u32() }
-    } else {
-        0
-    };
-    let (c, w) = weighted_sample(d, rate, r)?;
+    let (c, w) = sample_by_duration(d, cfg.mutex_rate_ns)?;
     Some((c.wrapping_mul(n), w.wrapping_mul(n)))
 }
 

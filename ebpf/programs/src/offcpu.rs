@@ -20,8 +20,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap},
@@ -32,12 +31,14 @@ use stallscope_common::{
     Counter, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, PENDING_RUNQ,
     PENDING_WAIT, PendingWait, RunqKey, STACK_NONE, THREAD_IN_FUTEX, THREAD_LOCK_WAITER,
     THREAD_STACK_DEFERRED, THREAD_SYS_STACK, ThreadExit, ThreadState, USER_STACK_LOST,
-    USER_STACK_NONE, runq_bucket, wait_class, weighted_sample,
+    USER_STACK_NONE, runq_bucket, wait_class,
 };
 
 use crate::{
     mutex,
-    shared::{add_or_insert, add_pair_or_insert, count, is_target, kernel_stack},
+    shared::{
+        add_or_insert, add_pair_or_insert, count, is_target, kernel_stack, sample_by_duration,
+    },
     unwind::{SLOT_TRACEPOINT, user_stack_handle},
 };
 
@@ -290,13 +291,7 @@ fn interval(tid: u32, class: u32, st: &mut ThreadState, ns: u64, cfg: &Config) {
         count(Counter::OffcpuBelowMin);
         return;
     }
-    let rate = cfg.offcpu_rate_ns;
-    let r = if rate > 1 && ns < rate {
-        unsafe { bpf_get_prandom_u32() }
-    } else {
-        0
-    };
-    let Some((n, w)) = weighted_sample(ns, rate, r) else {
+    let Some((n, w)) = sample_by_duration(ns, cfg.offcpu_rate_ns) else {
         count(Counter::OffcpuSampledOut);
         return;
     };
@@ -702,13 +697,7 @@ fn futex_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
 #[inline(always)]
 fn block_sample(cfg: &Config, waited: u64) -> Option<(u64, u64)> {
     count(Counter::BlockEventsSeen);
-    let rate = cfg.block_rate_ns;
-    let r = if rate > 1 && waited < rate {
-        unsafe { bpf_get_prandom_u32() }
-    } else {
-        0
-    };
-    let kept = weighted_sample(waited, rate, r)?;
+    let kept = sample_by_duration(waited, cfg.block_rate_ns)?;
     count(Counter::BlockEventsRecorded);
     Some(kept)
 }

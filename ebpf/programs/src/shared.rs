@@ -36,6 +36,20 @@ pub fn count(c: Counter) {
     }
 }
 
+/// Duration-weighted sampling of an event of `d` ns at `rate` (`weighted_sample`), drawing
+/// the random number only when the decision needs one. The kept event's (count ×
+/// `BLOCK_COUNT_SCALE`, weighted ns), or `None`.
+#[inline(always)]
+pub fn sample_by_duration(d: u64, rate: u64) -> Option<(u64, u64)> {
+    let r = if rate > 1 && d < rate {
+        // SAFETY: helper without arguments.
+        unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() }
+    } else {
+        0
+    };
+    stallscope_common::weighted_sample(d, rate, r)
+}
+
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     // An array look-up, which the verifier inlines: no helper call, no hashing.
