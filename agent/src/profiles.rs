@@ -38,6 +38,9 @@ pub fn syscall_name(nr: i32) -> String {
     }
 }
 
+/// The `thread_state` label of a new thread's wait before its first run (no user stack yet).
+pub const NOT_STARTED: &str = "not started";
+
 /// Turns kernel stack parts into a [`RawStack`]; a part the kernel failed to capture becomes a
 /// `stack_lost` label so the sample still counts and the loss is visible in pprof.
 pub fn raw_stack(user: &StackPart, kernel: &StackPart) -> (RawStack, Vec<Label>) {
@@ -46,6 +49,10 @@ pub fn raw_stack(user: &StackPart, kernel: &StackPart) -> (RawStack, Vec<Label>)
         StackPart::Frames(f) => f.clone(),
         StackPart::Lost => {
             labels.push(Label::Str("stack_lost".into(), which.into()));
+            Vec::new()
+        }
+        StackPart::NotStarted => {
+            labels.push(Label::Str("thread_state".into(), NOT_STARTED.into()));
             Vec::new()
         }
     };

@@ -294,6 +294,19 @@ pub fn entry_name(function: &str) -> &str {
     n.strip_prefix("libc_").unwrap_or(n)
 }
 
+/// What a sample without user frames stands for: a new thread that had not run yet, or a
+/// stack the kernel did not give.
+pub fn no_user_stack(s: &Sample) -> &'static str {
+    let not_started = s.labels.iter().any(|l| {
+        matches!(l, Label::Str(k, v) if k == "thread_state" && v == crate::profiles::NOT_STARTED)
+    });
+    if not_started {
+        "[new thread, before its first run]"
+    } else {
+        "[no user stack]"
+    }
+}
+
 /// A short description of a sample's stack: its application frames from the innermost one
 /// (with its file:line), skipping C library and runtime internals and stack roots, then the
 /// library function it is in (`take_the_lock (hung.c:19) <- lock_waiter, in
@@ -301,7 +314,7 @@ pub fn entry_name(function: &str) -> &str {
 pub fn stack_brief(p: &Profile, s: &Sample, depth: usize) -> String {
     let frames = user_frames(p, s);
     if frames.is_empty() {
-        return "[no user stack]".into();
+        return no_user_stack(s).into();
     }
     let Some(first) = frames.iter().position(|(_, app)| *app) else {
         let names: Vec<&str> = frames
@@ -449,8 +462,8 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
     ];
     if c.offcpu_switch_out > 0 || c.block_events_seen > 0 {
         v.push(format!(
-            "off-cpu: {} switch-outs, {} intervals recorded ({} with the stack taken at the futex call's end), {} left out by --offcpu-rate sampling, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_deferred, c.offcpu_sampled_out, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full
+            "off-cpu: {} switch-outs, {} intervals recorded ({} with the stack taken at the futex call's end), {} left out by --offcpu-rate sampling, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}; switches missed {}; program runs skipped by the kernel {}",
+            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_deferred, c.offcpu_sampled_out, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full, c.switch_missed, c.prog_runs_missed
         ));
         v.push(format!(
             "block: {} futex waits seen, {} recorded after in-kernel rate sampling",
@@ -607,7 +620,7 @@ fn by_app_frame(p: &Profile, vi: usize, n: usize) -> Vec<(i64, String, String)> 
                 let frames = user_frames(p, smp);
                 match frames.iter().find(|(l, _)| !is_root_function(&l.function)) {
                     Some((l, _)) => format!("[no application frame] in {}", l.function),
-                    None if frames.is_empty() => "[no user stack]".into(),
+                    None if frames.is_empty() => no_user_stack(smp).into(),
                     None => "[no application frame]".into(),
                 }
             }
@@ -786,7 +799,7 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
     }
     let _ = writeln!(
         s,
-        "losses: stacks lost user {} (user-stack map full {}, corrupt {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}",
+        "losses: stacks lost user {} (user-stack map full {}, corrupt {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}; switches missed {}, program runs skipped by the kernel {}",
         c.user_stack_lost + c.user_stack_map_full + c.user_stack_corrupt,
         c.user_stack_map_full,
         c.user_stack_corrupt,
@@ -796,7 +809,9 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
         c.thread_map_full,
         c.runq_hist_full,
         c.first_seen_full,
-        c.exited_full
+        c.exited_full,
+        c.switch_missed,
+        c.prog_runs_missed
     );
     if let Some(r) = f.runq {
         let _ = writeln!(

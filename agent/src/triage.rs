@@ -70,7 +70,7 @@ pub fn culprit(p: &Profile, s: &Sample) -> String {
     }
     let frames = report::user_frames(p, s);
     if frames.is_empty() {
-        return "[no user stack]".into();
+        return report::no_user_stack(s).into();
     }
     match frames
         .iter()
@@ -85,7 +85,7 @@ pub fn culprit(p: &Profile, s: &Sample) -> String {
 pub fn self_frame(p: &Profile, s: &Sample) -> String {
     match report::leaf_frame(p, s) {
         Some(l) => report::frame_text(l, false),
-        None => "[no user stack]".into(),
+        None => report::no_user_stack(s).into(),
     }
 }
 

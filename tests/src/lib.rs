@@ -21,6 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use agent::model::{Line, Profile};
 
+pub mod serve_kit;
+
 /// Compiler flags for the C workloads: frame pointers, so the agent's frame-pointer walk sees
 /// every frame of our code, and DWARF for file:line.
 pub const C_FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];
@@ -590,6 +592,25 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
+/// A number from the agent's accounting line, e.g. `("futex waits seen", ...)`.
+pub fn accounting(run: &AgentRun, after_number: &str) -> u64 {
+    for line in run.stdout.lines().filter(|l| l.starts_with("accounting:")) {
+        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        for (i, w) in words.iter().enumerate() {
+            if let Ok(n) = w.parse::<u64>() {
+                let rest = words[i + 1..].join(" ");
+                if rest.starts_with(after_number) {
+                    return n;
+                }
+            }
+        }
+    }
+    panic!(
+        "no accounting figure before {after_number:?} in:\n{}",
+        run.stdout
+    )
+}
+
 /// `agent attach --pid <w> --duration <duration> --profile <profiles> <extra...>`, asserting
 /// that it succeeded.
 pub fn attach_ok(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
@@ -1038,8 +1059,25 @@ pub fn read_threads(path: impl AsRef<Path>) -> Threads {
         unaccounted_ns: int(&v, "unaccounted_ns"),
         offcpu_recorded: flag(&v, "offcpu_recorded"),
         threads,
-        text,
+        text: with_counters(text, path),
     }
+}
+
+/// `text` with the kernel counters of the off-CPU profile beside `threads.json` (its pprof
+/// comments), so that an accounting failure shows the losses next to it.
+fn with_counters(mut text: String, threads_json: &Path) -> String {
+    let off = threads_json.with_file_name("offcpu.pb.gz");
+    let decoded = std::fs::read(&off)
+        .ok()
+        .and_then(|b| agent::export::pprof::decode(&b).ok());
+    if let Some(p) = decoded {
+        text.push_str("\n--- offcpu.pb.gz comments\n");
+        for c in &p.comments {
+            text.push_str(c);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// tid → name of every thread of a live process, from /proc/PID/task/*/comm.

@@ -23,8 +23,8 @@ use stallscope_common::{
     BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, FirstSeen,
     KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, PENDING_RUNQ,
     PENDING_WAIT, ProcMappings, RunqKey, STACK_LOST, THREAD_STACK_DEFERRED, ThreadExit,
-    ThreadState, USER_STACK_LOST, USER_STACK_NONE, UnwindRow, UserStack, WalkCacheEntry,
-    WalkCacheKey, runq_bucket_low, wait_class,
+    ThreadState, USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, UnwindRow, UserStack,
+    WalkCacheEntry, WalkCacheKey, runq_bucket_low, wait_class,
 };
 
 use crate::error::Error;
@@ -36,6 +36,13 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// counts at least one (its weight is ≥ 1), so no recorded count rounds to zero.
 fn unscale(count_scaled: u64) -> u64 {
     (count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE
+}
+
+/// A numeric `name:\tvalue` line of a `/proc/PID/fdinfo` file.
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A program's failure to load, with the verifier's log when there is one.
@@ -73,6 +80,11 @@ pub struct Counters {
     /// User stacks served from the in-kernel walk cache, and walked frame by frame.
     pub user_stack_cache_hit: u64,
     pub user_stack_walked: u64,
+    /// Target switch-ins or switch-outs found missing (in twice or out twice in a row).
+    pub switch_missed: u64,
+    /// Runs of the agent's programs the kernel skipped because another BPF program was
+    /// running on that CPU (each program's `recursion_misses`): those events were not seen.
+    pub prog_runs_missed: u64,
     /// Threads off CPU since before the window that could not be followed (`FIRST_SEEN` full).
     pub first_seen_full: u64,
     /// Exited threads whose CPU time was lost (`EXITED` full).
@@ -88,6 +100,8 @@ pub enum StackPart {
     Frames(Vec<u64>),
     /// The kernel failed to capture it (already counted in [`Counters`]).
     Lost,
+    /// A new thread's wait before its first run: it had no user stack of its own yet.
+    NotStarted,
 }
 
 /// One aggregated CPU sample bucket.
@@ -225,9 +239,10 @@ pub const FILL_MAPS: [&str; 8] = [
 ];
 
 /// The kernel programs behind the off-CPU, block and mutex profiles, and what each attaches to.
-const OFFCPU_PROGRAMS: [(&str, Hook); 5] = [
+const OFFCPU_PROGRAMS: [(&str, Hook); 6] = [
     ("sched_switch", Hook::Tracepoint("sched_switch")),
     ("sched_wakeup", Hook::Tracepoint("sched_wakeup")),
+    ("sched_wakeup_new", Hook::Tracepoint("sched_wakeup_new")),
     ("futex_enter", Hook::Syscall("sys_enter_futex")),
     ("futex_exit", Hook::Syscall("sys_exit_futex")),
     ("sched_process_exit", Hook::Tracepoint("sched_process_exit")),
@@ -610,6 +625,8 @@ impl Collector {
             lock_table_full: read(Counter::LockTableFull)?,
             user_stack_cache_hit: read(Counter::UserStackCacheHit)?,
             user_stack_walked: read(Counter::UserStackWalked)?,
+            switch_missed: read(Counter::SwitchMissed)?,
+            prog_runs_missed: self.prog_runs_missed(),
             first_seen_full: read(Counter::FirstSeenFull)?,
             exited_full: read(Counter::ExitedFull)?,
             user_stack_corrupt: self.count_corrupt_stacks()?,
@@ -811,6 +828,21 @@ impl Collector {
 
     /// Stored user stacks whose frames do not match their handle (see [`verified_frames`]):
     /// reading them gives a lost stack.
+    /// The sum of the loaded programs' `recursion_misses`, from their fdinfo (aya's
+    /// `ProgramInfo` does not expose it). A program whose fdinfo can't be read counts 0.
+    fn prog_runs_missed(&self) -> u64 {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let raw = fd.as_fd().as_raw_fd();
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()
+            })
+            .filter_map(|info| fdinfo_field(&info, "recursion_misses"))
+            .sum()
+    }
+
     fn count_corrupt_stacks(&self) -> Result<u64, Error> {
         let map: HashMap<_, u64, UserStack> = self.map_ref("USER_STACKS")?;
         Ok(map
@@ -882,6 +914,7 @@ impl Collector {
                 "cpu_sample" => "cpu_sample",
                 "sched_switch" => "sched_switch",
                 "sched_wakeup" => "sched_wakeup",
+                "sched_wakeup_new" => "sched_wakeup_new",
                 "futex_enter" => "futex_enter",
                 "futex_exit" => "futex_exit",
                 "sched_process_exit" => "sched_process_exit",
@@ -933,6 +966,9 @@ impl Collector {
         if handle == USER_STACK_LOST {
             return StackPart::Lost;
         }
+        if handle == USER_STACK_NOT_STARTED {
+            return StackPart::NotStarted;
+        }
         if let Some(p) = cache.get(&handle) {
             return p.clone();
         }
@@ -980,5 +1016,21 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.stop_cpu();
         self.stop_offcpu();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_field;
+
+    #[test]
+    fn reads_a_program_fdinfo_field() {
+        let info = "prog_type:\t26\nprog_jited:\t1\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t812\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(17));
+        assert_eq!(fdinfo_field(info, "verified_insns"), Some(812));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(0));
+        // A field name that only prefixes another is not that field.
+        assert_eq!(fdinfo_field(info, "run"), None);
+        assert_eq!(fdinfo_field(info, "memlock"), None);
     }
 }

@@ -25,18 +25,23 @@ const EVENTS: [&str; 10] = [
     "mutex_events_seen",
     "mutex_events_recorded",
 ];
-const DROPS: [&str; 6] = [
+const DROPS: [&str; 10] = [
     "agg_map_full",
     "thread_map_full",
     "runq_hist_full",
     "user_stack_map_full",
     "lock_table_full",
     "stack_collision",
+    "first_seen_full",
+    "exited_full",
+    "switch_missed",
+    "prog_runs_skipped",
 ];
-const PROGRAMS: [&str; 6] = [
+const PROGRAMS: [&str; 7] = [
     "cpu_sample",
     "sched_switch",
     "sched_wakeup",
+    "sched_wakeup_new",
     "futex_enter",
     "futex_exit",
     "sched_process_exit",
@@ -301,6 +306,10 @@ impl Health {
             c.user_stack_map_full,
             c.lock_table_full,
             c.stack_collisions,
+            c.first_seen_full,
+            c.exited_full,
+            c.switch_missed,
+            c.prog_runs_missed,
         ];
         for (name, v) in DROPS.iter().zip(dr) {
             self.dropped.with_label_values(&[name]).inc_by(v);

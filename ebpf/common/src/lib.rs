@@ -88,6 +88,10 @@ pub enum Counter {
     /// Kept off-CPU intervals whose user stack is taken at the end of their futex call
     /// (deferred walk) rather than at the switch-out.
     OffcpuDeferred = 26,
+    /// A target thread's switch-in or switch-out was not seen (the thread was found switching
+    /// in twice, or out twice, in a row, or exiting without ever being seen switched in): the
+    /// time between is missing from the off-CPU profile and from its thread's accounting.
+    SwitchMissed = 27,
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
@@ -544,6 +548,9 @@ pub const USTACK_USED_CFI: u32 = 2;
 pub const USER_STACK_NONE: u64 = 0;
 /// User-stack handle meaning "capturing it failed" (counted).
 pub const USER_STACK_LOST: u64 = 1;
+/// User-stack handle of a new thread's wait before its first run (it has no stack of its own
+/// yet: it starts where its creator's clone returns).
+pub const USER_STACK_NOT_STARTED: u64 = 2;
 
 /// The hash of a user stack (its handle in `USER_STACKS`) starts here (FNV-1a's basis)...
 pub const STACK_HASH_INIT: u64 = 0xcbf2_9ce4_8422_2325;
@@ -554,10 +561,15 @@ pub fn stack_hash_step(h: u64, ip: u64) -> u64 {
     (h ^ ip).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
-/// ... and never collides with `USER_STACK_NONE` or `USER_STACK_LOST`.
+/// ... and never collides with `USER_STACK_NONE`, `USER_STACK_LOST` or
+/// `USER_STACK_NOT_STARTED`.
 #[inline(always)]
 pub fn stack_handle(h: u64) -> u64 {
-    if h <= USER_STACK_LOST { h + 2 } else { h }
+    if h <= USER_STACK_NOT_STARTED {
+        h + 3
+    } else {
+        h
+    }
 }
 
 /// The handle of a stack of frames (leaf first): what the BPF unwinder stores it under, so the
@@ -610,7 +622,7 @@ mod tests {
         assert_eq!(stack_hash(&[]), STACK_HASH_INIT);
         assert_ne!(stack_hash(&[1, 2]), stack_hash(&[2, 1]));
         for ips in [[0u64; 0].as_slice(), &[0x401000], &[7, 8, 9]] {
-            assert!(stack_hash(ips) > USER_STACK_LOST);
+            assert!(stack_hash(ips) > USER_STACK_NOT_STARTED);
         }
     }
 
