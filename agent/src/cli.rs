@@ -45,7 +45,7 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 
     /// Process to export metrics for (repeatable). Profiles can be taken of any process.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = parse_pid)]
     pub pid: Vec<u32>,
 
     /// Export metrics for every process (up to --max-targets), following new ones.
@@ -60,8 +60,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 
-    /// How often the continuous metrics are sampled from /proc.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How often the continuous metrics are sampled from /proc (at least 100ms).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
     /// Longest profile a request may ask for (`seconds` above it is capped), in seconds.
@@ -72,6 +72,23 @@ pub struct ServeArgs {
     /// loaded BPF programs and maps (about 150 MB of kernel memory).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     pub max_concurrent_profiles: u32,
+
+    /// Most HTTP connections open at once. A connection beyond it is answered at once with
+    /// 503 Service Unavailable (Retry-After: 1) and closed, and counted in
+    /// stallscope_profile_rejected_total{reason="connections"}.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_connections: u32,
+
+    /// Time a client has to send a request's line and headers, counted from when its
+    /// connection opens or its previous response ends: a slower client (or a keep-alive
+    /// connection idle for that long) is disconnected. 100ms to 10m.
+    #[arg(long, default_value = "10s", value_parser = parse_http_timeout)]
+    pub header_timeout: Duration,
+
+    /// Longest time a request may take before it is answered 503 Service Unavailable; a
+    /// profile request gets its `seconds` plus this. 100ms to 10m.
+    #[arg(long, default_value = "30s", value_parser = parse_http_timeout)]
+    pub request_timeout: Duration,
 
     #[command(flatten)]
     pub rates: Rates,
@@ -86,7 +103,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// Process to capture.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = parse_pid)]
     pub pid: u32,
 
     /// Length of the window, e.g. 30s. Ctrl-C ends it early and still writes a complete bundle.
@@ -125,7 +142,7 @@ pub struct ThreadLabels {
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// Process to dump (every thread of it).
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = parse_pid)]
     pub pid: u32,
 
     /// Output format: text (like a Go goroutine dump) or json (schema in docs/dump-schema.md).
@@ -185,7 +202,7 @@ pub struct Rates {
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// Process to profile (every thread of it, including threads it starts during the capture).
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = parse_pid)]
     pub pid: u32,
 
     /// How long to capture, e.g. 10s, 1m, 500ms. Ctrl-C ends the capture early and still writes
@@ -214,12 +231,12 @@ pub struct AttachArgs {
     /// Write a thread dump (dump-<pid>-<ms>.txt in the output directory) whenever COND holds,
     /// at most once per `every` (default 1m): e.g. `state=futex,threads>=8,for=30s` or
     /// `deadlock,every=5m`. SIGUSR1 to the agent writes one at any time.
-    #[arg(long, value_name = "COND", value_parser = |s: &str| s.parse::<crate::dump::trigger::DumpWhen>())]
+    #[arg(long, value_name = "COND", value_parser = parse_dump_when)]
     pub dump_when: Option<crate::dump::trigger::DumpWhen>,
 
     /// Also send this signal to the target after each dump, for runtimes that print their own
     /// (e.g. QUIT for a JVM). Off by default; refused as QUIT for a Go program (it would exit).
-    #[arg(long, value_name = "SIG", value_parser = crate::dump::trigger::parse_signal)]
+    #[arg(long, value_name = "SIG", value_parser = parse_target_signal)]
     pub signal_target: Option<i32>,
 
     /// Rows in the printed top table.
@@ -227,38 +244,173 @@ pub struct AttachArgs {
     pub top: usize,
 }
 
-/// Parses "10s", "1m30s", "250ms"; a bare number means seconds.
+/// Longest duration any option takes (a year): bounds every deadline computed from one.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses "10s", "1m30s", "250ms"; a bare number means seconds. At most a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration; use e.g. 10s, 2m, 500ms".into());
+    }
     let d = if let Ok(secs) = s.parse::<f64>() {
         if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("invalid duration {s:?}"));
+            return Err(format!(
+                "invalid duration {}; use e.g. 10s, 2m, 500ms",
+                shown(s)
+            ));
         }
-        Duration::from_secs_f64(secs)
+        Duration::try_from_secs_f64(secs).map_err(|_| too_long(s, "1 year (365d)"))?
     } else {
-        humantime::parse_duration(s)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 10s, 2m, 500ms"))?
+        humantime::parse_duration(s).map_err(|e| {
+            format!(
+                "invalid duration {} ({e}); use e.g. 10s, 2m, 500ms",
+                shown(s)
+            )
+        })?
     };
     if d.is_zero() {
         return Err("the duration must be more than zero".into());
     }
+    if d > MAX_DURATION {
+        return Err(too_long(s, "1 year (365d)"));
+    }
     Ok(d)
+}
+
+fn too_long(s: &str, max: &str) -> String {
+    format!("{} is too long; at most {max}", shown(s))
+}
+
+/// A value as quoted in a message: at most 64 characters of it (an argument can be huge).
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{head:?}... ({} bytes)", s.len())
+}
+
+/// `serve --interval`: at least 100ms (a faster /proc scan of every target costs a CPU).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "{} is too short; sample /proc at most every 100ms",
+            shown(s.trim())
+        ));
+    }
+    Ok(d)
+}
+
+/// `serve --header-timeout` and `--request-timeout`: 100ms to 10m.
+pub fn parse_http_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| {
+        if e.contains("too long") {
+            too_long(s.trim(), "10m")
+        } else {
+            e
+        }
+    })?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{} is too short; at least 100ms", shown(s.trim())));
+    }
+    if d > Duration::from_secs(600) {
+        return Err(too_long(s.trim(), "10m"));
+    }
+    Ok(d)
+}
+
+/// A process id: a positive number (0 names no process).
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    match t.parse::<u64>() {
+        Ok(0) => Err("0 is not a process id; pass a positive PID (see `ps`)".into()),
+        Ok(n) => u32::try_from(n).map_err(|_| {
+            format!("{n} is not a process id: PIDs are at most 4194304 (/proc/sys/kernel/pid_max)")
+        }),
+        Err(_) if t.starts_with('-') => Err(format!(
+            "{} is not a process id; pass a positive PID (see `ps`)",
+            shown(t)
+        )),
+        Err(_) => Err(format!(
+            "{} is not a process id; pass a number (see `ps`)",
+            shown(t)
+        )),
+    }
+}
+
+/// `attach --signal-target`: any signal but KILL and STOP, which no runtime can catch to
+/// print anything and which would end or freeze the target.
+pub fn parse_target_signal(s: &str) -> Result<i32, String> {
+    let name = s.trim().to_ascii_uppercase();
+    let sig = match name.strip_prefix("SIG").unwrap_or(&name) {
+        "KILL" => libc::SIGKILL,
+        "STOP" => libc::SIGSTOP,
+        _ => crate::dump::trigger::parse_signal(s)?,
+    };
+    if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        return Err(format!(
+            "signal {} cannot be caught: it would {} the target instead of making it print \
+             anything; use a signal its runtime handles (e.g. QUIT for a JVM)",
+            shown(s.trim()),
+            if sig == libc::SIGKILL {
+                "kill"
+            } else {
+                "freeze"
+            }
+        ));
+    }
+    Ok(sig)
+}
+
+/// `attach --dump-when`: the condition parser, after a check that its times (`for=`,
+/// `every=`) are durations this agent can count to (a bare number too large for a Duration
+/// must be an error, not a panic in the parser).
+pub fn parse_dump_when(s: &str) -> Result<crate::dump::trigger::DumpWhen, String> {
+    for term in s.split(',') {
+        if let Some((key, value)) = term.split_once('=')
+            && matches!(key.trim(), "for" | "every")
+            && let Ok(secs) = value.trim().parse::<f64>()
+            && secs.is_finite()
+            && secs > MAX_DURATION.as_secs_f64()
+        {
+            return Err(format!(
+                "{}={} is too long; at most 1 year (365d)",
+                key.trim(),
+                shown(value.trim())
+            ));
+        }
+    }
+    s.parse()
 }
 
 /// Parses a nanosecond count: a bare integer is ns, otherwise a duration (`100us`, `1ms`).
 /// Capped at 4 s (the kernel's sampling arithmetic works in 32-bit fractions of it).
 pub fn parse_nanos(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let ns = match s.parse::<u64>() {
+    if s.is_empty() {
+        return Err("empty time; use ns or e.g. 100us, 1ms".into());
+    }
+    // Compared before any narrowing: a huge value must not wrap into a small one.
+    let ns: u128 = match s.parse::<u128>() {
         Ok(n) => n,
+        Err(_) if s.starts_with('-') => {
+            return Err(format!(
+                "{} is negative; use ns or e.g. 100us, 1ms",
+                shown(s)
+            ));
+        }
+        Err(_) if s.bytes().all(|b| b.is_ascii_digit()) => u128::MAX,
         Err(_) => humantime::parse_duration(s)
-            .map_err(|e| format!("invalid time {s:?} ({e}); use ns or e.g. 100us, 1ms"))?
-            .as_nanos() as u64,
+            .map_err(|e| format!("invalid time {} ({e}); use ns or e.g. 100us, 1ms", shown(s)))?
+            .as_nanos(),
     };
     if ns > 4_000_000_000 {
-        return Err(format!("{s} is too long; at most 4s"));
+        return Err(too_long(s, "4s"));
     }
-    Ok(ns)
+    Ok(ns as u64)
 }
 
 /// Parses one profile name of `--profile`.
@@ -293,6 +445,53 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn hostile_values() {
+        // Huge: an error, never a panic (Duration::from_secs_f64 panics on overflow).
+        for bad in [
+            "1e30", "1e20", "inf", "NaN", "", " ", "-0.5", "400d", "1e-10",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration("365d").is_ok());
+        let e = parse_duration(&"9".repeat(100_000)).unwrap_err();
+        assert!(
+            e.len() < 300,
+            "the value is cut short in the message: {} bytes",
+            e.len()
+        );
+        // A huge rate must not wrap around u64 into a small one (2^64 ns ~ 18446744074 s).
+        for bad in [
+            "18446744074s",
+            "18446744073709551616",
+            &"9".repeat(50),
+            "-1",
+            "",
+            "5s",
+        ] {
+            assert!(parse_nanos(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_nanos("0").unwrap(), 0);
+        assert_eq!(parse_pid("42").unwrap(), 42);
+        for bad in ["0", "-1", "4294967296", "", "1e3", "abc", &"9".repeat(30)] {
+            assert!(parse_pid(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_interval("10ms").is_err());
+        assert!(parse_interval("100ms").is_ok());
+        assert!(parse_http_timeout("1h").is_err());
+        assert!(parse_http_timeout("1ms").is_err());
+        assert!(parse_target_signal("KILL").is_err());
+        assert!(parse_target_signal("9").is_err());
+        assert!(parse_target_signal("SIGSTOP").is_err());
+        assert_eq!(parse_target_signal("QUIT").unwrap(), libc::SIGQUIT);
+        let e = parse_target_signal("sigkill").unwrap_err();
+        assert!(e.contains("cannot be caught"), "{e}");
+        for bad in ["for=1e30", "state=futex,for=1e300", "deadlock,every=1e20"] {
+            assert!(parse_dump_when(bad).is_err(), "{bad}");
+        }
+        assert!(parse_dump_when("deadlock,every=5m").is_ok());
     }
 
     #[test]
@@ -343,6 +542,12 @@ mod tests {
         assert_eq!(s.pid, vec![7, 8]);
         assert_eq!(s.listen.to_string(), "127.0.0.1:6060");
         assert_eq!((s.max_seconds, s.max_concurrent_profiles), (60, 1));
+        assert_eq!(s.max_connections, 64);
+        assert_eq!(
+            (s.header_timeout, s.request_timeout),
+            (Duration::from_secs(10), Duration::from_secs(30))
+        );
+        assert!(Cli::try_parse_from(["agent", "serve", "--max-connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["agent", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["agent", "serve", "--max-targets", "0"]).is_err());
     }

@@ -46,6 +46,19 @@ const PROGRAMS: [&str; 7] = [
     "futex_exit",
     "sched_process_exit",
 ];
+/// `reason` label values of stallscope_profile_rejected_total.
+pub const REJECTIONS: [&str; 10] = [
+    "busy",
+    "bad_request",
+    "unauthorized",
+    "not_found",
+    "method",
+    "body",
+    "timeout",
+    "connections",
+    "header_timeout",
+    "malformed",
+];
 /// Profile kinds served (label values of the profile metrics).
 pub const KINDS: [&str; 5] = ["profile", "offcpu", "block", "mutex", "threads"];
 
@@ -208,7 +221,10 @@ impl Health {
         )?;
         let rejected = cv(
             "stallscope_profile_rejected_total",
-            "Profile requests refused, by reason (busy: 429, bad_request: 400, unauthorized: 401).",
+            "HTTP requests and connections refused, by reason (busy: 429, bad_request: 400/414, \
+             unauthorized: 401, not_found: 404, method: 405, body: 413, timeout: 503 after \
+             --request-timeout, connections: 503 beyond --max-connections, header_timeout: \
+             closed after --header-timeout, malformed: 400/431 from the HTTP parser).",
             "reason",
         )?;
         let profile_windows = reg(
@@ -247,7 +263,7 @@ impl Health {
         for k in KINDS {
             profile_seconds.with_label_values(&[k]);
         }
-        for r in ["busy", "bad_request", "unauthorized"] {
+        for r in REJECTIONS {
             rejected.with_label_values(&[r]);
         }
         for s in ["ready", "loading", "failed"] {

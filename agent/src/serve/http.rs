@@ -1,4 +1,6 @@
-//! HTTP routes of `agent serve` (axum): `/metrics`, `/debug/pprof/...`, bearer-token auth.
+//! HTTP routes of `agent serve` (axum): `/metrics`, `/debug/pprof/...`, bearer-token auth,
+//! and the checks every request passes first ([`guard`]): GET (or HEAD) only, no body, a
+//! time limit. Connection-level limits (how many, header timeout) are in [`super::server`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,19 +8,26 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    extract::{Path, Query, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{Path, RawQuery, Request, State, rejection::PathRejection},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 
+use crate::cli::shown;
 use crate::model::ProfileKind;
 
 use super::{Shared, profiler::ProfileError};
 
 /// Default `seconds` of a profile request, as Go's `net/http/pprof`.
 pub const DEFAULT_SECONDS: u64 = 30;
+
+/// Longest query string a profile endpoint reads (it takes three short parameters).
+pub const MAX_QUERY_BYTES: usize = 4096;
+
+/// Most parameters in one query.
+pub const MAX_PARAMS: usize = 16;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -27,8 +36,123 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/debug/pprof/", get(index))
         .route("/debug/pprof/{name}", get(pprof))
         .route("/", get(root))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth))
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
         .with_state(shared)
+}
+
+/// Why a request is answered before any route sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// `reason` label of stallscope_profile_rejected_total.
+    pub reason: &'static str,
+    pub message: String,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+/// Profile endpoints whose request takes a window of `seconds` (their time limit is set by
+/// [`pprof`]).
+fn window_route(path: &str) -> bool {
+    matches!(
+        path.strip_prefix("/debug/pprof/"),
+        Some("profile" | "offcpu" | "block" | "mutex")
+    )
+}
+
+/// Every route is a GET without a body: anything else is refused with the reason. HEAD is
+/// served on the cheap pages only: on a profile or dump it would take a window (or a dump)
+/// to answer nothing.
+pub fn check_request(method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Refusal> {
+    let heavy = path.starts_with("/debug/pprof/") && path != "/debug/pprof/";
+    if *method != Method::GET && (*method != Method::HEAD || heavy) {
+        let allowed = if heavy { "GET" } else { "GET, HEAD" };
+        return Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "method",
+            message: format!(
+                "method {} is not served: every endpoint of this agent is read-only; use {allowed}",
+                shown(method.as_str())
+            ),
+            allow: Some(allowed),
+        });
+    }
+    let length = headers.get(header::CONTENT_LENGTH);
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || length.is_some_and(|v| v.to_str().ok().map(str::trim) != Some("0"));
+    if has_body {
+        return Err(Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "body",
+            message: "requests take no body here: every endpoint is a GET with its parameters in \
+                      the query string (e.g. /debug/pprof/profile?pid=N&seconds=S)"
+                .into(),
+            allow: None,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses what [`check_request`] refuses, and answers 503 when a request outlives its time
+/// limit (`--request-timeout`; profile windows set their own, see [`pprof`]).
+async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if let Err(r) = check_request(req.method(), req.uri().path(), req.headers()) {
+        s.health.rejected.with_label_values(&[r.reason]).inc();
+        let mut resp = text(r.status, r.message);
+        if let Some(allow) = r.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        // The client may still be sending the body: do not keep the connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    if window_route(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let limit = s.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => timed_out(&s, limit, "--request-timeout"),
+    }
+}
+
+fn timed_out(s: &Shared, limit: Duration, what: &str) -> Response {
+    s.health.rejected.with_label_values(&["timeout"]).inc();
+    let loading = s
+        .health
+        .profile_windows
+        .with_label_values(&["loading"])
+        .get();
+    let hint = if loading > 0 {
+        "; the BPF programs were still being verified (see stallscope_profile_collectors), retry"
+    } else {
+        "; the agent may be overloaded (see /metrics), retry later or raise --request-timeout"
+    };
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the request did not finish within {} ({what}){hint}",
+            humantime::format_duration(limit)
+        ),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+async fn not_found(State(s): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
+    s.health.rejected.with_label_values(&["not_found"]).inc();
+    text(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint {}; this agent serves /metrics and /debug/pprof/ (see /)",
+            shown(uri.path())
+        ),
+    )
 }
 
 fn text(code: StatusCode, body: impl Into<String>) -> Response {
@@ -44,7 +168,8 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Compares in time independent of where the strings differ.
+/// Compares in time independent of where the strings differ (only a length difference
+/// returns early, and the token's length is no secret worth keeping).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -56,8 +181,10 @@ async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respons
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.trim().split_once(' '))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
             s.health.rejected.with_label_values(&["unauthorized"]).inc();
             let mut r = text(
@@ -149,24 +276,39 @@ pub fn parse_query(q: &HashMap<String, String>, max_seconds: u64) -> Result<Prof
             .parse::<u32>()
             .ok()
             .filter(|&p| p > 0)
-            .ok_or_else(|| format!("pid must be a positive process id, not {p:?}"))?,
+            .ok_or_else(|| format!("pid must be a positive process id, not {}", shown(p)))?,
     };
     let asked = match q.get("seconds") {
         None => DEFAULT_SECONDS,
-        Some(s) => s.parse::<u64>().ok().filter(|&s| s > 0).ok_or_else(|| {
-            format!("seconds must be a whole number of seconds above 0, not {s:?}")
-        })?,
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<u64>().ok().filter(|&s| s > 0).ok_or_else(|| {
+                format!(
+                    "seconds must be a whole number of seconds above 0 and at most \
+                     {max_seconds} (--max-seconds), not {}",
+                    shown(s)
+                )
+            })?
+        }
+        Some(s) => {
+            return Err(format!(
+                "seconds must be a whole number of seconds above 0, not {}",
+                shown(s)
+            ));
+        }
     };
     let debug = match q.get("debug").map(String::as_str) {
         None | Some("2") => 2,
         Some("1") => 1,
         Some("0") => 2,
-        Some(d) => return Err(format!("debug must be 1 or 2, not {d:?}")),
+        Some(d) => return Err(format!("debug must be 1 or 2, not {}", shown(d))),
     };
-    for k in q.keys() {
+    let mut keys: Vec<&String> = q.keys().collect();
+    keys.sort();
+    for k in keys {
         if !matches!(k.as_str(), "pid" | "seconds" | "debug" | "gc") {
             return Err(format!(
-                "unknown parameter {k:?}; known: pid, seconds, debug"
+                "unknown parameter {}; known: pid, seconds, debug",
+                shown(k)
             ));
         }
     }
@@ -178,12 +320,93 @@ pub fn parse_query(q: &HashMap<String, String>, max_seconds: u64) -> Result<Prof
     })
 }
 
+/// Decodes one `%XX`/`+` escaped part of a query string; refuses a malformed escape and
+/// bytes that are not UTF-8, rather than guessing.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                let Some(h) = hex else {
+                    return Err(format!(
+                        "malformed percent-encoding in {}: % must be followed by two hex digits",
+                        shown(s)
+                    ));
+                };
+                let v = (h[0] as char).to_digit(16).unwrap_or(0) * 16
+                    + (h[1] as char).to_digit(16).unwrap_or(0);
+                out.push(v as u8);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| {
+        format!(
+            "{} is not UTF-8 text once decoded (e.g. %FF); parameters are plain numbers such as pid=1234",
+            shown(s)
+        )
+    })
+}
+
+/// Splits and decodes a raw query string (`a=1&b=2`): bounded in size and count, every
+/// parameter at most once.
+pub fn decode_query(raw: &str) -> Result<HashMap<String, String>, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err((
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the query string is {} bytes; at most {MAX_QUERY_BYTES} (the parameters are pid, seconds and debug)",
+                raw.len()
+            ),
+        ));
+    }
+    let mut out = HashMap::new();
+    for (n, part) in raw.split('&').filter(|p| !p.is_empty()).enumerate() {
+        if n >= MAX_PARAMS {
+            return Err(bad(format!(
+                "too many parameters ({} or more); the parameters are pid, seconds and debug",
+                MAX_PARAMS + 1
+            )));
+        }
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = percent_decode(k).map_err(bad)?;
+        let v = percent_decode(v).map_err(bad)?;
+        if out.contains_key(&k) {
+            return Err(bad(format!(
+                "parameter {} given twice; pass it once",
+                shown(&k)
+            )));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
 async fn pprof(
     State(s): State<Arc<Shared>>,
-    Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
     _headers: HeaderMap,
 ) -> Response {
+    let name = match name {
+        Ok(Path(n)) => n,
+        Err(_) => {
+            s.health.rejected.with_label_values(&["not_found"]).inc();
+            return text(
+                StatusCode::NOT_FOUND,
+                "unknown profile (its name is not UTF-8 text once decoded); available: profile, offcpu, block, mutex, threads (see /debug/pprof/)",
+            );
+        }
+    };
     let kind = match name.as_str() {
         "profile" => Some(ProfileKind::Cpu),
         "offcpu" => Some(ProfileKind::Offcpu),
@@ -191,26 +414,37 @@ async fn pprof(
         "mutex" => Some(ProfileKind::Mutex),
         "threads" | "goroutine" => None,
         _ => {
+            s.health.rejected.with_label_values(&["not_found"]).inc();
             return text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "unknown profile {name:?}; available: profile, offcpu, block, mutex, threads (see /debug/pprof/)"
+                    "unknown profile {}; available: profile, offcpu, block, mutex, threads (see /debug/pprof/)",
+                    shown(&name)
                 ),
             );
         }
     };
     let handler = kind.map_or("threads", super::profiler::kind_name);
-    let resp = match parse_query(&q, s.max_seconds) {
-        Err(m) => {
+    let parsed = decode_query(raw.as_deref().unwrap_or(""))
+        .and_then(|q| parse_query(&q, s.max_seconds).map_err(|m| (StatusCode::BAD_REQUEST, m)));
+    let resp = match parsed {
+        Err((code, m)) => {
             s.health.rejected.with_label_values(&["bad_request"]).inc();
-            text(StatusCode::BAD_REQUEST, m)
+            text(code, m)
         }
         Ok(q) => match kind {
             None => match s.profiler.dump(q.pid, q.debug).await {
                 Ok(body) => text(StatusCode::OK, body),
                 Err(e) => error_response(&s, e),
             },
-            Some(kind) => profile(&s, kind, q).await,
+            Some(kind) => {
+                // The window, then symbolizing: `seconds` plus the usual request time.
+                let limit = Duration::from_secs(q.seconds) + s.request_timeout;
+                match tokio::time::timeout(limit, profile(&s, kind, q)).await {
+                    Ok(r) => r,
+                    Err(_) => timed_out(&s, limit, "seconds + --request-timeout"),
+                }
+            }
         },
     };
     s.health
@@ -327,6 +561,145 @@ mod tests {
                 .debug,
             1
         );
+    }
+
+    /// Rows: raw query, expected status, a substring of the message.
+    #[test]
+    fn raw_query_rows() {
+        let long = format!("pid=1&x={}", "a".repeat(MAX_QUERY_BYTES));
+        let many = (0..40)
+            .map(|i| format!("p{i}=1"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let huge = "9".repeat(40);
+        let rows: &[(&str, u16, &str)] = &[
+            ("", 400, "missing pid"),
+            ("pid=", 400, "pid must be"),
+            ("pid", 400, "pid must be"),
+            ("pid=-1", 400, "pid must be"),
+            ("pid=0", 400, "pid must be"),
+            ("pid=4294967296", 400, "pid must be"),
+            (&format!("pid={huge}"), 400, "pid must be"),
+            ("pid=1e3", 400, "pid must be"),
+            ("pid=%FF", 400, "not UTF-8"),
+            ("pid=%C3%28", 400, "not UTF-8"),
+            ("pid=%", 400, "malformed percent-encoding"),
+            ("pid=%4", 400, "malformed percent-encoding"),
+            ("pid=%+1", 400, "malformed percent-encoding"),
+            ("pid=%zz", 400, "malformed percent-encoding"),
+            ("%FF=1", 400, "not UTF-8"),
+            ("pid=1&pid=2", 400, "given twice"),
+            ("pid=1&seconds=", 400, "seconds must be"),
+            ("pid=1&seconds=-5", 400, "seconds must be"),
+            ("pid=1&seconds=0", 400, "seconds must be"),
+            ("pid=1&seconds=1.5", 400, "seconds must be"),
+            ("pid=1&seconds=NaN", 400, "seconds must be"),
+            (&format!("pid=1&seconds={huge}"), 400, "at most 60"),
+            ("pid=1&debug=", 400, "debug must be"),
+            ("pid=1&debug=256", 400, "debug must be"),
+            ("pid=1&PID=1", 400, "unknown parameter"),
+            ("pid=1&..%2F..%2Fetc=1", 400, "unknown parameter"),
+            (&long, 414, "at most 4096"),
+            (&many, 400, "too many parameters"),
+        ];
+        for (raw, status, needle) in rows {
+            let got = decode_query(raw)
+                .and_then(|q| parse_query(&q, 60).map_err(|m| (StatusCode::BAD_REQUEST, m)));
+            let (code, msg) = got.expect_err(raw);
+            assert_eq!(code.as_u16(), *status, "{raw}: {msg}");
+            assert!(msg.contains(needle), "{raw}: {msg}");
+            // Echoed values are cut short: a 4 kB value is not sent back whole.
+            assert!(msg.len() < 400, "{raw}: {} bytes", msg.len());
+        }
+        let ok = decode_query("pid=42&seconds=5&debug=1&&gc=1").unwrap();
+        let q = parse_query(&ok, 60).unwrap();
+        assert_eq!((q.pid, q.seconds, q.debug), (42, 5, 1));
+        let enc = decode_query("pid=%34%32&seconds=+5").unwrap();
+        assert_eq!(enc["pid"], "42");
+        assert!(
+            parse_query(&enc, 60).is_err(),
+            "seconds=' 5' is not a number"
+        );
+    }
+
+    #[test]
+    fn requests_without_body_and_other_methods_refused() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let none = h(&[]);
+        for (method, path) in [
+            (Method::GET, "/metrics"),
+            (Method::HEAD, "/metrics"),
+            (Method::HEAD, "/"),
+            (Method::HEAD, "/debug/pprof/"),
+            (Method::GET, "/debug/pprof/profile"),
+        ] {
+            assert_eq!(
+                check_request(&method, path, &none),
+                Ok(()),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            check_request(&Method::GET, "/metrics", &h(&[("content-length", "0")])),
+            Ok(())
+        );
+        for (method, path, headers, status, allow) in [
+            (Method::POST, "/metrics", h(&[]), 405, Some("GET, HEAD")),
+            (Method::PUT, "/", h(&[]), 405, Some("GET, HEAD")),
+            (
+                Method::DELETE,
+                "/debug/pprof/profile",
+                h(&[]),
+                405,
+                Some("GET"),
+            ),
+            (Method::OPTIONS, "/metrics", h(&[]), 405, Some("GET, HEAD")),
+            (
+                Method::HEAD,
+                "/debug/pprof/profile",
+                h(&[]),
+                405,
+                Some("GET"),
+            ),
+            (
+                Method::HEAD,
+                "/debug/pprof/threads",
+                h(&[]),
+                405,
+                Some("GET"),
+            ),
+            (
+                Method::GET,
+                "/metrics",
+                h(&[("content-length", "5")]),
+                413,
+                None,
+            ),
+            (
+                Method::GET,
+                "/debug/pprof/profile",
+                h(&[("transfer-encoding", "chunked")]),
+                413,
+                None,
+            ),
+        ] {
+            let r = check_request(&method, path, &headers).expect_err(path);
+            assert_eq!(
+                (r.status.as_u16(), r.allow),
+                (status, allow),
+                "{method} {path}"
+            );
+            assert!(!r.message.is_empty());
+        }
+        let custom = Method::from_bytes(b"BREW").unwrap();
+        let r = check_request(&custom, "/", &none).unwrap_err();
+        assert!(r.message.contains("\"BREW\""), "{}", r.message);
     }
 
     #[test]

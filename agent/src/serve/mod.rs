@@ -8,11 +8,14 @@
 //! - `/debug/pprof/threads?pid=N&debug=1|2`: a thread dump (`agent dump`).
 //!
 //! Security: loopback by default; any other address needs a bearer token ([`http`]).
+//! Hostile clients: GET without a body only, time limits per request ([`http`]); bounded
+//! connections and a header timeout ([`server`]).
 
 pub mod health;
 pub mod http;
 pub mod procstat;
 pub mod profiler;
+pub mod server;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -41,8 +44,13 @@ pub struct Shared {
     pub profiler: profiler::Profiler,
     pub token: Option<String>,
     pub max_seconds: u64,
+    /// `--request-timeout`: the time limit of a request (profiles: `seconds` plus it).
+    pub request_timeout: Duration,
     pub listen: SocketAddr,
 }
+
+/// Largest auth token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
 
 /// Refuses a non-loopback listen address without a token, and reads the token.
 pub fn auth_token(args: &ServeArgs) -> Result<Option<String>, Error> {
@@ -52,6 +60,22 @@ pub fn auth_token(args: &ServeArgs) -> Result<Option<String>, Error> {
             // A token other users can read authenticates them too.
             if let Ok(meta) = std::fs::metadata(path) {
                 use std::os::unix::fs::PermissionsExt;
+                // Not a FIFO that blocks the start, nor /dev/zero, nor a directory.
+                if !meta.is_file() {
+                    return Err(Error::Usage(format!(
+                        "the auth token file {} is not a regular file; write the token into a \
+                         file (chmod 600) and pass that",
+                        path.display()
+                    )));
+                }
+                if meta.len() > MAX_TOKEN_FILE {
+                    return Err(Error::Usage(format!(
+                        "the auth token file {} is {} bytes; a token file holds one token \
+                         (at most {MAX_TOKEN_FILE} bytes)",
+                        path.display(),
+                        meta.len()
+                    )));
+                }
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(Error::Usage(format!(
@@ -62,16 +86,26 @@ pub fn auth_token(args: &ServeArgs) -> Result<Option<String>, Error> {
                     )));
                 }
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            let bytes = std::fs::read(path).map_err(|e| {
                 Error::Usage(format!(
                     "cannot read the auth token file {}: {e}",
                     path.display()
                 ))
             })?;
-            let token = text.trim().to_string();
+            let token = String::from_utf8_lossy(&bytes).trim().to_string();
             if token.is_empty() || token.chars().any(char::is_whitespace) {
                 return Err(Error::Usage(format!(
                     "the auth token file {} must hold one token (no spaces)",
+                    path.display()
+                )));
+            }
+            // A client sends it in a header, which carries visible ASCII only.
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::Usage(format!(
+                    "the auth token in {} has characters other than visible ASCII, which no \
+                     client can send in an Authorization header; use e.g. \
+                     `openssl rand -hex 32 > {}`",
+                    path.display(),
                     path.display()
                 )));
             }
@@ -124,6 +158,7 @@ pub async fn run(args: &ServeArgs) -> Result<(), Error> {
         profiler,
         token,
         max_seconds: args.max_seconds,
+        request_timeout: args.request_timeout,
         listen,
     });
 
@@ -135,9 +170,18 @@ pub async fn run(args: &ServeArgs) -> Result<(), Error> {
     ));
     eprintln!("stallscope: serving on http://{listen}/metrics and http://{listen}/debug/pprof/");
     let app = http::router(Arc::clone(&shared));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let limits = server::Limits {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+    };
+    let served = server::serve(
+        listener,
+        app,
+        shared.health.clone(),
+        limits,
+        shutdown_signal,
+    )
+    .await;
     sampler.abort();
     served.map_err(|e| Error::Internal(format!("HTTP server: {e}")))
 }

@@ -84,7 +84,10 @@ impl From<Error> for ProfileError {
     fn from(e: Error) -> Self {
         match e {
             Error::Usage(m) => ProfileError::BadRequest(m),
-            e @ Error::NoSuchProcess(_) => ProfileError::BadRequest(e.to_string()),
+            e @ (Error::NoSuchProcess(_)
+            | Error::Zombie { .. }
+            | Error::KernelThread { .. }
+            | Error::ProcDenied { .. }) => ProfileError::BadRequest(e.to_string()),
             e => ProfileError::Internal(e.to_string()),
         }
     }
@@ -185,7 +188,8 @@ impl Profiler {
     ) -> Result<Vec<u8>, ProfileError> {
         let target = attach::check_target(pid)?;
         let mut maps = MapsCache::new();
-        maps.refresh(pid).map_err(|_| Error::NoSuchProcess(pid))?;
+        maps.refresh(pid)
+            .map_err(|e| Error::proc_read(pid, "maps", &e))?;
         // The permit guarantees a free slot; find it.
         let (index, mut guard) = 'found: {
             for (i, s) in self.slots.iter().enumerate() {
@@ -333,7 +337,8 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
                     }
                     let collector = dump_collector.as_mut().expect("set above");
                     let mut maps = MapsCache::new();
-                    maps.refresh(pid).map_err(|_| Error::NoSuchProcess(pid))?;
+                    maps.refresh(pid)
+                        .map_err(|e| Error::proc_read(pid, "maps", &e))?;
                     let d = dump::take_dump(collector, pid, &maps, &mut symbolizer)?;
                     let detail = if debug == 1 {
                         dump::Detail::Grouped
