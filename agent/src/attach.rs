@@ -197,6 +197,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         accounting: None,
     };
 
+    restore_output(&args.output)?;
     // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
     let out = OutputOptions {
         dir: args.output.clone(),
@@ -344,7 +345,7 @@ pub async fn capture(
 ) -> Result<Captured, Error> {
     let mut maps = MapsCache::new();
     maps.refresh(target.pid)
-        .map_err(|_| Error::NoSuchProcess(target.pid))?;
+        .map_err(|e| Error::proc_read(target.pid, "maps", &e))?;
     // Also reads the task iterator's offsets, from the same BTF parse, while no other parsed BTF
     // is alive (next to the loader's, a second parse added ~20 MiB to the peak RSS).
     let mut collector = Collector::load(kernel_offsets()?)?;
@@ -829,6 +830,10 @@ pub fn prepare_output(dir: &Path) -> Result<(), Error> {
     check_writable(dir)
 }
 
+/// Free space below which a window's files would likely not fit (a profile of a busy process
+/// takes up to a few MiB): refused before anything attaches.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
 fn check_writable(dir: &Path) -> Result<(), Error> {
     let probe = dir.join(".stallscope-write-test");
     std::fs::write(&probe, b"").map_err(|e| Error::OutputNotWritable {
@@ -836,5 +841,33 @@ fn check_writable(dir: &Path) -> Result<(), Error> {
         reason: system::unwritable_reason(dir, &e),
     })?;
     let _ = std::fs::remove_file(probe);
+    if let Some(free) = system::free_bytes(dir)
+        && free < MIN_FREE_BYTES
+    {
+        return Err(Error::OutputNotWritable {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "only {} KiB are free on its filesystem, and one window's profiles can take a                  few MiB; free some space there",
+                free / 1024
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Before the results are written: a directory removed during the window is made again (the
+/// profiles are in memory; losing them to an `rm` would help nobody), and said so.
+fn restore_output(dir: &Path) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| Error::Output {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    eprintln!(
+        "stallscope: the output directory {} was removed during the window; created it again",
+        dir.display()
+    );
     Ok(())
 }

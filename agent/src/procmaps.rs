@@ -235,7 +235,8 @@ fn proc_start_time(pid: u32) -> Option<u64> {
     parse_stat_start_time(&stat)
 }
 
-fn parse_stat_start_time(stat: &str) -> Option<u64> {
+/// Field 22 (`starttime`) of `/proc/PID/stat` text.
+pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
     // `comm` (field 2) may contain spaces and parentheses: fields resume after the last `)`.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_ascii_whitespace().nth(19)?.parse().ok()

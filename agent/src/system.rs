@@ -214,6 +214,19 @@ const PSEUDO_FS: [(i64, &str); 5] = [
 
 /// Why files cannot be written in `dir`, given the error creating one there: the filesystem
 /// it is on when that says more than the error (a pseudo-filesystem, read-only).
+/// Bytes an unprivileged writer could still use on the filesystem of `path` (statvfs), or
+/// `None` when it can't be read.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a plain C struct of integers, valid when zeroed.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) on a NUL-terminated path, writing into a zeroed struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 pub fn unwritable_reason(dir: &Path, e: &std::io::Error) -> String {
     // SAFETY: a plain C struct of integers, valid when zeroed.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -229,6 +242,9 @@ pub fn unwritable_reason(dir: &Path, e: &std::io::Error) -> String {
     if e.raw_os_error() == Some(libc::EROFS) {
         return format!("its filesystem is mounted read-only ({e})");
     }
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return format!("its filesystem is full ({e})");
+    }
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => format!("permission denied ({e})"),
         _ => format!("it is not writable ({e})"),
@@ -238,6 +254,13 @@ pub fn unwritable_reason(dir: &Path, e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_bytes_of_a_real_filesystem() {
+        let dir = std::env::temp_dir();
+        assert!(free_bytes(&dir).is_some_and(|b| b > 0), "{}", dir.display());
+        assert_eq!(free_bytes(Path::new("/no/such/dir/anywhere")), None);
+    }
 
     #[test]
     fn stat_flags_and_status_fields() {

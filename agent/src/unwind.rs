@@ -241,8 +241,18 @@ pub struct CodeRanges {
 /// error); FDEs that do not parse are left out.
 pub fn code_ranges_file(path: &Path) -> Result<CodeRanges, UnwindError> {
     let (file, len) = open_elf(path)?;
-    let mut read = file_reader(path, &file, len);
-    let sections = read_sections(&mut read)?;
+    code_ranges_with(&mut file_reader(path, &file, len))
+}
+
+/// The [`CodeRanges`] of an ELF file held in memory (as [`code_ranges_file`]).
+pub fn code_ranges(data: &[u8]) -> Result<CodeRanges, UnwindError> {
+    code_ranges_with(&mut bytes_reader(data))
+}
+
+fn code_ranges_with(
+    read: &mut impl FnMut(u64, u64) -> Result<Vec<u8>, UnwindError>,
+) -> Result<CodeRanges, UnwindError> {
+    let sections = read_sections(read)?;
     let exec_sections = exec_ranges(&sections);
     let Some(eh) = sections
         .iter()
@@ -296,7 +306,14 @@ pub fn code_ranges_file(path: &Path) -> Result<CodeRanges, UnwindError> {
 
 /// Compiles the unwind table of an ELF file held in memory.
 pub fn compile_elf(data: &[u8]) -> Result<UnwindTable, UnwindError> {
-    let mut read = |offset: u64, size: u64| -> Result<Vec<u8>, UnwindError> {
+    let mut read = bytes_reader(data);
+    let sections = read_sections(&mut read)?;
+    compile_sections(&sections, &mut read)
+}
+
+/// Reads `size` bytes at `offset` of `data`, refusing reads past its end.
+fn bytes_reader(data: &[u8]) -> impl FnMut(u64, u64) -> Result<Vec<u8>, UnwindError> + '_ {
+    move |offset: u64, size: u64| -> Result<Vec<u8>, UnwindError> {
         usize::try_from(offset)
             .ok()
             .zip(usize::try_from(size).ok())
@@ -307,9 +324,7 @@ pub fn compile_elf(data: &[u8]) -> Result<UnwindTable, UnwindError> {
                     "{size} bytes at offset {offset:#x} are past the end of the file"
                 ))
             })
-    };
-    let sections = read_sections(&mut read)?;
-    compile_sections(&sections, &mut read)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,6 +713,12 @@ mod tests {
         eprintln!("{LIBC}: {:?} in {:?}", table.stats, started.elapsed());
         assert_well_formed(&table);
         assert_eq!(compile_elf(&data).unwrap(), table);
+        let ranges = code_ranges_file(Path::new(LIBC)).unwrap();
+        assert_eq!(code_ranges(&data).unwrap(), ranges);
+        assert_eq!(
+            ranges.fdes.len(),
+            table.stats.fdes + table.stats.fdes_failed
+        );
         assert!(table.stats.fdes > 1000, "{:?}", table.stats);
         assert_eq!(table.stats.fdes_failed, 0);
 

@@ -141,3 +141,178 @@ fn a_killed_agent_leaves_nothing_attached_and_the_target_runs_on() {
         "the target must run on after the agent's death: state {state}"
     );
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallFs {
+    dir: TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = TempDir::new("stallscope-smallfs");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            st.success(),
+            "mounting a {size} tmpfs on {}",
+            dir.path().display()
+        );
+        SmallFs { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// `attach` started with `-o out`, returning once it said it attached.
+fn attach_in_background(w: &Workload, out: &std::path::Path) -> std::process::Child {
+    let mut agent = Command::new(agent_path())
+        .args([
+            "attach",
+            "--pid",
+            &w.pid_str(),
+            "--profile",
+            "cpu,offcpu",
+            "--duration",
+            "3s",
+            "-o",
+        ])
+        .arg(out)
+        .env("STALLSCOPE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    let mut stderr = BufReader::new(agent.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.contains("attached to") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        seen.contains("attached to"),
+        "the agent never attached:\n{seen}"
+    );
+    // Keep reading stderr so the agent never blocks on a full pipe; hand it back at the end.
+    let rest = std::thread::spawn(move || {
+        let mut s = seen;
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    AGENT_STDERR.with(|c| *c.borrow_mut() = Some(rest));
+    agent
+}
+
+thread_local! {
+    static AGENT_STDERR: std::cell::RefCell<Option<std::thread::JoinHandle<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn agent_stderr() -> String {
+    AGENT_STDERR
+        .with(|c| c.borrow_mut().take())
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Files of the output directory that are not whole results: the write-then-rename
+/// temporaries, or profiles that don't decode.
+fn half_written(dir: &std::path::Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.contains(".tmp") || name.ends_with(".partial") {
+            bad.push(name.clone());
+        }
+        if name.ends_with(".pb.gz") {
+            let bytes = std::fs::read(e.path()).unwrap_or_default();
+            if agent::export::pprof::decode(&bytes).is_err() {
+                bad.push(format!("{name} (does not decode)"));
+            }
+        }
+    }
+    bad
+}
+
+/// An output directory on a nearly full filesystem is refused before anything attaches, with
+/// the reason; one that fills up during the window gives an error naming the full disk, and
+/// leaves only whole files behind (each written then renamed).
+#[test]
+fn a_full_disk_is_named_and_leaves_no_half_written_file() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let tiny = SmallFs::mount("256k");
+    let run = Command::new(agent_path())
+        .args(["attach", "--pid", &w.pid_str(), "--duration", "1s", "-o"])
+        .arg(tiny.path().join("out"))
+        .env("STALLSCOPE_LOG", "info")
+        .output()
+        .expect("running the agent");
+    assert!(!run.status.success(), "attach to a 256 KiB tmpfs succeeded");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        out.contains("KiB are free") && !out.contains("attached to"),
+        "want a refusal naming the free space, before attaching:\n{out}"
+    );
+
+    let fs = SmallFs::mount("4m");
+    let dir = fs.path().join("out");
+    let mut agent = attach_in_background(&w, &dir);
+    // Fill the filesystem while the window is open.
+    let fill = fs.path().join("filler");
+    let mut f = std::fs::File::create(&fill).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let status = agent.wait().expect("waiting for the agent");
+    let stderr = agent_stderr();
+    assert!(
+        !status.success(),
+        "the agent succeeded on a full disk:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("choose another directory"),
+        "want an error naming the full disk:\n{stderr}"
+    );
+    let bad = half_written(&dir);
+    assert!(bad.is_empty(), "half-written files left: {bad:?}");
+}
+
+/// The output directory removed while the window is open: the agent makes it again and writes
+/// every result there, and says so.
+#[test]
+fn an_output_directory_removed_mid_window_is_made_again() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let tmp = TempDir::new("stallscope-removed");
+    let dir = tmp.path().join("out");
+    let mut agent = attach_in_background(&w, &dir);
+    std::fs::remove_dir_all(&dir).expect("removing the output directory");
+    let status = agent.wait().expect("waiting for the agent");
+    let stderr = agent_stderr();
+    assert!(status.success(), "the agent failed:\n{stderr}");
+    assert!(stderr.contains("created it again"), "{stderr}");
+    for f in ["cpu.pb.gz", "offcpu.pb.gz", "threads.json"] {
+        assert!(dir.join(f).is_file(), "{f} missing from {}", dir.display());
+    }
+    let bad = half_written(&dir);
+    assert!(bad.is_empty(), "half-written files left: {bad:?}");
+}

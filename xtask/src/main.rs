@@ -4,7 +4,9 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
+mod soak;
 mod util;
 
 use std::process::{Command, ExitCode};
@@ -70,6 +72,14 @@ enum Task {
     /// memory, drops under load, symbolization, attach latency, a bpftrace reference) and write
     /// the figures to BENCHMARKS.md. As root; about 7 minutes (--quick: about 3).
     Bench(bench::BenchArgs),
+    /// Run each cargo-fuzz target in fuzz/ (the parsers of untrusted input) for --seconds
+    /// (default 60) on a working copy of its seed corpus; print executions, execs/s, corpus size
+    /// and crashes per target. A crash fails, naming its artifact. Installs cargo-fuzz if missing.
+    Fuzz(fuzz::FuzzArgs),
+    /// The soak (tests/tests/soak.rs) for --minutes (default 10): serve --all scraped every
+    /// second, profile requests and attach windows against a target churning threads, forks,
+    /// execs and dlopens; its figures (RSS, fds, losses) go to RELIABILITY.md. As root.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +96,8 @@ fn main() -> ExitCode {
         Task::Test { setup, args } => test(setup, &args),
         Task::Lint => lint(),
         Task::Bench(a) => bench::bench(&a),
+        Task::Fuzz(a) => fuzz::fuzz(&a).map(|_| ()),
+        Task::Soak(a) => soak::soak(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,7 +108,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn build() -> Result<()> {
+pub(crate) fn build() -> Result<()> {
     println!("== build");
     run(cargo().args(["build", "--release", "-p", "agent"]))?;
     let agent = target_dir().join("release/agent");

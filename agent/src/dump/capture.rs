@@ -217,7 +217,8 @@ pub fn take_dump(
     let (aspace, maps) = match address_space_tid(pid, &tasks) {
         Some(tid) if tid != pid => {
             let mut m = MapsCache::new();
-            m.refresh(tid).map_err(|_| Error::NoSuchProcess(pid))?;
+            m.refresh(tid)
+                .map_err(|e| Error::proc_read(pid, "maps", &e))?;
             own_maps = m;
             (tid, &own_maps)
         }

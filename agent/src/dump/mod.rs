@@ -250,7 +250,8 @@ pub fn run(args: &DumpArgs) -> Result<String, Error> {
         )));
     }
     let mut maps = MapsCache::new();
-    maps.refresh(pid).map_err(|_| Error::NoSuchProcess(pid))?;
+    maps.refresh(pid)
+        .map_err(|e| Error::proc_read(pid, "maps", &e))?;
     // Only the task iterator is loaded, and it takes its offsets from `DUMP_CONFIG`: the
     // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
     // parsed a second time for them.

@@ -102,7 +102,9 @@ fn parse_time(s: &str, what: &str) -> Result<Duration, String> {
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Ok(Duration::from_secs_f64(secs));
+        // Not from_secs_f64: it panics on a number of seconds too large for a Duration.
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{what}={s:?} is too long; use e.g. 500ms, 30s, 2m"));
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("{what}={s:?} is not a duration ({e}); use e.g. 500ms, 30s, 2m"))
@@ -207,7 +209,8 @@ impl DumpWhen {
         else {
             return 0;
         };
-        let min = min_in_state.as_nanos() as u64;
+        // In u128: a `for=` beyond u64 nanoseconds (585 years) must not wrap to a short one.
+        let min = min_in_state.as_nanos();
         threads
             .iter()
             .filter(|t| {
@@ -217,7 +220,7 @@ impl DumpWhen {
                     states.contains(&t.state)
                 }
             })
-            .filter(|t| min == 0 || t.in_state_ns.is_some_and(|ns| ns >= min))
+            .filter(|t| min == 0 || t.in_state_ns.is_some_and(|ns| u128::from(ns) >= min))
             .count()
     }
 
@@ -259,10 +262,10 @@ impl DumpWhen {
         if self.condition != Condition::Deadlock {
             return true;
         }
-        let min = min.as_nanos() as u64;
-        threads
-            .iter()
-            .any(|t| t.state == State::FutexWait && t.in_state_ns.is_some_and(|ns| ns >= min))
+        let min = min.as_nanos();
+        threads.iter().any(|t| {
+            t.state == State::FutexWait && t.in_state_ns.is_some_and(|ns| u128::from(ns) >= min)
+        })
     }
 }
 
@@ -447,6 +450,42 @@ mod tests {
                 min_in_state: Duration::ZERO
             }
         );
+    }
+
+    /// Found by the dump_when fuzz target: a bare number of seconds too large for a Duration
+    /// panicked in Duration::from_secs_f64.
+    #[test]
+    fn huge_bare_seconds_are_an_error() {
+        let input = format!("every=00{}", "5".repeat(41)); // the crashing input
+        let err = input.parse::<DumpWhen>().unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        for bad in [
+            "for=1e30",
+            "every=1e300",
+            "state=futex,for=18446744073709551616",
+        ] {
+            assert!(bad.parse::<DumpWhen>().is_err(), "{bad}");
+        }
+        let w: DumpWhen = "every=18446744073".parse().unwrap();
+        assert_eq!(w.every, Duration::from_secs(18_446_744_073));
+    }
+
+    /// A `for=` longer than u64 nanoseconds wrapped around to a short one when compared with
+    /// the threads' time in state: 1e12 s counted threads waiting about 3.9e9 s.
+    #[test]
+    fn for_beyond_u64_nanoseconds_does_not_wrap() {
+        let w: DumpWhen = "for=1000000000000s".parse().unwrap();
+        let threads = [ThreadObs {
+            state: State::FutexWait,
+            in_state_ns: Some(10_000_000_000_000_000_000),
+        }];
+        assert_eq!(w.matching(&threads), 0);
+        assert!(!w.holds(&threads));
+        let threads = [ThreadObs {
+            state: State::FutexWait,
+            in_state_ns: Some(u64::MAX),
+        }];
+        assert_eq!(w.matching(&threads), 0);
     }
 
     #[test]

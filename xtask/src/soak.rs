@@ -1,0 +1,88 @@
+//! `cargo xtask soak --minutes N`: the soak test (tests/tests/soak.rs) for N minutes, its
+//! figures written into RELIABILITY.md. `cargo xtask test` runs the same test for 3 minutes.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::util::{cargo, is_root, run, target_dir, workspace_root};
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// How long the soak runs.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Don't run setup and the build first (use target/release/agent as it is).
+    #[arg(long)]
+    no_build: bool,
+}
+
+const BEGIN: &str = "<!-- soak figures: begin (cargo xtask soak writes this part) -->";
+const END: &str = "<!-- soak figures: end -->";
+
+pub fn soak(args: &SoakArgs) -> Result<()> {
+    if !is_root() {
+        bail!("the soak loads BPF programs: run `cargo xtask soak` as root");
+    }
+    if !(args.minutes > 0.0 && args.minutes <= 24.0 * 60.0) {
+        bail!(
+            "--minutes {}: want more than 0 and at most a day",
+            args.minutes
+        );
+    }
+    if !args.no_build {
+        crate::setup::setup(crate::setup::Options { no_apt: false })?;
+        crate::build()?;
+    }
+    let report = target_dir().join("soak-report.md");
+    let _ = std::fs::remove_file(&report);
+    println!("== soak, {} minutes", args.minutes);
+    run(cargo()
+        .env("STALLSCOPE_AGENT", target_dir().join("release/agent"))
+        .env("STALLSCOPE_SOAK_MINUTES", args.minutes.to_string())
+        .env("STALLSCOPE_SOAK_REPORT", &report)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "stallscope-tests",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ]))?;
+    let figures = std::fs::read_to_string(&report).with_context(|| {
+        format!(
+            "the soak passed but wrote no figures to {}",
+            report.display()
+        )
+    })?;
+    write_figures(&workspace_root().join("RELIABILITY.md"), &figures)?;
+    println!("{figures}\nwritten to RELIABILITY.md");
+    Ok(())
+}
+
+/// Replaces the soak part of RELIABILITY.md (between its markers) with `figures`.
+fn write_figures(path: &Path, figures: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("{} has no soak markers ({BEGIN} ... {END})", path.display());
+    };
+    if e < b {
+        bail!("{}: the soak markers are out of order", path.display());
+    }
+    let date = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let new = format!(
+        "{}{BEGIN}\nRun of {date}:\n\n{}\n{}",
+        &text[..b],
+        figures.trim_end(),
+        &text[e..]
+    );
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
