@@ -847,7 +847,8 @@ fn check_writable(dir: &Path) -> Result<(), Error> {
         return Err(Error::OutputNotWritable {
             path: dir.to_path_buf(),
             reason: format!(
-                "only {} KiB are free on its filesystem, and one window's profiles can take a                  few MiB; free some space there",
+                "only {} KiB are free on its filesystem, and one window's profiles can take a \
+                 few MiB; free some space there",
                 free / 1024
             ),
         });

@@ -137,8 +137,9 @@ pub fn stat_flags(text: &str) -> Option<u64> {
         .ok()
 }
 
-/// A numeric field (`Tgid:`, `PPid:`) of /proc/PID/status text.
-pub fn status_field(status: &str, name: &str) -> Option<u32> {
+/// A numeric `name:\tvalue` field of /proc text: /proc/PID/status (`Tgid:`, `PPid:`), a BPF
+/// program's /proc/PID/fdinfo/FD (`recursion_misses:`).
+pub fn status_field<T: std::str::FromStr>(status: &str, name: &str) -> Option<T> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -167,7 +168,7 @@ pub fn process_info(pid: u32) -> Result<ProcessInfo, Error> {
         .map_err(|_| Error::NoSuchProcess(pid))?;
     let (comm, state, start_ticks) = parse_stat(&stat).ok_or(Error::NoSuchProcess(pid))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kthread = status_field(&status, "Kthread") == Some(1)
+    let kthread = status_field::<u32>(&status, "Kthread") == Some(1)
         || stat_flags(&stat).is_some_and(|f| f & PF_KTHREAD != 0);
     if kthread {
         return Err(Error::KernelThread { pid, comm });
@@ -212,8 +213,6 @@ const PSEUDO_FS: [(i64, &str); 5] = [
     (0x2762_2c78_u32 as i64, "cgroup2"),
 ];
 
-/// Why files cannot be written in `dir`, given the error creating one there: the filesystem
-/// it is on when that says more than the error (a pseudo-filesystem, read-only).
 /// Bytes an unprivileged writer could still use on the filesystem of `path` (statvfs), or
 /// `None` when it can't be read.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -227,6 +226,8 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Why files cannot be written in `dir`, given the error creating one there: the filesystem
+/// it is on when that says more than the error (a pseudo-filesystem, read-only, full).
 pub fn unwritable_reason(dir: &Path, e: &std::io::Error) -> String {
     // SAFETY: a plain C struct of integers, valid when zeroed.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -256,6 +257,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_a_program_fdinfo_field() {
+        let info = "prog_type:\t26\nprog_jited:\t1\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t812\n";
+        assert_eq!(status_field::<u64>(info, "recursion_misses"), Some(17));
+        assert_eq!(status_field::<u64>(info, "run_cnt"), Some(0));
+        // A field name that only prefixes another is not that field.
+        assert_eq!(status_field::<u64>(info, "run"), None);
+        assert_eq!(status_field::<u64>(info, "memlock"), None);
+    }
+
+    #[test]
     fn free_bytes_of_a_real_filesystem() {
         let dir = std::env::temp_dir();
         assert!(free_bytes(&dir).is_some_and(|b| b > 0), "{}", dir.display());
@@ -270,10 +281,10 @@ mod tests {
         let odd = "7 (a) b) S 1 7 7 0 -1 4194560 1 0";
         assert_eq!(stat_flags(odd), Some(4_194_560));
         let status = "Name:\tx\nTgid:\t42\nPPid:\t7\nKthread:\t0\n";
-        assert_eq!(status_field(status, "Tgid"), Some(42));
-        assert_eq!(status_field(status, "PPid"), Some(7));
-        assert_eq!(status_field(status, "Kthread"), Some(0));
-        assert_eq!(status_field(status, "Pid"), None);
+        assert_eq!(status_field::<u32>(status, "Tgid"), Some(42));
+        assert_eq!(status_field::<u32>(status, "PPid"), Some(7));
+        assert_eq!(status_field::<u32>(status, "Kthread"), Some(0));
+        assert_eq!(status_field::<u32>(status, "Pid"), None);
     }
 
     #[test]

@@ -67,38 +67,8 @@ fn a_killed_agent_leaves_nothing_attached_and_the_target_runs_on() {
     require_root();
     let w = Workload::spawn("offcpu_mix", &[]);
     let out = TempDir::new("stallscope-kill");
-    let mut agent = Command::new(agent_path())
-        .args([
-            "attach",
-            "--pid",
-            &w.pid_str(),
-            "--profile",
-            "cpu,offcpu,block,mutex",
-            "--duration",
-            "60s",
-            "-o",
-        ])
-        .arg(out.path())
-        // "attached to ..." is an info line.
-        .env("STALLSCOPE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the agent");
-    let stderr = BufReader::new(agent.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    for line in stderr.lines() {
-        let line = line.expect("agent stderr");
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("attached to") {
-            break;
-        }
-    }
-    assert!(
-        seen.contains("attached to"),
-        "the agent never attached:\n{seen}"
-    );
+    let (mut agent, _stderr) =
+        attach_in_background(&w, out.path(), "cpu,offcpu,block,mutex", "60s");
     std::thread::sleep(Duration::from_millis(500));
     let (progs, links) = bpf_ids(agent.id());
     assert!(
@@ -174,22 +144,22 @@ impl Drop for SmallFs {
     }
 }
 
-/// `attach` started with `-o out`, returning once it said it attached.
-fn attach_in_background(w: &Workload, out: &std::path::Path) -> std::process::Child {
+/// `attach --profile <profiles> --duration <duration> -o out` started in the background,
+/// returned once it said it attached, with its stderr (read to the end by a thread, so the
+/// agent never blocks on a full pipe).
+fn attach_in_background(
+    w: &Workload,
+    out: &std::path::Path,
+    profiles: &str,
+    duration: &str,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
     let mut agent = Command::new(agent_path())
-        .args([
-            "attach",
-            "--pid",
-            &w.pid_str(),
-            "--profile",
-            "cpu,offcpu",
-            "--duration",
-            "3s",
-            "-o",
-        ])
+        .args(["attach", "--pid", &w.pid_str(), "--profile", profiles])
+        .args(["--duration", duration, "-o"])
         .arg(out)
+        // "attached to ..." is an info line.
         .env("STALLSCOPE_LOG", "info")
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the agent");
@@ -207,26 +177,11 @@ fn attach_in_background(w: &Workload, out: &std::path::Path) -> std::process::Ch
         seen.contains("attached to"),
         "the agent never attached:\n{seen}"
     );
-    // Keep reading stderr so the agent never blocks on a full pipe; hand it back at the end.
     let rest = std::thread::spawn(move || {
-        let mut s = seen;
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut seen);
+        seen
     });
-    AGENT_STDERR.with(|c| *c.borrow_mut() = Some(rest));
-    agent
-}
-
-thread_local! {
-    static AGENT_STDERR: std::cell::RefCell<Option<std::thread::JoinHandle<String>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn agent_stderr() -> String {
-    AGENT_STDERR
-        .with(|c| c.borrow_mut().take())
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default()
+    (agent, rest)
 }
 
 /// Files of the output directory that are not whole results: the write-then-rename
@@ -275,7 +230,7 @@ fn a_full_disk_is_named_and_leaves_no_half_written_file() {
 
     let fs = SmallFs::mount("4m");
     let dir = fs.path().join("out");
-    let mut agent = attach_in_background(&w, &dir);
+    let (mut agent, stderr) = attach_in_background(&w, &dir, "cpu,offcpu", "3s");
     // Fill the filesystem while the window is open.
     let fill = fs.path().join("filler");
     let mut f = std::fs::File::create(&fill).unwrap();
@@ -283,7 +238,7 @@ fn a_full_disk_is_named_and_leaves_no_half_written_file() {
     while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
     drop(f);
     let status = agent.wait().expect("waiting for the agent");
-    let stderr = agent_stderr();
+    let stderr = stderr.join().unwrap_or_default();
     assert!(
         !status.success(),
         "the agent succeeded on a full disk:\n{stderr}"
@@ -304,10 +259,10 @@ fn an_output_directory_removed_mid_window_is_made_again() {
     let w = Workload::spawn("offcpu_mix", &[]);
     let tmp = TempDir::new("stallscope-removed");
     let dir = tmp.path().join("out");
-    let mut agent = attach_in_background(&w, &dir);
+    let (mut agent, stderr) = attach_in_background(&w, &dir, "cpu,offcpu", "3s");
     std::fs::remove_dir_all(&dir).expect("removing the output directory");
     let status = agent.wait().expect("waiting for the agent");
-    let stderr = agent_stderr();
+    let stderr = stderr.join().unwrap_or_default();
     assert!(status.success(), "the agent failed:\n{stderr}");
     assert!(stderr.contains("created it again"), "{stderr}");
     for f in ["cpu.pb.gz", "offcpu.pb.gz", "threads.json"] {

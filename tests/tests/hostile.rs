@@ -13,12 +13,13 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stallscope_tests::serve_kit::die_with_parent;
 use stallscope_tests::{TempDir, agent_path, require_root};
 
 /// A PID above any possible pid_max (2^22): never a process.
@@ -27,22 +28,6 @@ const NO_PID: &str = "99999999";
 // ---------------------------------------------------------------------------------------------
 // Processes: killed on drop
 // ---------------------------------------------------------------------------------------------
-
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
-}
 
 /// A child killed (SIGKILL) and reaped on drop unless it already exited.
 struct Guard(Child);

@@ -299,7 +299,7 @@ fn check_churn_run(w: &Workload, st: std::process::ExitStatus) {
     let lines = w.stdout_lines();
     let want = expected_output(ROUNDS_PER_RUN, true);
     assert!(
-        lines.iter().any(|l| *l == want),
+        lines.contains(&want),
         "churn pid {} printed {lines:?}, want {want:?}",
         w.pid()
     );

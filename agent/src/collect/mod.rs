@@ -38,13 +38,6 @@ fn unscale(count_scaled: u64) -> u64 {
     (count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE
 }
 
-/// A numeric `name:\tvalue` line of a `/proc/PID/fdinfo` file.
-fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// A program's failure to load, with the verifier's log when there is one.
 fn bpf_load(prog_name: &str, hook: Hook, e: ProgramError) -> Error {
     Error::BpfLoad(format!("{prog_name} ({}): {e:#}", hook.describe()))
@@ -80,7 +73,8 @@ pub struct Counters {
     /// User stacks served from the in-kernel walk cache, and walked frame by frame.
     pub user_stack_cache_hit: u64,
     pub user_stack_walked: u64,
-    /// Target switch-ins or switch-outs found missing (in twice or out twice in a row).
+    /// Target switch-ins or switch-outs found missing (in twice or out twice in a row, or a
+    /// new thread exiting without ever being seen switched in).
     pub switch_missed: u64,
     /// Runs of the agent's programs the kernel skipped because another BPF program was
     /// running on that CPU (each program's `recursion_misses`): those events were not seen.
@@ -826,8 +820,6 @@ impl Collector {
         Ok(out)
     }
 
-    /// Stored user stacks whose frames do not match their handle (see [`verified_frames`]):
-    /// reading them gives a lost stack.
     /// The sum of the loaded programs' `recursion_misses`, from their fdinfo (aya's
     /// `ProgramInfo` does not expose it). A program whose fdinfo can't be read counts 0.
     fn prog_runs_missed(&self) -> u64 {
@@ -839,10 +831,12 @@ impl Collector {
                 let raw = fd.as_fd().as_raw_fd();
                 std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()
             })
-            .filter_map(|info| fdinfo_field(&info, "recursion_misses"))
+            .filter_map(|info| crate::system::status_field::<u64>(&info, "recursion_misses"))
             .sum()
     }
 
+    /// Stored user stacks whose frames do not match their handle (see [`verified_frames`]):
+    /// reading them gives a lost stack.
     fn count_corrupt_stacks(&self) -> Result<u64, Error> {
         let map: HashMap<_, u64, UserStack> = self.map_ref("USER_STACKS")?;
         Ok(map
@@ -1016,21 +1010,5 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.stop_cpu();
         self.stop_offcpu();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fdinfo_field;
-
-    #[test]
-    fn reads_a_program_fdinfo_field() {
-        let info = "prog_type:\t26\nprog_jited:\t1\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t812\n";
-        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(17));
-        assert_eq!(fdinfo_field(info, "verified_insns"), Some(812));
-        assert_eq!(fdinfo_field(info, "run_cnt"), Some(0));
-        // A field name that only prefixes another is not that field.
-        assert_eq!(fdinfo_field(info, "run"), None);
-        assert_eq!(fdinfo_field(info, "memlock"), None);
     }
 }
