@@ -5,8 +5,8 @@
 //! runs again. The window therefore opens with a look at every thread (the task iterator,
 //! `dump::capture::snapshot`): each thread off CPU then gets a *seeded* wait from the window's
 //! start, with the class and stacks it is blocked with, ended where the probes first see it
-//! switch in (`FIRST_SEEN`) or at the window's end. A second look at the end, plus what
-//! `sched_process_exit` kept of threads that exited, gives each thread's exact CPU time
+//! switch in (`FIRST_SEEN`) or at the window's end. A second look at the end, plus what the
+//! last switch-out of threads that exited kept (`EXITED`), gives each thread's exact CPU time
 //! (`se.sum_exec_runtime`), so that for every thread
 //!
 //! ```text
@@ -118,24 +118,31 @@ pub struct ProbeView {
 /// first switch-in (or `t_end`), split at their first wakeup into the wait and the run-queue
 /// time after it, as the probes split the waits they see begin.
 ///
-/// A seeded thread the probes have state for but no first switch-in was running at `t0` (it
-/// left the CPU between `t0` and the look): the probes recorded that wait themselves.
-pub fn seeded_intervals(
-    tgid: u32,
-    start: &[ThreadView],
-    probes: &ProbeView,
-    t0: u64,
-    t_end: u64,
-    min_ns: u64,
-) -> Vec<OffcpuRecord> {
+/// A seeded thread the probes have state for (now, or when it exited) but no first switch-in
+/// was running at `t0` or was born right then (it left the CPU, or was made runnable, between
+/// `t0` and the look): the probes recorded that wait themselves. A thread that exited is
+/// seeded up to its exit at most.
+pub fn seeded_intervals(tgid: u32, looks: &Looks, min_ns: u64) -> Vec<OffcpuRecord> {
+    let Looks {
+        start,
+        exited,
+        probes,
+        t0,
+        t_end,
+        ..
+    } = *looks;
+    let exits: HashMap<u32, &ExitedThread> = exited.iter().map(|x| (x.tid, x)).collect();
     let mut out = Vec::new();
     for t in start {
         let Some((class, syscall)) = t.off else {
             continue;
         };
+        let exit = exits.get(&t.tid);
+        let t_end = exit.map_or(t_end, |x| x.exit_ts.min(t_end));
+        let tracked = probes.tracked.contains_key(&t.tid) || exit.is_some_and(|x| x.tracked);
         let (wake, end) = match probes.first_seen.get(&t.tid) {
             Some(&(wake, in_ts)) if in_ts != 0 => (wake, in_ts.min(t_end)),
-            _ if probes.tracked.contains_key(&t.tid) => continue,
+            _ if tracked => continue,
             Some(&(wake, _)) => (wake, t_end),
             None => (0, t_end),
         };
@@ -486,7 +493,7 @@ mod tests {
     fn a_thread_blocked_all_window_is_seeded_for_the_whole_window() {
         let start = [tv(1, 5, Some(wait_class::FUTEX))];
         let probes = ProbeView::default();
-        let recs = seeded_intervals(7, &start, &probes, T0, END, 0);
+        let recs = seeded_intervals(7, &looks(&start, &[], &[], &probes), 0);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].total_ns, END - T0);
         assert_eq!(recs[0].class, wait_class::FUTEX);
@@ -513,7 +520,7 @@ mod tests {
                 first_out_ts: 4_000,
             },
         );
-        let recs = seeded_intervals(7, &start, &probes, T0, END, 0);
+        let recs = seeded_intervals(7, &looks(&start, &[], &[], &probes), 0);
         let got: Vec<(u32, u64)> = recs.iter().map(|r| (r.class, r.total_ns)).collect();
         assert_eq!(
             got,
@@ -537,10 +544,40 @@ mod tests {
         let start = [tv(1, 0, Some(wait_class::IO))];
         let mut probes = ProbeView::default();
         probes.tracked.insert(1, OnCpu::default());
-        assert!(seeded_intervals(7, &start, &probes, T0, END, 0).is_empty());
+        assert!(seeded_intervals(7, &looks(&start, &[], &[], &probes), 0).is_empty());
         // Running threads are never seeded.
         let start = [tv(2, 0, None)];
-        assert!(seeded_intervals(7, &start, &ProbeView::default(), T0, END, 0).is_empty());
+        assert!(seeded_intervals(7, &looks(&start, &[], &[], &ProbeView::default()), 0).is_empty());
+    }
+
+    #[test]
+    fn a_seeded_thread_that_exited_is_seeded_by_what_the_probes_knew() {
+        // Born as the window opened (runnable at the look, its birth seen by sched_wakeup_new),
+        // then ran and exited: its state left THREADS at the exit, and the probes recorded its
+        // first wait. Seeding it to the window's end counted 3 s for a 0.2 ms life.
+        let start = [tv(1, 0, Some(wait_class::RUNNABLE))];
+        let exited = |tracked| ExitedThread {
+            tid: 1,
+            tgid: 7,
+            exit_ts: 2_000,
+            cpu_ns: 100,
+            start_ts: T0,
+            name: "t1".into(),
+            oncpu: OnCpu {
+                on_ts: 0,
+                oncpu_ns: 100,
+                first_out_ts: 0,
+            },
+            tracked,
+        };
+        let probes = ProbeView::default();
+        let gone = [exited(true)];
+        assert!(seeded_intervals(7, &looks(&start, &[], &gone, &probes), 0).is_empty());
+        // Without state at its exit the probes did not see that wait: seeded, up to the exit.
+        let gone = [exited(false)];
+        let recs = seeded_intervals(7, &looks(&start, &[], &gone, &probes), 0);
+        let got: Vec<(u32, u64)> = recs.iter().map(|r| (r.class, r.total_ns)).collect();
+        assert_eq!(got, vec![(wait_class::RUNNABLE, 2_000 - T0)]);
     }
 
     #[test]
@@ -594,6 +631,7 @@ mod tests {
             start_ts: 10,
             name: "gone".into(),
             oncpu: OnCpu::default(),
+            tracked: false,
         };
         let start = [tv(4, 500, None)];
         let mut probes = ProbeView::default();

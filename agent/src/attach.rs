@@ -429,6 +429,8 @@ async fn window(
         mutex_fraction: spec.mutex_fraction,
         offcpu_rate_ns: spec.offcpu_rate,
         mutex_rate_ns: spec.mutex_rate,
+        // Set as the window opens.
+        window_start_ns: 0,
     };
     // Attached with nothing to record, then switched on right before the first look at the
     // threads: every interval recorded then starts after the window opened.
@@ -448,10 +450,13 @@ async fn window(
     if flags != 0 {
         collector.start_offcpu()?;
     }
-    collector.set_config(config)?;
     // Every thread as it is now, probes recording: those already off CPU get their waits
     // seeded from here (accounting.rs), and everyone's CPU time starts here.
     let t0_ktime = collect::ktime_now();
+    collector.set_config(Config {
+        window_start_ns: t0_ktime,
+        ..config
+    })?;
     let start_tasks = read_threads(collector, target.pid);
     let start_views = thread_views(target.pid, &start_tasks, maps, wants(ProfileKind::Offcpu));
     tracing::info!(
@@ -548,25 +553,6 @@ async fn window(
             tracked: collector.tracked_threads()?,
         };
     }
-    if wants(ProfileKind::Offcpu) {
-        offcpu_records = collector.offcpu_records()?;
-        let mut open = collector.open_intervals()?;
-        let end_stacks = end_views.iter().map(|v| (v.tid, v.user.clone())).collect();
-        profiles::fill_deferred_stacks(&mut open, &end_stacks);
-        offcpu_records.extend(profiles::close_open_intervals(
-            &open,
-            end_ts,
-            spec.offcpu_min,
-        ));
-        offcpu_records.extend(accounting::seeded_intervals(
-            target.pid,
-            &start_views,
-            &probes,
-            t0_ktime,
-            end_ts,
-            spec.offcpu_min,
-        ));
-    }
     let exited = if flags != 0 {
         collector.exited_threads()?
     } else {
@@ -580,6 +566,22 @@ async fn window(
         t0: t0_ktime,
         t_end: end_ts,
     };
+    if wants(ProfileKind::Offcpu) {
+        offcpu_records = collector.offcpu_records()?;
+        let mut open = collector.open_intervals()?;
+        let end_stacks = end_views.iter().map(|v| (v.tid, v.user.clone())).collect();
+        profiles::fill_deferred_stacks(&mut open, &end_stacks);
+        offcpu_records.extend(profiles::close_open_intervals(
+            &open,
+            end_ts,
+            spec.offcpu_min,
+        ));
+        offcpu_records.extend(accounting::seeded_intervals(
+            target.pid,
+            &looks,
+            spec.offcpu_min,
+        ));
+    }
     let accounting = accounting::account(&looks, &offcpu_records, wants(ProfileKind::Offcpu));
     let mut comments = report::counter_comments(&counters);
     comments.push(accounting.line());

@@ -20,11 +20,11 @@ use aya::{
     util::online_cpus,
 };
 use stallscope_common::{
-    BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, FirstSeen,
-    KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, PENDING_RUNQ,
-    PENDING_WAIT, ProcMappings, RunqKey, STACK_LOST, THREAD_STACK_DEFERRED, ThreadExit,
-    ThreadState, USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, UnwindRow, UserStack,
-    WalkCacheEntry, WalkCacheKey, runq_bucket_low, wait_class,
+    BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, EXIT_TRACKED,
+    FirstSeen, KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue,
+    PENDING_RUNQ, PENDING_WAIT, ProcMappings, RunqKey, STACK_LOST, THREAD_STACK_DEFERRED,
+    ThreadExit, ThreadState, USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, UnwindRow,
+    UserStack, WalkCacheEntry, WalkCacheKey, runq_bucket_low, wait_class,
 };
 
 use crate::error::Error;
@@ -187,7 +187,7 @@ pub struct OnCpu {
     pub first_out_ts: u64,
 }
 
-/// A target thread that exited during the window, as `sched_process_exit` saw it.
+/// A target thread that exited during the window, as its last switch-out saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitedThread {
     pub tid: u32,
@@ -201,6 +201,9 @@ pub struct ExitedThread {
     pub name: String,
     /// What the probes measured of its time on CPU, up to its exit (`on_ts` is 0).
     pub oncpu: OnCpu,
+    /// It had per-thread state in the kernel at its exit: the probes saw it leave the CPU (or
+    /// be born) in the window and recorded its waits themselves.
+    pub tracked: bool,
 }
 
 /// How full one aggregation map was at the end of a window.
@@ -233,13 +236,12 @@ pub const FILL_MAPS: [&str; 8] = [
 ];
 
 /// The kernel programs behind the off-CPU, block and mutex profiles, and what each attaches to.
-const OFFCPU_PROGRAMS: [(&str, Hook); 6] = [
+const OFFCPU_PROGRAMS: [(&str, Hook); 5] = [
     ("sched_switch", Hook::Tracepoint("sched_switch")),
     ("sched_wakeup", Hook::Tracepoint("sched_wakeup")),
     ("sched_wakeup_new", Hook::Tracepoint("sched_wakeup_new")),
     ("futex_enter", Hook::Syscall("sys_enter_futex")),
     ("futex_exit", Hook::Syscall("sys_exit_futex")),
-    ("sched_process_exit", Hook::Tracepoint("sched_process_exit")),
 ];
 
 /// Where a kernel program attaches: a BTF tracepoint, or one syscall's tracepoint
@@ -814,6 +816,7 @@ impl Collector {
                     oncpu_ns: x.oncpu_ns,
                     first_out_ts: x.first_out_ts,
                 },
+                tracked: x.flags & EXIT_TRACKED != 0,
             });
         }
         out.sort_by_key(|x| x.tid);
@@ -911,7 +914,6 @@ impl Collector {
                 "sched_wakeup_new" => "sched_wakeup_new",
                 "futex_enter" => "futex_enter",
                 "futex_exit" => "futex_exit",
-                "sched_process_exit" => "sched_process_exit",
                 _ => continue,
             };
             out.push(ProgramStats {

@@ -351,6 +351,9 @@ pub struct Config {
     /// The same duration-weighted sampling for the mutex profile, on top of `mutex_fraction`:
     /// of a release's delay (holder side) and of a wait (waiter side).
     pub mutex_rate_ns: u64,
+    /// ktime the window opened at: a thread created in it is waiting to be started from its
+    /// creation (`task_struct.start_time`), or from here if it was created before.
+    pub window_start_ns: u64,
 }
 
 pub const CONFIG_OFFCPU: u64 = 1;
@@ -429,14 +432,19 @@ pub struct FirstSeen {
     pub in_ts: u64,
 }
 
+/// `ThreadExit::flags`: the thread had per-thread state (`THREADS`) when it exited, so the
+/// probes saw it leave the CPU or be born in the window, and its waits are theirs to record.
+pub const EXIT_TRACKED: u32 = 1;
+
 /// A target thread that exited during the window (value of `EXITED`, keyed by tid): what the
 /// per-thread accounting needs after the thread is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadExit {
     pub tgid: u32,
-    pub _pad: u32,
-    /// ktime of `sched_process_exit`.
+    /// `EXIT_*` bits.
+    pub flags: u32,
+    /// ktime of its last switch-out.
     pub exit_ts: u64,
     /// CPU time of the whole thread life, ns (`se.sum_exec_runtime`).
     pub sum_exec_ns: u64,

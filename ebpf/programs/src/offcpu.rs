@@ -10,7 +10,8 @@
 //!   semantics), and the user stack of the futex waits the off-CPU sampling kept. No other
 //!   syscall is hooked: the class of a thread's wait comes from its saved user registers at
 //!   the switch-out (`current_syscall`).
-//! - `sched_process_exit`: drops the state of exiting threads.
+//! - A target thread's last switch-out (`TASK_DEAD`) moves its state from `THREADS` to
+//!   `EXITED`, for the window's accounting.
 //!
 //! Off-CPU intervals are sampled like the block profile (`Config::offcpu_rate_ns`): an
 //! interval of `d` is kept with probability min(1, d/rate) and weighted max(d, rate). A wait
@@ -19,19 +20,17 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
-    },
+    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use stallscope_common::{
     AGG_MAP_ENTRIES, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config,
-    Counter, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, PENDING_RUNQ,
-    PENDING_WAIT, PendingWait, RunqKey, STACK_NONE, THREAD_IN_FUTEX, THREAD_LOCK_WAITER,
-    THREAD_STACK_DEFERRED, THREAD_SYS_STACK, ThreadExit, ThreadState, USER_STACK_LOST,
-    USER_STACK_NONE, USER_STACK_NOT_STARTED, runq_bucket, wait_class,
+    Counter, EXIT_TRACKED, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue,
+    PENDING_RUNQ, PENDING_WAIT, PendingWait, RunqKey, STACK_NONE, THREAD_IN_FUTEX,
+    THREAD_LOCK_WAITER, THREAD_STACK_DEFERRED, THREAD_SYS_STACK, ThreadExit, ThreadState,
+    USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, runq_bucket, wait_class,
 };
 
 use crate::{
@@ -338,7 +337,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let cfg = config();
+    let prev_state = ctx.arg::<u64>(3) as u32;
     if cfg.flags & CONFIG_OFFCPU == 0 {
+        if prev_is_target && prev_state & TASK_DEAD != 0 {
+            // Not recording: a dying thread's state must not outlive it.
+            let _ = THREADS.remove(task_pid(prev));
+        }
         return 0;
     }
     let tid = task_pid(prev);
@@ -346,8 +350,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if prev_is_target {
         let preempt: u64 = ctx.arg(0);
-        let prev_state: u64 = ctx.arg(3);
-        switch_out(&ctx, tid, tgid, preempt != 0, prev_state as u32, now);
+        if prev_state & TASK_DEAD != 0 {
+            thread_died(prev, tid, tgid, now);
+        } else {
+            switch_out(&ctx, tid, tgid, preempt != 0, prev_state, now);
+        }
     }
     // Switch-in of next: close its interval if we saw it leave.
     if next_is_target {
@@ -369,12 +376,6 @@ fn switch_out(
     now: u64,
 ) {
     let state = prev_state & 0xff_ffff;
-    if state & TASK_DEAD != 0 {
-        // The thread's last switch: `sched_process_exit` has dropped its state already, and
-        // an interval opened now would never close.
-        let _ = THREADS.remove(tid);
-        return;
-    }
     count(Counter::OffcpuSwitchOut);
     let existing = THREADS.get_ptr_mut(tid);
     let mut st = match existing {
@@ -528,19 +529,24 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// sched_wakeup_new(struct task_struct *p): a new thread of a target, runnable from now until
-/// its first switch-in. No other hook sees that wait begin (the new thread never switched out),
-/// and on a process that creates threads by the thousand it is a large part of their lives.
+/// sched_wakeup_new(struct task_struct *p): a new thread of a target, waiting to be started
+/// from its creation until its first switch-in. No other hook sees that wait begin (the new
+/// thread never switched out), and on a process that creates threads by the thousand it is a
+/// large part of their lives. It begins at the creation (`start_time`), not at this wakeup:
+/// the creator may be preempted in between, for milliseconds on a busy machine.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
-    if !is_target_task(task) || config().flags & CONFIG_OFFCPU == 0 {
+    let cfg = config();
+    if !is_target_task(task) || cfg.flags & CONFIG_OFFCPU == 0 {
         return 0;
     }
     let tid = task_pid(task);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let created = task_u64(task, offsets().task_start_time);
     let st = ThreadState {
         tgid: task_tgid(task),
-        off_ts: unsafe { bpf_ktime_get_ns() },
+        off_ts: created.max(cfg.window_start_ns).min(now),
         class: wait_class::RUNNABLE,
         syscall: NO_SYSCALL,
         user_stack: USER_STACK_NOT_STARTED,
@@ -734,43 +740,37 @@ fn block_sample(cfg: &Config, waited: u64) -> Option<(u64, u64)> {
     Some(kept)
 }
 
-/// sched_process_exit(struct task_struct *p, ...): current is the exiting thread. A target
-/// thread's CPU time and name are kept for the window's per-thread accounting.
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let task: *const u8 = ctx.arg(0);
-    let tgid = task_tgid(task);
-    if !is_target(tgid) || config().flags & CONFIG_OFFCPU == 0 {
-        let _ = THREADS.remove(tid);
-        return 0;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (mut oncpu_ns, mut first_out_ts) = (0, 0);
+/// A target thread's last switch-out (`prev_state` has `TASK_DEAD`; current is the thread):
+/// the end of its life for the window's per-thread accounting, which keeps its CPU time, wall
+/// time on CPU and name. Its life ends here rather than at `sched_process_exit`: after that
+/// tracepoint an exiting thread still runs and waits (tearing down its memory map, often in
+/// uninterruptible sleep on a busy process), and those waits are part of its life.
+#[inline(always)]
+fn thread_died(prev: *const u8, tid: u32, tgid: u32, now: u64) {
+    let (mut oncpu_ns, mut first_out_ts, mut flags) = (0, 0, 0);
     // SAFETY: a copy of this thread's own map value.
     if let Some(st) = unsafe { THREADS.get(tid) } {
-        if st.on_ts == 0 && st.off_ts != 0 && st.user_stack == USER_STACK_NOT_STARTED {
-            // Born in the window and never seen switched in: its first switch-in was not
-            // shown to the probes (seen for about 1 in 2,000 threads of a process creating
-            // 1,000 a second), so its life is missing from the profile: counted.
-            count(Counter::SwitchMissed);
-        }
+        flags = EXIT_TRACKED;
         oncpu_ns = st.oncpu_ns;
         if st.on_ts != 0 {
             oncpu_ns += now.saturating_sub(st.on_ts);
+        } else if st.off_ts != 0 {
+            // Leaving the CPU while marked off it: its switch-in was not shown to the probes
+            // (seen for about 1 in 2,000 threads born to a process creating 1,000 a second,
+            // their first one), so part of its life is missing from the profile: counted.
+            count(Counter::SwitchMissed);
         }
         first_out_ts = st.first_out_ts;
     }
     let _ = THREADS.remove(tid);
     let o = offsets();
-    // Current is the exiting thread.
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0u8; 16]);
     let exit = ThreadExit {
         tgid,
-        _pad: 0,
+        flags,
         exit_ts: now,
-        sum_exec_ns: task_u64(task, o.task_sum_exec_runtime),
-        start_ts: task_u64(task, o.task_start_time),
+        sum_exec_ns: task_u64(prev, o.task_sum_exec_runtime),
+        start_ts: task_u64(prev, o.task_start_time),
         comm,
         oncpu_ns,
         first_out_ts,
@@ -778,5 +778,4 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     if EXITED.insert(tid, exit, 0).is_err() {
         count(Counter::ExitedFull);
     }
-    0
 }
