@@ -988,6 +988,27 @@ impl Threads {
         found[0]
     }
 
+    /// For messages about a process with thousands of threads (whose whole file a CI log cuts
+    /// off): the `n` threads whose time adds up worst, then the profile's counter comments.
+    pub fn worst(&self, n: usize) -> String {
+        let mut by: Vec<&ThreadAcct> = self.threads.iter().collect();
+        by.sort_by_key(|t| std::cmp::Reverse(t.unaccounted_ns.unsigned_abs()));
+        let mut s = format!(
+            "{} threads, {:.3} thread-seconds, {:+.3} s unaccounted; the {} worst:\n",
+            self.threads.len(),
+            self.thread_ns as f64 / 1e9,
+            self.unaccounted_ns as f64 / 1e9,
+            n.min(by.len())
+        );
+        for t in by.iter().take(n) {
+            s.push_str(&format!("  {t:?}\n"));
+        }
+        if let Some((_, comments)) = self.text.split_once("\n--- offcpu.pb.gz comments\n") {
+            s.push_str(comments);
+        }
+        s
+    }
+
     /// The thread with id `tid`.
     pub fn tid(&self, tid: u32) -> Option<&ThreadAcct> {
         self.threads.iter().find(|t| t.tid == tid)
