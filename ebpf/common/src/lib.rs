@@ -207,6 +207,10 @@ pub struct ThreadState {
     /// after its wakeups (class `RUNNABLE`). Recorded at the call's end (`futex_exit`); the
     /// agent records what is still here when the window ends.
     pub pending: [PendingWait; 2],
+    /// Its CPU time (`se.sum_exec_runtime`) at `off_ts`: when its next switch-in is not shown
+    /// to the probes, the CPU time it used since tells how much of the time since `off_ts`
+    /// it ran, and the rest is the wait.
+    pub off_exec_ns: u64,
 }
 
 /// Sampled off-CPU time waiting for its stack: count × `BLOCK_COUNT_SCALE` and weighted ns.

@@ -351,9 +351,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if prev_is_target {
         let preempt: u64 = ctx.arg(0);
         if prev_state & TASK_DEAD != 0 {
-            thread_died(prev, tid, tgid, now);
+            thread_died(prev, tid, tgid, now, &cfg);
         } else {
-            switch_out(&ctx, tid, tgid, preempt != 0, prev_state, now);
+            switch_out(&ctx, tid, tgid, preempt != 0, prev_state, now, &cfg);
         }
     }
     // Switch-in of next: close its interval if we saw it leave.
@@ -374,6 +374,7 @@ fn switch_out(
     preempt: bool,
     prev_state: u32,
     now: u64,
+    cfg: &Config,
 ) {
     let state = prev_state & 0xff_ffff;
     count(Counter::OffcpuSwitchOut);
@@ -396,14 +397,16 @@ fn switch_out(
     } else {
         syscall_class(&st)
     };
+    let prev: *const u8 = ctx.arg(1);
     if st.on_ts != 0 {
         st.oncpu_ns += now.saturating_sub(st.on_ts);
     } else if st.off_ts != 0 {
         // Out twice in a row: the switch-in between was not seen.
-        count(Counter::SwitchMissed);
+        recover_missed_switch_in(tid, &mut st, prev, now, cfg);
     } else if st.first_out_ts == 0 {
         st.first_out_ts = now;
     }
+    st.off_exec_ns = task_u64(prev, offsets().task_sum_exec_runtime);
     st.on_ts = 0;
     st.off_ts = now;
     st.wake_ts = 0;
@@ -458,18 +461,25 @@ fn switch_in(tid: u32, now: u64, cfg: &Config) {
         first_seen(tid, now, true);
         return;
     }
+    close_interval(tid, st, now, cfg);
+}
+
+/// Ends the off-CPU interval that began at `st.off_ts` at `in_ts` (the switch-in, seen or
+/// recovered), split at the wakeup into the wait and the run-queue time after it.
+#[inline(always)]
+fn close_interval(tid: u32, st: &mut ThreadState, in_ts: u64, cfg: &Config) {
     let off = st.off_ts;
     st.off_ts = 0;
-    if st.class != wait_class::RUNNABLE && st.wake_ts > off && st.wake_ts <= now {
+    if st.class != wait_class::RUNNABLE && st.wake_ts > off && st.wake_ts <= in_ts {
         // Blocked until the wakeup, then waited in the run queue.
         let blocked = st.wake_ts - off;
-        let queued = now - st.wake_ts;
+        let queued = in_ts - st.wake_ts;
         let class = st.class;
         interval(tid, class, st, blocked, cfg);
         record_runq(st.tgid, queued);
         interval(tid, wait_class::RUNNABLE, st, queued, cfg);
     } else {
-        let ns = now.saturating_sub(off);
+        let ns = in_ts.saturating_sub(off);
         if st.class == wait_class::RUNNABLE {
             record_runq(st.tgid, ns);
         }
@@ -477,6 +487,26 @@ fn switch_in(tid: u32, now: u64, cfg: &Config) {
         interval(tid, class, st, ns, cfg);
     }
     st.wake_ts = 0;
+}
+
+/// A thread leaving the CPU (or dying) while still marked off it since `st.off_ts`: its
+/// switch-in was not shown to the probes (the kernel's own `sched_switch` tracepoint never
+/// shows some, for new threads mostly; counted). The CPU time it used since `off_ts` tells how
+/// long it ran: the interval is closed that long before `now`, and that time is on CPU.
+#[inline(always)]
+fn recover_missed_switch_in(
+    tid: u32,
+    st: &mut ThreadState,
+    task: *const u8,
+    now: u64,
+    cfg: &Config,
+) {
+    count(Counter::SwitchMissed);
+    let exec = task_u64(task, offsets().task_sum_exec_runtime);
+    let since = now.saturating_sub(st.off_ts);
+    let ran = exec.saturating_sub(st.off_exec_ns).min(since);
+    close_interval(tid, st, now - ran, cfg);
+    st.oncpu_ns += ran;
 }
 
 /// Notes the first wakeup (`switch_in` false) or switch-in of a target thread the probes never
@@ -551,6 +581,7 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
         syscall: NO_SYSCALL,
         user_stack: USER_STACK_NOT_STARTED,
         kernel_stack: STACK_NONE,
+        off_exec_ns: task_u64(task, offsets().task_sum_exec_runtime),
         ..ThreadState::default()
     };
     if THREADS.insert(tid, st, 1 /* BPF_NOEXIST */).is_err() && THREADS.get_ptr(tid).is_none() {
@@ -746,20 +777,20 @@ fn block_sample(cfg: &Config, waited: u64) -> Option<(u64, u64)> {
 /// tracepoint an exiting thread still runs and waits (tearing down its memory map, often in
 /// uninterruptible sleep on a busy process), and those waits are part of its life.
 #[inline(always)]
-fn thread_died(prev: *const u8, tid: u32, tgid: u32, now: u64) {
+fn thread_died(prev: *const u8, tid: u32, tgid: u32, now: u64, cfg: &Config) {
     let (mut oncpu_ns, mut first_out_ts, mut flags) = (0, 0, 0);
-    // SAFETY: a copy of this thread's own map value.
-    if let Some(st) = unsafe { THREADS.get(tid) } {
+    if let Some(p) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: this thread's own live map value, removed below.
+        let st = unsafe { &mut *p };
         flags = EXIT_TRACKED;
-        oncpu_ns = st.oncpu_ns;
         if st.on_ts != 0 {
-            oncpu_ns += now.saturating_sub(st.on_ts);
+            st.oncpu_ns += now.saturating_sub(st.on_ts);
         } else if st.off_ts != 0 {
-            // Leaving the CPU while marked off it: its switch-in was not shown to the probes
-            // (seen for about 1 in 2,000 threads born to a process creating 1,000 a second,
-            // their first one), so part of its life is missing from the profile: counted.
-            count(Counter::SwitchMissed);
+            // Leaving the CPU for good while marked off it (a new thread whose first
+            // switch-in was not shown, mostly).
+            recover_missed_switch_in(tid, st, prev, now, cfg);
         }
+        oncpu_ns = st.oncpu_ns;
         first_out_ts = st.first_out_ts;
     }
     let _ = THREADS.remove(tid);
