@@ -69,7 +69,12 @@ pub struct CaptureSpec {
     pub tid_labels: bool,
     /// Thread dumps during the window (`attach`'s SIGUSR1 and `--dump-when`).
     pub dumps: Option<DumpOptions>,
+    /// Entries in each aggregation map (`--map-entries`).
+    pub map_entries: u32,
 }
+
+/// SIGUSR1 listened to by a running `agent attach` (shared: `CaptureSpec` is cloned).
+pub type DumpSignal = std::sync::Arc<tokio::sync::Mutex<tokio::signal::unix::Signal>>;
 
 /// Thread dumps a running `agent attach` writes on request: on SIGUSR1, and when
 /// `--dump-when` holds (rate-limited). `signal_target` is also sent to the target after each.
@@ -78,6 +83,11 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     pub when: Option<crate::dump::trigger::DumpWhen>,
     pub signal_target: Option<i32>,
+    /// SIGUSR1, listened to from the command's start: a request sent while the programs
+    /// load is answered when the window opens, where the signal's default action would have
+    /// killed the agent. `None` outside a runtime (the signal is then listened to from the
+    /// window's start).
+    pub requests: Option<DumpSignal>,
 }
 
 /// What woke the capture loop.
@@ -105,7 +115,18 @@ impl CaptureSpec {
                 dir: args.output.clone(),
                 when: args.dump_when.clone(),
                 signal_target: args.signal_target,
+                // (tokio's signal() panics outside a runtime.)
+                requests: tokio::runtime::Handle::try_current()
+                    .ok()
+                    .and_then(|_| {
+                        tokio::signal::unix::signal(
+                            tokio::signal::unix::SignalKind::user_defined1(),
+                        )
+                        .ok()
+                    })
+                    .map(|s| std::sync::Arc::new(tokio::sync::Mutex::new(s))),
             }),
+            map_entries: args.rates.map_entries,
         }
     }
 
@@ -157,6 +178,8 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     if args.profile.is_empty() {
         return Err(Error::Usage("--profile needs at least one profile".into()));
     }
+    // First: it starts listening for SIGUSR1 (dump requests).
+    let spec = CaptureSpec::from_args(args);
     let target = check_target(args.pid)?;
     if let Some(sig) = args.signal_target {
         let exe = std::fs::read_link(format!("/proc/{}/exe", target.pid)).unwrap_or_default();
@@ -164,7 +187,6 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     }
     prepare_output(&args.output)?;
 
-    let spec = CaptureSpec::from_args(args);
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -348,7 +370,7 @@ pub async fn capture(
         .map_err(|e| Error::proc_read(target.pid, "maps", &e))?;
     // Also reads the task iterator's offsets, from the same BTF parse, while no other parsed BTF
     // is alive (next to the loader's, a second parse added ~20 MiB to the peak RSS).
-    let mut collector = Collector::load(kernel_offsets()?)?;
+    let mut collector = Collector::load(kernel_offsets()?, spec.map_entries)?;
     match collector.take_logger() {
         Ok(fut) => {
             tokio::spawn(fut);
@@ -473,14 +495,14 @@ async fn window(
         .and_then(|d| d.when.clone())
         .map(crate::dump::trigger::Trigger::new);
     let mut ticks = 0u32;
-    let dumps = spec.dumps.is_some();
+    let requests = spec.dumps.as_ref().map(|d| d.requests.clone());
     let end = capture_loop(
         target,
         maps,
         spec.duration,
         stop,
         progress,
-        dumps,
+        requests,
         |maps, ev| {
             match ev {
                 LoopEvent::Tick => {
@@ -725,16 +747,24 @@ async fn capture_loop(
     duration: Duration,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
-    dump_requests: bool,
+    dump_requests: Option<Option<DumpSignal>>,
     mut on_event: impl FnMut(&MapsCache, LoopEvent),
 ) -> EndReason {
-    // SIGUSR1 asks for a thread dump (registered only when dumps are wanted, so that other
-    // users of the window don't change the process's signal handling).
-    let mut usr1 = if dump_requests {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()
-    } else {
-        None
+    // SIGUSR1 asks for a thread dump (listened to only when dumps are wanted, so that other
+    // users of the window don't change the process's signal handling): on the stream the
+    // command opened at its start, else from now.
+    let early = dump_requests.clone().flatten();
+    let mut early = match &early {
+        Some(s) => Some(s.lock().await),
+        None => None,
     };
+    let mut late = match (&dump_requests, &early) {
+        (Some(_), None) => {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()
+        }
+        _ => None,
+    };
+    let mut usr1 = early.as_deref_mut().or(late.as_mut());
     let bar = if progress {
         progress_bar(duration)
     } else {

@@ -257,7 +257,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     maps.refresh(target.pid)
         .map_err(|_| Error::NoSuchProcess(target.pid))?;
     save_proc_facts(target.pid, &dir, &mut notes)?;
-    let mut collector = Collector::load(attach::kernel_offsets()?)?;
+    let mut collector = Collector::load(attach::kernel_offsets()?, args.rates.map_entries)?;
     let dump_start = dump_now(
         &mut collector,
         target.pid,
@@ -304,6 +304,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         mutex_rate: args.rates.mutex_rate,
         tid_labels: !args.labels.no_tid_label,
         dumps: None,
+        map_entries: args.rates.map_entries,
     };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

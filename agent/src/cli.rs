@@ -197,6 +197,14 @@ pub struct Rates {
     /// Takes ns or a duration (100us, 1ms); at most 4s.
     #[arg(long, default_value = "100us", value_parser = parse_nanos)]
     pub mutex_rate: u64,
+
+    /// Entries in each in-kernel aggregation map: the distinct (stack, wait class, thread)
+    /// keys one window can hold per profile. An event that finds its map full is dropped and
+    /// counted ("map full" in the losses line, stallscope_bpf_events_dropped_total
+    /// {reason="agg_map_full"}): raise it then. About 100 bytes of kernel memory per entry and
+    /// map. 64 to 1048576.
+    #[arg(long, default_value_t = crate::collect::DEFAULT_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub map_entries: u32,
 }
 
 #[derive(Debug, Args)]

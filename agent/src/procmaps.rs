@@ -227,7 +227,14 @@ struct ProcMaps {
     started_as: Option<(String, Option<String>)>,
     /// Sorted by `start`, non-overlapping.
     mappings: Vec<CachedMapping>,
+    /// The address spaces it had before its last execs (oldest first, at most
+    /// `PREVIOUS_ADDRESS_SPACES`): stacks taken before an exec point into them.
+    previous: Vec<Vec<CachedMapping>>,
 }
+
+/// Address spaces kept per process after it execs (a process exec'ing in a loop must not
+/// keep every binary it ran open).
+const PREVIOUS_ADDRESS_SPACES: usize = 4;
 
 /// Field 22 (`starttime`) of `/proc/PID/stat`.
 fn proc_start_time(pid: u32) -> Option<u64> {
@@ -316,14 +323,18 @@ impl MapsCache {
         let reused =
             start_time.is_some() && proc.start_time.is_some() && start_time != proc.start_time;
         let execed = exe.is_some() && proc.exe.is_some() && exe != proc.exe;
-        if reused || execed {
-            tracing::debug!(
-                pid,
-                reused,
-                execed,
-                "address space replaced; dropping cached mappings"
-            );
+        if reused {
+            tracing::debug!(pid, "pid reused; dropping cached mappings");
             proc.mappings.clear();
+            proc.previous.clear();
+        } else if execed {
+            // The same process with a new address space: what it sampled before the exec is
+            // still to be symbolized against the old one.
+            tracing::debug!(pid, "exec; the old address space kept for earlier stacks");
+            proc.previous.push(std::mem::take(&mut proc.mappings));
+            if proc.previous.len() > PREVIOUS_ADDRESS_SPACES {
+                proc.previous.remove(0);
+            }
         }
         if exe.is_some() {
             proc.exe = exe;
@@ -355,15 +366,26 @@ impl MapsCache {
         }
     }
 
-    /// The cached mapping of `pid` that contains `addr`.
+    /// The cached mapping of `pid` that contains `addr`: in its current address space, else in
+    /// the ones it had before its last execs, newest first. (With address-space randomization,
+    /// the default, an exec puts the new binary and libraries elsewhere; without it an address
+    /// of the old image that the new one also maps is taken for the new one.)
     pub fn find(&self, pid: u32, addr: u64) -> Option<&CachedMapping> {
-        let maps = &self.procs.get(&pid)?.mappings;
-        let i = maps.partition_point(|m| m.start <= addr);
-        let m = maps.get(i.checked_sub(1)?)?;
-        m.contains(addr).then_some(m)
+        let proc = self.procs.get(&pid)?;
+        let find_in = |maps: &'_ [CachedMapping]| -> Option<usize> {
+            let i = maps.partition_point(|m| m.start <= addr).checked_sub(1)?;
+            maps[i].contains(addr).then_some(i)
+        };
+        if let Some(i) = find_in(&proc.mappings) {
+            return Some(&proc.mappings[i]);
+        }
+        proc.previous
+            .iter()
+            .rev()
+            .find_map(|maps| find_in(maps).map(|i| &maps[i]))
     }
 
-    /// All cached mappings of `pid`, sorted by address.
+    /// The mappings of `pid`'s current address space, sorted by address.
     pub fn mappings(&self, pid: u32) -> &[CachedMapping] {
         self.procs.get(&pid).map_or(&[], |p| &p.mappings)
     }
@@ -820,14 +842,30 @@ garbage line
         let starts: Vec<u64> = c.mappings(pid).iter().map(|m| m.start).collect();
         assert!(starts.windows(2).all(|w| w[0] < w[1]), "sorted");
 
-        // exec: a new main binary drops the old address space.
+        // exec: a new main binary, a new address space; the old one still answers for the
+        // addresses the new one does not map (stacks taken before the exec).
         let other = line(0x40_0000, 0x48_0000, "/usr/bin/other", 9);
         c.update(pid, &[other], Some("/usr/bin/other".into()), Some(5));
         assert_eq!(c.mappings(pid).len(), 1);
         assert_eq!(c.exe(pid), Some("/usr/bin/other"));
-        // pid reuse: a new start time does too.
+        assert_eq!(c.find(pid, 0x40_0010).unwrap().path, "/usr/bin/other");
+        assert_eq!(c.find(pid, 0x49_0000).unwrap().path, "/usr/bin/app");
+        assert_eq!(c.find(pid, 0x7f20_0010).unwrap().path, "/lib/libb.so");
+        // Execs in a loop keep a bounded number of old address spaces.
+        for n in 0..10u64 {
+            let path = format!("/usr/bin/loop{n}");
+            let l = line(0x40_0000, 0x48_0000, &path, 100 + n);
+            c.update(pid, &[l], Some(path.clone()), Some(5));
+        }
+        assert!(
+            c.find(pid, 0x49_0000).is_none(),
+            "the oldest address spaces are dropped"
+        );
+        assert_eq!(c.procs[&pid].previous.len(), PREVIOUS_ADDRESS_SPACES);
+        // pid reuse: a new start time drops every address space of the old process.
         c.update(pid, &[app], exe, Some(6));
         assert_eq!(c.mappings(pid).len(), 1);
+        assert!(c.find(pid, 0x7f20_0010).is_none());
         assert_eq!(c.mappings(pid)[0].path, "/usr/bin/app");
     }
 

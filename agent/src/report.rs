@@ -444,6 +444,18 @@ pub fn main_value_index(p: &Profile) -> usize {
         .unwrap_or(p.sample_types.len().saturating_sub(1))
 }
 
+/// What to do when events found an aggregation map full.
+fn map_full_hint(c: &Counters) -> Option<String> {
+    (c.agg_map_full > 0).then(|| {
+        format!(
+            "{} events found their aggregation map full and were dropped: raise --map-entries \
+             (distinct stack, wait class and thread keys per profile and window; default {})",
+            c.agg_map_full,
+            crate::collect::DEFAULT_MAP_ENTRIES
+        )
+    })
+}
+
 /// Accounting lines, also stored as pprof comments so the losses travel with the profile.
 pub fn counter_comments(c: &Counters) -> Vec<String> {
     let mut v = vec![
@@ -470,6 +482,7 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
             c.block_events_seen, c.block_events_recorded
         ));
     }
+    v.extend(map_full_hint(c));
     v
 }
 
@@ -813,6 +826,9 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
         c.switch_missed,
         c.prog_runs_missed
     );
+    if let Some(hint) = map_full_hint(c) {
+        let _ = writeln!(s, "{hint}");
+    }
     if let Some(r) = f.runq {
         let _ = writeln!(
             s,
@@ -848,6 +864,23 @@ pub(crate) mod tests {
     use super::*;
     use crate::model::{Location, Mapping, ValueType};
     use std::time::SystemTime;
+
+    #[test]
+    fn a_full_aggregation_map_says_what_to_raise() {
+        let mut c = Counters::default();
+        assert!(
+            counter_comments(&c)
+                .iter()
+                .all(|l| !l.contains("--map-entries"))
+        );
+        c.agg_map_full = 17;
+        let hint: Vec<String> = counter_comments(&c)
+            .into_iter()
+            .filter(|l| l.contains("raise --map-entries"))
+            .collect();
+        assert_eq!(hint.len(), 1, "{hint:?}");
+        assert!(hint[0].starts_with("17 events found"), "{}", hint[0]);
+    }
 
     /// A profile from stacks written leaf first: `name@/src/f.c:19` is in the program,
     /// `libc:name` in libc.so.6, `py:name@file:line` in libpython; the last value of each

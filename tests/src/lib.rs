@@ -617,6 +617,46 @@ pub fn attach_ok(w: &Workload, duration: &str, profiles: &str, extra: &[&str]) -
     attach_pid_ok(w.pid(), duration, profiles, extra)
 }
 
+/// `attach --profile <profiles> --duration <duration> -o out` started in the background,
+/// returned once it said it attached, with its stderr (read to the end by a thread, so the
+/// agent never blocks on a full pipe).
+pub fn attach_in_background(
+    w: &Workload,
+    out: &Path,
+    profiles: &str,
+    duration: &str,
+) -> (Child, std::thread::JoinHandle<String>) {
+    let mut agent = Command::new(agent_path())
+        .args(["attach", "--pid", &w.pid_str(), "--profile", profiles])
+        .args(["--duration", duration, "-o"])
+        .arg(out)
+        // "attached to ..." is an info line.
+        .env("STALLSCOPE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    let mut stderr = BufReader::new(agent.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.contains("attached to") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        seen.contains("attached to"),
+        "the agent never attached:\n{seen}"
+    );
+    let rest = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut seen);
+        seen
+    });
+    (agent, rest)
+}
+
 /// `agent attach` for any process (one the test did not start itself, such as a PostgreSQL
 /// backend), asserting that it succeeded.
 pub fn attach_pid_ok(pid: u32, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {

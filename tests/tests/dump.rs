@@ -636,8 +636,11 @@ fn benchmark_dump_times() {
     let w = Workload::spawn("dump_many", &["1000"]);
     let mut maps = agent::procmaps::MapsCache::new();
     maps.refresh(w.pid()).unwrap();
-    let mut collector =
-        agent::collect::Collector::load(agent::attach::kernel_offsets().unwrap()).unwrap();
+    let mut collector = agent::collect::Collector::load(
+        agent::attach::kernel_offsets().unwrap(),
+        agent::collect::DEFAULT_MAP_ENTRIES,
+    )
+    .unwrap();
     let mut symbolizer = agent::symbolize::Symbolizer::new();
     let mut repeated = Vec::new();
     for i in 1..=3 {
@@ -679,8 +682,11 @@ fn triggers_write_dumps_when_conditions_hold() {
     let tmp = TempDir::new("stallscope-dump-trigger");
     let mut maps = agent::procmaps::MapsCache::new();
     maps.refresh(w.pid()).unwrap();
-    let mut collector =
-        agent::collect::Collector::load(agent::attach::kernel_offsets().unwrap()).unwrap();
+    let mut collector = agent::collect::Collector::load(
+        agent::attach::kernel_offsets().unwrap(),
+        agent::collect::DEFAULT_MAP_ENTRIES,
+    )
+    .unwrap();
     let mut symbolizer = agent::symbolize::Symbolizer::new();
     let mut check = |t: &mut Trigger| {
         agent::dump::check_trigger(

@@ -1,7 +1,6 @@
 //! Faults an agent left running on a node must survive without hurting its target: root tests.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stallscope_tests::*;
@@ -144,46 +143,6 @@ impl Drop for SmallFs {
     }
 }
 
-/// `attach --profile <profiles> --duration <duration> -o out` started in the background,
-/// returned once it said it attached, with its stderr (read to the end by a thread, so the
-/// agent never blocks on a full pipe).
-fn attach_in_background(
-    w: &Workload,
-    out: &std::path::Path,
-    profiles: &str,
-    duration: &str,
-) -> (std::process::Child, std::thread::JoinHandle<String>) {
-    let mut agent = Command::new(agent_path())
-        .args(["attach", "--pid", &w.pid_str(), "--profile", profiles])
-        .args(["--duration", duration, "-o"])
-        .arg(out)
-        // "attached to ..." is an info line.
-        .env("STALLSCOPE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the agent");
-    let mut stderr = BufReader::new(agent.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-        seen.push_str(&line);
-        if line.contains("attached to") {
-            break;
-        }
-        line.clear();
-    }
-    assert!(
-        seen.contains("attached to"),
-        "the agent never attached:\n{seen}"
-    );
-    let rest = std::thread::spawn(move || {
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut seen);
-        seen
-    });
-    (agent, rest)
-}
-
 /// Files of the output directory that are not whole results: the write-then-rename
 /// temporaries, or profiles that don't decode.
 fn half_written(dir: &std::path::Path) -> Vec<String> {
@@ -270,4 +229,81 @@ fn an_output_directory_removed_mid_window_is_made_again() {
     }
     let bad = half_written(&dir);
     assert!(bad.is_empty(), "half-written files left: {bad:?}");
+}
+
+/// The target execs a different binary mid-window (same pid, new address space): the CPU and
+/// off-CPU profiles name both binaries' functions, each at a file:line inside its own source,
+/// and the window goes on to its end.
+#[test]
+fn a_target_that_execs_mid_window_has_both_binaries_frames() {
+    require_root();
+    let second = workload_path("exec_second");
+    let w = Workload::spawn("exec_first", &[second.to_str().unwrap()]);
+    let out = TempDir::new("stallscope-exec");
+    let dir = out.path().join("out");
+    let (agent, stderr) = attach_in_background(&w, &dir, "cpu,offcpu", "5s");
+    std::thread::sleep(Duration::from_millis(2_000));
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGUSR1) };
+    w.wait_for_line("second binary running", Duration::from_secs(5));
+    let status = agent
+        .wait_with_output()
+        .expect("waiting for the agent")
+        .status;
+    let stderr = stderr.join().expect("the stderr reader");
+    assert!(status.success(), "the agent failed: {stderr}");
+    assert!(
+        w.exit_status().is_none(),
+        "the target died: {:?}",
+        w.stdout_lines()
+    );
+    let run_file = |name: &str| dir.join(name);
+    let cpu = read_profile(run_file("cpu.pb.gz"));
+    let off = read_profile(run_file("offcpu.pb.gz"));
+    let on_cpu = cum_by_function(&cpu, "samples");
+    let off_cpu = cum_by_function(&off, "off-cpu");
+    for (p, value, by, function, file) in [
+        (
+            &cpu,
+            "samples",
+            &on_cpu,
+            "first_binary_spin",
+            "exec_first.c",
+        ),
+        (
+            &cpu,
+            "samples",
+            &on_cpu,
+            "second_binary_spin",
+            "exec_second.c",
+        ),
+        (
+            &off,
+            "off-cpu",
+            &off_cpu,
+            "first_binary_nap",
+            "exec_first.c",
+        ),
+        (
+            &off,
+            "off-cpu",
+            &off_cpu,
+            "second_binary_nap",
+            "exec_second.c",
+        ),
+    ] {
+        let got = by.get(function).copied().unwrap_or(0);
+        assert!(
+            got > 0,
+            "no {function} in the profile; its functions: {:?}",
+            top_flat(p, value)
+        );
+        let signature = format!("void {function}(");
+        let span = function_span(&workloads_src().join(file), &signature);
+        let lines = source_lines(p, function, file);
+        assert!(
+            lines.iter().all(|n| span.contains(n)),
+            "{function} has lines {lines:?}, outside its definition at {file}:{span:?}"
+        );
+    }
 }

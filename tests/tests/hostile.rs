@@ -10,16 +10,15 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stallscope_tests::serve_kit::die_with_parent;
+use stallscope_tests::serve_kit::{Serve, die_with_parent, get_request, parse_reply, send};
 use stallscope_tests::{TempDir, agent_path, require_root};
 
 /// A PID above any possible pid_max (2^22): never a process.
@@ -659,143 +658,14 @@ fn every_flag_with_bad_values() {
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// A running `agent serve`: killed on drop; [`Serve::stop`] checks a clean SIGTERM stop.
-struct Serve {
-    child: Option<Guard>,
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+/// How long a raw request waits for the server to answer and close.
+const REPLY_WAIT: Duration = Duration::from_secs(10);
 
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        let mut cmd = Command::new(agent_path());
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
-        let mut child = Guard(cmd.spawn().expect("starting agent serve"));
-        let pipe = child.0.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let mut s = Serve {
-            child: Some(child),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            lines,
-        };
-        let line = s.wait_line("serving on http://", Duration::from_secs(30));
-        let rest = &line[line.find("http://").unwrap() + 7..];
-        s.addr = rest[..rest.find('/').unwrap()].parse().unwrap();
-        s
-    }
-
-    fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.0.try_wait()) {
-                panic!(
-                    "agent serve exited ({st}): {:?}",
-                    self.lines.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent serve did not print {needle:?} within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.0.try_wait()), Some(Ok(None)))
-    }
-
-    fn get(&self, path: &str) -> Reply {
-        send(self.addr, &get_request(path, b""))
-    }
-
-    /// SIGTERM: the agent must exit 0 within 10 s and have printed no panic.
-    fn stop(mut self) {
-        let mut g = self.child.take().unwrap();
-        // SAFETY: plain syscall to our own, not yet reaped, child.
-        unsafe { libc::kill(g.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = g.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "agent serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        let text = self.lines.lock().unwrap().join("\n");
-        assert_no_crash("agent serve", status, &text);
-        assert_eq!(status.code(), Some(0), "{text}");
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    /// 0: closed without an answer.
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-fn get_request(path: &str, extra_headers: &[u8]) -> Vec<u8> {
-    let mut r = format!("GET {path} HTTP/1.1\r\nHost: test\r\n").into_bytes();
-    r.extend_from_slice(extra_headers);
-    r.extend_from_slice(b"Connection: close\r\n\r\n");
-    r
-}
-
-/// Sends raw bytes, reads until the server closes (or 10 s).
-fn send(addr: SocketAddr, request: &[u8]) -> Reply {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // A server that answers before reading everything may reset the rest: fine.
-    let _ = s.write_all(request);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    parse_reply(&raw)
-}
-
-fn parse_reply(raw: &[u8]) -> Reply {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Reply {
-            status: 0,
-            headers: String::new(),
-            body: String::from_utf8_lossy(raw).into_owned(),
-        };
-    };
-    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&raw[split + 4..]).into_owned(),
-    }
+/// SIGTERM: the agent must exit 0 within 10 s and have printed no panic.
+fn stop_cleanly(serve: Serve) {
+    let (status, text) = serve.stop();
+    assert_no_crash("agent serve", status, &text);
+    assert_eq!(status.code(), Some(0), "{text}");
 }
 
 struct HttpRow {
@@ -1078,16 +948,19 @@ fn every_route_and_parameter_slow_clients_and_connection_limits() {
     sleep.arg("60");
     die_with_parent(&mut sleep);
     let target = Guard(sleep.spawn().expect("sleep"));
-    let mut serve = Serve::start(&[
-        "--header-timeout",
-        "1s",
-        "--request-timeout",
-        "500ms",
-        "--max-connections",
-        "4",
-        "--max-seconds",
-        "1",
-    ]);
+    let mut serve = Serve::start(
+        &[
+            "--header-timeout",
+            "1s",
+            "--request-timeout",
+            "500ms",
+            "--max-connections",
+            "4",
+            "--max-seconds",
+            "1",
+        ],
+        false,
+    );
 
     // A time limit: a profile asked for while the programs are still being verified waits
     // for them, and gets 503 after seconds + --request-timeout (1.5 s).
@@ -1121,7 +994,7 @@ fn every_route_and_parameter_slow_clients_and_connection_limits() {
     let rows = http_rows(first_kernel_thread());
     let mut failures = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let r = send(serve.addr, &row.request);
+        let r = send(serve.addr, &row.request, REPLY_WAIT);
         // A head too large is answered (414, 431) before it is read whole: the unread rest
         // can reset the connection before the client reads the answer.
         let status_ok =
@@ -1208,7 +1081,7 @@ fn every_route_and_parameter_slow_clients_and_connection_limits() {
         .collect();
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
-    let r = send(serve.addr, &get_request("/metrics", b""));
+    let r = send(serve.addr, &get_request("/metrics", b""), REPLY_WAIT);
     assert_eq!(r.status, 503, "{r:?}");
     assert!(
         r.body.contains("at most 4 at once (--max-connections)"),
@@ -1232,7 +1105,8 @@ fn every_route_and_parameter_slow_clients_and_connection_limits() {
     // Once they are gone the server answers again.
     let deadline = Instant::now() + Duration::from_secs(5);
     let metrics = loop {
-        let r = serve.get("/metrics");
+        // Still refused or not, any answer (or none) is retried until the deadline.
+        let r = send(serve.addr, &get_request("/metrics", b""), REPLY_WAIT);
         if r.status == 200 {
             break r.body;
         }
@@ -1252,7 +1126,7 @@ fn every_route_and_parameter_slow_clients_and_connection_limits() {
     ] {
         assert!(rejected(&metrics, reason) >= 1.0, "{reason} not counted");
     }
-    serve.stop();
+    stop_cleanly(serve);
     eprintln!("HTTP: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -1264,7 +1138,7 @@ fn bearer_token_rows() {
     let f = dir.path().join("token");
     std::fs::write(&f, "t0ken-for-hostile-tests\n").unwrap();
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let serve = Serve::start(&["--auth-token-file", f.to_str().unwrap()]);
+    let serve = Serve::start(&["--auth-token-file", f.to_str().unwrap()], false);
     let long = format!("Authorization: Bearer {}\r\n", "t".repeat(30_000));
     let rows: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
@@ -1337,7 +1211,7 @@ fn bearer_token_rows() {
         ),
     ];
     for (what, header, status, needle) in &rows {
-        let r = send(serve.addr, &get_request("/metrics", header));
+        let r = send(serve.addr, &get_request("/metrics", header), REPLY_WAIT);
         assert_eq!(r.status, *status, "{what}: {r:?}");
         assert!(r.body.contains(needle), "{what}: {}", shorten(&r.body));
         if *status == 401 {
@@ -1356,7 +1230,8 @@ fn bearer_token_rows() {
             "/metrics",
             b"Authorization: Bearer t0ken-for-hostile-tests\r\n",
         ),
+        REPLY_WAIT,
     );
     assert!(rejected(&r.body, "unauthorized") >= 10.0, "{}", r.body);
-    serve.stop();
+    stop_cleanly(serve);
 }

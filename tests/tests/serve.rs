@@ -497,3 +497,54 @@ fn offcpu_window_seeds_threads_blocked_before_it() {
         .unwrap_or_else(|| panic!("no accounting comment: {:?}", p.comments));
     assert!(line.contains("unaccounted"), "{line}");
 }
+
+/// The in-kernel aggregation maps full while serving (`--map-entries 64` against a process
+/// creating a thousand threads a second, each its own key): the window still answers 200, its
+/// profile says how many events were dropped and what to raise, /metrics counts them, and
+/// serve goes on answering.
+#[test]
+fn full_aggregation_maps_are_counted_and_serving_goes_on() {
+    require_root();
+    let w = Workload::spawn("churn", &["30"]);
+    let pid = w.pid_str();
+    let serve = Serve::start(&["--pid", &pid, "--map-entries", "64"], true);
+    let r = serve.get(&format!("/debug/pprof/offcpu?pid={pid}&seconds=2"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = agent::export::pprof::decode(&r.bytes).expect("pprof bytes");
+    let dropped = p
+        .comments
+        .iter()
+        .find_map(|c| {
+            c.split_once("aggregation map full (samples dropped) ")
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no aggregation-map count in {:?}", p.comments));
+    assert!(
+        dropped > 0,
+        "nothing dropped with 64 entries: {:?}",
+        p.comments
+    );
+    assert!(
+        p.comments
+            .iter()
+            .any(|c| c.starts_with(&format!("{dropped} events found"))
+                && c.contains("--map-entries")),
+        "no hint to raise --map-entries: {:?}",
+        p.comments
+    );
+    let m = serve.metrics();
+    let counted = sample(
+        &m,
+        "stallscope_bpf_events_dropped_total",
+        &[("reason", "agg_map_full")],
+    )
+    .unwrap_or_else(|| panic!("no agg_map_full series:\n{m}"));
+    assert!(
+        counted >= dropped as f64,
+        "/metrics counts {counted} dropped, the profile {dropped}"
+    );
+    // Serving goes on: another window, another kind, and the metrics.
+    let r = serve.get(&format!("/debug/pprof/profile?pid={pid}&seconds=1"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(serve.metrics().contains("stallscope_targets"));
+}

@@ -1,10 +1,7 @@
 //! Dump triggers of a running `agent attach`: SIGUSR1 writes a thread dump of the target into
 //! the output directory, and `--dump-when COND` writes one by itself when COND holds.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use stallscope_tests::*;
 
@@ -32,58 +29,53 @@ fn sigusr1_writes_a_thread_dump() {
     let w = Workload::spawn("offcpu_mix", &[]);
     let out = TempDir::new("stallscope-usr1");
     let dir = out.path().join("out");
-    let agent = Command::new(agent_path())
-        .args([
-            "attach",
-            "--pid",
-            &w.pid_str(),
-            "--duration",
-            "6s",
-            "--profile",
-            "offcpu",
-            "-o",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the agent");
-    // Wait until the window runs (the agent created its output directory and loaded).
-    let t0 = Instant::now();
-    while !dir.exists() && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    // Two requests, 700 ms apart: each writes its own dump. The poller sleeps in epoll_wait
-    // 100 ms at a time, so a dump can truthfully catch it runnable or running just after a wake
-    // (under the hypervisor's steal that lasts milliseconds); both catching it so is what would
-    // be wrong.
-    for _ in 0..2 {
+    // Requests once the window is open: signals sent while the programs load are answered
+    // when it opens, but as one (a pending signal is not queued twice).
+    let (agent, stderr) = attach_in_background(&w, &dir, "offcpu", "6s");
+    // Three requests, 700 ms apart: each writes its own dump. Both threads sleep 100 ms at a
+    // time (nanosleep, epoll_wait), so a dump can truly catch either one runnable or running
+    // just after a wake (under the hypervisor's steal that lasts milliseconds, and the dump
+    // takes a while to read every thread); every dump catching one so is what would be wrong.
+    const DUMPS: usize = 3;
+    for _ in 0..DUMPS {
         // SAFETY: signal to our own child.
         unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGUSR1) };
         std::thread::sleep(Duration::from_millis(700));
     }
-    let output = agent.wait_with_output().expect("waiting for the agent");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "agent failed: {stderr}");
+    let status = agent
+        .wait_with_output()
+        .expect("waiting for the agent")
+        .status;
+    let stderr = stderr.join().expect("the stderr reader");
+    assert!(status.success(), "agent failed: {stderr}");
     let dumps = dumps_in(&dir);
-    assert_eq!(dumps.len(), 2, "dumps: {dumps:?}; stderr: {stderr}");
-    assert_eq!(stderr.matches("wrote thread dump").count(), 2, "{stderr}");
+    assert_eq!(dumps.len(), DUMPS, "dumps: {dumps:?}; stderr: {stderr}");
+    assert_eq!(
+        stderr.matches("wrote thread dump").count(),
+        DUMPS,
+        "{stderr}"
+    );
     let texts: Vec<String> = dumps
         .iter()
         .map(|d| std::fs::read_to_string(d).unwrap())
         .collect();
     for text in &texts {
-        assert!(text.contains("\"sleeper\" [sleep"), "{text}");
-        assert!(text.contains("sleep_forever"), "{text}");
-        assert!(text.contains("\"poller\" ["), "{text}");
-        assert!(text.contains("poll_forever"), "{text}");
+        for needle in [
+            "\"sleeper\" [",
+            "sleep_forever",
+            "\"poller\" [",
+            "poll_forever",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in\n{text}");
+        }
     }
-    assert!(
-        texts.iter().any(|t| t.contains("\"poller\" [io wait")),
-        "{}",
-        texts.join("\n----\n")
-    );
+    for state in ["\"sleeper\" [sleep", "\"poller\" [io wait"] {
+        assert!(
+            texts.iter().any(|t| t.contains(state)),
+            "no dump has {state:?}:\n{}",
+            texts.join("\n----\n")
+        );
+    }
     // The capture went on: its profile was written.
     assert!(dir.join("offcpu.pb.gz").exists());
 }

@@ -299,10 +299,17 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd, Error> {
         .map_err(|e| Error::Internal(format!("enabling BPF run-time statistics: {e}")))
 }
 
+/// Entries in each aggregation map unless `--map-entries` says otherwise.
+pub const DEFAULT_MAP_ENTRIES: u32 = stallscope_common::AGG_MAP_ENTRIES;
+
+/// The aggregation maps `--map-entries` sizes: one per profile (and the mutex profile's
+/// waiter side).
+const AGGREGATION_MAPS: [&str; 5] = ["CPU_SAMPLES", "OFFCPU", "BLOCK", "MUTEX", "LOCK_WAITERS"];
+
 impl Collector {
-    /// Loads the BPF object (verifies every program). `log_level` forwards the programs'
-    /// aya-log records to the `log` crate at that level; they are rare (error paths only).
-    pub fn load(offsets: KernelOffsets) -> Result<Self, Error> {
+    /// Loads the BPF object (verifies every program), with `map_entries` entries in each
+    /// aggregation map.
+    pub fn load(offsets: KernelOffsets, map_entries: u32) -> Result<Self, Error> {
         if BPF_OBJECT.is_empty() {
             return Err(Error::Internal(
                 "this agent was built with AYA_BUILD_SKIP=1 and has no BPF programs; \
@@ -310,8 +317,12 @@ impl Collector {
                     .into(),
             ));
         }
-        let mut ebpf = EbpfLoader::new()
-            .override_global("KERNEL_OFFSETS", &offsets, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global("KERNEL_OFFSETS", &offsets, true);
+        for name in AGGREGATION_MAPS {
+            loader.map_max_entries(name, map_entries);
+        }
+        let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|e| Error::BpfLoad(format!("{e:#}")))?;
         let stacks = StackTraceMap::try_from(

@@ -255,7 +255,10 @@ pub fn run(args: &DumpArgs) -> Result<String, Error> {
     // Only the task iterator is loaded, and it takes its offsets from `DUMP_CONFIG`: the
     // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
     // parsed a second time for them.
-    let mut collector = Collector::load(KernelOffsets::default())?;
+    let mut collector = Collector::load(
+        KernelOffsets::default(),
+        crate::collect::DEFAULT_MAP_ENTRIES,
+    )?;
     let mut symbolizer = Symbolizer::new();
     let dump = take_dump(&mut collector, pid, &maps, &mut symbolizer)?;
     let detail = if args.debug == 1 {

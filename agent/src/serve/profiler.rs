@@ -67,6 +67,7 @@ pub struct Profiler {
     offcpu_rate: u64,
     mutex_rate: u64,
     mutex_fraction: u64,
+    map_entries: u32,
     bpf_stats: bool,
 }
 
@@ -93,8 +94,8 @@ impl From<Error> for ProfileError {
     }
 }
 
-fn load_slot() -> Result<Slot, Error> {
-    let mut collector = Collector::load(attach::kernel_offsets()?)?;
+fn load_slot(map_entries: u32) -> Result<Slot, Error> {
+    let mut collector = Collector::load(attach::kernel_offsets()?, map_entries)?;
     collector.load_programs(true, true)?;
     Ok(Slot {
         collector,
@@ -106,6 +107,7 @@ impl Profiler {
     /// Starts loading the collectors in the background and the symbolizer thread.
     pub fn start(args: &ServeArgs, health: Health) -> Result<Self, Error> {
         let n = args.max_concurrent_profiles as usize;
+        let map_entries = args.rates.map_entries;
         let mut slots = Vec::with_capacity(n);
         for i in 0..n {
             let slot = Arc::new(Mutex::new(SlotState::Loading));
@@ -118,7 +120,7 @@ impl Profiler {
             tokio::spawn(async move {
                 let mut guard = guard;
                 let t0 = std::time::Instant::now();
-                let loaded = tokio::task::spawn_blocking(load_slot).await;
+                let loaded = tokio::task::spawn_blocking(move || load_slot(map_entries)).await;
                 h.profile_windows.with_label_values(&["loading"]).dec();
                 *guard = match loaded {
                     Ok(Ok(slot)) => {
@@ -158,6 +160,7 @@ impl Profiler {
             offcpu_rate: args.rates.offcpu_rate,
             mutex_rate: args.rates.mutex_rate,
             mutex_fraction: args.rates.mutex_fraction,
+            map_entries,
             bpf_stats: args.bpf_stats,
         })
     }
@@ -202,7 +205,8 @@ impl Profiler {
         };
         if matches!(*guard, SlotState::Failed(_)) {
             // Loading failed at start (say, a transient error): try once more now.
-            *guard = match tokio::task::spawn_blocking(load_slot).await {
+            let map_entries = self.map_entries;
+            *guard = match tokio::task::spawn_blocking(move || load_slot(map_entries)).await {
                 Ok(Ok(s)) => SlotState::Ready(Box::new(s)),
                 Ok(Err(e)) => SlotState::Failed(e.to_string()),
                 Err(e) => SlotState::Failed(e.to_string()),
@@ -232,6 +236,7 @@ impl Profiler {
             mutex_rate: self.mutex_rate,
             tid_labels: true,
             dumps: None,
+            map_entries: self.map_entries,
         };
         // Statistics on for the window only (they cost every BPF program on the machine).
         let stats = if self.bpf_stats {
@@ -333,7 +338,10 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
             Job::Dump { pid, debug, reply } => {
                 let out = (|| {
                     if dump_collector.is_none() {
-                        dump_collector = Some(Collector::load(attach::kernel_offsets()?)?);
+                        dump_collector = Some(Collector::load(
+                            attach::kernel_offsets()?,
+                            crate::collect::DEFAULT_MAP_ENTRIES,
+                        )?);
                     }
                     let collector = dump_collector.as_mut().expect("set above");
                     let mut maps = MapsCache::new();
