@@ -1,12 +1,11 @@
-//! The profile endpoints' query validation (`/debug/pprof/*?pid=N&seconds=S&debug=D`): the raw
-//! query string decoded into a map as axum's `Query<HashMap<String, String>>` decodes it
-//! (serde_urlencoded), then `parse_query` with an arbitrary `--max-seconds`.
+//! The profile endpoints' query handling (`/debug/pprof/*?pid=N&seconds=S&debug=D`), as serve
+//! runs it: the raw query string through `decode_query` (bounded size and count, strict
+//! percent-decoding, each parameter once), then `parse_query` with an arbitrary
+//! `--max-seconds`.
 //! Input: 8 bytes of `--max-seconds` (little-endian, zero-padded), then the raw query string.
 #![no_main]
 
-use std::collections::HashMap;
-
-use agent::serve::http::parse_query;
+use agent::serve::http::{MAX_PARAMS, MAX_QUERY_BYTES, decode_query, parse_query};
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 
@@ -15,11 +14,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(max_seconds) = u.arbitrary::<u64>() else {
         return;
     };
-    let raw = u.take_rest();
-    // A request whose query does not decode gets axum's 400 before parse_query runs.
-    let Ok(q) = serde_urlencoded::from_bytes::<HashMap<String, String>>(raw) else {
+    // hyper hands serve the query as text: a request line that is not UTF-8 never gets here.
+    let Ok(raw) = std::str::from_utf8(u.take_rest()) else {
         return;
     };
+    let q = match decode_query(raw) {
+        Ok(q) => q,
+        Err((status, message)) => {
+            assert!(status.is_client_error(), "{status} for {raw:?}");
+            assert!(!message.is_empty());
+            return;
+        }
+    };
+    assert!(raw.len() <= MAX_QUERY_BYTES);
+    assert!(q.len() <= MAX_PARAMS);
     let Ok(p) = parse_query(&q, max_seconds) else {
         return;
     };
@@ -32,12 +40,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // What was accepted, written as a query again, is accepted the same way.
     let asked = p.capped_from.unwrap_or(p.seconds);
-    let again = serde_urlencoded::to_string([
-        ("pid", p.pid.to_string()),
-        ("seconds", asked.to_string()),
-        ("debug", p.debug.to_string()),
-    ])
-    .unwrap();
-    let q2 = serde_urlencoded::from_str::<HashMap<String, String>>(&again).unwrap();
+    let again = format!("pid={}&seconds={asked}&debug={}", p.pid, p.debug);
+    let q2 = decode_query(&again).expect("a query serve accepted, written again");
     assert_eq!(parse_query(&q2, max_seconds).as_ref(), Ok(&p));
 });

@@ -78,13 +78,14 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     for name in ["Tgid", "PPid", "Kthread", "Threads"] {
-        if let Some(v) = status_field(text, name) {
-            assert_eq!(status_field(&format!("{name}:\t{v}\n"), name), Some(v));
+        if let Some(v) = status_field::<u64>(text, name) {
+            assert_eq!(status_field::<u64>(&format!("{name}:\t{v}\n"), name), Some(v));
         }
     }
     // A field name taken from the input itself.
     if let Some(name) = text.lines().next().and_then(|l| l.split(':').next()) {
-        let _ = status_field(text, name);
+        let _ = status_field::<u64>(text, name);
+        let _ = status_field::<String>(text, name);
     }
 
     // /proc/mounts

@@ -123,6 +123,9 @@ pub(crate) fn build() -> Result<()> {
 /// release and serially) and the BPF programs (they only build for bpfel-unknown-none).
 const UNIT_TEST_EXCLUDES: &[&str] = &["stallscope-tests", "stallscope-ebpf"];
 
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS_IN_TEST: u64 = 10;
+
 fn test(setup_args: SetupArgs, args: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
@@ -170,6 +173,22 @@ fn test(setup_args: SetupArgs, args: &[String]) -> Result<()> {
     if let Err(e) = run(&mut root) {
         eprintln!("error: {e:#}");
         failed.push(util::display(&root));
+    }
+
+    // Every fuzz target for a short while from the committed seeds (and what earlier local
+    // runs found): a parser change that breaks a target's build or an invariant fails here;
+    // `cargo xtask fuzz` and the bench run them longer.
+    // Not when the tests are filtered (`cargo xtask test NAME`).
+    if args.is_empty() {
+        println!("== fuzz, {FUZZ_SECONDS_IN_TEST} s per target");
+        if let Err(e) = fuzz::fuzz(&fuzz::FuzzArgs {
+            seconds: FUZZ_SECONDS_IN_TEST,
+            targets: Vec::new(),
+            fresh: false,
+        }) {
+            eprintln!("error: {e:#}");
+            failed.push(format!("cargo xtask fuzz --seconds {FUZZ_SECONDS_IN_TEST}"));
+        }
     }
 
     if failed.is_empty() {
