@@ -77,9 +77,11 @@ enum Part {
     Bpftrace,
     /// `agent dump` time for 10, 100 and 1000 threads (when the subcommand exists).
     Dump,
+    /// Every fuzz target for 60 s (10 with --quick); the figures go to RELIABILITY.md.
+    Fuzz,
 }
 
-const ALL_PARTS: [Part; 8] = [
+const ALL_PARTS: [Part; 9] = [
     Part::Slowdown,
     Part::Redis,
     Part::Nontarget,
@@ -88,6 +90,7 @@ const ALL_PARTS: [Part; 8] = [
     Part::Latency,
     Part::Bpftrace,
     Part::Dump,
+    Part::Fuzz,
 ];
 
 const MARK_BEGIN: &str =
@@ -302,6 +305,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             Part::Bpftrace => bpftrace(&ctx).map(|x| r.bpftrace = Some(x)),
             Part::Dump => dump(&ctx).map(|x| r.dump = Some(x)),
             Part::Redis => redis(&ctx).map(|x| r.redis = Some(x)),
+            Part::Fuzz => crate::fuzz::fuzz(&crate::fuzz::FuzzArgs {
+                seconds: if ctx.quick { 10 } else { 60 },
+                targets: Vec::new(),
+                fresh: false,
+                record: true,
+            })
+            .map(|_| ()),
         };
         // A part that fails is reported as such; the others still run and are written down.
         if let Err(e) = result {

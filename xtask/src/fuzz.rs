@@ -39,6 +39,31 @@ pub struct FuzzArgs {
     /// Start from the committed seed corpus alone (drop what earlier runs added).
     #[arg(long)]
     pub fresh: bool,
+    /// Write the figures into RELIABILITY.md (between its fuzz markers).
+    #[arg(long)]
+    pub record: bool,
+}
+
+const BEGIN: &str =
+    "<!-- fuzz figures: begin (cargo xtask fuzz --record and the bench write this part) -->";
+const END: &str = "<!-- fuzz figures: end -->";
+
+/// The results as RELIABILITY.md's table.
+fn figures(results: &[FuzzResult], seconds: u64) -> String {
+    let mut s = format!(
+        "{seconds} s per target:\n\n| target | executions | execs/s | corpus | crashes |\n|---|---|---|---|---|\n"
+    );
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.target,
+            r.executions,
+            r.execs_per_sec,
+            r.corpus,
+            r.crashes.len()
+        ));
+    }
+    s
 }
 
 /// What one target's run did.
@@ -334,6 +359,11 @@ pub fn fuzz(args: &FuzzArgs) -> Result<Vec<FuzzResult>> {
         if let Some(f) = &r.failed {
             problems.push(format!("{}: {f}", r.target));
         }
+    }
+    if args.record {
+        let path = crate::util::workspace_root().join("RELIABILITY.md");
+        crate::util::write_between_markers(&path, BEGIN, END, &figures(&results, args.seconds))?;
+        println!("figures written to {}", path.display());
     }
     if problems.is_empty() {
         println!("== fuzz: no crashes");

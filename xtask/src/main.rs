@@ -185,6 +185,7 @@ fn test(setup_args: SetupArgs, args: &[String]) -> Result<()> {
             seconds: FUZZ_SECONDS_IN_TEST,
             targets: Vec::new(),
             fresh: false,
+            record: false,
         }) {
             eprintln!("error: {e:#}");
             failed.push(format!("cargo xtask fuzz --seconds {FUZZ_SECONDS_IN_TEST}"));

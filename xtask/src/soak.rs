@@ -1,8 +1,6 @@
 //! `cargo xtask soak --minutes N`: the soak test (tests/tests/soak.rs) for N minutes, its
 //! figures written into RELIABILITY.md. (`cargo xtask test` skips it for now: see its `ignore`.)
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -59,31 +57,12 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
             report.display()
         )
     })?;
-    write_figures(&workspace_root().join("RELIABILITY.md"), &figures)?;
+    crate::util::write_between_markers(
+        &workspace_root().join("RELIABILITY.md"),
+        BEGIN,
+        END,
+        &figures,
+    )?;
     println!("{figures}\nwritten to RELIABILITY.md");
     Ok(())
-}
-
-/// Replaces the soak part of RELIABILITY.md (between its markers) with `figures`.
-fn write_figures(path: &Path, figures: &str) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{} has no soak markers ({BEGIN} ... {END})", path.display());
-    };
-    if e < b {
-        bail!("{}: the soak markers are out of order", path.display());
-    }
-    let date = std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let new = format!(
-        "{}{BEGIN}\nRun of {date}:\n\n{}\n{}",
-        &text[..b],
-        figures.trim_end(),
-        &text[e..]
-    );
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }

@@ -130,9 +130,61 @@ pub fn install_signal_handlers() {
     }
 }
 
+/// Replaces the part of the file at `path` between the lines `begin` and `end` (markers kept)
+/// with "Run of DATE:" and `body`: figures a task writes into a document that is otherwise
+/// edited by hand.
+pub fn write_between_markers(path: &Path, begin: &str, end: &str, body: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        bail!("{} has no markers {begin} ... {end}", path.display());
+    };
+    if e < b {
+        bail!(
+            "{}: the markers {begin} ... {end} are out of order",
+            path.display()
+        );
+    }
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let new = format!(
+        "{}{begin}\nRun of {date}:\n\n{}\n{}",
+        &text[..b],
+        body.trim_end(),
+        &text[e..]
+    );
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_replace_only_what_is_between_the_markers() {
+        let path = std::env::temp_dir().join(format!("xtask-markers-{}.md", std::process::id()));
+        std::fs::write(&path, "intro\n<!-- b -->\nold figures\n<!-- e -->\noutro\n").unwrap();
+        write_between_markers(&path, "<!-- b -->", "<!-- e -->", "| new |\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("intro\n<!-- b -->\nRun of "), "{text}");
+        assert!(
+            text.ends_with(":\n\n| new |\n<!-- e -->\noutro\n"),
+            "{text}"
+        );
+        assert!(!text.contains("old figures"));
+        // Markers missing or out of order: an error, the file untouched.
+        std::fs::write(&path, "<!-- e -->\n<!-- b -->\n").unwrap();
+        assert!(write_between_markers(&path, "<!-- b -->", "<!-- e -->", "x").is_err());
+        assert!(write_between_markers(&path, "<!-- nope -->", "<!-- e -->", "x").is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "<!-- e -->\n<!-- b -->\n"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn display_quotes_what_the_shell_would_split() {
