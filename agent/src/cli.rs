@@ -237,7 +237,7 @@ pub struct AttachArgs {
     pub output: PathBuf,
 
     /// Write a thread dump (dump-<pid>-<ms>.txt in the output directory) whenever COND holds,
-    /// at most once per `every` (default 1m): e.g. `state=futex,threads>=8,for=30s` or
+    /// at most once per `every` (default 1m, at least 1s): e.g. `state=futex,threads>=8,for=30s` or
     /// `deadlock,every=5m`. SIGUSR1 to the agent writes one at any time.
     #[arg(long, value_name = "COND", value_parser = parse_dump_when)]
     pub dump_when: Option<crate::dump::trigger::DumpWhen>,

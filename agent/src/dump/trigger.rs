@@ -11,7 +11,7 @@
 //!   `2m`). Default: 0.
 //! - `deadlock`: instead of counting, holds when the wait-for graph has a cycle (this needs a
 //!   full dump at each check, the counting conditions only the kernel's task iterator).
-//! - `every=T`: at most one dump per T. Default: 1m.
+//! - `every=T`: at most one dump per T, at least 1s. Default: 1m.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -96,6 +96,9 @@ fn parse_state(s: &str) -> Result<Option<State>, String> {
     }))
 }
 
+/// The shortest `every=`: the condition is checked once a second.
+const MIN_EVERY: Duration = Duration::from_secs(1);
+
 fn parse_time(s: &str, what: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>()
@@ -165,6 +168,13 @@ impl FromStr for DumpWhen {
                 min_in_state = parse_time(v, "for")?;
             } else if let Some(v) = term.strip_prefix("every=") {
                 every = parse_time(v, "every")?;
+                if every < MIN_EVERY {
+                    return Err(format!(
+                        "every={}: at least 1s (the condition is checked once a second; a \
+                         shorter limit would write a dump at every check)",
+                        v.trim()
+                    ));
+                }
             } else {
                 return Err(format!(
                     "unknown term {term:?}; terms are state=S, threads>=N, for=T, every=T and deadlock"
@@ -454,6 +464,21 @@ mod tests {
 
     /// Found by the dump_when fuzz target: a bare number of seconds too large for a Duration
     /// panicked in Duration::from_secs_f64.
+    #[test]
+    fn a_rate_limit_under_a_second_is_an_error() {
+        for bad in [
+            "every=0s",
+            "every=0",
+            "every=500ms",
+            "state=futex,every=0.5",
+        ] {
+            let e = bad.parse::<DumpWhen>().unwrap_err();
+            assert!(e.contains("at least 1s"), "{bad}: {e}");
+        }
+        let w: DumpWhen = "every=1s".parse().unwrap();
+        assert_eq!(w.every, Duration::from_secs(1));
+    }
+
     #[test]
     fn huge_bare_seconds_are_an_error() {
         let input = format!("every=00{}", "5".repeat(41)); // the crashing input
