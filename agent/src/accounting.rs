@@ -64,7 +64,7 @@ pub fn class_of(task: &DumpTask) -> Option<(u32, i32)> {
     match state::state_of(task, sc.as_ref()) {
         // Uninterruptible but not counted as load (TASK_IDLE): the probes classify it by its
         // syscall, as an interruptible sleep.
-        State::Idle => class(state::syscall_state(nr)),
+        State::Idle => class(state::syscall_state(task, nr)),
         st => class(st),
     }
 }

@@ -277,6 +277,21 @@ fn rates_rows(rows: &mut Vec<CliRow>, base: &[&str]) {
         "--mutex-fraction",
         Some("0 is not in 1..=1000000"),
     );
+    number_rows(
+        rows,
+        base,
+        "--map-entries",
+        Some("0 is not in 64..=1048576"),
+    );
+    for v in ["63", "1048577"] {
+        rows.push(flag_row(
+            base,
+            "--map-entries",
+            V::Lit(v),
+            2,
+            "is not in 64..=1048576",
+        ));
+    }
 }
 
 /// A path flag (`-o`, `--archive`): anything but empty parses; the run then fails on the PID.

@@ -875,10 +875,12 @@ fn postgres_idle_postmaster_and_walwriter() {
         s(t.alive_ns),
         t.offcpu_by_class
     );
+    // An idle walwriter still flushes what others wrote to the WAL (autovacuum, the
+    // checkpointer's records) every wal_writer_delay: a few ms in the disk class is true.
     let other: Vec<&String> = t
         .offcpu_by_class
         .keys()
-        .filter(|c| !["io", "sleep", "runnable"].contains(&c.as_str()))
+        .filter(|c| !["io", "sleep", "runnable", "disk"].contains(&c.as_str()))
         .collect();
     assert!(
         other.is_empty(),
@@ -975,11 +977,17 @@ fn postgres_commits_wait_for_the_wal_flush() {
          {classes:?}",
         pg.dir.path().display()
     );
-    // Waiting for the flush is never idle: no io or sleep class under XLogFlush.
+    // Waiting for the flush is never idle: no io class under XLogFlush, and sleep only in
+    // PostgreSQL's spinlock backoff (perform_spin_delay sleeps with pg_usleep, a select
+    // without descriptors: a sleep, not I/O).
     for smp in &flush {
         let class = sample_label(smp, "wait_class").unwrap_or_default();
+        let backoff = p
+            .frames_root_first(smp)
+            .iter()
+            .any(|l| l.function == "perform_spin_delay");
         assert!(
-            !["io", "sleep"].contains(&class.as_str()),
+            class != "io" && (class != "sleep" || backoff),
             "a WAL flush wait classified {class}: {}",
             describe(&p, smp)
         );

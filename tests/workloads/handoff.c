@@ -2,8 +2,10 @@
 // and forth through a mutex and a condition variable, so each spends about half its time in
 // futex waits of a few to a few tens of microseconds (below the default --offcpu-rate of
 // 100 us); every 1000 hand-offs "ping" also sleeps 200 us. A third thread ("napper") sleeps
-// 20 us at a time (timer slack 1 ns) and does nothing else: its time off CPU is about all of
-// its time whatever a profiler costs it, in waits far below the rate.
+// 50 us at a time (timer slack 1 ns) and does nothing else: its time off CPU is about all of
+// its time whatever a profiler costs it, in waits below the rate. (At 20 us, two agents
+// measuring it at once disagreed by up to 10%: each sees the wait shifted by the other's
+// program run time at its two ends, a microsecond or two.)
 // Prints "ready" once the threads run. Runs until killed.
 // Build: gcc -O1 -g -fno-omit-frame-pointer -pthread -o handoff handoff.c
 #define _GNU_SOURCE
@@ -39,7 +41,7 @@ static void *player(void *arg) {
 }
 
 __attribute__((noinline)) static void nap(void) {
-    struct timespec ts = {0, 20 * 1000};
+    struct timespec ts = {0, 50 * 1000};
     nanosleep(&ts, NULL);
 }
 

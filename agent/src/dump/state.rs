@@ -94,14 +94,24 @@ pub fn state_of(task: &DumpTask, syscall: Option<&Syscall>) -> State {
         return State::Idle;
     }
     if s & TASK_INTERRUPTIBLE != 0 {
-        return syscall_state(syscall.map(|s| s.nr));
+        return syscall_state(task, syscall.map(|s| s.nr));
     }
     State::Sleeping
 }
 
-/// The state of a thread asleep in syscall `nr` (`None`: in none it recognizes).
-pub fn syscall_state(nr: Option<i64>) -> State {
+/// The state of a thread asleep in syscall `nr` (`None`: in none it recognizes); a select or
+/// poll without descriptors is a sleep (`is_fdless_wait`).
+pub fn syscall_state(task: &DumpTask, nr: Option<i64>) -> State {
     match nr {
+        Some(n)
+            if stallscope_common::is_fdless_wait(
+                n,
+                task.regs[pt_regs::DI],
+                task.regs[pt_regs::SI],
+            ) =>
+        {
+            State::Sleep
+        }
         Some(SYS_FUTEX | SYS_FUTEX_WAITV) => State::FutexWait,
         Some(
             SYS_POLL | SYS_SELECT | SYS_PSELECT6 | SYS_PPOLL | SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT
@@ -291,9 +301,30 @@ pub(crate) mod tests {
             (0, State::Syscall),
         ];
         for (nr, want) in cases {
-            let t = in_syscall(nr);
+            let mut t = in_syscall(nr);
+            // Descriptors to wait on (nfds is select's first argument, poll's second).
+            t.regs[pt_regs::DI] = 4;
+            t.regs[pt_regs::SI] = 2;
             let sc = syscall_of(&t, SYSCALL_STACK);
             assert_eq!(state_of(&t, sc.as_ref()), want, "syscall {nr}");
+        }
+        // select or poll without descriptors is a sleep (PostgreSQL's pg_usleep).
+        for (nr, di, si, want) in [
+            (23, 0, 0, State::Sleep),
+            (23, 5, 0, State::IoWait),
+            (270, 0, 0x7ffd_0000, State::Sleep),
+            (7, 0x7ffd_0000, 0, State::Sleep),
+            (271, 0x7ffd_0000, 1, State::IoWait),
+        ] {
+            let mut t = in_syscall(nr);
+            t.regs[pt_regs::DI] = di;
+            t.regs[pt_regs::SI] = si;
+            let sc = syscall_of(&t, SYSCALL_STACK);
+            assert_eq!(
+                state_of(&t, sc.as_ref()),
+                want,
+                "syscall {nr} ({di:#x}, {si:#x})"
+            );
         }
         let t = in_syscall(0);
         assert_eq!(syscall_of(&t, SYSCALL_STACK).unwrap().name, "read");

@@ -64,12 +64,18 @@ pub struct Syscall {
     pub nr: i64,
     /// A futex wait for a lock ([`classify_futex`]); false for every other syscall.
     pub lock: bool,
+    /// A select or poll without descriptors: a sleep (`is_fdless_wait`).
+    pub fdless: bool,
 }
 
 impl Syscall {
     /// A syscall that is not a lock wait.
     pub const fn nr(nr: i64) -> Self {
-        Self { nr, lock: false }
+        Self {
+            nr,
+            lock: false,
+            fdless: false,
+        }
     }
 }
 
@@ -81,6 +87,7 @@ pub fn class_of(state: char, syscall: Option<Syscall>) -> usize {
         'D' => DISK,
         'T' | 't' => STOPPED,
         'S' => match syscall.map(|s| (s.nr, s.lock)) {
+            _ if syscall.is_some_and(|s| s.fdless) => SLEEP,
             Some((SYS_FUTEX, true)) => LOCK,
             Some((SYS_FUTEX | SYS_FUTEX_WAITV, _)) => FUTEX,
             Some((7 | 23 | 232 | 270 | 271 | 281 | 441, _)) => IO,
@@ -180,7 +187,16 @@ pub fn syscall_of(text: &str, word_at: impl FnOnce(u64) -> Option<u32>) -> Optio
                 .flatten();
             classify_futex(op, word) == FutexWait::Lock
         });
-    Some(Syscall { nr, lock })
+    let mut args = text.split_whitespace().skip(1).map(|a| {
+        a.strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    });
+    let (arg0, arg1) = (args.next().flatten(), args.next().flatten());
+    let fdless = match (arg0, arg1) {
+        (Some(a0), Some(a1)) => stallscope_common::is_fdless_wait(nr, a0, a1),
+        _ => false,
+    };
+    Some(Syscall { nr, lock, fdless })
 }
 
 /// Parses `/proc/.../schedstat`: (ns on CPU, ns waiting in the run queue, timeslices).
@@ -487,6 +503,7 @@ mod tests {
         let lock = Some(Syscall {
             nr: 202,
             lock: true,
+            fdless: false,
         });
         assert_eq!(CLASSES[class_of('S', lock)], "lock");
         assert_eq!(CLASSES[class_of('S', sc(202))], "futex");
@@ -494,6 +511,24 @@ mod tests {
         assert_eq!(CLASSES[class_of('S', sc(232))], "io");
         assert_eq!(CLASSES[class_of('S', sc(230))], "sleep");
         assert_eq!(CLASSES[class_of('S', sc(0))], "syscall");
+        // select(0, NULL, NULL, NULL, &tv), PostgreSQL's pg_usleep: a sleep, not I/O.
+        let of = |text: &str| class_of('S', syscall_of(text, |_| None));
+        assert_eq!(
+            CLASSES[of("23 0x0 0x0 0x0 0x0 0x7ffd1000 0x0 0x7ffd0ff0 0x7f00")],
+            "sleep"
+        );
+        assert_eq!(
+            CLASSES[of("23 0x5 0x7ffd2000 0x0 0x0 0x7ffd1000 0x0 0x7ffd0ff0 0x7f00")],
+            "io"
+        );
+        assert_eq!(
+            CLASSES[of("7 0x7ffd2000 0x0 0x3e8 0x0 0x0 0x0 0x7ffd0ff0 0x7f00")],
+            "sleep"
+        );
+        assert_eq!(
+            CLASSES[of("7 0x7ffd2000 0x2 0x3e8 0x0 0x0 0x0 0x7ffd0ff0 0x7f00")],
+            "io"
+        );
         assert_eq!(CLASSES[class_of('S', None)], "other");
         assert_eq!(CLASSES[class_of('S', sc(-1))], "other");
         // A lock wait is a lock only while the thread sleeps in it.
@@ -587,6 +622,7 @@ mod tests {
         let lock = Some(Syscall {
             nr: 202,
             lock: true,
+            fdless: false,
         });
         assert_eq!(of(&line(heap, 0x80, sp), Some(2)), lock);
         // Go's idle M (notesleep): the word is 0.
@@ -746,6 +782,7 @@ mod tests {
             Syscall {
                 nr: 202,
                 lock: true,
+                fdless: false,
             },
         );
         p.update(t1 + Duration::from_secs(2), &all);

@@ -167,6 +167,18 @@ pub mod wait_class {
 /// No syscall in progress (or unknown).
 pub const NO_SYSCALL: i32 = -1;
 
+/// A `select`/`pselect6` with no descriptors (`nfds` 0) or a `poll`/`ppoll` with none: a timed
+/// sleep written with an I/O call (PostgreSQL's `pg_usleep` in its spinlock backoff, portable
+/// code's `usleep`), not a wait for I/O. `arg0` and `arg1` are the call's first two arguments.
+#[inline(always)]
+pub fn is_fdless_wait(nr: i64, arg0: u64, arg1: u64) -> bool {
+    match nr {
+        23 | 270 => arg0 == 0,
+        7 | 271 => arg1 == 0,
+        _ => false,
+    }
+}
+
 /// Per-thread state, in a plain (not per-CPU) hash map keyed by tid: a thread leaves the CPU
 /// on one CPU and comes back on another.
 #[repr(C)]

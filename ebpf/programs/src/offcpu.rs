@@ -30,7 +30,8 @@ use stallscope_common::{
     Counter, EXIT_TRACKED, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue,
     PENDING_RUNQ, PENDING_WAIT, PendingWait, RunqKey, STACK_NONE, THREAD_IN_FUTEX,
     THREAD_LOCK_WAITER, THREAD_STACK_DEFERRED, THREAD_SYS_STACK, ThreadExit, ThreadState,
-    USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, runq_bucket, wait_class,
+    USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, is_fdless_wait, runq_bucket,
+    wait_class,
 };
 
 use crate::{
@@ -111,9 +112,14 @@ const TASK_DEAD: u32 = 0x80;
 const TASK_NOLOAD: u32 = 0x400;
 
 // Offsets of struct pt_regs (x86-64 uapi layout, stable).
+/// `ThreadState::syscall` of a select or poll without descriptors: a timed sleep.
+const SYS_FDLESS_WAIT: i32 = -2;
+
 const PT_REGS_R11: usize = 48;
 const PT_REGS_AX: usize = 80;
 const PT_REGS_CX: usize = 88;
+const PT_REGS_SI: usize = 104;
+const PT_REGS_DI: usize = 112;
 const PT_REGS_ORIG_AX: usize = 120;
 const PT_REGS_IP: usize = 128;
 const PT_REGS_FLAGS: usize = 144;
@@ -200,13 +206,14 @@ fn syscall_class(st: &ThreadState) -> u32 {
         SYS_FUTEX | SYS_FUTEX_WAITV => wait_class::FUTEX,
         SYS_EPOLL_WAIT | SYS_EPOLL_PWAIT | SYS_EPOLL_PWAIT2 | SYS_POLL | SYS_PPOLL | SYS_SELECT
         | SYS_PSELECT6 => wait_class::IO,
-        SYS_NANOSLEEP | SYS_CLOCK_NANOSLEEP => wait_class::SLEEP,
+        SYS_NANOSLEEP | SYS_CLOCK_NANOSLEEP | SYS_FDLESS_WAIT => wait_class::SLEEP,
         NO_SYSCALL => wait_class::OTHER,
         _ => wait_class::SYSCALL,
     }
 }
 
-/// The syscall the current thread is in, from its saved user registers, or `NO_SYSCALL`.
+/// The syscall the current thread is in, from its saved user registers, or `NO_SYSCALL`;
+/// `SYS_FDLESS_WAIT` for a select or poll without descriptors (a sleep: `is_fdless_wait`).
 ///
 /// `orig_ax` holds the syscall number during a syscall, but also an exception's error code
 /// (a page fault's is a small number) or an interrupt's negated vector. A syscall is told
@@ -229,6 +236,9 @@ fn current_syscall() -> i32 {
         || read(PT_REGS_R11) != read(PT_REGS_FLAGS)
     {
         return NO_SYSCALL;
+    }
+    if is_fdless_wait(nr as i64, read(PT_REGS_DI), read(PT_REGS_SI)) {
+        return SYS_FDLESS_WAIT;
     }
     nr as i32
 }
