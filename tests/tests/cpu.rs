@@ -245,10 +245,14 @@ fn thread_created_after_attach_is_counted() {
     );
     // Main only sleeps: the process's CPU time is the late thread's.
     check_sample_count("late_worker_spin", spin, HZ, cpu, 5.0, run.elapsed);
-    // Main only sleeps: nearly every sample is the late thread's.
+    // Main only sleeps: nearly every sample is the late thread's, in late_worker_spin or in
+    // the kernel on top of it (interrupt exits, which a busy VM's steal makes many of).
+    let under = *cum_by_function(&p, "samples")
+        .get("late_worker_spin")
+        .unwrap_or(&0) as f64;
     assert!(
-        spin >= 0.9 * all,
-        "late_worker_spin is {spin} of {all} samples; top: {:?}",
+        under >= 0.9 * all,
+        "late_worker_spin is on {under} of {all} stacks; top: {:?}",
         top_flat(&p, "samples")
     );
     check_lines_inside(
