@@ -657,6 +657,32 @@ pub fn attach_in_background(
     (agent, rest)
 }
 
+/// Time this machine's CPUs spent in interrupts or stolen by the hypervisor since boot, all
+/// CPUs summed (`irq`, `softirq` and `steal` of /proc/stat's `cpu` line). A thread that is
+/// current meanwhile is on CPU by the wall clock (the CPU sampler's timer) but that time is not
+/// in its own CPU time.
+pub fn machine_uncharged() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        fields.len() >= 8,
+        "no steal column in /proc/stat: {stat:.200}"
+    );
+    let ticks = fields[5] + fields[6] + fields[7];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
 /// `agent attach` for any process (one the test did not start itself, such as a PostgreSQL
 /// backend), asserting that it succeeded.
 pub fn attach_pid_ok(pid: u32, duration: &str, profiles: &str, extra: &[&str]) -> AgentRun {
