@@ -85,8 +85,7 @@ pub struct DumpOptions {
     pub signal_target: Option<i32>,
     /// SIGUSR1, listened to from the command's start: a request sent while the programs
     /// load is answered when the window opens, where the signal's default action would have
-    /// killed the agent. `None` outside a runtime (the signal is then listened to from the
-    /// window's start).
+    /// killed the agent. `None` outside a runtime (no window runs there).
     pub requests: Option<DumpSignal>,
 }
 
@@ -495,7 +494,7 @@ async fn window(
         .and_then(|d| d.when.clone())
         .map(crate::dump::trigger::Trigger::new);
     let mut ticks = 0u32;
-    let requests = spec.dumps.as_ref().map(|d| d.requests.clone());
+    let requests = spec.dumps.as_ref().and_then(|d| d.requests.clone());
     let end = capture_loop(
         target,
         maps,
@@ -747,24 +746,15 @@ async fn capture_loop(
     duration: Duration,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
-    dump_requests: Option<Option<DumpSignal>>,
+    dump_requests: Option<DumpSignal>,
     mut on_event: impl FnMut(&MapsCache, LoopEvent),
 ) -> EndReason {
-    // SIGUSR1 asks for a thread dump (listened to only when dumps are wanted, so that other
-    // users of the window don't change the process's signal handling): on the stream the
-    // command opened at its start, else from now.
-    let early = dump_requests.clone().flatten();
-    let mut early = match &early {
+    // SIGUSR1 asks for a thread dump, on the stream the command opened at its start (only
+    // `attach` wants dumps: other users of the window don't change the signal's handling).
+    let mut usr1 = match &dump_requests {
         Some(s) => Some(s.lock().await),
         None => None,
     };
-    let mut late = match (&dump_requests, &early) {
-        (Some(_), None) => {
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()
-        }
-        _ => None,
-    };
-    let mut usr1 = early.as_deref_mut().or(late.as_mut());
     let bar = if progress {
         progress_bar(duration)
     } else {

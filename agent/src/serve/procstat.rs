@@ -161,38 +161,45 @@ pub fn parse_syscall(text: &str) -> Option<i64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// The number and the hex fields after it of a `/proc/.../syscall` line (`nr a0 .. a5 sp pc`):
+/// the six arguments, then the user stack pointer and pc (`None`: absent or not hex).
+fn syscall_fields(text: &str) -> Option<(i64, [Option<u64>; 8])> {
+    let mut f = text.split_whitespace();
+    let nr = f.next()?.parse().ok()?;
+    let mut fields = [None; 8];
+    for (slot, s) in fields.iter_mut().zip(f) {
+        *slot = s
+            .strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+    }
+    Some((nr, fields))
+}
+
 /// The futex word address, operation and user stack pointer of a thread in `futex()`, from
 /// `/proc/.../syscall` (`202 uaddr op val timeout uaddr2 val3 sp pc`, arguments in hex).
 pub fn parse_futex_call(text: &str) -> Option<(u64, u64, u64)> {
-    let mut f = text.split_whitespace();
-    if f.next()?.parse::<i64>().ok()? != SYS_FUTEX {
-        return None;
+    match syscall_fields(text)? {
+        (SYS_FUTEX, f) => Some((f[0]?, f[1]?, f[6]?)),
+        _ => None,
     }
-    let hex = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
-    let uaddr = hex(f.next()?)?;
-    let op = hex(f.next()?)?;
-    let sp = hex(f.nth(4)?)?;
-    Some((uaddr, op, sp))
 }
 
 /// The syscall of a sleeping thread from its `/proc/.../syscall` text. For a futex wait it
 /// decides [`Syscall::lock`]; the futex word is read through `word_at` only for `FUTEX_WAIT`
 /// on a word outside the thread's own frames ([`on_own_stack`]).
 pub fn syscall_of(text: &str, word_at: impl FnOnce(u64) -> Option<u32>) -> Option<Syscall> {
-    let nr = parse_syscall(text)?;
-    let lock = nr == SYS_FUTEX
-        && parse_futex_call(text).is_some_and(|(uaddr, op, sp)| {
-            let word = (futex_cmd(op & 0xffff_ffff) == FUTEX_WAIT && !on_own_stack(uaddr, sp))
-                .then(|| word_at(uaddr))
-                .flatten();
-            classify_futex(op, word) == FutexWait::Lock
-        });
-    let mut args = text.split_whitespace().skip(1).map(|a| {
-        a.strip_prefix("0x")
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    let (nr, f) = syscall_fields(text)?;
+    let futex = match (nr, f[0], f[1], f[6]) {
+        (SYS_FUTEX, Some(uaddr), Some(op), Some(sp)) => Some((uaddr, op, sp)),
+        _ => None,
+    };
+    let lock = futex.is_some_and(|(uaddr, op, sp)| {
+        let word = (futex_cmd(op & 0xffff_ffff) == FUTEX_WAIT && !on_own_stack(uaddr, sp))
+            .then(|| word_at(uaddr))
+            .flatten();
+        classify_futex(op, word) == FutexWait::Lock
     });
-    let (arg0, arg1) = (args.next().flatten(), args.next().flatten());
-    let fdless = match (arg0, arg1) {
+    let fdless = match (f[0], f[1]) {
         (Some(a0), Some(a1)) => stallscope_common::is_fdless_wait(nr, a0, a1),
         _ => false,
     };
