@@ -397,6 +397,16 @@ fn switch_out(
             ..ThreadState::default()
         },
     };
+    let prev: *const u8 = ctx.arg(1);
+    // The interval before this one first, under its own class, syscall and stack.
+    if st.on_ts != 0 {
+        st.oncpu_ns += now.saturating_sub(st.on_ts);
+    } else if st.off_ts != 0 {
+        // Out twice in a row: the switch-in between was not seen.
+        recover_missed_switch_in(tid, &mut st, prev, now, cfg);
+    } else if st.first_out_ts == 0 {
+        st.first_out_ts = now;
+    }
     st.syscall = current_syscall();
     st.class = if preempt || state == 0 {
         wait_class::RUNNABLE
@@ -407,15 +417,6 @@ fn switch_out(
     } else {
         syscall_class(&st)
     };
-    let prev: *const u8 = ctx.arg(1);
-    if st.on_ts != 0 {
-        st.oncpu_ns += now.saturating_sub(st.on_ts);
-    } else if st.off_ts != 0 {
-        // Out twice in a row: the switch-in between was not seen.
-        recover_missed_switch_in(tid, &mut st, prev, now, cfg);
-    } else if st.first_out_ts == 0 {
-        st.first_out_ts = now;
-    }
     st.off_exec_ns = task_u64(prev, offsets().task_sum_exec_runtime);
     st.on_ts = 0;
     st.off_ts = now;
