@@ -589,9 +589,7 @@ async fn window(
     };
     if wants(ProfileKind::Offcpu) {
         offcpu_records = collector.offcpu_records()?;
-        let mut open = collector.open_intervals()?;
-        let end_stacks = end_views.iter().map(|v| (v.tid, v.user.clone())).collect();
-        profiles::fill_deferred_stacks(&mut open, &end_stacks);
+        let open = collector.open_intervals()?;
         offcpu_records.extend(profiles::close_open_intervals(
             &open,
             end_ts,

@@ -127,38 +127,10 @@ pub fn cpu_profile(records: &[CpuRecord], frequency: u64, w: &Window) -> RawProf
     })
 }
 
-/// Gives the intervals whose user stack was deferred to the end of a futex call that had not
-/// come (`stack_deferred`) the stack the last look at the threads read (`end_stacks`, by tid,
-/// leaf first): the thread was in that call then. A thread that was running then keeps a lost
-/// stack.
-pub fn fill_deferred_stacks(open: &mut [OpenInterval], end_stacks: &HashMap<u32, Vec<u64>>) {
-    for o in open.iter_mut().filter(|o| o.stack_deferred) {
-        o.user = match end_stacks.get(&o.tid) {
-            Some(frames) if !frames.is_empty() => StackPart::Frames(frames.clone()),
-            _ => StackPart::Lost,
-        };
-    }
-}
-
 /// Closes intervals still open when the capture ended at `end_ts` (ktime), splitting a woken
-/// thread's interval into its wait and its run-queue time, as the kernel side does, and
-/// records the kept intervals that were still waiting for their stack.
+/// thread's interval into its wait and its run-queue time, as the kernel side does.
 pub fn close_open_intervals(open: &[OpenInterval], end_ts: u64, min_ns: u64) -> Vec<OffcpuRecord> {
     let mut out = Vec::new();
-    for o in open {
-        for &(class, count, ns) in &o.pending {
-            out.push(OffcpuRecord {
-                tgid: o.tgid,
-                tid: o.tid,
-                class,
-                syscall: -1,
-                user: o.user.clone(),
-                kernel: StackPart::Frames(Vec::new()),
-                count,
-                total_ns: ns,
-            });
-        }
-    }
     let mut push = |o: &OpenInterval, class: u32, ns: u64| {
         if ns >= min_ns.max(1) {
             out.push(OffcpuRecord {
@@ -471,8 +443,6 @@ mod tests {
             wake_ts: 150,
             user: StackPart::Frames(vec![1]),
             kernel: StackPart::Frames(vec![]),
-            stack_deferred: false,
-            pending: Vec::new(),
         };
         let r = close_open_intervals(std::slice::from_ref(&o), 170, 0);
         assert_eq!(r.len(), 2);
@@ -482,48 +452,6 @@ mod tests {
         let r = close_open_intervals(&[not_woken], 170, 0);
         assert_eq!((r[0].class, r[0].total_ns), (wait_class::FUTEX, 70));
         assert!(close_open_intervals(&r_open(), 170, 100).is_empty());
-    }
-
-    #[test]
-    fn deferred_stacks_come_from_the_last_look_and_pending_waits_are_recorded() {
-        let mut open = vec![
-            OpenInterval {
-                tid: 5,
-                tgid: 1,
-                class: wait_class::FUTEX,
-                syscall: 202,
-                off_ts: 100,
-                wake_ts: 0,
-                user: StackPart::Lost,
-                kernel: StackPart::Frames(vec![]),
-                stack_deferred: true,
-                pending: vec![(wait_class::RUNNABLE, 3, 300_000)],
-            },
-            OpenInterval {
-                tid: 6,
-                off_ts: 0,
-                stack_deferred: true,
-                pending: vec![(wait_class::FUTEX, 1, 100_000)],
-                ..r_open().remove(0)
-            },
-        ];
-        let looks = std::collections::HashMap::from([(5, vec![0x10, 0x20])]);
-        fill_deferred_stacks(&mut open, &looks);
-        assert_eq!(open[0].user, StackPart::Frames(vec![0x10, 0x20]));
-        assert_eq!(open[1].user, StackPart::Lost, "running at the last look");
-        let r = close_open_intervals(&open, 170, 0);
-        let got: Vec<_> = r
-            .iter()
-            .map(|r| (r.tid, r.class, r.count, r.total_ns, r.user.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (5, wait_class::RUNNABLE, 3, 300_000, open[0].user.clone()),
-                (6, wait_class::FUTEX, 1, 100_000, StackPart::Lost),
-                (5, wait_class::FUTEX, 1, 70, open[0].user.clone()),
-            ]
-        );
     }
 
     fn r_open() -> Vec<OpenInterval> {
@@ -536,8 +464,6 @@ mod tests {
             wake_ts: 0,
             user: StackPart::Lost,
             kernel: StackPart::Lost,
-            stack_deferred: false,
-            pending: Vec::new(),
         }]
     }
 

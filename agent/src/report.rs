@@ -474,8 +474,8 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
     ];
     if c.offcpu_switch_out > 0 || c.block_events_seen > 0 {
         v.push(format!(
-            "off-cpu: {} switch-outs, {} intervals recorded ({} with the stack taken at the futex call's end), {} left out by --offcpu-rate sampling, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}; switches missed {}; program runs skipped by the kernel {}",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_deferred, c.offcpu_sampled_out, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full, c.switch_missed, c.prog_runs_missed
+            "off-cpu: {} switch-outs, {} intervals recorded, {} left out by --offcpu-rate sampling, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}; switches missed {}; program runs skipped by the kernel {}",
+            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_sampled_out, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full, c.switch_missed, c.prog_runs_missed
         ));
         v.push(format!(
             "block: {} futex waits seen, {} recorded after in-kernel rate sampling",

@@ -51,45 +51,6 @@ pub fn check_privileges() -> Result<(), Error> {
     }
 }
 
-/// Where tracefs is mounted, per the text of /proc/mounts.
-pub fn tracefs_mount(mounts: &str) -> Option<&str> {
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "tracefs").then_some(dir)
-    })
-}
-
-/// Mounts tracefs at /sys/kernel/tracing unless it is mounted somewhere: the per-syscall
-/// tracepoints are attached by their tracefs id, and a fresh machine may have none mounted.
-pub fn ensure_tracefs() -> Result<(), Error> {
-    let mounts = std::fs::read_to_string("/proc/mounts")
-        .map_err(|e| Error::Internal(format!("reading /proc/mounts: {e}")))?;
-    if tracefs_mount(&mounts).is_some() {
-        return Ok(());
-    }
-    let dir = c"/sys/kernel/tracing";
-    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            dir.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Error::Attach(format!(
-            "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {e}; mount it \
-             (mount -t tracefs nodev /sys/kernel/tracing) and run the agent again"
-        )));
-    }
-    tracing::info!("mounted tracefs at /sys/kernel/tracing (the syscall tracepoints need it)");
-    Ok(())
-}
-
 /// Checks the kernel exposes BTF (needed for CO-RE and BTF tracepoints).
 pub fn check_btf() -> Result<(), Error> {
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -292,14 +253,6 @@ mod tests {
         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
         let r = unwritable_reason(Path::new("/proc"), &e);
         assert!(r.contains("proc, a kernel pseudo-filesystem"), "{r}");
-    }
-
-    #[test]
-    fn tracefs_is_found_in_proc_mounts() {
-        let none = "proc /proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n";
-        assert_eq!(tracefs_mount(none), None);
-        let some = format!("{none}nodev /sys/kernel/tracing tracefs rw,relatime 0 0\n");
-        assert_eq!(tracefs_mount(&some), Some("/sys/kernel/tracing"));
     }
 
     #[test]

@@ -111,6 +111,48 @@ fn a_killed_agent_leaves_nothing_attached_and_the_target_runs_on() {
     );
 }
 
+/// With every profile on, the agent runs programs on the scheduler's BTF tracepoints and the
+/// CPU sampler only: no syscall tracepoint, raw or per-syscall. Enabling even one sends every
+/// syscall of every process on the machine through the kernel's tracing slow path (+70 ns a
+/// call measured here, BENCHMARKS.md), which the futex hooks of an earlier design cost.
+#[test]
+fn every_profile_hooks_the_scheduler_not_the_syscalls() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let out = TempDir::new("stallscope-hooks");
+    let (mut agent, _stderr) =
+        attach_in_background(&w, out.path(), "cpu,offcpu,block,mutex", "60s");
+    std::thread::sleep(Duration::from_millis(500));
+    let (progs, _links) = bpf_ids(agent.id());
+    let mut seen = Vec::new();
+    for id in &progs {
+        let o = Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bpftool JSON");
+        let kind = v["type"].as_str().unwrap_or("?").to_string();
+        let name = v["name"].as_str().unwrap_or("?").to_string();
+        seen.push(format!("{name} ({kind})"));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let hooked: Vec<&String> = seen
+        .iter()
+        .filter(|p| !p.ends_with("(tracing)") && !p.ends_with("(perf_event)"))
+        .collect();
+    assert!(
+        hooked.is_empty() && seen.iter().any(|p| p.starts_with("sched_switch")),
+        "programs other than BTF tracepoints and the sampler: {hooked:?} (all: {seen:?})"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|p| p.contains("sys_e") || p.contains("futex")),
+        "a syscall hook: {seen:?}"
+    );
+}
+
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct SmallFs {
     dir: TempDir,

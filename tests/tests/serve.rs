@@ -157,7 +157,7 @@ fn metrics_promtool_prometheus_and_dashboard() {
     );
     assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
     // --bpf-stats: the programs' run time was measured during the windows.
-    for prog in ["cpu_sample", "futex_enter"] {
+    for prog in ["cpu_sample", "sched_waking"] {
         let labels = [("program", prog)];
         let runs = sample(&text, "stallscope_bpf_program_runs_total", &labels).unwrap();
         let secs = sample(&text, "stallscope_bpf_program_run_seconds_total", &labels).unwrap();

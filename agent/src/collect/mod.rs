@@ -10,21 +10,19 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{
-        PerfEvent, Program, ProgramError,
+        PerfEvent, Program,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
         tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId,
     },
     util::online_cpus,
 };
 use stallscope_common::{
     BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, EXIT_TRACKED,
     FirstSeen, KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue,
-    PENDING_RUNQ, PENDING_WAIT, ProcMappings, RunqKey, STACK_LOST, THREAD_STACK_DEFERRED,
-    ThreadExit, ThreadState, USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, UnwindRow,
-    UserStack, WalkCacheEntry, WalkCacheKey, runq_bucket_low, wait_class,
+    ProcMappings, RunqKey, STACK_LOST, ThreadExit, ThreadState, USER_STACK_LOST, USER_STACK_NONE,
+    USER_STACK_NOT_STARTED, UnwindRow, UserStack, WalkCacheEntry, WalkCacheKey, runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -36,11 +34,6 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// counts at least one (its weight is ≥ 1), so no recorded count rounds to zero.
 fn unscale(count_scaled: u64) -> u64 {
     (count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE
-}
-
-/// A program's failure to load, with the verifier's log when there is one.
-fn bpf_load(prog_name: &str, hook: Hook, e: ProgramError) -> Error {
-    Error::BpfLoad(format!("{prog_name} ({}): {e:#}", hook.describe()))
 }
 
 /// Kernel-side event and loss counters, summed over CPUs.
@@ -58,7 +51,6 @@ pub struct Counters {
     /// Off-CPU intervals left out by `--offcpu-rate` sampling (the kept ones carry weights).
     pub offcpu_sampled_out: u64,
     /// Kept intervals whose user stack was taken at the end of their futex call.
-    pub offcpu_deferred: u64,
     pub thread_map_full: u64,
     pub block_events_seen: u64,
     pub block_events_recorded: u64,
@@ -168,12 +160,6 @@ pub struct OpenInterval {
     pub wake_ts: u64,
     pub user: StackPart,
     pub kernel: StackPart,
-    /// The user stack was to be taken at the end of the thread's futex call, which had not
-    /// come when the window closed: `user` is to be filled from the last look at the threads.
-    pub stack_deferred: bool,
-    /// Kept intervals of that futex call still waiting for its stack: (class, estimated count,
-    /// weighted ns).
-    pub pending: Vec<(u32, u64, u64)>,
 }
 
 /// Wall time on CPU of one thread as the probes measured it (`ThreadState`).
@@ -235,45 +221,22 @@ pub const FILL_MAPS: [&str; 8] = [
     "USER_STACKS",
 ];
 
-/// The kernel programs behind the off-CPU, block and mutex profiles, and what each attaches to.
-const OFFCPU_PROGRAMS: [(&str, Hook); 5] = [
-    ("sched_switch", Hook::Tracepoint("sched_switch")),
-    ("sched_wakeup", Hook::Tracepoint("sched_wakeup")),
-    ("sched_wakeup_new", Hook::Tracepoint("sched_wakeup_new")),
-    ("futex_enter", Hook::Syscall("sys_enter_futex")),
-    ("futex_exit", Hook::Syscall("sys_exit_futex")),
+/// The kernel programs behind the off-CPU, block and mutex profiles, and the BTF tracepoint
+/// each attaches to. No syscall is hooked: enabling even one syscall tracepoint sends every
+/// syscall of every process on the machine through the kernel's tracing slow path (measured
+/// +70 ns per call on this project's machines), and fentry on `__x64_sys_*` is refused by
+/// kernels under lockdown (EPERM).
+const OFFCPU_PROGRAMS: [(&str, &str); 3] = [
+    ("sched_switch", "sched_switch"),
+    ("sched_waking", "sched_waking"),
+    ("sched_wakeup_new", "sched_wakeup_new"),
 ];
-
-/// Where a kernel program attaches: a BTF tracepoint, or one syscall's tracepoint
-/// (`syscalls:sys_enter_*`/`sys_exit_*`: only that syscall runs the program, where a
-/// `raw_syscalls` hook runs for every syscall of every process). fentry on `__x64_sys_*` would
-/// be cheaper still, but kernels under lockdown (this project's machines) refuse it (EPERM).
-#[derive(Clone, Copy)]
-enum Hook {
-    Tracepoint(&'static str),
-    Syscall(&'static str),
-}
-
-impl Hook {
-    fn describe(self) -> String {
-        match self {
-            Hook::Tracepoint(tp) => format!("BTF tracepoint {tp}"),
-            Hook::Syscall(tp) => format!("tracepoint syscalls:{tp}"),
-        }
-    }
-}
-
-/// A link of an attached kernel program.
-enum HookLink {
-    Tracepoint(BtfTracePointLinkId),
-    Syscall(TracePointLinkId),
-}
 
 /// The loaded BPF programs and their maps, plus the links of what is attached now.
 pub struct Collector {
     ebpf: Ebpf,
     cpu_links: Vec<PerfEventLinkId>,
-    tp_links: Vec<(&'static str, HookLink)>,
+    tp_links: Vec<(&'static str, BtfTracePointLinkId)>,
     stacks: StackTraceMap<MapData>,
     btf: Option<Btf>,
 }
@@ -454,8 +417,8 @@ impl Collector {
             }
         }
         if offcpu {
-            for (prog_name, hook) in OFFCPU_PROGRAMS {
-                self.load_hooked(prog_name, hook)?;
+            for (prog_name, tp) in OFFCPU_PROGRAMS {
+                self.load_hooked(prog_name, tp)?;
             }
         }
         Ok(())
@@ -512,23 +475,16 @@ impl Collector {
             .map_err(|e| Error::Internal(format!("writing CONFIG: {e}")))
     }
 
-    /// Attaches the scheduler and syscall tracepoints behind the off-CPU and block profiles
-    /// (BTF tracepoints: no tracefs needed). What they record is chosen by [`Self::set_config`].
+    /// Attaches the scheduler tracepoints behind the off-CPU, block and mutex profiles (BTF
+    /// tracepoints: no tracefs needed). What they record is chosen by [`Self::set_config`].
     pub fn start_offcpu(&mut self) -> Result<(), Error> {
         self.load_programs(false, true)?;
-        crate::system::ensure_tracefs()?;
-        for (prog_name, hook) in OFFCPU_PROGRAMS {
-            let attached = self.program(prog_name).and_then(|prog| {
-                let link = match (hook, prog) {
-                    (Hook::Tracepoint(_), Program::BtfTracePoint(p)) => {
-                        p.attach().map(HookLink::Tracepoint)
-                    }
-                    (Hook::Syscall(tp), Program::TracePoint(p)) => {
-                        p.attach("syscalls", tp).map(HookLink::Syscall)
-                    }
-                    _ => return Err(Error::Internal(format!("{prog_name}: unexpected type"))),
-                };
-                link.map_err(|e| Error::Attach(format!("{}: {e:#}", hook.describe())))
+        for (prog_name, tp) in OFFCPU_PROGRAMS {
+            let attached = self.program(prog_name).and_then(|prog| match prog {
+                Program::BtfTracePoint(p) => p
+                    .attach()
+                    .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}"))),
+                _ => Err(Error::Internal(format!("{prog_name}: unexpected type"))),
             })?;
             self.tp_links.push((prog_name, attached));
         }
@@ -536,7 +492,7 @@ impl Collector {
     }
 
     /// Loads (verifies) one of [`OFFCPU_PROGRAMS`] against the kernel's BTF, unless loaded.
-    fn load_hooked(&mut self, prog_name: &'static str, hook: Hook) -> Result<(), Error> {
+    fn load_hooked(&mut self, prog_name: &'static str, tp: &'static str) -> Result<(), Error> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| {
                 Error::BpfLoad(format!(
@@ -549,28 +505,19 @@ impl Collector {
             .ebpf
             .program_mut(prog_name)
             .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?;
-        let loaded = match (hook, prog) {
-            (Hook::Tracepoint(tp), Program::BtfTracePoint(p)) => {
-                p.fd().is_ok() || {
-                    p.load(tp, btf).map_err(|e| bpf_load(prog_name, hook, e))?;
-                    true
+        match prog {
+            Program::BtfTracePoint(p) => {
+                if p.fd().is_err() {
+                    p.load(tp, btf).map_err(|e| {
+                        Error::BpfLoad(format!("{prog_name} (BTF tracepoint {tp}): {e:#}"))
+                    })?;
                 }
+                Ok(())
             }
-            (Hook::Syscall(_), Program::TracePoint(p)) => {
-                p.fd().is_ok() || {
-                    p.load().map_err(|e| bpf_load(prog_name, hook, e))?;
-                    true
-                }
-            }
-            _ => false,
-        };
-        if !loaded {
-            return Err(Error::Internal(format!(
-                "{prog_name}: not the program type {} needs",
-                hook.describe()
-            )));
+            _ => Err(Error::Internal(format!(
+                "{prog_name}: not a BTF tracepoint program"
+            ))),
         }
-        Ok(())
     }
 
     fn program(&mut self, prog_name: &str) -> Result<&mut Program, Error> {
@@ -585,9 +532,8 @@ impl Collector {
             let Some(prog) = self.ebpf.program_mut(prog_name) else {
                 continue;
             };
-            let r = match (prog, link) {
-                (Program::BtfTracePoint(p), HookLink::Tracepoint(l)) => p.detach(l),
-                (Program::TracePoint(p), HookLink::Syscall(l)) => p.detach(l),
+            let r = match prog {
+                Program::BtfTracePoint(p) => p.detach(link),
                 _ => continue,
             };
             if let Err(e) = r {
@@ -618,7 +564,6 @@ impl Collector {
             offcpu_recorded: read(Counter::OffcpuRecorded)?,
             offcpu_below_min: read(Counter::OffcpuBelowMin)?,
             offcpu_sampled_out: read(Counter::OffcpuSampledOut)?,
-            offcpu_deferred: read(Counter::OffcpuDeferred)?,
             thread_map_full: read(Counter::ThreadMapFull)?,
             block_events_seen: read(Counter::BlockEventsSeen)?,
             block_events_recorded: read(Counter::BlockEventsRecorded)?,
@@ -748,21 +693,10 @@ impl Collector {
         let mut out = Vec::new();
         for entry in map.iter() {
             let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
-            let stack_deferred = st.flags & THREAD_STACK_DEFERRED != 0;
-            let pending: Vec<(u32, u64, u64)> = [
-                (wait_class::FUTEX, st.pending[PENDING_WAIT]),
-                (wait_class::RUNNABLE, st.pending[PENDING_RUNQ]),
-            ]
-            .into_iter()
-            .filter(|(_, p)| stack_deferred && p.count_scaled > 0)
-            .map(|(class, p)| (class, unscale(p.count_scaled), p.ns))
-            .collect();
-            if st.off_ts == 0 && pending.is_empty() {
+            if st.off_ts == 0 {
                 continue;
             }
             out.push(OpenInterval {
-                stack_deferred,
-                pending,
                 tid,
                 tgid: st.tgid,
                 class: st.class,
@@ -921,10 +855,8 @@ impl Collector {
             let program = match name {
                 "cpu_sample" => "cpu_sample",
                 "sched_switch" => "sched_switch",
-                "sched_wakeup" => "sched_wakeup",
+                "sched_waking" => "sched_waking",
                 "sched_wakeup_new" => "sched_wakeup_new",
-                "futex_enter" => "futex_enter",
-                "futex_exit" => "futex_exit",
                 _ => continue,
             };
             out.push(ProgramStats {

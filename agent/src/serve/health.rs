@@ -37,13 +37,11 @@ const DROPS: [&str; 10] = [
     "switch_missed",
     "prog_runs_skipped",
 ];
-const PROGRAMS: [&str; 6] = [
+const PROGRAMS: [&str; 4] = [
     "cpu_sample",
     "sched_switch",
-    "sched_wakeup",
+    "sched_waking",
     "sched_wakeup_new",
-    "futex_enter",
-    "futex_exit",
 ];
 /// `reason` label values of stallscope_profile_rejected_total.
 pub const REJECTIONS: [&str; 10] = [

@@ -85,9 +85,7 @@ pub enum Counter {
     /// Off-CPU intervals left out by the duration-weighted sampling (`--offcpu-rate`), on
     /// purpose: the kept ones carry their weight.
     OffcpuSampledOut = 25,
-    /// Kept off-CPU intervals whose user stack is taken at the end of their futex call
-    /// (deferred walk) rather than at the switch-out.
-    OffcpuDeferred = 26,
+    // 26 was the deferred futex-call stacks, gone with the futex hooks.
     /// A target thread's switch-in or switch-out was not seen (the thread was found switching
     /// in twice, or out twice, in a row, or exiting without ever being seen switched in): the
     /// time between is missing from the off-CPU profile and from its thread's accounting.
@@ -188,24 +186,20 @@ pub struct ThreadState {
     pub off_ts: u64,
     /// ktime when it was woken while off CPU (0: not woken yet).
     pub wake_ts: u64,
-    /// ktime when the current syscall began (0: none tracked).
-    pub sys_enter_ts: u64,
-    /// First syscall argument of the current syscall (the futex address for futex calls).
+    /// The futex word of the wait in progress (valid with `THREAD_FUTEX_WAIT`).
     pub sys_arg0: u64,
     /// User stack at switch-out (handle into `USER_STACKS`).
     pub user_stack: u64,
     pub tgid: u32,
     /// Current syscall number, or `NO_SYSCALL`.
     pub syscall: i32,
-    /// Second syscall argument (the futex op for futex calls).
+    /// The futex operation of the wait in progress (valid with `THREAD_FUTEX_WAIT`).
     pub sys_arg1: u32,
     /// Class of the current off-CPU interval (`wait_class::*`).
     pub class: u32,
     pub kernel_stack: i32,
     /// `THREAD_*` flags.
     pub flags: u32,
-    /// User stack taken during the current futex call (valid with `THREAD_SYS_STACK`).
-    pub sys_stack: u64,
     /// ktime of its last switch-in seen (0: not seen since the state was made).
     pub on_ts: u64,
     /// Wall time on CPU between the switch-ins and switch-outs seen, ns. It includes time the
@@ -214,39 +208,17 @@ pub struct ThreadState {
     /// ktime of the first switch-out not preceded by a switch-in seen (the agent adds the time
     /// on CPU before it: from the window's start or the thread's first switch-in).
     pub first_out_ts: u64,
-    /// Kept off-CPU intervals of the current futex call still waiting for its user stack
-    /// (`THREAD_STACK_DEFERRED`): the wait itself (class `FUTEX`) and the run-queue time
-    /// after its wakeups (class `RUNNABLE`). Recorded at the call's end (`futex_exit`); the
-    /// agent records what is still here when the window ends.
-    pub pending: [PendingWait; 2],
     /// Its CPU time (`se.sum_exec_runtime`) at `off_ts`: when its next switch-in is not shown
     /// to the probes, the CPU time it used since tells how much of the time since `off_ts`
     /// it ran, and the rest is the wait.
     pub off_exec_ns: u64,
 }
 
-/// Sampled off-CPU time waiting for its stack: count × `BLOCK_COUNT_SCALE` and weighted ns.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingWait {
-    pub count_scaled: u64,
-    pub ns: u64,
-}
-
-/// `ThreadState::pending` slot of the wait (class `FUTEX`).
-pub const PENDING_WAIT: usize = 0;
-/// `ThreadState::pending` slot of the run-queue time (class `RUNNABLE`).
-pub const PENDING_RUNQ: usize = 1;
-
 /// The thread's current futex wait was counted as a waiter in `LOCKS`.
 pub const THREAD_LOCK_WAITER: u32 = 1;
-/// `ThreadState::sys_stack` holds the user stack of the current syscall.
-pub const THREAD_SYS_STACK: u32 = 2;
-/// The thread is inside a futex call the `futex_enter`/`futex_exit` programs follow.
-pub const THREAD_IN_FUTEX: u32 = 4;
-/// The current off-CPU interval's user stack is not taken yet: it will be, at the end of the
-/// futex call, if the sampling keeps the interval (`ThreadState::pending`).
-pub const THREAD_STACK_DEFERRED: u32 = 8;
+/// The thread is blocked in a futex wait since its switch-out (`sys_arg0` is the word), until
+/// its wakeup.
+pub const THREAD_FUTEX_WAIT: u32 = 4;
 
 /// Key of the off-CPU aggregation map.
 #[repr(C)]

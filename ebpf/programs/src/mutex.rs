@@ -4,6 +4,9 @@
 //! over the waiters blocked while it held the lock, of their waiting time in that span; the span
 //! ends when the holder releases the lock by waking a waiter (`FUTEX_WAKE`, `FUTEX_WAKE_BITSET`,
 //! `FUTEX_WAKE_OP`, `FUTEX_UNLOCK_PI`), and its delay is charged to the releasing thread's stack.
+//! All of it is seen from the scheduler: a waiter begins when it switches out blocked in a
+//! futex wait, and ends when it is woken; the waker, current at that wakeup, is the releaser
+//! when its own registers say it is in a futex call waking that word.
 //! So a slow holder that makes three threads queue is charged for all three waits, not the
 //! innocent fast holder that happens to perform the next wake-up.
 //!
@@ -64,8 +67,9 @@ fn add_value(map: &HashMap<MutexKey, MutexValue>, key: &MutexKey, count_n: u64, 
     }
 }
 
-/// A target thread starts waiting on the futex word `uaddr`. Returns whether it was counted
-/// (its end must then be reported with [`wait_end`]).
+/// A target thread blocks waiting on the futex word `uaddr` (at its switch-out). Returns
+/// whether it was counted (its end must then be reported with [`wait_end`] or
+/// [`waiter_done`]).
 #[inline(always)]
 pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
     let key = LockKey {
@@ -95,11 +99,9 @@ pub fn wait_begin(tgid: u32, uaddr: u64, now: u64) -> bool {
     true
 }
 
-/// A counted waiter stops waiting (woken, timed out or interrupted) after `waited` ns. Returns
-/// the weighted (count, wait) to record on the waiter side ([`record_waiter`]), or `None` when
-/// the sampling skips it.
+/// A counted waiter of `uaddr` stops waiting at `now`: its end in the word's waiter sums.
 #[inline(always)]
-pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) -> Option<(u64, u64)> {
+pub fn waiter_done(tgid: u32, uaddr: u64, now: u64) {
     let key = LockKey {
         tgid,
         _pad: 0,
@@ -114,16 +116,24 @@ pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) -> O
             xadd(&raw mut (*p).sum_end, now);
         }
     }
+}
+
+/// A counted waiter is woken (by a release, a timeout or a signal) after `waited` ns. Returns
+/// the weighted (count, wait) to record on the waiter side ([`record_waiter`]), or `None` when
+/// the sampling skips it.
+#[inline(always)]
+pub fn wait_end(cfg: &Config, tgid: u32, uaddr: u64, now: u64, waited: u64) -> Option<(u64, u64)> {
+    waiter_done(tgid, uaddr, now);
     sample(cfg, waited)
 }
 
-/// Records a kept wait on `uaddr` (weighted count and ns, from [`wait_end`]) under the
-/// waiter's stack (`LOCK_WAITERS`).
+/// Records a kept wait of thread `tid` on `uaddr` (weighted count and ns, from [`wait_end`])
+/// under the waiter's stack (`LOCK_WAITERS`).
 #[inline(always)]
-pub fn record_waiter(tgid: u32, uaddr: u64, user_stack: u64, kept: (u64, u64)) {
+pub fn record_waiter(tgid: u32, tid: u32, uaddr: u64, user_stack: u64, kept: (u64, u64)) {
     let k = MutexKey {
         tgid,
-        tid: aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32,
+        tid,
         uaddr,
         user_stack,
     };
@@ -151,8 +161,10 @@ fn waiter_time(st: &LockState, now: u64) -> u64 {
         .wrapping_add(n_start.wrapping_sub(n_end).wrapping_mul(now))
 }
 
-/// A target thread wakes waiters of `uaddr`: it ends the span; charge the waiting time
-/// accumulated since the last release to its stack (`stack`, taken only when recorded).
+/// The current thread (a target's) wakes a waiter of `uaddr`: it ends the span; charge the
+/// waiting time accumulated since the last release to its stack (`stack`, taken only when
+/// recorded). One wake call that wakes several waiters ends the span at the first; the next
+/// ones find little or nothing more to charge.
 #[inline(always)]
 pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce() -> u64) {
     let key = LockKey {

@@ -1,37 +1,35 @@
-//! Off-CPU and block profiles.
+//! Off-CPU, block and mutex-profile events, all from the scheduler's tracepoints: no syscall
+//! is hooked.
 //!
 //! - `sched_switch` (BTF tracepoint; current == prev): a target thread leaving the CPU gets its
-//!   switch-out time, stacks and wait class stored in `THREADS` (keyed by tid, not per-CPU);
-//!   the thread coming in (`next`) closes its interval into `OFFCPU`.
-//! - `sched_wakeup`: the time a sleeping thread became runnable, so the interval splits into
-//!   the wait itself and the run-queue latency after it (`runnable`).
-//! - `futex_enter`/`futex_exit` (`syscalls:sys_enter_futex`/`sys_exit_futex`): the mutex profile's
-//!   waits and wakes, the block profile (sampled in the kernel with Go's `SetBlockProfileRate`
-//!   semantics), and the user stack of the futex waits the off-CPU sampling kept. No other
-//!   syscall is hooked: the class of a thread's wait comes from its saved user registers at
-//!   the switch-out (`current_syscall`).
+//!   switch-out time, user stack and wait class stored in `THREADS` (keyed by tid, not
+//!   per-CPU); the thread coming in (`next`) closes its interval into `OFFCPU`. The class of a
+//!   wait comes from the thread's saved user registers (`current_syscall`), and a futex wait's
+//!   word and operation too (`futex_wait_begins`).
+//! - `sched_waking` (current is the waker): the time a sleeping thread was woken, so the
+//!   interval splits into the wait itself and the run-queue latency after it (`runnable`). A
+//!   futex wait ends here: the block profile (sampled in the kernel with Go's
+//!   `SetBlockProfileRate` semantics) and the mutex profile's waiter side, and its release
+//!   side when the waker is waking that word (`futex_woken`).
 //! - A target thread's last switch-out (`TASK_DEAD`) moves its state from `THREADS` to
 //!   `EXITED`, for the window's accounting.
 //!
 //! Off-CPU intervals are sampled like the block profile (`Config::offcpu_rate_ns`): an
-//! interval of `d` is kept with probability min(1, d/rate) and weighted max(d, rate). A wait
-//! inside a futex call gets its user stack only if it is kept, once, at the call's end (the
-//! user registers cannot change before it returns); other waits take it at the switch-out.
+//! interval of `d` is kept with probability min(1, d/rate) and weighted max(d, rate). Every
+//! switch-out takes the user stack (the walk cache makes a repeated one cheap): no later hook
+//! runs in the thread's own context to take it once the wait's length is known.
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::BtfTracePointContext,
 };
 use stallscope_common::{
     AGG_MAP_ENTRIES, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config,
-    Counter, EXIT_TRACKED, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue,
-    PENDING_RUNQ, PENDING_WAIT, PendingWait, RunqKey, STACK_NONE, THREAD_IN_FUTEX,
-    THREAD_LOCK_WAITER, THREAD_STACK_DEFERRED, THREAD_SYS_STACK, ThreadExit, ThreadState,
-    USER_STACK_LOST, USER_STACK_NONE, USER_STACK_NOT_STARTED, is_fdless_wait, runq_bucket,
-    wait_class,
+    Counter, EXIT_TRACKED, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey,
+    STACK_NONE, THREAD_FUTEX_WAIT, THREAD_LOCK_WAITER, ThreadExit, ThreadState, USER_STACK_NONE,
+    USER_STACK_NOT_STARTED, is_fdless_wait, runq_bucket, wait_class,
 };
 
 use crate::{
@@ -116,6 +114,7 @@ const TASK_NOLOAD: u32 = 0x400;
 const SYS_FDLESS_WAIT: i32 = -2;
 
 const PT_REGS_R11: usize = 48;
+const PT_REGS_R8: usize = 72;
 const PT_REGS_AX: usize = 80;
 const PT_REGS_CX: usize = 88;
 const PT_REGS_SI: usize = 104;
@@ -123,10 +122,6 @@ const PT_REGS_DI: usize = 112;
 const PT_REGS_ORIG_AX: usize = 120;
 const PT_REGS_IP: usize = 128;
 const PT_REGS_FLAGS: usize = 144;
-
-// The records of the syscalls:sys_enter_* tracepoints: the arguments from offset 16, 8 bytes each.
-const SYS_ENTER_ARG0: usize = 16;
-const SYS_ENTER_ARG1: usize = 24;
 
 const ENOSYS: u64 = 38;
 /// Beyond every x86-64 syscall number: larger `orig_ax` values are not syscalls.
@@ -160,15 +155,6 @@ fn task_tgid(task: *const u8) -> u32 {
     let off = offsets().task_tgid as usize;
     // SAFETY: as in `task_pid`.
     unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }
-}
-
-/// The current thread's (tgid, tid), read from its task_struct: `bpf_get_current_task_btf` is
-/// inlined by the JIT (a per-CPU load) where `bpf_get_current_pid_tgid` is a call.
-#[inline(always)]
-fn current_ids() -> (u32, u32) {
-    // SAFETY: helper without arguments; returns the BTF-typed current task.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    (task_tgid(task), task_pid(task))
 }
 
 /// Whether `task` belongs to a target process, without touching the thread table.
@@ -243,24 +229,6 @@ fn current_syscall() -> i32 {
     nr as i32
 }
 
-/// The current thread's user stack. In a futex call it is taken once and kept for the rest of
-/// the call (a futex call's user registers cannot change before it returns): the switch-out,
-/// the mutex profile and the block profile of one wait share one look-up.
-#[inline(always)]
-/// Each program calls it from one place only: every inlined copy of the unwinder is verified
-/// again, which is what loading time grows with.
-fn syscall_stack(tgid: u32, st: &mut ThreadState) -> u64 {
-    if st.flags & THREAD_SYS_STACK != 0 {
-        return st.sys_stack;
-    }
-    let h = user_stack_handle::<SLOT_TRACEPOINT>(tgid);
-    if st.flags & THREAD_IN_FUTEX != 0 {
-        st.sys_stack = h;
-        st.flags |= THREAD_SYS_STACK;
-    }
-    h
-}
-
 /// Adds a kept interval (`count_scaled`, weighted `ns`) under the thread's current stacks.
 #[inline(always)]
 fn record(tid: u32, class: u32, st: &ThreadState, count_scaled: u64, ns: u64) {
@@ -292,10 +260,10 @@ fn record_key(key: OffcpuKey, count_scaled: u64, ns: u64) {
     }
 }
 
-/// The sampling decision for an interval of `ns` of class `class` that just ended: left out,
-/// recorded, or (its stack deferred) added to the thread's pending waits.
+/// The sampling decision for an interval of `ns` of class `class` that just ended: left out
+/// or recorded.
 #[inline(always)]
-fn interval(tid: u32, class: u32, st: &mut ThreadState, ns: u64, cfg: &Config) {
+fn interval(tid: u32, class: u32, st: &ThreadState, ns: u64, cfg: &Config) {
     if ns < cfg.offcpu_min_ns {
         count(Counter::OffcpuBelowMin);
         return;
@@ -305,18 +273,6 @@ fn interval(tid: u32, class: u32, st: &mut ThreadState, ns: u64, cfg: &Config) {
         return;
     };
     count(Counter::OffcpuRecorded);
-    if st.flags & THREAD_STACK_DEFERRED != 0 {
-        let slot = if class == wait_class::RUNNABLE {
-            PENDING_RUNQ
-        } else {
-            PENDING_WAIT
-        };
-        let p = &mut st.pending[slot];
-        p.count_scaled += n;
-        p.ns += w;
-        count(Counter::OffcpuDeferred);
-        return;
-    }
     record(tid, class, st, n, w);
 }
 
@@ -348,7 +304,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
     let cfg = config();
     let prev_state = ctx.arg::<u64>(3) as u32;
-    if cfg.flags & CONFIG_OFFCPU == 0 {
+    if cfg.flags == 0 {
         if prev_is_target && prev_state & TASK_DEAD != 0 {
             // Not recording: a dying thread's state must not outlive it.
             let _ = THREADS.remove(task_pid(prev));
@@ -386,6 +342,15 @@ fn switch_out(
     now: u64,
     cfg: &Config,
 ) {
+    // The stack first: the verifier walks the unwinder once per distinct state reaching it,
+    // and before the branches below there are few. The off-CPU profile needs it for every
+    // wait; the block and mutex profiles for futex waits only.
+    let syscall = current_syscall();
+    let user_stack = if cfg.flags & CONFIG_OFFCPU != 0 || syscall == SYS_FUTEX {
+        user_stack_handle::<SLOT_TRACEPOINT>(tgid)
+    } else {
+        USER_STACK_NONE
+    };
     let state = prev_state & 0xff_ffff;
     count(Counter::OffcpuSwitchOut);
     let existing = THREADS.get_ptr_mut(tid);
@@ -407,7 +372,7 @@ fn switch_out(
     } else if st.first_out_ts == 0 {
         st.first_out_ts = now;
     }
-    st.syscall = current_syscall();
+    st.syscall = syscall;
     st.class = if preempt || state == 0 {
         wait_class::RUNNABLE
     } else if state & (TASK_STOPPED | TASK_TRACED) != 0 {
@@ -422,22 +387,21 @@ fn switch_out(
     st.off_ts = now;
     st.wake_ts = 0;
     st.tgid = tgid;
-    let in_futex = st.flags & THREAD_IN_FUTEX != 0;
-    if in_futex
-        && st.flags & THREAD_SYS_STACK == 0
-        && (st.class == wait_class::FUTEX || st.class == wait_class::RUNNABLE)
-    {
-        // Taken at the call's end, and only if the sampling keeps this interval.
-        st.flags |= THREAD_STACK_DEFERRED;
-        st.user_stack = USER_STACK_NONE;
-    } else {
-        st.user_stack = syscall_stack(tgid, &mut st);
+    if st.flags & THREAD_LOCK_WAITER != 0 {
+        // Out twice in a wait whose wakeup was not seen: the waiter count balances.
+        mutex::waiter_done(tgid, st.sys_arg0, now);
     }
+    st.flags = 0;
+    if st.class == wait_class::FUTEX && cfg.flags & (CONFIG_BLOCK | CONFIG_MUTEX) != 0 {
+        futex_wait_begins(&mut st, now, cfg);
+    }
+    st.user_stack = user_stack;
     // The kernel stack says something only when the wait class does not already: a thread
     // blocked in futex, poll/epoll or nanosleep is always in that syscall's wait path, and a
     // preempted one in the scheduler's preemption path. Capturing it (the kernel's ORC walk)
     // cost more than everything else in this program together.
     st.kernel_stack = match st.class {
+        _ if cfg.flags & CONFIG_OFFCPU == 0 => STACK_NONE,
         wait_class::FUTEX | wait_class::IO | wait_class::SLEEP | wait_class::RUNNABLE => STACK_NONE,
         _ => kernel_stack(ctx),
     };
@@ -466,6 +430,11 @@ fn switch_in(tid: u32, now: u64, cfg: &Config) {
         count(Counter::SwitchMissed);
     }
     st.on_ts = now;
+    if st.flags & THREAD_LOCK_WAITER != 0 {
+        // Its wakeup was not seen: the lock's waiter count must balance all the same.
+        mutex::waiter_done(st.tgid, st.sys_arg0, now);
+    }
+    st.flags = 0;
     if st.off_ts == 0 {
         // Never seen leaving the CPU (its state came from a syscall entry): nothing to close,
         // but if it was off CPU when the window opened its seeded wait ends here.
@@ -481,6 +450,11 @@ fn switch_in(tid: u32, now: u64, cfg: &Config) {
 fn close_interval(tid: u32, st: &mut ThreadState, in_ts: u64, cfg: &Config) {
     let off = st.off_ts;
     st.off_ts = 0;
+    if cfg.flags & CONFIG_OFFCPU == 0 {
+        // The scheduler programs run for the block and mutex profiles too.
+        st.wake_ts = 0;
+        return;
+    }
     if st.class != wait_class::RUNNABLE && st.wake_ts > off && st.wake_ts <= in_ts {
         // Blocked until the wakeup, then waited in the run queue.
         let blocked = st.wake_ts - off;
@@ -549,11 +523,18 @@ fn first_seen(tid: u32, now: u64, switch_in: bool) {
     }
 }
 
-/// sched_wakeup(struct task_struct *p)
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
+/// sched_waking(struct task_struct *p): a sleeping target thread is being woken. Unlike
+/// `sched_wakeup`, which fires on the woken thread's CPU when the wakeup is queued there (an
+/// IPI, with whatever runs there as current), this one always runs in the waker's context:
+/// the mutex profile's releaser is current here.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
-    if !is_target_task(task) || config().flags & CONFIG_OFFCPU == 0 {
+    if !is_target_task(task) {
+        return 0;
+    }
+    let cfg = config();
+    if cfg.flags == 0 {
         return 0;
     }
     let tid = task_pid(task);
@@ -562,7 +543,11 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
             // SAFETY: live map value.
             let st = unsafe { &mut *p };
             if st.off_ts != 0 && st.wake_ts == 0 {
-                st.wake_ts = unsafe { bpf_ktime_get_ns() };
+                let now = unsafe { bpf_ktime_get_ns() };
+                st.wake_ts = now;
+                if st.flags & THREAD_FUTEX_WAIT != 0 {
+                    futex_woken(tid, st, now, &cfg);
+                }
             }
         }
         None => first_seen(tid, unsafe { bpf_ktime_get_ns() }, false),
@@ -601,170 +586,89 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `syscalls:sys_enter_futex`: the mutex profile's waits and wakes. Every futex call on the
-/// machine runs it; other processes leave after one bitmap look-up. (The per-syscall
-/// tracepoint rather than fentry on `__x64_sys_futex`: the kernels this runs on may refuse
-/// fentry programs, as lockdown does here.)
-#[tracepoint(category = "syscalls", name = "sys_enter_futex")]
-pub fn futex_enter(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return 0;
-    }
-    // Attached but not recording (the window is opening or closing): no thread state, so that
-    // a thread's first switch-in in the window is seen as such (`FIRST_SEEN`).
-    let cfg = config();
-    if cfg.flags == 0 {
-        return 0;
-    }
-    let rec = ctx.as_ptr() as *const u8;
-    // SAFETY: the tracepoint's record (`format`: uaddr at 16, op at 24, 8 bytes each): loads
-    // from the context at constant offsets inside it, which the verifier checks.
-    let (uaddr, op) = unsafe {
-        (
-            core::ptr::read_volatile(rec.add(SYS_ENTER_ARG0) as *const u64),
-            core::ptr::read_volatile(rec.add(SYS_ENTER_ARG1) as *const u64) as u32,
-        )
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The thread's state first: the mutex release below takes the thread's stack through it.
-    let state = match THREADS.get_ptr_mut(tid) {
-        Some(p) => Some(p),
-        None => {
-            let st = ThreadState {
-                tgid,
-                syscall: NO_SYSCALL,
-                user_stack: USER_STACK_NONE,
-                kernel_stack: STACK_NONE,
-                ..ThreadState::default()
-            };
-            if THREADS.insert(tid, st, 0).is_err() {
-                count(Counter::ThreadMapFull);
-            }
-            THREADS.get_ptr_mut(tid)
-        }
-    };
-    if let Some(p) = state {
-        // SAFETY: live map value of this thread.
-        let st = unsafe { &mut *p };
-        st.syscall = SYS_FUTEX;
-        st.sys_enter_ts = now;
-        st.sys_arg0 = uaddr;
-        st.sys_arg1 = op;
-        st.flags = THREAD_IN_FUTEX;
-        st.pending = [PendingWait::default(); 2];
-    }
-    if cfg.flags & CONFIG_MUTEX == 0 {
-        return 0;
-    }
-    // SAFETY: live map value of this thread.
-    let st = state.map(|p| unsafe { &mut *p });
-    if is_futex_wait(op) {
-        // Only a thread with state can report its wait's end (at futex_exit).
-        if let Some(st) = st
-            && mutex::wait_begin(tgid, uaddr, now)
-        {
-            st.flags |= THREAD_LOCK_WAITER;
-        }
-    } else if is_futex_wake(op) {
-        // Without thread state (the thread table is full, counted) the stack is not taken:
-        // a second copy of the unwinder here would cost more verifier time than it is worth.
-        mutex::release(&cfg, tgid, uaddr, now, || match st {
-            Some(st) => syscall_stack(tgid, st),
-            None => {
-                count(Counter::UserStackLost);
-                USER_STACK_LOST
-            }
-        });
-    }
-    0
-}
-
-/// `syscalls:sys_exit_futex`: the end of a futex wait (mutex and block profiles) and the
-/// user stack of its kept off-CPU intervals.
-#[tracepoint(category = "syscalls", name = "sys_exit_futex")]
-pub fn futex_exit(_ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return 0;
-    }
-    let Some(p) = THREADS.get_ptr_mut(tid) else {
-        return 0;
-    };
-    // SAFETY: live map value of this thread.
-    let st = unsafe { &mut *p };
-    if st.flags & THREAD_IN_FUTEX != 0 {
-        futex_ended(tgid, tid, st);
-    }
-    st.syscall = NO_SYSCALL;
-    st.sys_enter_ts = 0;
-    st.flags = 0;
-    st.pending = [PendingWait::default(); 2];
-    0
-}
-
-/// The end of a followed futex call: the mutex profile's waiter accounting, the block profile
-/// and the kept off-CPU intervals that wait for this call's stack. Runs when the window is
-/// closing too (the intervals were kept while it was open; the waiter count must balance).
+/// The current thread blocks in a futex wait (its switch-out's class is `FUTEX`): the word
+/// and operation come from its saved user registers, as the syscall number did. A waiting
+/// operation starts a block-profile event and, for the mutex profile, a waiter of the word;
+/// both end at the thread's wakeup (`futex_woken`), or, when that is not seen, at its
+/// switch-in. No futex hook is needed: enabling one
+/// syscall tracepoint costs every syscall of every process on the machine (measured +70 ns
+/// per call here), and each traced call another +220 ns of the perf tracepoint path.
 #[inline(always)]
-fn futex_ended(tgid: u32, tid: u32, st: &mut ThreadState) {
-    let enter = st.sys_enter_ts;
-    let op = st.sys_arg1;
-    let uaddr = st.sys_arg0;
-    let cfg = config();
-    let now = unsafe { bpf_ktime_get_ns() };
-    let waited = now.saturating_sub(enter);
-    // The mutex profile's waiter side, and whether this wait's stack is recorded there.
-    let waiter_weight = if st.flags & THREAD_LOCK_WAITER != 0 {
-        mutex::wait_end(&cfg, tgid, uaddr, now, waited)
-    } else {
-        None
-    };
-    let block = if is_futex_wait(op) && cfg.flags & CONFIG_BLOCK != 0 {
-        block_sample(&cfg, waited)
-    } else {
-        None
-    };
-    let pending = st.flags & THREAD_STACK_DEFERRED != 0
-        && (st.pending[PENDING_WAIT].count_scaled | st.pending[PENDING_RUNQ].count_scaled) != 0;
-    if waiter_weight.is_none() && block.is_none() && !pending {
+fn futex_wait_begins(st: &mut ThreadState, now: u64, cfg: &Config) {
+    // SAFETY: BTF-typed current task; the helper returns its user-mode registers, which
+    // `current_syscall` found to be a futex call's entry frame.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
         return;
     }
-    st.flags &= !THREAD_STACK_DEFERRED;
-    let stack = syscall_stack(tgid, st);
-    if pending {
-        for (slot, class) in [
-            (PENDING_WAIT, wait_class::FUTEX),
-            (PENDING_RUNQ, wait_class::RUNNABLE),
-        ] {
-            let p = st.pending[slot];
-            if p.count_scaled != 0 {
-                record_key(
-                    OffcpuKey {
-                        tid,
-                        _pad: 0,
-                        tgid,
-                        class,
-                        syscall: NO_SYSCALL,
-                        kernel_stack: STACK_NONE,
-                        user_stack: stack,
-                    },
-                    p.count_scaled,
-                    p.ns,
-                );
-            }
+    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
+    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    let (uaddr, op) = (read(PT_REGS_DI), read(PT_REGS_SI) as u32);
+    if !is_futex_wait(op) {
+        return;
+    }
+    st.sys_arg0 = uaddr;
+    st.sys_arg1 = op;
+    st.flags = THREAD_FUTEX_WAIT;
+    if cfg.flags & CONFIG_MUTEX != 0 && mutex::wait_begin(st.tgid, uaddr, now) {
+        st.flags |= THREAD_LOCK_WAITER;
+    }
+}
+
+/// Whether the current thread is waking waiters of the futex word `uaddr` of process `tgid`:
+/// it is a thread of that process, inside a futex call whose operation wakes (or unlocks a
+/// PI futex) on that word. Then it is the releaser the mutex profile charges. A wakeup from
+/// anywhere else (a timeout, a signal, another word's requeue) releases nothing.
+#[inline(always)]
+fn current_wakes(tgid: u32, uaddr: u64) -> bool {
+    // SAFETY: helper without arguments; returns the BTF-typed current task.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    if task_tgid(task) != tgid || current_syscall() != SYS_FUTEX {
+        return false;
+    }
+    // SAFETY: as in `futex_wait_begins`.
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    if regs.is_null() {
+        return false;
+    }
+    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
+    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    let op = read(PT_REGS_SI) as u32;
+    is_futex_wake(op)
+        && (read(PT_REGS_DI) == uaddr
+            || (op & FUTEX_CMD_MASK == FUTEX_WAKE_OP && read(PT_REGS_R8) == uaddr))
+}
+
+/// A thread blocked in a futex wait since `st.off_ts` is woken (current is the waker): the
+/// mutex profile charges the span to the waker when it released that word, and ends the
+/// waiter; the block profile records the wait. Both under the waiter's stack of its
+/// switch-out.
+#[inline(always)]
+fn futex_woken(tid: u32, st: &mut ThreadState, now: u64, cfg: &Config) {
+    let (tgid, uaddr) = (st.tgid, st.sys_arg0);
+    let waited = now.saturating_sub(st.off_ts);
+    let lock_waiter = st.flags & THREAD_LOCK_WAITER != 0;
+    st.flags = 0;
+    if lock_waiter {
+        if current_wakes(tgid, uaddr) {
+            mutex::release(cfg, tgid, uaddr, now, || {
+                user_stack_handle::<SLOT_TRACEPOINT>(tgid)
+            });
+        }
+        if let Some(kept) = mutex::wait_end(cfg, tgid, uaddr, now, waited) {
+            mutex::record_waiter(tgid, tid, uaddr, st.user_stack, kept);
         }
     }
-    if let Some(kept) = waiter_weight {
-        mutex::record_waiter(tgid, uaddr, stack, kept);
+    if cfg.flags & CONFIG_BLOCK == 0 {
+        return;
     }
-    let Some((count_scaled, delay)) = block else {
+    let Some((count_scaled, delay)) = block_sample(cfg, waited) else {
         return;
     };
     let key = BlockKey {
         tgid,
         tid,
-        user_stack: stack,
+        user_stack: st.user_stack,
     };
     if !add_pair_or_insert(&BLOCK, &key, count_scaled, delay) {
         count(Counter::AggMapFull);
