@@ -222,7 +222,7 @@ const BPFTRACE_EMPTY: BpftraceScript = BpftraceScript {
     text: "tracepoint:raw_syscalls:sys_enter { }\n",
 };
 
-/// Empty programs on the four events the off-CPU, block and mutex profiles hook: what a
+/// Empty programs on the three events the off-CPU, block and mutex profiles hook: what a
 /// tracer pays before it does anything. bpftrace 0.17 has no raw tracepoints, so these are perf
 /// tracepoints, which also fill an event record per run (the agent's BTF tracepoints do not):
 /// an upper bound of the floor; the agent's own floor is its non-target figure.
@@ -232,9 +232,8 @@ const BPFTRACE_HOOKS: BpftraceScript = BpftraceScript {
 };
 
 const BPFTRACE_HOOKS_TEXT: &str = "tracepoint:sched:sched_switch { }
-tracepoint:sched:sched_wakeup { }
-tracepoint:syscalls:sys_enter_futex { }
-tracepoint:syscalls:sys_exit_futex { }
+tracepoint:sched:sched_waking { }
+tracepoint:sched:sched_wakeup_new { }
 ";
 
 const BPFTRACE_OFFCPU_TEXT: &str = r#"tracepoint:sched:sched_switch
@@ -3184,7 +3183,7 @@ impl Report {
         if let Some(p) = &b.hooks {
             let _ = writeln!(
                 s,
-                "| bpftrace, empty programs on sched_switch, sched_wakeup, sys_enter_futex, sys_exit_futex | {} | {:.1}% | {:.0} MiB | {:.2} s | — |",
+                "| bpftrace, empty programs on sched_switch, sched_waking, sched_wakeup_new | {} | {:.1}% | {:.0} MiB | {:.2} s | — |",
                 p.cell(),
                 p.median_cost(Cost::cpu_share) * 100.0,
                 p.median_cost(|c| c.maxrss_kib as f64) / 1024.0,
@@ -3193,7 +3192,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nThe empty programs do nothing but run: what any tracer of these four events \
+            "\nThe empty programs do nothing but run: what any tracer of these three events \
              pays on this regime before it records anything (perf tracepoints, which also fill \
              an event record; the agent's BTF tracepoints do not, and its own floor is the \
              non-target figure in section 2).\n\n```\n{}```\n\n```\n{}```\n",
