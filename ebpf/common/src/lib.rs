@@ -193,8 +193,6 @@ pub struct ThreadState {
     pub tgid: u32,
     /// Current syscall number, or `NO_SYSCALL`.
     pub syscall: i32,
-    /// The futex operation of the wait in progress (valid with `THREAD_FUTEX_WAIT`).
-    pub sys_arg1: u32,
     /// Class of the current off-CPU interval (`wait_class::*`).
     pub class: u32,
     pub kernel_stack: i32,

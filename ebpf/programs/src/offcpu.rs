@@ -208,13 +208,9 @@ fn syscall_class(st: &ThreadState) -> u32 {
 /// frame holds the user's own registers there. 32-bit (int 0x80) calls are not recognized.
 #[inline(always)]
 fn current_syscall() -> i32 {
-    // SAFETY: BTF-typed current task; the helper returns its user-mode registers.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    if regs.is_null() {
+    let Some(read) = current_regs() else {
         return NO_SYSCALL;
-    }
-    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
-    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    };
     let nr = read(PT_REGS_ORIG_AX);
     if nr >= MAX_SYSCALL_NR
         || read(PT_REGS_AX) != ENOSYS.wrapping_neg()
@@ -227,6 +223,17 @@ fn current_syscall() -> i32 {
         return SYS_FDLESS_WAIT;
     }
     nr as i32
+}
+
+/// The current thread's saved user registers, as a reader of the word at a `PT_REGS_*` offset.
+#[inline(always)]
+fn current_regs() -> Option<impl Fn(usize) -> u64> {
+    // SAFETY: BTF-typed current task; the helper returns its user-mode registers.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
+    (!regs.is_null()).then_some(move |off: usize| unsafe {
+        core::ptr::read_volatile(regs.add(off) as *const u64)
+    })
 }
 
 /// Adds a kept interval (`count_scaled`, weighted `ns`) under the thread's current stacks.
@@ -387,11 +394,8 @@ fn switch_out(
     st.off_ts = now;
     st.wake_ts = 0;
     st.tgid = tgid;
-    if st.flags & THREAD_LOCK_WAITER != 0 {
-        // Out twice in a wait whose wakeup was not seen: the waiter count balances.
-        mutex::waiter_done(tgid, st.sys_arg0, now);
-    }
-    st.flags = 0;
+    // Out twice in a wait whose wakeup was not seen: the waiter count balances.
+    end_unseen_wait(&mut st, now);
     if st.class == wait_class::FUTEX && cfg.flags & (CONFIG_BLOCK | CONFIG_MUTEX) != 0 {
         futex_wait_begins(&mut st, now, cfg);
     }
@@ -430,11 +434,8 @@ fn switch_in(tid: u32, now: u64, cfg: &Config) {
         count(Counter::SwitchMissed);
     }
     st.on_ts = now;
-    if st.flags & THREAD_LOCK_WAITER != 0 {
-        // Its wakeup was not seen: the lock's waiter count must balance all the same.
-        mutex::waiter_done(st.tgid, st.sys_arg0, now);
-    }
-    st.flags = 0;
+    // Its wakeup was not seen: the lock's waiter count must balance all the same.
+    end_unseen_wait(st, now);
     if st.off_ts == 0 {
         // Never seen leaving the CPU (its state came from a syscall entry): nothing to close,
         // but if it was off CPU when the window opened its seeded wait ends here.
@@ -595,24 +596,29 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
 /// per call here), and each traced call another +220 ns of the perf tracepoint path.
 #[inline(always)]
 fn futex_wait_begins(st: &mut ThreadState, now: u64, cfg: &Config) {
-    // SAFETY: BTF-typed current task; the helper returns its user-mode registers, which
-    // `current_syscall` found to be a futex call's entry frame.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    if regs.is_null() {
+    // The registers `current_syscall` found to be a futex call's entry frame.
+    let Some(read) = current_regs() else {
         return;
-    }
-    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
-    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    };
     let (uaddr, op) = (read(PT_REGS_DI), read(PT_REGS_SI) as u32);
     if !is_futex_wait(op) {
         return;
     }
     st.sys_arg0 = uaddr;
-    st.sys_arg1 = op;
     st.flags = THREAD_FUTEX_WAIT;
     if cfg.flags & CONFIG_MUTEX != 0 && mutex::wait_begin(st.tgid, uaddr, now) {
         st.flags |= THREAD_LOCK_WAITER;
     }
+}
+
+/// Ends a futex wait whose wakeup was not seen (the thread is switching in, or out again):
+/// a counted waiter leaves its word's sums, so that they balance.
+#[inline(always)]
+fn end_unseen_wait(st: &mut ThreadState, now: u64) {
+    if st.flags & THREAD_LOCK_WAITER != 0 {
+        mutex::waiter_done(st.tgid, st.sys_arg0, now);
+    }
+    st.flags = 0;
 }
 
 /// Whether the current thread is waking waiters of the futex word `uaddr` of process `tgid`:
@@ -626,13 +632,9 @@ fn current_wakes(tgid: u32, uaddr: u64) -> bool {
     if task_tgid(task) != tgid || current_syscall() != SYS_FUTEX {
         return false;
     }
-    // SAFETY: as in `futex_wait_begins`.
-    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
-    if regs.is_null() {
+    let Some(read) = current_regs() else {
         return false;
-    }
-    // SAFETY: a BTF-typed struct pt_regs pointer: constant-offset loads the verifier checks.
-    let read = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    };
     let op = read(PT_REGS_SI) as u32;
     is_futex_wake(op)
         && (read(PT_REGS_DI) == uaddr
