@@ -4,6 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::dump::DumpFormat;
 use crate::model::ProfileKind;
 
 #[derive(Debug, Parser)]
@@ -159,13 +160,6 @@ pub struct DumpArgs {
     pub output: Option<PathBuf>,
 }
 
-/// `agent dump --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DumpFormat {
-    Text,
-    Json,
-}
-
 /// Sampling rates, the same for `attach`, `capture` and `serve` (its /debug/pprof windows).
 #[derive(Debug, Clone, Copy, Args)]
 pub struct Rates {
@@ -203,7 +197,7 @@ pub struct Rates {
     /// counted ("map full" in the losses line, stallscope_bpf_events_dropped_total
     /// {reason="agg_map_full"}): raise it then. About 100 bytes of kernel memory per entry and
     /// map. 64 to 1048576.
-    #[arg(long, default_value_t = crate::collect::DEFAULT_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    #[arg(long, default_value_t = crate::kernel::DEFAULT_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub map_entries: u32,
 }
 

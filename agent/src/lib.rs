@@ -1,25 +1,32 @@
 //! Stallscope's agent as a library, so integration tests and benchmarks can use its parts.
 //!
-//! Data flows one way (docs/ARCHITECTURE.md): `collect` (the only module that touches aya)
-//! → `model` (plain data) → `symbolize` (blazesym) → `export` (pprof, folded, top table).
+//! The folders follow the data flow (docs/ARCHITECTURE.md); a module imports only the ones
+//! above it in this list:
+//!
+//! - foundation: [`error`], [`system`] (pre-flight checks), [`output`] (files written), [`model`]
+//!   (the profile data model);
+//! - [`kernel`]: the only module that touches aya: loads the BPF programs, reads their maps into
+//!   plain records, runs the task iterator;
+//! - [`unwind`]: the target's mappings and the CFI tables the BPF unwinder searches;
+//! - [`symbolize`]: addresses to functions, files and lines (blazesym);
+//! - [`dump`]: thread dumps: every thread's state, stack and wait object;
+//! - [`profiles`]: records to profiles by kind, the thread-seconds accounting, lock analysis;
+//! - [`export`]: pprof, folded stacks, the top table;
+//! - [`report`]: the human summary and the triage;
+//! - [`window`]: the capture window engine every command runs;
+//! - [`commands`] and [`cli`]: `attach`, `capture`, `dump`, `serve` over the engine.
 
-pub mod accounting;
-pub mod attach;
-pub mod bundle;
 pub mod cli;
-pub mod collect;
+pub mod commands;
 pub mod dump;
 pub mod error;
 pub mod export;
-pub mod kbtf;
-pub mod locks;
+pub mod kernel;
 pub mod model;
-pub mod procmaps;
+pub mod output;
 pub mod profiles;
 pub mod report;
-pub mod serve;
 pub mod symbolize;
 pub mod system;
-pub mod triage;
 pub mod unwind;
-pub mod unwinder;
+pub mod window;

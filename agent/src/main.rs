@@ -42,16 +42,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Attach(args) => agent::attach::run(args).await.map(|o| {
+            Command::Attach(args) => agent::commands::attach::run(args).await.map(|o| {
                 print!("{}", o.summary);
             }),
-            Command::Capture(args) => agent::bundle::run(args).await.map(|text| {
+            Command::Capture(args) => agent::commands::capture::run(args).await.map(|text| {
                 print!("{text}");
             }),
-            Command::Dump(args) => agent::dump::run(args).map(|out| {
+            Command::Dump(args) => agent::commands::dump::run(args).map(|out| {
                 print!("{out}");
             }),
-            Command::Serve(args) => agent::serve::run(args).await,
+            Command::Serve(args) => agent::commands::serve::run(args).await,
         }
     });
     match result {

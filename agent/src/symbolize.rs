@@ -12,7 +12,7 @@
 //! for `go tool pprof -addresses`): `binary+0xSTART`, `START` an ELF virtual address of the file
 //! (what `objdump -d --start-address`, `nm` and `addr2line` use). The start is the largest of
 //! these at or below the address ([`FuncStarts`], built once per file from
-//! [`crate::unwind::code_ranges_file`]):
+//! [`crate::unwind::cfi::code_ranges_file`]):
 //! - the initial location of every `.eh_frame` FDE (a function, or a part such as `foo.cold`);
 //! - the end of every FDE (code after a function that has no CFI of its own, hand-written
 //!   assembly, is one group up to the next FDE);
@@ -38,9 +38,9 @@ use blazesym::symbolize::{Input, Sym, Symbolized};
 use blazesym::{MaybeDefault, Pid};
 
 use crate::model::{Line, Location, Mapping, Profile, RawProfile, Sample};
-use crate::procmaps::{CachedMapping, MapsCache};
-use crate::unwind::CodeRanges;
-use crate::unwinder::Segment;
+use crate::unwind::cfi::CodeRanges;
+use crate::unwind::maps::{CachedMapping, MapsCache};
+use crate::unwind::tables::Segment;
 
 /// File name of the mapping that kernel locations belong to (as `perf` names it). Exporters and
 /// the pprof decoder use it to recognise kernel frames.
@@ -117,10 +117,11 @@ impl Symbolizer {
                 continue;
             }
             let path = m.open_path()?;
-            let Ok(segments) = crate::unwinder::load_segments(&path) else {
+            let Ok(segments) = crate::unwind::tables::load_segments(&path) else {
                 continue;
             };
-            let Some(bias) = crate::unwinder::mapping_bias(&segments, m.start, m.offset) else {
+            let Some(bias) = crate::unwind::tables::mapping_bias(&segments, m.start, m.offset)
+            else {
                 continue;
             };
             let vaddr = addr.wrapping_sub(bias);
@@ -547,11 +548,11 @@ struct FuncStarts {
 impl FuncStarts {
     /// Reads the file's FDEs, sections and segments; what cannot be read is left empty.
     fn load(path: &Path) -> Self {
-        let ranges = crate::unwind::code_ranges_file(path).unwrap_or_else(|e| {
+        let ranges = crate::unwind::cfi::code_ranges_file(path).unwrap_or_else(|e| {
             tracing::debug!(path = %path.display(), "no function starts: {e}");
             CodeRanges::default()
         });
-        let segments = crate::unwinder::load_segments(path).unwrap_or_default();
+        let segments = crate::unwind::tables::load_segments(path).unwrap_or_default();
         Self {
             starts: group_starts(&ranges),
             segments,
@@ -627,7 +628,7 @@ fn main_binaries_first(accs: Vec<MappingAcc>, locations: &mut [Location]) -> Vec
 /// Start address of this process's `[vdso]`.
 fn own_vdso_start() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/maps").ok()?;
-    crate::procmaps::parse_maps(&text)
+    crate::unwind::maps::parse_maps(&text)
         .into_iter()
         .find(|l| l.path.as_deref() == Some("[vdso]"))
         .map(|l| l.start)
@@ -925,8 +926,8 @@ int main(int argc, char **argv) {
             .find(|m| m.path == real)
             .expect("text mapping of the program")
             .clone();
-        let segments = crate::unwinder::load_segments(&stripped).unwrap();
-        let bias = crate::unwinder::mapping_bias(&segments, text.start, text.offset).unwrap();
+        let segments = crate::unwind::tables::load_segments(&stripped).unwrap();
+        let bias = crate::unwind::tables::mapping_bias(&segments, text.start, text.offset).unwrap();
         let (a, a_size) = nm_symbol(&full, "work_a");
         let (b, _) = nm_symbol(&full, "work_b");
         let (main, _) = nm_symbol(&full, "main");

@@ -5,7 +5,7 @@
 //! Input: 8 bytes of `--max-seconds` (little-endian, zero-padded), then the raw query string.
 #![no_main]
 
-use agent::serve::http::{MAX_PARAMS, MAX_QUERY_BYTES, decode_query, parse_query};
+use agent::commands::serve::http::{MAX_PARAMS, MAX_QUERY_BYTES, decode_query, parse_query};
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 

@@ -4,8 +4,8 @@
 //! parsed again.
 #![no_main]
 
-use agent::procmaps::{MapLine, parse_maps, parse_stat_start_time};
-use agent::serve::procstat;
+use agent::unwind::maps::{MapLine, parse_maps, parse_stat_start_time};
+use agent::commands::serve::procstat;
 use agent::system::{parse_cap_eff, parse_stat, stat_flags, status_field};
 use libfuzzer_sys::fuzz_target;
 

@@ -3,7 +3,7 @@
 //! then drive the reference unwinder over the input bytes as stack memory.
 #![no_main]
 
-use agent::unwind::{Regs, code_ranges, compile_elf, unwind_stack};
+use agent::unwind::cfi::{Regs, code_ranges, compile_elf, unwind_stack};
 use libfuzzer_sys::fuzz_target;
 
 fn u64_at(data: &[u8], addr: u64) -> Option<u64> {

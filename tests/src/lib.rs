@@ -974,7 +974,7 @@ pub fn total_by_tid(p: &Profile, value_type: &str) -> HashMap<u32, i64> {
 // Per-thread accounting (threads.json)
 // ---------------------------------------------------------------------------------------------
 
-/// One thread of `threads.json` (agent/src/accounting.rs `ThreadAccount`).
+/// One thread of `threads.json` (agent/src/profiles/accounting.rs `ThreadAccount`).
 #[derive(Debug, Clone)]
 pub struct ThreadAcct {
     pub tid: u32,

@@ -634,11 +634,11 @@ fn benchmark_dump_times() {
     // The same 1000 threads dumped three times by one agent process (what triggers in a running
     // `agent attach` do): the one-time costs go, the symbolizer's caches stay warm.
     let w = Workload::spawn("dump_many", &["1000"]);
-    let mut maps = agent::procmaps::MapsCache::new();
+    let mut maps = agent::unwind::maps::MapsCache::new();
     maps.refresh(w.pid()).unwrap();
-    let mut collector = agent::collect::Collector::load(
-        agent::attach::kernel_offsets().unwrap(),
-        agent::collect::DEFAULT_MAP_ENTRIES,
+    let mut collector = agent::kernel::Collector::load(
+        agent::kernel::offsets::scheduler_offsets().unwrap(),
+        agent::kernel::DEFAULT_MAP_ENTRIES,
     )
     .unwrap();
     let mut symbolizer = agent::symbolize::Symbolizer::new();
@@ -673,18 +673,18 @@ fn benchmark_dump_times() {
 /// period, and not when they do not; SIGQUIT is refused for a Go target.
 #[test]
 fn triggers_write_dumps_when_conditions_hold() {
-    use agent::cli::DumpFormat;
+    use agent::dump::DumpFormat;
     use agent::dump::trigger::{Trigger, check_signal_target};
     require_root();
     let w = Workload::spawn("dump_deadlock", &[]);
     // Deadlock checks wait for a futex wait of a second.
     std::thread::sleep(Duration::from_millis(1200));
     let tmp = TempDir::new("stallscope-dump-trigger");
-    let mut maps = agent::procmaps::MapsCache::new();
+    let mut maps = agent::unwind::maps::MapsCache::new();
     maps.refresh(w.pid()).unwrap();
-    let mut collector = agent::collect::Collector::load(
-        agent::attach::kernel_offsets().unwrap(),
-        agent::collect::DEFAULT_MAP_ENTRIES,
+    let mut collector = agent::kernel::Collector::load(
+        agent::kernel::offsets::scheduler_offsets().unwrap(),
+        agent::kernel::DEFAULT_MAP_ENTRIES,
     )
     .unwrap();
     let mut symbolizer = agent::symbolize::Symbolizer::new();

@@ -3032,7 +3032,7 @@ impl Report {
             "A generated C program with {BIG_FUNCTIONS} functions (each with an inlined helper; \
              `gcc -O1 -g`, compiled in {:.1} s or reused, not checked in), a CPU profile of {} samples \
              whose stacks cover {} unique user frames plus {} kernel frames, symbolized by \
-             `agent::symbolize::Symbolizer` from `agent::procmaps::MapsCache` as `agent attach` \
+             `agent::symbolize::Symbolizer` from `agent::unwind::maps::MapsCache` as `agent attach` \
              does (`agent/examples/bench_symbolize.rs`). Medians of {} runs.\n",
             sy.compile_s,
             f("samples"),

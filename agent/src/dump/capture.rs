@@ -7,19 +7,20 @@ use std::time::{Instant, SystemTime};
 
 use stallscope_common::dump::{DUMP_KSTACK_DEPTH, DUMP_REGS_OK, DumpTask, pt_regs};
 
-use crate::collect::{self, Collector};
 use crate::error::Error;
+use crate::kernel::{self, Collector};
 use crate::model::{ProfileKind, RawProfile, RawSample, RawStack, ValueType};
-use crate::procmaps::MapsCache;
 use crate::symbolize::Symbolizer;
-use crate::unwind::Regs;
+use crate::unwind::cfi::Regs;
+use crate::unwind::maps::MapsCache;
 
 use super::model::{
     Created, Dump, Frame, SCHEMA_VERSION, State, Thread, Timings, Wait, WaitObject,
 };
 use super::stack::{self, MemReader, UnwindTables};
 use super::state::{self, OWNER_READ_LEN, SYS_FUTEX};
-use super::{kernel_offsets, summarize, text, waitfor};
+use super::{summarize, text, waitfor};
+use crate::kernel::offsets::task_offsets as kernel_offsets;
 
 /// Why a thread's user stack was not unwound, or `None` if it can be.
 fn no_user_stack(task: &DumpTask) -> Option<String> {
@@ -204,7 +205,7 @@ pub fn take_dump(
     let setup_us = t0.elapsed().as_micros() as u64;
     let tk = Instant::now();
     let tasks = collector.dump_tasks(pid, offsets)?;
-    let (wall, mono) = (SystemTime::now(), collect::ktime_now());
+    let (wall, mono) = (SystemTime::now(), kernel::ktime_now());
     let kernel_us = tk.elapsed().as_micros() as u64;
     if tasks.is_empty() {
         return Err(Error::NoSuchProcess(pid));
@@ -379,7 +380,7 @@ pub fn check_trigger(
     maps: &MapsCache,
     symbolizer: &mut Symbolizer,
     dir: &std::path::Path,
-    format: crate::cli::DumpFormat,
+    format: crate::dump::DumpFormat,
 ) -> Result<Option<std::path::PathBuf>, Error> {
     let obs = observe(collector, pid)?;
     let detail = text::Detail::EveryThread;

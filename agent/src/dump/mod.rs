@@ -23,70 +23,25 @@ pub mod waitfor;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use stallscope_common::KernelOffsets;
-use stallscope_common::dump::DumpOffsets;
-
-use crate::cli::{DumpArgs, DumpFormat};
-use crate::collect::Collector;
 use crate::error::Error;
-use crate::kbtf::{BtfError, KernelBtf};
-use crate::procmaps::MapsCache;
+use crate::kernel::Collector;
 use crate::symbolize::Symbolizer;
-use crate::system;
+use crate::unwind::maps::MapsCache;
 
 pub use capture::{check_trigger, observe, take_dump};
 pub use model::Dump;
 pub use text::Detail;
 
+/// `agent dump --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    Text,
+    Json,
+}
+
 /// How many threads the summary lists as longest blocked.
 pub const LONGEST_BLOCKED: usize = 5;
-
-/// `task_struct` member offsets of the running kernel for the task iterator (read from its BTF
-/// once per agent process).
-pub fn kernel_offsets() -> Result<DumpOffsets, Error> {
-    OFFSETS
-        .get_or_init(|| {
-            let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
-            offsets_from(&btf).map_err(|e| format!("{e} (needed for thread dumps)"))
-        })
-        .clone()
-        .map_err(Error::BpfLoad)
-}
-
-static OFFSETS: OnceLock<Result<DumpOffsets, String>> = OnceLock::new();
-
-/// Reads the task iterator's offsets from a BTF the caller parsed anyway (parsing the kernel's
-/// BTF takes ~0.1 s and ~20 MiB), so that [`kernel_offsets`] does not parse it again.
-pub fn init_kernel_offsets(btf: &KernelBtf) {
-    OFFSETS.get_or_init(|| offsets_from(btf).map_err(|e| format!("{e} (needed for thread dumps)")));
-}
-
-fn offsets_from(btf: &KernelBtf) -> Result<DumpOffsets, BtfError> {
-    let off = |path: &[&str]| btf.member_path_offset("task_struct", path);
-    Ok(DumpOffsets {
-        pid: off(&["pid"])?,
-        tgid: off(&["tgid"])?,
-        // Renamed from `state` in Linux 5.14.
-        state: off(&["__state"]).or_else(|_| off(&["state"]))?,
-        exit_state: off(&["exit_state"])?,
-        flags: off(&["flags"])?,
-        on_cpu: off(&["on_cpu"])?,
-        on_rq: off(&["on_rq"])?,
-        cpu: off(&["thread_info", "cpu"]).or_else(|_| off(&["cpu"]))?,
-        comm: off(&["comm"])?,
-        start_time: off(&["start_time"])?,
-        nvcsw: off(&["nvcsw"])?,
-        nivcsw: off(&["nivcsw"])?,
-        pcount: off(&["sched_info", "pcount"])?,
-        last_arrival: off(&["sched_info", "last_arrival"])?,
-        last_queued: off(&["sched_info", "last_queued"])?,
-        exec_start: off(&["se", "exec_start"])?,
-        sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
-        prev_sum_exec_runtime: off(&["se", "prev_sum_exec_runtime"])?,
-    })
-}
 
 /// Threads counted by state, and the longest-blocked ones.
 pub fn summarize(threads: &[model::Thread]) -> model::Summary {
@@ -129,7 +84,7 @@ pub fn summarize(threads: &[model::Thread]) -> model::Summary {
         .map(|(object, count)| model::ObjectCount {
             object,
             count,
-            lock: crate::locks::is_lock(object),
+            lock: object.is_lock(),
         })
         .collect();
     futex_by_object.sort_by_key(|c| (std::cmp::Reverse(c.count), c.object.label()));
@@ -153,7 +108,7 @@ pub fn render(dump: &Dump, format: DumpFormat, detail: Detail) -> String {
     }
 }
 
-fn extension(format: DumpFormat) -> &'static str {
+pub(crate) fn extension(format: DumpFormat) -> &'static str {
     match format {
         DumpFormat::Text => "txt",
         DumpFormat::Json => "json",
@@ -161,14 +116,14 @@ fn extension(format: DumpFormat) -> &'static str {
 }
 
 /// Writes `dir/name` (creating `dir`), returning its path.
-fn write_into(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, Error> {
+pub(crate) fn write_into(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Output {
         path: dir.to_path_buf(),
         source,
     })?;
     let path = dir.join(name);
     // A temporary file, then a rename: a dump on disk is always whole.
-    crate::export::pprof::write_atomically(&path, contents.as_bytes()).map_err(|source| {
+    crate::output::write_atomically(&path, contents.as_bytes()).map_err(|source| {
         Error::Output {
             path: path.clone(),
             source,
@@ -207,77 +162,6 @@ pub fn write_rendered(
         extension(format)
     );
     write_into(dir, &name, &render(dump, format, detail))
-}
-
-/// The thread group of `pid`, if some thread of it is alive. Unlike a profile, a dump is still
-/// useful when the main thread has exited (a zombie) while other threads run on.
-fn target_tgid(pid: u32) -> Result<u32, Error> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| Error::NoSuchProcess(pid))?;
-    let tgid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(pid);
-    let live = |tid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-            .ok()
-            .and_then(|s| system::parse_stat(&s))
-            .is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
-    };
-    let any_live = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|_| Error::NoSuchProcess(pid))?
-        .filter_map(Result::ok)
-        .any(|e| live(&e.file_name().to_string_lossy()));
-    if !any_live {
-        return Err(Error::NoSuchProcess(pid));
-    }
-    Ok(tgid)
-}
-
-/// `agent dump`: returns what to print on stdout (the dump, or with `-o` where it was written).
-pub fn run(args: &DumpArgs) -> Result<String, Error> {
-    system::check_privileges()?;
-    system::check_btf()?;
-    let pid = args.pid;
-    // Zombies and kernel threads are told apart from missing processes (a process whose main
-    // thread exited, with others running, is dumped).
-    system::process_info(pid)?;
-    let tgid = target_tgid(pid)?;
-    if tgid != pid {
-        return Err(Error::Usage(format!(
-            "{pid} is a thread of process {tgid}; pass the process id: --pid {tgid}"
-        )));
-    }
-    let mut maps = MapsCache::new();
-    maps.refresh(pid)
-        .map_err(|e| Error::proc_read(pid, "maps", &e))?;
-    // Only the task iterator is loaded, and it takes its offsets from `DUMP_CONFIG`: the
-    // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
-    // parsed a second time for them.
-    let mut collector = Collector::load(
-        KernelOffsets::default(),
-        crate::collect::DEFAULT_MAP_ENTRIES,
-    )?;
-    let mut symbolizer = Symbolizer::new();
-    let dump = take_dump(&mut collector, pid, &maps, &mut symbolizer)?;
-    let detail = if args.debug == 1 {
-        Detail::Grouped
-    } else {
-        Detail::EveryThread
-    };
-    let out = render(&dump, args.format, detail);
-    match &args.output {
-        None => Ok(out),
-        Some(dir) => {
-            let path = write_into(dir, &format!("dump.{}", extension(args.format)), &out)?;
-            Ok(format!(
-                "wrote the dump of {} threads to {}\n",
-                dump.threads.len(),
-                path.display()
-            ))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -376,14 +260,5 @@ mod tests {
         assert_eq!(v["threads"][0]["wait"]["address"], "0xa0");
         assert_eq!(v["deadlocks"][0]["cycle"][1]["owner_tid"], 101);
         assert_eq!(v["schema_version"], 1);
-    }
-
-    #[test]
-    fn this_kernel_has_every_offset() {
-        let btf = KernelBtf::from_sys_fs().expect("BTF is present on these machines");
-        let o = offsets_from(&btf).unwrap();
-        assert_eq!(o.tgid, o.pid + 4);
-        assert!(o.last_queued > o.last_arrival, "{o:?}");
-        assert!(o.prev_sum_exec_runtime > o.sum_exec_runtime, "{o:?}");
     }
 }

@@ -169,6 +169,15 @@ pub enum WaitObject {
 }
 
 impl WaitObject {
+    /// Whether threads waiting on it wait for a lock someone holds (contention), rather than
+    /// for an event (idle workers on a condition variable, a semaphore, a join).
+    pub fn is_lock(self) -> bool {
+        matches!(
+            self,
+            Self::Mutex | Self::PiMutex | Self::RwLock | Self::PiDeadlockPark
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             WaitObject::Mutex => "mutex",

@@ -1,6 +1,6 @@
 //! User stacks of threads that are off CPU, unwound in the agent from their saved registers:
 //! the target's memory is read through `/proc/PID/mem` (which does not stop it) and every frame
-//! is unwound with the `.eh_frame` CFI tables of [`crate::unwind`] (frame pointers where a file
+//! is unwound with the `.eh_frame` CFI tables of [`crate::unwind::cfi`] (frame pointers where a file
 //! has no row), so frames that call into Debian's frame-pointer-less libc are not lost.
 
 use std::cell::RefCell;
@@ -10,9 +10,9 @@ use std::os::unix::fs::FileExt;
 
 use stallscope_common::{ExecMapping, UnwindRow};
 
-use crate::procmaps::MapsCache;
-use crate::unwind::{self, Regs};
-use crate::unwinder::UnwindRegistry;
+use crate::unwind::cfi::{self as unwind, Regs};
+use crate::unwind::maps::MapsCache;
+use crate::unwind::tables::UnwindRegistry;
 
 use super::model::Frame;
 

@@ -80,7 +80,7 @@ fn sanitize(name: &str) -> String {
 /// Writes folded text to `path` atomically (a temporary file, then a rename), so a reader
 /// never sees half a file.
 pub fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
-    super::pprof::write_atomically(path, text.as_bytes()).map_err(|e| {
+    crate::output::write_atomically(path, text.as_bytes()).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!(

@@ -388,34 +388,10 @@ pub fn encode(p: &model::Profile) -> Result<Vec<u8>, PprofError> {
 /// then rename): a reader never sees a partial or invalid file.
 pub fn write(p: &model::Profile, path: &Path) -> Result<(), PprofError> {
     let bytes = encode(p)?;
-    write_atomically(path, &bytes).map_err(|source| PprofError::Write {
+    crate::output::write_atomically(path, &bytes).map_err(|source| PprofError::Write {
         path: path.to_path_buf(),
         source,
     })
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "profile".into());
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Decodes gzipped (or plain) profile.proto bytes into a [`model::Profile`].

@@ -9,12 +9,12 @@ use std::{
 };
 
 use crate::{
-    collect::Counters,
     dump::model::{State, Thread, Wait, WaitObject},
-    locks,
+    kernel::Counters,
     model::{Profile, Sample},
     profiles::RunqStats,
-    report::{self, human_ns, label_of, wait_class_of},
+    profiles::locks,
+    report::summary::{self as report, human_ns, label_of, wait_class_of},
 };
 
 /// How serious a finding is; findings are sorted by it, then by their weight.
@@ -55,7 +55,7 @@ pub struct TriageInput<'a> {
     /// Threads by state at the end, e.g. ("futex wait", 12).
     pub threads_by_state: Vec<(String, u32)>,
     /// Every thread's time in the window (CPU, off CPU, seeded waits).
-    pub accounting: Option<&'a crate::accounting::Accounting>,
+    pub accounting: Option<&'a crate::profiles::accounting::Accounting>,
     /// The thread dump taken at the end of the window (states, wait objects and their owners).
     pub dump_end: Option<&'a crate::dump::Dump>,
 }
@@ -1448,10 +1448,10 @@ mod tests {
         assert!(render_markdown(&t, &f).starts_with("## Nothing looks wrong"));
     }
 
-    use crate::accounting::{Accounting, ThreadAccount};
     use crate::dump::model::{Dump, Frame, Syscall};
     use crate::dump::waitfor::tests::{thread, waiting};
-    use crate::report::tests::{LOCK_WAIT, OFFCPU, labels, stacked};
+    use crate::profiles::accounting::{Accounting, ThreadAccount};
+    use crate::report::summary::tests::{LOCK_WAIT, OFFCPU, labels, stacked};
 
     const CPU: &[(&str, &str)] = &[("samples", "count"), ("cpu", "nanoseconds")];
 

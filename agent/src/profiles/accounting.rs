@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use stallscope_common::dump::{DUMP_KSTACK_DEPTH, DumpTask};
 use stallscope_common::{NO_SYSCALL, wait_class};
 
-use crate::collect::{ExitedThread, OffcpuRecord, OnCpu, StackPart};
 use crate::dump::model::State;
 use crate::dump::state;
+use crate::kernel::{ExitedThread, OffcpuRecord, OnCpu, StackPart};
 use crate::model::{Label, Profile};
 use crate::profiles::wait_class_name;
 

@@ -2,7 +2,9 @@
 //! reads the kernel's aggregation maps into plain data ([`CpuRecord`], [`Counters`]).
 //! Everything downstream (model, symbolize, export) is testable without root.
 
-pub mod dump;
+pub mod btf;
+pub mod offsets;
+pub mod tasks;
 
 use std::collections::HashMap as StdHashMap;
 

@@ -13,16 +13,17 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::attach::{self, CaptureSpec, Captured};
-use crate::cli::{DumpFormat, ServeArgs};
-use crate::collect::Collector;
+use crate::cli::ServeArgs;
 use crate::dump;
+use crate::dump::DumpFormat;
 use crate::error::Error;
 use crate::export;
+use crate::kernel::Collector;
 use crate::model::{ProfileKind, RawProfile};
-use crate::procmaps::MapsCache;
 use crate::symbolize::Symbolizer;
-use crate::unwinder::UnwindRegistry;
+use crate::unwind::maps::MapsCache;
+use crate::unwind::tables::UnwindRegistry;
+use crate::window::{self, CaptureSpec, Captured};
 
 use super::health::Health;
 
@@ -95,7 +96,7 @@ impl From<Error> for ProfileError {
 }
 
 fn load_slot(map_entries: u32) -> Result<Slot, Error> {
-    let mut collector = Collector::load(attach::kernel_offsets()?, map_entries)?;
+    let mut collector = Collector::load(crate::kernel::offsets::scheduler_offsets()?, map_entries)?;
     collector.load_programs(true, true)?;
     Ok(Slot {
         collector,
@@ -189,7 +190,7 @@ impl Profiler {
         seconds: Duration,
         mut comments: Vec<String>,
     ) -> Result<Vec<u8>, ProfileError> {
-        let target = attach::check_target(pid)?;
+        let target = window::check_target(pid)?;
         let mut maps = MapsCache::new();
         maps.refresh(pid)
             .map_err(|e| Error::proc_read(pid, "maps", &e))?;
@@ -240,7 +241,7 @@ impl Profiler {
         };
         // Statistics on for the window only (they cost every BPF program on the machine).
         let stats = if self.bpf_stats {
-            crate::collect::enable_bpf_stats()
+            crate::kernel::enable_bpf_stats()
                 .map_err(|e| tracing::warn!("{e}"))
                 .ok()
         } else {
@@ -248,7 +249,7 @@ impl Profiler {
         };
         self.health.profiles_active.inc();
         let started = std::time::Instant::now();
-        let result = attach::capture_with(
+        let result = window::capture_with(
             &mut slot.collector,
             &mut slot.unwind,
             maps,
@@ -277,7 +278,7 @@ impl Profiler {
         drop(guard);
         self.health
             .record_window(index, &counters, &map_fill, &program_stats);
-        if end == crate::report::EndReason::TargetExited {
+        if end == crate::report::summary::EndReason::TargetExited {
             comments.push(format!("process {pid} exited during the window"));
         }
         let (reply, rx) = oneshot::channel();
@@ -297,7 +298,7 @@ impl Profiler {
 
     /// A thread dump of `pid` as text (`debug` 1: grouped, 2: every thread).
     pub async fn dump(&self, pid: u32, debug: u8) -> Result<String, ProfileError> {
-        attach::check_target(pid)?;
+        window::check_target(pid)?;
         let (reply, rx) = oneshot::channel();
         self.send(Job::Dump { pid, debug, reply })?;
         Ok(rx
@@ -339,8 +340,8 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
                 let out = (|| {
                     if dump_collector.is_none() {
                         dump_collector = Some(Collector::load(
-                            attach::kernel_offsets()?,
-                            crate::collect::DEFAULT_MAP_ENTRIES,
+                            crate::kernel::offsets::scheduler_offsets()?,
+                            crate::kernel::DEFAULT_MAP_ENTRIES,
                         )?);
                     }
                     let collector = dump_collector.as_mut().expect("set above");
@@ -376,12 +377,12 @@ fn symbolize_one(
         .find(|r| r.kind == kind)
         .ok_or_else(|| format!("no {} profile was recorded", kind.name()))?;
     let mut profile = symbolizer.symbolize(raw, maps);
-    crate::locks::classify_futex_waits(&mut profile);
+    crate::profiles::locks::classify_futex_waits(&mut profile);
     if kind == ProfileKind::Mutex
         && let Some(w) = waiters
     {
         let waiters = symbolizer.symbolize(w, maps);
-        attach::prepare_mutex(&mut profile, &waiters, symbolizer, maps, pid, 0);
+        window::finish::prepare_mutex(&mut profile, &waiters, symbolizer, maps, pid, 0);
     }
     profile.comments.extend(comments);
     export::pprof::encode(&profile).map_err(|e| format!("encoding the profile: {e}"))

@@ -1,4 +1,16 @@
-//! `agent attach`: one bounded capture of one process, then symbolize, write and summarize.
+//! The capture window engine every command runs (`attach`, `capture`, `serve`'s profile
+//! requests, the bench):
+//! 1. [`check_target`]: privileges, BTF, a live process;
+//! 2. [`capture`] (or [`capture_with`] on a long-lived collector): load the programs
+//!    ([`crate::kernel`]), look at every thread once (the task iterator: waits that began before
+//!    the window), attach what the [`CaptureSpec`] asks for, refresh the target's mappings and
+//!    unwind tables while the window is open, answer dump requests, look at the threads again at
+//!    the end, detach, and read the maps into raw profiles and the thread-seconds accounting:
+//!    a [`Captured`];
+//! 3. [`finish::write_profiles`]: symbolize, lock analysis, pprof and folded files, and each
+//!    profile's summary section.
+
+pub mod finish;
 
 use std::{
     io::IsTerminal as _,
@@ -6,53 +18,21 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use stallscope_common::{
-    CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, KernelOffsets, dump::DumpTask,
-};
+use stallscope_common::{CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, dump::DumpTask};
 
 use crate::{
-    accounting,
-    cli::AttachArgs,
-    collect::{self, Collector},
     error::Error,
-    export,
-    kbtf::KernelBtf,
-    locks,
+    kernel::{self, Collector},
     model::{ProfileKind, RawProfile},
-    procmaps::MapsCache,
-    profiles::{self, Window},
-    report::{self, CaptureFacts, EndReason},
+    profiles::{self, Window, accounting},
+    report::summary::{self as report, EndReason},
     symbolize::Symbolizer,
     system,
-    unwinder::UnwindRegistry,
+    unwind::{maps::MapsCache, tables::UnwindRegistry},
 };
 
 /// How often the capture loop refreshes the target's memory maps and checks it is alive.
 const TICK: Duration = Duration::from_millis(250);
-
-/// What `attach` wrote, for the caller (and tests).
-#[derive(Debug)]
-pub struct AttachOutcome {
-    pub files: Vec<PathBuf>,
-    pub summary: String,
-}
-
-/// Offsets of kernel structures the programs need, from the running kernel's BTF.
-pub fn kernel_offsets() -> Result<KernelOffsets, Error> {
-    let btf = KernelBtf::from_sys_fs().map_err(|e| Error::BpfLoad(e.to_string()))?;
-    // The task iterator's offsets from the same parse (the window's first look needs them).
-    crate::dump::init_kernel_offsets(&btf);
-    let off = |path: &[&str]| {
-        btf.member_path_offset("task_struct", path)
-            .map_err(|e| Error::BpfLoad(format!("{e} (needed to read scheduler events)")))
-    };
-    Ok(KernelOffsets {
-        task_pid: off(&["pid"])?,
-        task_tgid: off(&["tgid"])?,
-        task_sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
-        task_start_time: off(&["start_time"])?,
-    })
-}
 
 /// What to record in one capture window.
 #[derive(Debug, Clone)]
@@ -99,36 +79,6 @@ enum LoopEvent {
 }
 
 impl CaptureSpec {
-    pub fn from_args(args: &AttachArgs) -> Self {
-        Self {
-            profiles: args.profile.clone(),
-            duration: args.duration,
-            frequency: args.rates.frequency,
-            block_rate: args.rates.block_rate,
-            mutex_fraction: args.rates.mutex_fraction,
-            offcpu_min: args.offcpu_min,
-            offcpu_rate: args.rates.offcpu_rate,
-            mutex_rate: args.rates.mutex_rate,
-            tid_labels: !args.labels.no_tid_label,
-            dumps: Some(DumpOptions {
-                dir: args.output.clone(),
-                when: args.dump_when.clone(),
-                signal_target: args.signal_target,
-                // (tokio's signal() panics outside a runtime.)
-                requests: tokio::runtime::Handle::try_current()
-                    .ok()
-                    .and_then(|_| {
-                        tokio::signal::unix::signal(
-                            tokio::signal::unix::SignalKind::user_defined1(),
-                        )
-                        .ok()
-                    })
-                    .map(|s| std::sync::Arc::new(tokio::sync::Mutex::new(s))),
-            }),
-            map_entries: args.rates.map_entries,
-        }
-    }
-
     fn wants(&self, k: ProfileKind) -> bool {
         self.profiles.contains(&k)
     }
@@ -143,16 +93,16 @@ pub struct Captured {
     pub lock_waiters: Option<RawProfile>,
     /// The target's mappings, kept across its exit, for the symbolizer.
     pub maps: MapsCache,
-    pub counters: collect::Counters,
+    pub counters: kernel::Counters,
     pub elapsed: Duration,
     pub end: EndReason,
     /// CPUs the sampler was attached to (0 without a CPU profile).
     pub cpus: usize,
     pub runq: Option<profiles::RunqStats>,
     /// Entries in the aggregation maps at the end of the window.
-    pub map_fill: Vec<collect::MapFill>,
+    pub map_fill: Vec<kernel::MapFill>,
     /// Run time and runs of each attached program (zero unless kernel.bpf_stats_enabled).
-    pub program_stats: Vec<collect::ProgramStats>,
+    pub program_stats: Vec<kernel::ProgramStats>,
     /// Every thread's time in the window.
     pub accounting: accounting::Accounting,
 }
@@ -172,188 +122,6 @@ pub fn check_target(pid: u32) -> Result<system::ProcessInfo, Error> {
     Ok(target)
 }
 
-/// Runs a whole capture. Prints progress to stderr on a terminal; returns the summary text.
-pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
-    if args.profile.is_empty() {
-        return Err(Error::Usage("--profile needs at least one profile".into()));
-    }
-    // First: it starts listening for SIGUSR1 (dump requests).
-    let spec = CaptureSpec::from_args(args);
-    let target = check_target(args.pid)?;
-    if let Some(sig) = args.signal_target {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", target.pid)).unwrap_or_default();
-        crate::dump::trigger::check_signal_target(sig, &exe).map_err(Error::Usage)?;
-    }
-    prepare_output(&args.output)?;
-
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let Captured {
-        raws,
-        lock_waiters,
-        maps,
-        counters,
-        elapsed,
-        end,
-        cpus,
-        runq,
-        mut accounting,
-        ..
-    } = capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
-
-    let mut facts = CaptureFacts {
-        pid: target.pid,
-        comm: target.comm.clone(),
-        requested: args.duration,
-        elapsed,
-        end,
-        frequency: args.rates.frequency,
-        cpus,
-        counters,
-        profiles: args.profile.clone(),
-        block_rate_ns: args.rates.block_rate,
-        mutex_fraction: args.rates.mutex_fraction,
-        runq,
-        accounting: None,
-    };
-
-    restore_output(&args.output)?;
-    // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
-    let out = OutputOptions {
-        dir: args.output.clone(),
-        pid: target.pid,
-        top_n: args.top,
-        folded_thread_root: args.labels.folded_thread_root,
-    };
-    let Written {
-        files,
-        sections,
-        profiles,
-    } = tokio::task::spawn_blocking(move || {
-        let mut symbolizer = Symbolizer::new();
-        write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
-    if let Some(p) = profiles.iter().find(|p| p.kind == ProfileKind::Offcpu) {
-        accounting.classes_from(p);
-    }
-    let threads_json = args.output.join("threads.json");
-    export::folded::write_text(
-        &threads_json,
-        &serde_json::to_string_pretty(&accounting).unwrap_or_default(),
-    )
-    .map_err(|source| Error::Output {
-        path: threads_json.clone(),
-        source,
-    })?;
-    facts.accounting = Some(accounting);
-
-    let mut files = files;
-    files.push(threads_json);
-    let summary = report::render_summary(&facts, &sections, &files);
-    Ok(AttachOutcome { files, summary })
-}
-
-/// Where and how [`write_profiles`] writes.
-#[derive(Debug, Clone)]
-pub struct OutputOptions {
-    pub dir: PathBuf,
-    /// The target (lock symbols are looked up in its address space).
-    pub pid: u32,
-    /// Rows of the summary's top tables.
-    pub top_n: usize,
-    /// Thread names as the root frames of the .folded files.
-    pub folded_thread_root: bool,
-}
-
-/// What [`write_profiles`] produced.
-pub struct Written {
-    pub files: Vec<PathBuf>,
-    /// The summary section of each profile.
-    pub sections: Vec<String>,
-    /// The symbolized profiles, as written.
-    pub profiles: Vec<crate::model::Profile>,
-}
-
-/// Symbolizes raw profiles and writes `<kind>.pb.gz` and `<kind>.folded` for each into
-/// `out_dir` (the mutex profile first loses its non-lock futex words and gains lock names,
-/// using `lock_waiters`). Run it on the thread that owns `symbolizer`.
-pub fn write_profiles(
-    symbolizer: &mut Symbolizer,
-    raws: Vec<RawProfile>,
-    lock_waiters: Option<RawProfile>,
-    maps: &MapsCache,
-    out: &OutputOptions,
-) -> Result<Written, Error> {
-    let OutputOptions {
-        dir: ref out_dir,
-        pid,
-        top_n,
-        folded_thread_root,
-    } = *out;
-    let mut written = Written {
-        files: Vec::new(),
-        sections: Vec::new(),
-        profiles: Vec::new(),
-    };
-    let waiters = lock_waiters.map(|w| symbolizer.symbolize(w, maps));
-    for raw in raws {
-        let kind = raw.kind;
-        let mut profile = symbolizer.symbolize(raw, maps);
-        locks::classify_futex_waits(&mut profile);
-        let mut lock_section = None;
-        if let (ProfileKind::Mutex, Some(waiters)) = (kind, &waiters) {
-            lock_section = Some(prepare_mutex(
-                &mut profile,
-                waiters,
-                symbolizer,
-                maps,
-                pid,
-                top_n,
-            ));
-        }
-        let pb = out_dir.join(format!("{}.pb.gz", kind.name()));
-        export::pprof::write(&profile, &pb).map_err(|e| Error::Output {
-            path: pb.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        written.files.push(pb);
-        let folded_path = out_dir.join(format!("{}.folded", kind.name()));
-        export::folded::write_text(&folded_path, &folded_text(&profile, folded_thread_root))
-            .map_err(|source| Error::Output {
-                path: folded_path.clone(),
-                source,
-            })?;
-        written.files.push(folded_path);
-        let mut section = report::profile_section(&profile, top_n);
-        if let Some(extra) = lock_section {
-            section.push_str(&extra);
-        }
-        written.sections.push(section);
-        written.profiles.push(profile);
-    }
-    Ok(written)
-}
-
-/// Folded stacks of a profile by its main value; off-CPU stacks get their wait class as the
-/// root frame, so a flame graph splits by class first.
-pub fn folded_text(profile: &crate::model::Profile, thread_root: bool) -> String {
-    let value_index = report::main_value_index(profile);
-    let offcpu = profile.kind == ProfileKind::Offcpu;
-    export::folded::render_with_root(profile, value_index, |s| {
-        let mut root = Vec::new();
-        if thread_root {
-            root.push(report::label_of(s, "thread").unwrap_or_else(|| "[no thread]".into()));
-        }
-        if offcpu && let Some(class) = report::wait_class_of(s) {
-            root.push(class);
-        }
-        root
-    })
-}
-
 /// One bounded capture window of `target`: loads and verifies the programs, attaches what
 /// `spec` asks for, waits for the duration (or `stop`, or the target's exit), detaches, and
 /// reads the maps into raw profiles. Everything attached is detached when this returns, on
@@ -369,7 +137,10 @@ pub async fn capture(
         .map_err(|e| Error::proc_read(target.pid, "maps", &e))?;
     // Also reads the task iterator's offsets, from the same BTF parse, while no other parsed BTF
     // is alive (next to the loader's, a second parse added ~20 MiB to the peak RSS).
-    let mut collector = Collector::load(kernel_offsets()?, spec.map_entries)?;
+    let mut collector = Collector::load(
+        crate::kernel::offsets::scheduler_offsets()?,
+        spec.map_entries,
+    )?;
     match collector.take_logger() {
         Ok(fut) => {
             tokio::spawn(fut);
@@ -465,15 +236,17 @@ async fn window(
     }
     // The iterator and its offsets are ready before the window opens, so the first look at the
     // threads follows the switch-on within microseconds (the CPU sampler runs meanwhile).
-    if let Err(e) = crate::dump::kernel_offsets().and_then(|_| collector.load_dump_iterator()) {
+    if let Err(e) =
+        crate::kernel::offsets::task_offsets().and_then(|_| collector.load_dump_iterator())
+    {
         tracing::warn!("loading the task iterator: {e} (no seeded waits, no accounting)");
     }
     if flags != 0 {
         collector.start_offcpu()?;
     }
     // Every thread as it is now, probes recording: those already off CPU get their waits
-    // seeded from here (accounting.rs), and everyone's CPU time starts here.
-    let t0_ktime = collect::ktime_now();
+    // seeded from here (profiles::accounting), and everyone's CPU time starts here.
+    let t0_ktime = kernel::ktime_now();
     collector.set_config(Config {
         window_start_ns: t0_ktime,
         ..config
@@ -522,7 +295,7 @@ async fn window(
                             maps,
                             &mut sym,
                             &d.dir,
-                            crate::cli::DumpFormat::Text,
+                            crate::dump::DumpFormat::Text,
                         );
                         match r {
                             Ok(Some(path)) => dump_written(&path, target.pid, d),
@@ -540,7 +313,7 @@ async fn window(
                             maps,
                             &mut sym,
                             &d.dir,
-                            crate::cli::DumpFormat::Text,
+                            crate::dump::DumpFormat::Text,
                             crate::dump::Detail::EveryThread,
                         ) {
                             Ok(path) => dump_written(&path, target.pid, d),
@@ -555,7 +328,7 @@ async fn window(
     // The last look at the threads (their CPU time) with the probes still on, then the end
     // time for intervals still open, then stop recording.
     let end_tasks = read_threads(collector, target.pid);
-    let end_ts = collect::ktime_now();
+    let end_ts = kernel::ktime_now();
     // The window ends here, not after the programs are detached: a syscall tracepoint's detach
     // waits for an RCU grace period (about 0.1-0.3 s seen here) in which nothing is recorded.
     let elapsed = t0.elapsed();
@@ -672,7 +445,7 @@ async fn window(
 /// Every thread of `pid` now, as the task iterator reads it (each record with its own
 /// time). A failure costs the seeding and the accounting, not the window: it is logged.
 fn read_threads(collector: &mut Collector, pid: u32) -> Vec<DumpTask> {
-    let tasks = crate::dump::kernel_offsets().and_then(|o| collector.dump_tasks(pid, o));
+    let tasks = crate::kernel::offsets::task_offsets().and_then(|o| collector.dump_tasks(pid, o));
     match tasks {
         Ok(t) => t,
         Err(e) => {
@@ -700,39 +473,6 @@ fn thread_views(
         .zip(&users)
         .filter_map(|(t, u)| accounting::view(t, u))
         .collect()
-}
-
-/// Mutex profile after symbolization: drops futex words that are not locks (condition
-/// variables and such, told apart by their waiters' stacks), names locks after their symbols,
-/// and returns the "most contended locks" part of the summary.
-pub fn prepare_mutex(
-    profile: &mut crate::model::Profile,
-    waiters: &crate::model::Profile,
-    symbolizer: &mut Symbolizer,
-    maps: &MapsCache,
-    pid: u32,
-    top_n: usize,
-) -> String {
-    let not_locks = locks::non_lock_words(waiters);
-    let removed = locks::drop_words(profile, &not_locks);
-    let mut waiters = waiters.clone();
-    locks::drop_words(&mut waiters, &not_locks);
-    let mut names = std::collections::HashMap::new();
-    for s in &profile.samples {
-        if let Some(l) = locks::lock_of(s)
-            && !names.contains_key(l)
-            && let Ok(addr) = u64::from_str_radix(l.trim_start_matches("0x"), 16)
-            && let Some(sym) = symbolizer.data_symbol(pid, addr, maps)
-        {
-            names.insert(l.to_string(), sym);
-        }
-    }
-    locks::name_locks(profile, &names);
-    profile.comments.push(format!(
-        "{removed} wake-ups of {} non-lock futex words (condition variables, semaphores, joins) left out",
-        not_locks.len()
-    ));
-    report::locks_section(profile, &waiters, &names, top_n.min(5))
 }
 
 /// Waits for the capture window to end: duration elapsed, `stop` (Ctrl-C), or the target exited.
@@ -828,67 +568,4 @@ fn sync_unwind_tables(
         collector.upload_unwind_rows(start, &rows)?;
     }
     collector.set_proc_mappings(pid, &pm)
-}
-
-/// Creates the output directory and checks files can be written in it, before anything is
-/// attached; a failure names the reason (a pseudo-filesystem such as /proc, read-only, denied).
-pub fn prepare_output(dir: &Path) -> Result<(), Error> {
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        let existing = dir
-            .ancestors()
-            .find(|a| a.is_dir())
-            .unwrap_or(Path::new("/"));
-        return Err(Error::OutputNotWritable {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "creating it in {} failed: {}",
-                existing.display(),
-                system::unwritable_reason(existing, &e)
-            ),
-        });
-    }
-    check_writable(dir)
-}
-
-/// Free space below which a window's files would likely not fit (a profile of a busy process
-/// takes up to a few MiB): refused before anything attaches.
-const MIN_FREE_BYTES: u64 = 1 << 20;
-
-fn check_writable(dir: &Path) -> Result<(), Error> {
-    let probe = dir.join(".stallscope-write-test");
-    std::fs::write(&probe, b"").map_err(|e| Error::OutputNotWritable {
-        path: dir.to_path_buf(),
-        reason: system::unwritable_reason(dir, &e),
-    })?;
-    let _ = std::fs::remove_file(probe);
-    if let Some(free) = system::free_bytes(dir)
-        && free < MIN_FREE_BYTES
-    {
-        return Err(Error::OutputNotWritable {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "only {} KiB are free on its filesystem, and one window's profiles can take a \
-                 few MiB; free some space there",
-                free / 1024
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Before the results are written: a directory removed during the window is made again (the
-/// profiles are in memory; losing them to an `rm` would help nobody), and said so.
-fn restore_output(dir: &Path) -> Result<(), Error> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(|source| Error::Output {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    eprintln!(
-        "stallscope: the output directory {} was removed during the window; created it again",
-        dir.display()
-    );
-    Ok(())
 }

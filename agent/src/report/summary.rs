@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
 
 use crate::{
-    collect::Counters,
     export::top,
+    kernel::Counters,
     model::{Label, Line, Profile, ProfileKind, Sample},
     profiles::RunqStats,
 };
@@ -34,7 +34,7 @@ pub struct CaptureFacts {
     pub mutex_fraction: u64,
     pub runq: Option<RunqStats>,
     /// Every thread's time in the window (`None`: the threads could not be read).
-    pub accounting: Option<crate::accounting::Accounting>,
+    pub accounting: Option<crate::profiles::accounting::Accounting>,
 }
 
 /// The `wait_class` label of a sample (off-CPU profiles).
@@ -430,7 +430,7 @@ pub fn is_lock_wait(p: &Profile, s: &Sample) -> Option<bool> {
         Some("mutex" | "rwlock" | "pi_mutex") => Some(true),
         Some(_) => Some(false),
         None if p.kind == ProfileKind::Block || wait_class_of(s).is_some() => {
-            Some(crate::locks::is_lock(crate::locks::wait_object_of(p, s)))
+            Some(crate::profiles::locks::wait_object_of(p, s).is_lock())
         }
         None => None,
     }
@@ -451,7 +451,7 @@ fn map_full_hint(c: &Counters) -> Option<String> {
             "{} events found their aggregation map full and were dropped: raise --map-entries \
              (distinct stack, wait class and thread keys per profile and window; default {})",
             c.agg_map_full,
-            crate::collect::DEFAULT_MAP_ENTRIES
+            crate::kernel::DEFAULT_MAP_ENTRIES
         )
     })
 }
@@ -703,7 +703,7 @@ pub fn locks_section(
     n: usize,
 ) -> String {
     let mut s = String::new();
-    let top = crate::locks::top_locks(mutex, waiters, names, n, 3);
+    let top = crate::profiles::locks::top_locks(mutex, waiters, names, n, 3);
     if top.is_empty() {
         return s;
     }

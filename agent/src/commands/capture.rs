@@ -14,18 +14,18 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, CaptureSpec, Captured},
-    cli::{CaptureArgs, DumpFormat},
-    collect::Collector,
-    dump::{self, Detail},
+    cli::CaptureArgs,
+    dump::{self, Detail, DumpFormat},
     error::Error,
+    kernel::Collector,
     model::{Profile, ProfileKind},
-    procmaps::MapsCache,
-    report::{self, EndReason},
+    report::summary::{self as report, EndReason},
+    report::triage::{self, TriageInput},
     symbolize::Symbolizer,
     system,
-    triage::{self, TriageInput},
-    unwinder::UnwindRegistry,
+    unwind::maps::MapsCache,
+    unwind::tables::UnwindRegistry,
+    window::{self, CaptureSpec, Captured},
 };
 
 /// One file of the bundle, as listed in `manifest.json`.
@@ -69,7 +69,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Writes one file of the bundle whole or not at all (a temporary file, then a rename).
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), Error> {
-    crate::export::pprof::write_atomically(path, contents.as_ref()).map_err(io_err(path))
+    crate::output::write_atomically(path, contents.as_ref()).map_err(io_err(path))
 }
 
 /// Threads of the process now (from /proc/PID/status), if it lives.
@@ -244,7 +244,7 @@ fn describe(rel: &Path) -> String {
 
 /// Runs `agent capture`. Returns the text printed on stdout (the diagnosis and where it is).
 pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
-    let target = attach::check_target(args.pid)?;
+    let target = window::check_target(args.pid)?;
     let dir = args.output.clone();
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let probe = dir.join(".stallscope-write-test");
@@ -257,7 +257,10 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     maps.refresh(target.pid)
         .map_err(|_| Error::NoSuchProcess(target.pid))?;
     save_proc_facts(target.pid, &dir, &mut notes)?;
-    let mut collector = Collector::load(attach::kernel_offsets()?, args.rates.map_entries)?;
+    let mut collector = Collector::load(
+        crate::kernel::offsets::scheduler_offsets()?,
+        args.rates.map_entries,
+    )?;
     let dump_start = dump_now(
         &mut collector,
         target.pid,
@@ -310,7 +313,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         let _ = tokio::signal::ctrl_c().await;
     };
     let mut unwind = UnwindRegistry::new();
-    let captured = attach::capture_with(
+    let captured = window::capture_with(
         &mut collector,
         &mut unwind,
         maps,
@@ -378,7 +381,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     // Symbolize and write profiles and flame graphs on one blocking thread (blazesym).
     let out_dir = dir.clone();
     let thread_root = args.labels.folded_thread_root;
-    let out = attach::OutputOptions {
+    let out = window::finish::OutputOptions {
         dir: dir.clone(),
         pid,
         top_n: 15,
@@ -386,13 +389,18 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     };
     let (written, svg_notes) = tokio::task::spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
-        let written = attach::write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)?;
+        let written =
+            window::finish::write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)?;
         let mut svg_notes = Vec::new();
         for p in &written.profiles {
             let vi = report::main_value_index(p);
             let unit = &p.sample_types[vi];
             let title = format!("{} profile ({}/{})", p.kind.name(), unit.r#type, unit.unit);
-            match flame_graph(&attach::folded_text(p, thread_root), &title, &unit.unit) {
+            match flame_graph(
+                &window::finish::folded_text(p, thread_root),
+                &title,
+                &unit.unit,
+            ) {
                 Ok(svg) => {
                     let path = out_dir.join(format!("{}.svg", p.kind.name()));
                     write(&path, svg)?;

@@ -1,5 +1,13 @@
-//! Turns what `collect` read from the kernel into [`RawProfile`]s: sample types, weights,
-//! labels. Pure functions of plain data, unit-tested without root.
+//! What the kernel recorded, made into profiles and accounts; pure functions of plain data,
+//! unit-tested without root:
+//! - this module: [`crate::kernel`]'s records into [`RawProfile`]s by kind (cpu, offcpu, block,
+//!   mutex): sample types, weights, labels;
+//! - [`accounting`]: every thread-second of the window (on CPU, off CPU by class, unaccounted);
+//! - [`locks`]: after symbolization, which futex words are locks, their names, the most
+//!   contended ones with holders and waiters.
+
+pub mod accounting;
+pub mod locks;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -7,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use stallscope_common::{BLOCK_COUNT_SCALE, wait_class};
 
 use crate::{
-    collect::{
+    kernel::{
         BlockRecord, CpuRecord, MutexRecord, OffcpuRecord, OpenInterval, RunqBucket, StackPart,
     },
     model::{Label, ProfileKind, RawProfile, RawSample, RawStack, ValueType},

@@ -74,15 +74,6 @@ pub fn wait_object_of(p: &Profile, s: &Sample) -> WaitObject {
     runtime_lock_of(&names).unwrap_or_else(|| state::wait_object(0, &names[..names.len().min(12)]))
 }
 
-/// Whether threads waiting on `o` wait for a lock someone holds (contention), rather than for
-/// an event (idle workers on a condition variable, a semaphore, a join).
-pub fn is_lock(o: WaitObject) -> bool {
-    matches!(
-        o,
-        WaitObject::Mutex | WaitObject::PiMutex | WaitObject::RwLock | WaitObject::PiDeadlockPark
-    )
-}
-
 /// The `wait_object` label value of a futex wait.
 pub fn wait_object_label(o: WaitObject) -> &'static str {
     match o {
@@ -128,7 +119,7 @@ pub fn classify_futex_waits(p: &mut Profile) {
         .collect();
     for (s, o) in p.samples.iter_mut().zip(objects) {
         let Some(o) = o else { continue };
-        if offcpu && is_lock(o) {
+        if offcpu && o.is_lock() {
             for l in &mut s.labels {
                 if let Label::Str(k, v) = l
                     && k == "wait_class"

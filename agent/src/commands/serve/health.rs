@@ -10,8 +10,8 @@ use prometheus::{
     Encoder as _, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::collect::{Counters, MapFill, ProgramStats};
 use crate::error::Error;
+use crate::kernel::{Counters, MapFill, ProgramStats};
 
 const EVENTS: [&str; 10] = [
     "cpu_samples",
@@ -249,7 +249,7 @@ impl Health {
         for p in ["user", "kernel"] {
             stacks_lost.with_label_values(&[p]);
         }
-        for m in crate::collect::FILL_MAPS {
+        for m in crate::kernel::FILL_MAPS {
             map_entries.with_label_values(&[m]);
             map_max.with_label_values(&[m]);
         }

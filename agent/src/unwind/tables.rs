@@ -6,7 +6,7 @@ use std::{collections::HashMap, os::unix::fs::FileExt, path::Path};
 
 use stallscope_common::{ExecMapping, MAX_EXEC_MAPPINGS, ProcMappings, UNWIND_ROWS_MAX, UnwindRow};
 
-use crate::{procmaps::MapsCache, unwind};
+use crate::unwind::{cfi as unwind, maps::MapsCache};
 
 /// A PT_LOAD segment: file offset, virtual address and size in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,83 @@
+//! `agent dump`: one thread dump of a running process ([`crate::dump`]), as text or JSON, to
+//! stdout or a file.
+
+use stallscope_common::KernelOffsets;
+
+use crate::{
+    cli::DumpArgs,
+    dump::{Detail, extension, render, take_dump, write_into},
+    error::Error,
+    kernel::Collector,
+    symbolize::Symbolizer,
+    system,
+    unwind::maps::MapsCache,
+};
+
+/// `agent dump`: returns what to print on stdout (the dump, or with `-o` where it was written).
+pub fn run(args: &DumpArgs) -> Result<String, Error> {
+    system::check_privileges()?;
+    system::check_btf()?;
+    let pid = args.pid;
+    // Zombies and kernel threads are told apart from missing processes (a process whose main
+    // thread exited, with others running, is dumped).
+    system::process_info(pid)?;
+    let tgid = target_tgid(pid)?;
+    if tgid != pid {
+        return Err(Error::Usage(format!(
+            "{pid} is a thread of process {tgid}; pass the process id: --pid {tgid}"
+        )));
+    }
+    let mut maps = MapsCache::new();
+    maps.refresh(pid)
+        .map_err(|e| Error::proc_read(pid, "maps", &e))?;
+    // Only the task iterator is loaded, and it takes its offsets from `DUMP_CONFIG`: the
+    // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
+    // parsed a second time for them.
+    let mut collector =
+        Collector::load(KernelOffsets::default(), crate::kernel::DEFAULT_MAP_ENTRIES)?;
+    let mut symbolizer = Symbolizer::new();
+    let dump = take_dump(&mut collector, pid, &maps, &mut symbolizer)?;
+    let detail = if args.debug == 1 {
+        Detail::Grouped
+    } else {
+        Detail::EveryThread
+    };
+    let out = render(&dump, args.format, detail);
+    match &args.output {
+        None => Ok(out),
+        Some(dir) => {
+            let path = write_into(dir, &format!("dump.{}", extension(args.format)), &out)?;
+            Ok(format!(
+                "wrote the dump of {} threads to {}\n",
+                dump.threads.len(),
+                path.display()
+            ))
+        }
+    }
+}
+
+/// The thread group of `pid`, if some thread of it is alive. Unlike a profile, a dump is still
+/// useful when the main thread has exited (a zombie) while other threads run on.
+fn target_tgid(pid: u32) -> Result<u32, Error> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| Error::NoSuchProcess(pid))?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(pid);
+    let live = |tid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+            .ok()
+            .and_then(|s| system::parse_stat(&s))
+            .is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
+    };
+    let any_live = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|_| Error::NoSuchProcess(pid))?
+        .filter_map(Result::ok)
+        .any(|e| live(&e.file_name().to_string_lossy()));
+    if !any_live {
+        return Err(Error::NoSuchProcess(pid));
+    }
+    Ok(tgid)
+}

@@ -1,0 +1,6 @@
+//! What a person reads at the end of a window:
+//! - [`summary`]: the summary text (facts, counters, each profile's top entries, locks);
+//! - [`triage`]: the "what looks wrong" findings of `agent capture`'s summary.md.
+
+pub mod summary;
+pub mod triage;
