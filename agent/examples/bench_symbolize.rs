@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent::model::{Profile, ProfileKind, RawProfile, RawSample, RawStack, ValueType};
-use agent::procmaps::MapsCache;
 use agent::symbolize::{Symbolizer, is_placeholder};
+use agent::unwind::maps::MapsCache;
 use anyhow::{Context, Result, bail};
 
 /// Frames per synthetic stack.
