@@ -21,10 +21,11 @@ use aya::{
     util::online_cpus,
 };
 use stallscope_common::{
-    BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CpuKey, EXIT_TRACKED,
-    FirstSeen, KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue,
-    ProcMappings, RunqKey, STACK_LOST, ThreadExit, ThreadState, USER_STACK_LOST, USER_STACK_NONE,
-    USER_STACK_NOT_STARTED, UnwindRow, UserStack, WalkCacheEntry, WalkCacheKey, runq_bucket_low,
+    BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CounterGroup, CpuKey,
+    EXIT_TRACKED, FirstSeen, KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey,
+    OffcpuValue, ProcMappings, RunqKey, STACK_LOST, ThreadExit, ThreadState, USER_STACK_LOST,
+    USER_STACK_NONE, USER_STACK_NOT_STARTED, UnwindRow, UserStack, WalkCacheEntry, WalkCacheKey,
+    runq_bucket_low,
 };
 
 use crate::error::Error;
@@ -38,47 +39,49 @@ fn unscale(count_scaled: u64) -> u64 {
     (count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE
 }
 
-/// Kernel-side event and loss counters, summed over CPUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counters {
-    pub cpu_samples: u64,
-    pub cpu_samples_target: u64,
-    pub user_stack_lost: u64,
-    pub kernel_stack_lost: u64,
-    pub stack_collisions: u64,
-    pub agg_map_full: u64,
-    pub offcpu_switch_out: u64,
-    pub offcpu_recorded: u64,
-    pub offcpu_below_min: u64,
-    /// Off-CPU intervals left out by `--offcpu-rate` sampling (the kept ones carry weights).
-    pub offcpu_sampled_out: u64,
-    /// Kept intervals whose user stack was taken at the end of their futex call.
-    pub thread_map_full: u64,
-    pub block_events_seen: u64,
-    pub block_events_recorded: u64,
-    pub runq_hist_full: u64,
-    pub unwind_cfi_frames: u64,
-    pub unwind_fp_frames: u64,
-    pub unwind_truncated: u64,
-    pub user_stack_map_full: u64,
-    pub mutex_events_seen: u64,
-    pub mutex_events_recorded: u64,
-    pub lock_table_full: u64,
-    /// User stacks served from the in-kernel walk cache, and walked frame by frame.
-    pub user_stack_cache_hit: u64,
-    pub user_stack_walked: u64,
-    /// Target switch-ins or switch-outs found missing (in twice or out twice in a row, or a
-    /// new thread exiting without ever being seen switched in).
-    pub switch_missed: u64,
-    /// Runs of the agent's programs the kernel skipped because another BPF program was
-    /// running on that CPU (each program's `recursion_misses`): those events were not seen.
-    pub prog_runs_missed: u64,
-    /// Threads off CPU since before the window that could not be followed (`FIRST_SEEN` full).
-    pub first_seen_full: u64,
-    /// Exited threads whose CPU time was lost (`EXITED` full).
-    pub exited_full: u64,
-    /// Stored user stacks whose frames did not hash to their handle (read by the agent).
-    pub user_stack_corrupt: u64,
+/// One window's event and loss counters ([`Counter`]: the kernel's summed over CPUs, and the two
+/// the agent counts as it reads the maps). Serialized as `{name: value}` in slot order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters([u64; COUNTER_SLOTS as usize]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self([0; COUNTER_SLOTS as usize])
+    }
+}
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    pub fn set(&mut self, c: Counter, v: u64) {
+        self.0[c as usize] = v;
+    }
+
+    /// Every counter with its value, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.into_iter().map(|c| (c, self.get(c)))
+    }
+
+    /// The sum of a group's counters.
+    pub fn group_sum(&self, g: CounterGroup) -> u64 {
+        self.iter()
+            .filter(|(c, _)| c.info().group == g)
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+impl serde::Serialize for Counters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(Counter::ALL.len()))?;
+        for (c, v) in self.iter() {
+            m.serialize_entry(c.info().name, &v)?;
+        }
+        m.end()
+    }
 }
 
 /// A part of a stack as read back from the kernel.
@@ -555,36 +558,15 @@ impl Collector {
                 .map_err(|e| Error::Internal(format!("reading counter {c:?}: {e}")))?;
             Ok(per_cpu.iter().sum())
         };
-        Ok(Counters {
-            cpu_samples: read(Counter::CpuSamples)?,
-            cpu_samples_target: read(Counter::CpuSamplesTarget)?,
-            user_stack_lost: read(Counter::UserStackLost)?,
-            kernel_stack_lost: read(Counter::KernelStackLost)?,
-            stack_collisions: read(Counter::StackCollision)?,
-            agg_map_full: read(Counter::AggMapFull)?,
-            offcpu_switch_out: read(Counter::OffcpuSwitchOut)?,
-            offcpu_recorded: read(Counter::OffcpuRecorded)?,
-            offcpu_below_min: read(Counter::OffcpuBelowMin)?,
-            offcpu_sampled_out: read(Counter::OffcpuSampledOut)?,
-            thread_map_full: read(Counter::ThreadMapFull)?,
-            block_events_seen: read(Counter::BlockEventsSeen)?,
-            block_events_recorded: read(Counter::BlockEventsRecorded)?,
-            runq_hist_full: read(Counter::RunqHistFull)?,
-            unwind_cfi_frames: read(Counter::UnwindCfiFrames)?,
-            unwind_fp_frames: read(Counter::UnwindFpFrames)?,
-            unwind_truncated: read(Counter::UnwindTruncated)?,
-            user_stack_map_full: read(Counter::UserStackMapFull)?,
-            mutex_events_seen: read(Counter::MutexEventsSeen)?,
-            mutex_events_recorded: read(Counter::MutexEventsRecorded)?,
-            lock_table_full: read(Counter::LockTableFull)?,
-            user_stack_cache_hit: read(Counter::UserStackCacheHit)?,
-            user_stack_walked: read(Counter::UserStackWalked)?,
-            switch_missed: read(Counter::SwitchMissed)?,
-            prog_runs_missed: self.prog_runs_missed(),
-            first_seen_full: read(Counter::FirstSeenFull)?,
-            exited_full: read(Counter::ExitedFull)?,
-            user_stack_corrupt: self.count_corrupt_stacks()?,
-        })
+        let mut c = Counters::default();
+        for counter in Counter::ALL {
+            if !counter.agent_side() {
+                c.set(counter, read(counter)?);
+            }
+        }
+        c.set(Counter::ProgRunsSkipped, self.prog_runs_missed());
+        c.set(Counter::UserStackCorrupt, self.count_corrupt_stacks()?);
+        Ok(c)
     }
 
     /// Reads every CPU sample bucket with its stacks resolved to addresses.

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
 
+use stallscope_common::Counter;
+
 use crate::{
     export::top,
     kernel::Counters,
@@ -446,11 +448,11 @@ pub fn main_value_index(p: &Profile) -> usize {
 
 /// What to do when events found an aggregation map full.
 fn map_full_hint(c: &Counters) -> Option<String> {
-    (c.agg_map_full > 0).then(|| {
+    (c.get(Counter::AggMapFull) > 0).then(|| {
         format!(
             "{} events found their aggregation map full and were dropped: raise --map-entries \
              (distinct stack, wait class and thread keys per profile and window; default {})",
-            c.agg_map_full,
+            c.get(Counter::AggMapFull),
             crate::kernel::DEFAULT_MAP_ENTRIES
         )
     })
@@ -461,28 +463,39 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
     let mut v = vec![
         format!(
             "cpu samples taken: {} (all processes), for the target: {}",
-            c.cpu_samples, c.cpu_samples_target
+            c.get(Counter::CpuSamples),
+            c.get(Counter::CpuSamplesTarget)
         ),
         format!(
             "stacks lost: user {} (corrupt {}), kernel {}; stack map collisions {}; aggregation map full (samples dropped) {}",
-            c.user_stack_lost + c.user_stack_corrupt,
-            c.user_stack_corrupt,
-            c.kernel_stack_lost,
-            c.stack_collisions,
-            c.agg_map_full
+            c.get(Counter::UserStackLost) + c.get(Counter::UserStackCorrupt),
+            c.get(Counter::UserStackCorrupt),
+            c.get(Counter::KernelStackLost),
+            c.get(Counter::StackCollision),
+            c.get(Counter::AggMapFull)
         ),
     ];
-    if c.offcpu_switch_out > 0 || c.block_events_seen > 0 {
+    if c.get(Counter::OffcpuSwitchOut) > 0 || c.get(Counter::BlockEventsSeen) > 0 {
         v.push(format!(
             "off-cpu: {} switch-outs, {} intervals recorded, {} left out by --offcpu-rate sampling, {} below --offcpu-min; thread table full {}; run-queue histogram full {}; first-seen table full {}; exit table full {}; switches missed {}; program runs skipped by the kernel {}",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_sampled_out, c.offcpu_below_min, c.thread_map_full, c.runq_hist_full, c.first_seen_full, c.exited_full, c.switch_missed, c.prog_runs_missed
+            c.get(Counter::OffcpuSwitchOut), c.get(Counter::OffcpuRecorded), c.get(Counter::OffcpuSampledOut), c.get(Counter::OffcpuBelowMin), c.get(Counter::ThreadMapFull), c.get(Counter::RunqHistFull), c.get(Counter::FirstSeenFull), c.get(Counter::ExitedFull), c.get(Counter::SwitchMissed), c.get(Counter::ProgRunsSkipped)
         ));
         v.push(format!(
             "block: {} futex waits seen, {} recorded after in-kernel rate sampling",
-            c.block_events_seen, c.block_events_recorded
+            c.get(Counter::BlockEventsSeen),
+            c.get(Counter::BlockEventsRecorded)
         ));
     }
     v.extend(map_full_hint(c));
+    // Every non-zero counter by its one name (stallscope_common::Counter), as summary.json has them.
+    let named: Vec<String> = c
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{}={n}", k.info().name))
+        .collect();
+    if !named.is_empty() {
+        v.push(format!("counters: {}", named.join(" ")));
+    }
     v
 }
 
@@ -777,54 +790,66 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
         let _ = writeln!(
             s,
             "accounting: {} cpu samples taken at {} Hz on {} CPUs, {} for the target",
-            c.cpu_samples, f.frequency, f.cpus, c.cpu_samples_target,
+            c.get(Counter::CpuSamples),
+            f.frequency,
+            f.cpus,
+            c.get(Counter::CpuSamplesTarget),
         );
     }
     if f.profiles.contains(&ProfileKind::Offcpu) {
         let _ = writeln!(
             s,
             "accounting: {} switch-outs of target threads, {} off-CPU intervals recorded (weighted), {} left out by --offcpu-rate sampling, {} shorter than --offcpu-min",
-            c.offcpu_switch_out, c.offcpu_recorded, c.offcpu_sampled_out, c.offcpu_below_min
+            c.get(Counter::OffcpuSwitchOut),
+            c.get(Counter::OffcpuRecorded),
+            c.get(Counter::OffcpuSampledOut),
+            c.get(Counter::OffcpuBelowMin)
         );
     }
     if f.profiles.contains(&ProfileKind::Mutex) {
         let _ = writeln!(
             s,
             "accounting: {} lock releases with waiters, {} recorded (mutex fraction {}); lock table full {}",
-            c.mutex_events_seen, c.mutex_events_recorded, f.mutex_fraction, c.lock_table_full
+            c.get(Counter::MutexEventsSeen),
+            c.get(Counter::MutexEventsRecorded),
+            f.mutex_fraction,
+            c.get(Counter::LockTableFull)
         );
     }
-    if c.user_stack_walked + c.user_stack_cache_hit > 0 {
+    if c.get(Counter::UserStackWalked) + c.get(Counter::UserStackCacheHit) > 0 {
         let _ = writeln!(
             s,
             "accounting: {} user stacks walked, {} taken from the walk cache",
-            c.user_stack_walked, c.user_stack_cache_hit
+            c.get(Counter::UserStackWalked),
+            c.get(Counter::UserStackCacheHit)
         );
     }
     if f.profiles.contains(&ProfileKind::Block) {
         let _ = writeln!(
             s,
             "accounting: {} futex waits seen, {} recorded (block rate {})",
-            c.block_events_seen,
-            c.block_events_recorded,
+            c.get(Counter::BlockEventsSeen),
+            c.get(Counter::BlockEventsRecorded),
             human_ns(f.block_rate_ns)
         );
     }
     let _ = writeln!(
         s,
         "losses: stacks lost user {} (user-stack map full {}, corrupt {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}; switches missed {}, program runs skipped by the kernel {}",
-        c.user_stack_lost + c.user_stack_map_full + c.user_stack_corrupt,
-        c.user_stack_map_full,
-        c.user_stack_corrupt,
-        c.kernel_stack_lost,
-        c.stack_collisions,
-        c.agg_map_full,
-        c.thread_map_full,
-        c.runq_hist_full,
-        c.first_seen_full,
-        c.exited_full,
-        c.switch_missed,
-        c.prog_runs_missed
+        c.get(Counter::UserStackLost)
+            + c.get(Counter::UserStackMapFull)
+            + c.get(Counter::UserStackCorrupt),
+        c.get(Counter::UserStackMapFull),
+        c.get(Counter::UserStackCorrupt),
+        c.get(Counter::KernelStackLost),
+        c.get(Counter::StackCollision),
+        c.get(Counter::AggMapFull),
+        c.get(Counter::ThreadMapFull),
+        c.get(Counter::RunqHistFull),
+        c.get(Counter::FirstSeenFull),
+        c.get(Counter::ExitedFull),
+        c.get(Counter::SwitchMissed),
+        c.get(Counter::ProgRunsSkipped)
     );
     if let Some(hint) = map_full_hint(c) {
         let _ = writeln!(s, "{hint}");
@@ -873,13 +898,20 @@ pub(crate) mod tests {
                 .iter()
                 .all(|l| !l.contains("--map-entries"))
         );
-        c.agg_map_full = 17;
+        c.set(Counter::AggMapFull, 17);
         let hint: Vec<String> = counter_comments(&c)
             .into_iter()
             .filter(|l| l.contains("raise --map-entries"))
             .collect();
         assert_eq!(hint.len(), 1, "{hint:?}");
         assert!(hint[0].starts_with("17 events found"), "{}", hint[0]);
+        // And every non-zero counter travels by name.
+        c.set(Counter::SwitchMissed, 2);
+        let comments = counter_comments(&c);
+        assert_eq!(
+            comments.last().map(String::as_str),
+            Some("counters: agg_map_full=17 switch_missed=2")
+        );
     }
 
     /// A profile from stacks written leaf first: `name@/src/f.c:19` is in the program,
@@ -1181,9 +1213,9 @@ pub(crate) mod tests {
         assert!(s.contains("[no application frame]  [w]"), "{s}");
     }
 
-    #[test]
-    fn summary_says_the_target_exited_and_shows_losses() {
-        let f = CaptureFacts {
+    /// A 2.1 s window of a 10 s request that ended with the target's exit.
+    pub(crate) fn facts(counters: Counters, profiles: Vec<ProfileKind>) -> CaptureFacts {
+        CaptureFacts {
             pid: 42,
             comm: "svc".into(),
             requested: Duration::from_secs(10),
@@ -1191,18 +1223,22 @@ pub(crate) mod tests {
             end: EndReason::TargetExited,
             frequency: 99,
             cpus: 2,
-            counters: Counters {
-                cpu_samples: 400,
-                cpu_samples_target: 200,
-                user_stack_lost: 3,
-                ..Default::default()
-            },
-            profiles: vec![ProfileKind::Cpu],
+            counters,
+            profiles,
             block_rate_ns: 1,
             mutex_fraction: 1,
             accounting: None,
             runq: None,
-        };
+        }
+    }
+
+    #[test]
+    fn summary_says_the_target_exited_and_shows_losses() {
+        let mut c = Counters::default();
+        c.set(Counter::CpuSamples, 400);
+        c.set(Counter::CpuSamplesTarget, 200);
+        c.set(Counter::UserStackLost, 3);
+        let f = facts(c, vec![ProfileKind::Cpu]);
         let s = render_summary(&f, &[], &[PathBuf::from("out/cpu.pb.gz")]);
         assert!(
             s.contains("the process exited after 2.1 s of 10.0 s"),

@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use stallscope_common::Counter;
+
 use crate::{
     dump::model::{State, Thread, Wait, WaitObject},
     kernel::Counters,
@@ -1246,12 +1248,14 @@ pub fn diagnose(t: &TriageInput) -> Vec<Finding> {
     }
 
     let c = &t.counters;
-    let lost = c.user_stack_lost + c.kernel_stack_lost + c.stack_collisions;
-    let dropped = c.agg_map_full
-        + c.thread_map_full
-        + c.runq_hist_full
-        + c.lock_table_full
-        + c.user_stack_map_full;
+    let lost = c.get(Counter::UserStackLost)
+        + c.get(Counter::KernelStackLost)
+        + c.get(Counter::StackCollision);
+    let dropped = c.get(Counter::AggMapFull)
+        + c.get(Counter::ThreadMapFull)
+        + c.get(Counter::RunqHistFull)
+        + c.get(Counter::LockTableFull)
+        + c.get(Counter::UserStackMapFull);
     if lost + dropped > 0 {
         out.push(Finding {
             severity: Severity::Info,
@@ -1259,7 +1263,7 @@ pub fn diagnose(t: &TriageInput) -> Vec<Finding> {
             title: "Some data was lost".into(),
             details: vec![format!(
                 "stacks lost: user {}, kernel {}, collisions {}; events dropped (maps full): {dropped}. Figures above are lower bounds.",
-                c.user_stack_lost, c.kernel_stack_lost, c.stack_collisions
+                c.get(Counter::UserStackLost), c.get(Counter::KernelStackLost), c.get(Counter::StackCollision)
             )],
         });
     }

@@ -29,71 +29,273 @@ pub fn target_bit(tgid: u32) -> Option<(u32, u64)> {
     Some((word, 1u64 << (tgid & 63)))
 }
 
-/// Indexes into the `COUNTERS` per-CPU array. The agent sums them over CPUs and shows them.
+/// Indexes into the `COUNTERS` per-CPU array. The agent sums them over CPUs and shows them; the
+/// last two are counted by the agent itself when it reads the maps (the kernel leaves their
+/// slots at zero). Each has one name, group and help text ([`Counter::info`]), from which the
+/// summary's counts, the pprof comments, `/metrics` and the JSON are derived.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Counter {
-    /// perf cpu-clock samples seen (any process).
     CpuSamples = 0,
-    /// ... of which belonged to a target process.
     CpuSamplesTarget = 1,
-    /// User stack could not be captured (`bpf_get_stackid` error other than an empty stack).
     UserStackLost = 2,
-    /// Kernel stack could not be captured.
     KernelStackLost = 3,
-    /// Stack-trace map bucket already held a different stack (`-EEXIST`).
     StackCollision = 4,
-    /// An aggregation map was full; the event was dropped.
     AggMapFull = 5,
-    /// Target threads switched out (off-CPU intervals started).
     OffcpuSwitchOut = 6,
-    /// Off-CPU intervals recorded (ended by a switch-in, at least `offcpu_min_ns` long).
     OffcpuRecorded = 7,
-    /// Off-CPU intervals shorter than `offcpu_min_ns`, ignored on purpose.
     OffcpuBelowMin = 8,
-    /// The per-thread state map was full: a thread's interval or syscall could not be tracked.
     ThreadMapFull = 9,
-    /// Futex waits that ended (block-profile candidates).
     BlockEventsSeen = 10,
-    /// Futex waits kept by the in-kernel block-rate sampling and recorded.
     BlockEventsRecorded = 11,
-    /// Run-queue latency histogram map full.
     RunqHistFull = 12,
-    /// User frames unwound with CFI rows.
+    // 13 is unused.
     UnwindCfiFrames = 14,
-    /// User frames unwound with frame pointers.
     UnwindFpFrames = 15,
-    /// User stacks cut at `MAX_USER_FRAMES`.
     UnwindTruncated = 16,
-    /// The user-stack map was full: the stack was recorded as lost.
     UserStackMapFull = 17,
-    /// Futex wakes that ended a span with waiting time to charge (mutex profile candidates).
     MutexEventsSeen = 18,
-    /// ... of which were kept by `--mutex-fraction` sampling and recorded.
     MutexEventsRecorded = 19,
-    /// The lock table (`LOCKS`) was full: a futex word's waiters were not tracked.
     LockTableFull = 20,
-    /// User stacks taken from the walk cache (same registers and stack words as a walk before).
     UserStackCacheHit = 21,
-    /// User stacks walked frame by frame.
     UserStackWalked = 22,
-    /// `FIRST_SEEN` was full: a thread off CPU since before the window could not be followed
-    /// (its seeded wait is closed at the window's end instead of at its first switch-in).
     FirstSeenFull = 23,
-    /// `EXITED` was full: an exited thread's CPU time is missing from the accounting.
     ExitedFull = 24,
-    /// Off-CPU intervals left out by the duration-weighted sampling (`--offcpu-rate`), on
-    /// purpose: the kept ones carry their weight.
     OffcpuSampledOut = 25,
     // 26 was the deferred futex-call stacks, gone with the futex hooks.
-    /// A target thread's switch-in or switch-out was not seen (the thread was found switching
-    /// in twice, or out twice, in a row, or exiting without ever being seen switched in): the
-    /// time between is missing from the off-CPU profile and from its thread's accounting.
     SwitchMissed = 27,
+    /// Counted by the agent: stored user stacks whose frames do not hash to their handle.
+    UserStackCorrupt = 28,
+    /// Counted by the agent: runs of its programs the kernel skipped (`recursion_misses`).
+    ProgRunsSkipped = 29,
+}
+
+/// What a counter counts, for `/metrics` (one family per group) and the summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterGroup {
+    /// Events seen and recorded (`stallscope_kernel_events_total`).
+    Event,
+    /// Events dropped or not seen: something is missing from the profiles
+    /// (`stallscope_kernel_dropped_total`).
+    Dropped,
+    /// Stacks lost: the event is kept without (part of) its stack (`stallscope_stacks_lost_total`).
+    StackLost,
+    /// How the user-stack unwinder worked (frames by method, walks and cache hits).
+    Unwind,
+}
+
+/// A counter's name (snake case: the JSON key), group, label value in its group's `/metrics`
+/// family, and help.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterInfo {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub group: CounterGroup,
+    pub help: &'static str,
+}
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 28] = [
+        Counter::CpuSamples,
+        Counter::CpuSamplesTarget,
+        Counter::UserStackLost,
+        Counter::KernelStackLost,
+        Counter::StackCollision,
+        Counter::AggMapFull,
+        Counter::OffcpuSwitchOut,
+        Counter::OffcpuRecorded,
+        Counter::OffcpuBelowMin,
+        Counter::ThreadMapFull,
+        Counter::BlockEventsSeen,
+        Counter::BlockEventsRecorded,
+        Counter::RunqHistFull,
+        Counter::UnwindCfiFrames,
+        Counter::UnwindFpFrames,
+        Counter::UnwindTruncated,
+        Counter::UserStackMapFull,
+        Counter::MutexEventsSeen,
+        Counter::MutexEventsRecorded,
+        Counter::LockTableFull,
+        Counter::UserStackCacheHit,
+        Counter::UserStackWalked,
+        Counter::FirstSeenFull,
+        Counter::ExitedFull,
+        Counter::OffcpuSampledOut,
+        Counter::SwitchMissed,
+        Counter::UserStackCorrupt,
+        Counter::ProgRunsSkipped,
+    ];
+
+    pub const fn info(self) -> CounterInfo {
+        use CounterGroup::*;
+        let (name, group, help) = match self {
+            Counter::CpuSamples => (
+                "cpu_samples",
+                Event,
+                "perf cpu-clock samples taken (any process).",
+            ),
+            Counter::CpuSamplesTarget => (
+                "cpu_samples_target",
+                Event,
+                "CPU samples of a target process.",
+            ),
+            Counter::UserStackLost => (
+                "user_stack_lost",
+                StackLost,
+                "User stacks that could not be taken.",
+            ),
+            Counter::KernelStackLost => (
+                "kernel_stack_lost",
+                StackLost,
+                "Kernel stacks that could not be taken (bpf_get_stackid failed).",
+            ),
+            Counter::StackCollision => (
+                "stack_collision",
+                Dropped,
+                "Kernel stacks whose stack-map bucket held a different stack (-EEXIST): never merged, the stack is lost.",
+            ),
+            Counter::AggMapFull => (
+                "agg_map_full",
+                Dropped,
+                "Events dropped because their aggregation map was full (raise --map-entries).",
+            ),
+            Counter::OffcpuSwitchOut => (
+                "offcpu_switch_out",
+                Event,
+                "Switch-outs of target threads (off-CPU intervals begun).",
+            ),
+            Counter::OffcpuRecorded => (
+                "offcpu_recorded",
+                Event,
+                "Off-CPU intervals recorded (ended by a switch-in, at least --offcpu-min long, kept by --offcpu-rate).",
+            ),
+            Counter::OffcpuBelowMin => (
+                "offcpu_below_min",
+                Event,
+                "Off-CPU intervals shorter than --offcpu-min, left out on purpose.",
+            ),
+            Counter::ThreadMapFull => (
+                "thread_map_full",
+                Dropped,
+                "Events lost because the per-thread state table was full.",
+            ),
+            Counter::BlockEventsSeen => (
+                "block_events_seen",
+                Event,
+                "Futex waits that ended (block-profile candidates).",
+            ),
+            Counter::BlockEventsRecorded => (
+                "block_events_recorded",
+                Event,
+                "Futex waits kept by the block-rate sampling and recorded.",
+            ),
+            Counter::RunqHistFull => (
+                "runq_hist_full",
+                Dropped,
+                "Run-queue latencies lost because the histogram map was full.",
+            ),
+            Counter::UnwindCfiFrames => (
+                "unwind_cfi_frames",
+                Unwind,
+                "User frames unwound with CFI rows.",
+            ),
+            Counter::UnwindFpFrames => (
+                "unwind_fp_frames",
+                Unwind,
+                "User frames unwound with frame pointers.",
+            ),
+            Counter::UnwindTruncated => (
+                "unwind_truncated",
+                Unwind,
+                "User stacks cut at the deepest frame the unwinder walks.",
+            ),
+            Counter::UserStackMapFull => (
+                "user_stack_map_full",
+                Dropped,
+                "User stacks lost because the user-stack map was full.",
+            ),
+            Counter::MutexEventsSeen => (
+                "mutex_events_seen",
+                Event,
+                "Futex wake-ups that ended a span of waiting to charge (mutex-profile candidates).",
+            ),
+            Counter::MutexEventsRecorded => (
+                "mutex_events_recorded",
+                Event,
+                "Futex wake-ups kept by --mutex-fraction and --mutex-rate sampling and recorded.",
+            ),
+            Counter::LockTableFull => (
+                "lock_table_full",
+                Dropped,
+                "Futex waits not tracked because the lock table was full.",
+            ),
+            Counter::UserStackCacheHit => (
+                "user_stack_cache_hit",
+                Unwind,
+                "User stacks taken from the walk cache (same registers and stack words as a walk before).",
+            ),
+            Counter::UserStackWalked => (
+                "user_stack_walked",
+                Unwind,
+                "User stacks walked frame by frame.",
+            ),
+            Counter::FirstSeenFull => (
+                "first_seen_full",
+                Dropped,
+                "Threads off CPU since before the window that could not be followed (first-seen table full).",
+            ),
+            Counter::ExitedFull => (
+                "exited_full",
+                Dropped,
+                "Exited threads whose CPU time was lost (exit table full).",
+            ),
+            Counter::OffcpuSampledOut => (
+                "offcpu_sampled_out",
+                Event,
+                "Off-CPU intervals left out by --offcpu-rate sampling, on purpose (the kept ones carry their weight).",
+            ),
+            Counter::SwitchMissed => (
+                "switch_missed",
+                Dropped,
+                "Target switch-ins or switch-outs not seen (in twice or out twice in a row): recovered from the thread's CPU time and counted.",
+            ),
+            Counter::UserStackCorrupt => (
+                "user_stack_corrupt",
+                StackLost,
+                "Stored user stacks whose frames did not hash to their handle (a walk overwritten mid-way): lost.",
+            ),
+            Counter::ProgRunsSkipped => (
+                "prog_runs_skipped",
+                Dropped,
+                "Runs of the agent's programs the kernel skipped because another BPF program was running on that CPU.",
+            ),
+        };
+        // The stacks-lost family's labels predate the names.
+        let label = match self {
+            Counter::UserStackLost => "user",
+            Counter::KernelStackLost => "kernel",
+            Counter::UserStackCorrupt => "user_corrupt",
+            _ => name,
+        };
+        CounterInfo {
+            name,
+            label,
+            group,
+            help,
+        }
+    }
+
+    /// Whether the agent counts it (the kernel never writes its slot).
+    pub const fn agent_side(self) -> bool {
+        matches!(self, Counter::UserStackCorrupt | Counter::ProgRunsSkipped)
+    }
 }
 
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
 pub const COUNTER_SLOTS: u32 = 64;
+
+const _: () = assert!((Counter::ProgRunsSkipped as u32) < COUNTER_SLOTS);
 
 /// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
 /// Stack ids are indexes into the stack-trace map, or negative when there was no stack.
@@ -609,6 +811,24 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_counter_once_with_its_own_name() {
+        use super::{COUNTER_SLOTS, Counter};
+        let mut names: [&str; Counter::ALL.len()] = [""; Counter::ALL.len()];
+        for w in Counter::ALL.windows(2) {
+            assert!(w[0] < w[1], "ALL out of slot order at {:?}", w[1]);
+        }
+        for c in Counter::ALL {
+            assert!((c as u32) < COUNTER_SLOTS);
+            let i = c.info();
+            assert!(!names.contains(&i.name), "{} twice", i.name);
+            names[Counter::ALL.iter().position(|x| *x == c).unwrap()] = i.name;
+            assert!(i.help.ends_with('.') && !i.help.is_empty(), "{c:?}'s help");
+        }
+        // The last variant is in ALL (a new one added at the end must be listed).
+        assert_eq!(Counter::ALL.last(), Some(&Counter::ProgRunsSkipped));
+    }
+
     use super::*;
 
     #[test]

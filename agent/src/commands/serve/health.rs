@@ -11,32 +11,10 @@ use prometheus::{
 };
 
 use crate::error::Error;
+use stallscope_common::{Counter, CounterGroup};
+
 use crate::kernel::{Counters, MapFill, ProgramStats};
 
-const EVENTS: [&str; 10] = [
-    "cpu_samples",
-    "cpu_samples_target",
-    "offcpu_switch_out",
-    "offcpu_recorded",
-    "offcpu_sampled_out",
-    "offcpu_below_min",
-    "block_events_seen",
-    "block_events_recorded",
-    "mutex_events_seen",
-    "mutex_events_recorded",
-];
-const DROPS: [&str; 10] = [
-    "agg_map_full",
-    "thread_map_full",
-    "runq_hist_full",
-    "user_stack_map_full",
-    "lock_table_full",
-    "stack_collision",
-    "first_seen_full",
-    "exited_full",
-    "switch_missed",
-    "prog_runs_skipped",
-];
 const PROGRAMS: [&str; 4] = [
     "cpu_sample",
     "sched_switch",
@@ -69,6 +47,7 @@ pub struct Health {
     events: IntCounterVec,
     dropped: IntCounterVec,
     stacks_lost: IntCounterVec,
+    unwind: IntCounterVec,
     map_entries: IntGaugeVec,
     map_max: IntGaugeVec,
     prog_seconds: prometheus::CounterVec,
@@ -118,7 +97,8 @@ impl Health {
         )?;
         let stacks_lost = cv(
             "stallscope_bpf_stacks_lost_total",
-            "Stacks that could not be captured during profile windows, by part (user, kernel).",
+            "Stacks that could not be captured during profile windows, by part (user, kernel, \
+             user_corrupt: a stored user stack that did not hash to its handle).",
             "part",
         )?;
         let map_entries = reg(
@@ -240,15 +220,12 @@ impl Health {
         ))
         .map_err(|e| Error::Internal(format!("registering the process collector: {e}")))?;
         // Every label value exists from the start, so each series reads 0 rather than nothing.
-        for e in EVENTS {
-            events.with_label_values(&[e]);
-        }
-        for d in DROPS {
-            dropped.with_label_values(&[d]);
-        }
-        for p in ["user", "kernel"] {
-            stacks_lost.with_label_values(&[p]);
-        }
+        let unwind = cv(
+            "stallscope_bpf_unwind_total",
+            "How the user-stack unwinder worked during profile windows (frames by method, \
+             truncated stacks, walks and walk-cache hits).",
+            "what",
+        )?;
         for m in crate::kernel::FILL_MAPS {
             map_entries.with_label_values(&[m]);
             map_max.with_label_values(&[m]);
@@ -266,11 +243,12 @@ impl Health {
         for s in ["ready", "loading", "failed"] {
             profile_windows.with_label_values(&[s]);
         }
-        Ok(Self {
+        let health = Self {
             registry: r,
             events,
             dropped,
             stacks_lost,
+            unwind,
             map_entries,
             map_max,
             prog_seconds,
@@ -286,7 +264,23 @@ impl Health {
             profile_seconds,
             rejected,
             profile_windows,
-        })
+        };
+        // Every counter's series exists from the start, reading 0 rather than nothing.
+        for c in Counter::ALL {
+            let i = c.info();
+            health.family(i.group).with_label_values(&[i.label]);
+        }
+        Ok(health)
+    }
+
+    /// The family of a counter group.
+    fn family(&self, g: CounterGroup) -> &IntCounterVec {
+        match g {
+            CounterGroup::Event => &self.events,
+            CounterGroup::Dropped => &self.dropped,
+            CounterGroup::StackLost => &self.stacks_lost,
+            CounterGroup::Unwind => &self.unwind,
+        }
     }
 
     /// Adds one profile window's kernel counters (they start from zero every window).
@@ -297,42 +291,10 @@ impl Health {
         fill: &[MapFill],
         progs: &[ProgramStats],
     ) {
-        let ev = [
-            c.cpu_samples,
-            c.cpu_samples_target,
-            c.offcpu_switch_out,
-            c.offcpu_recorded,
-            c.offcpu_sampled_out,
-            c.offcpu_below_min,
-            c.block_events_seen,
-            c.block_events_recorded,
-            c.mutex_events_seen,
-            c.mutex_events_recorded,
-        ];
-        for (name, v) in EVENTS.iter().zip(ev) {
-            self.events.with_label_values(&[name]).inc_by(v);
+        for (counter, v) in c.iter() {
+            let i = counter.info();
+            self.family(i.group).with_label_values(&[i.label]).inc_by(v);
         }
-        let dr = [
-            c.agg_map_full,
-            c.thread_map_full,
-            c.runq_hist_full,
-            c.user_stack_map_full,
-            c.lock_table_full,
-            c.stack_collisions,
-            c.first_seen_full,
-            c.exited_full,
-            c.switch_missed,
-            c.prog_runs_missed,
-        ];
-        for (name, v) in DROPS.iter().zip(dr) {
-            self.dropped.with_label_values(&[name]).inc_by(v);
-        }
-        self.stacks_lost
-            .with_label_values(&["user"])
-            .inc_by(c.user_stack_lost);
-        self.stacks_lost
-            .with_label_values(&["kernel"])
-            .inc_by(c.kernel_stack_lost);
         for f in fill {
             self.map_entries
                 .with_label_values(&[f.map])
