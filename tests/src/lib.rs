@@ -592,23 +592,23 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-/// A number from the agent's accounting line, e.g. `("futex waits seen", ...)`.
-pub fn accounting(run: &AgentRun, after_number: &str) -> u64 {
-    for line in run.stdout.lines().filter(|l| l.starts_with("accounting:")) {
-        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
-        for (i, w) in words.iter().enumerate() {
-            if let Ok(n) = w.parse::<u64>() {
-                let rest = words[i + 1..].join(" ");
-                if rest.starts_with(after_number) {
-                    return n;
-                }
-            }
-        }
-    }
-    panic!(
-        "no accounting figure before {after_number:?} in:\n{}",
-        run.stdout
-    )
+/// The run's `summary.json` (docs/summary-schema.md), which `attach` and `capture` write.
+pub fn summary_json(run: &AgentRun) -> serde_json::Value {
+    let path = run.file("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}\n{}", path.display(), run.output()));
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    assert_eq!(v["schema_version"], 1, "summary.json schema: {text:.300}");
+    v
+}
+
+/// One counter of the run's `summary.json` by its name (`stallscope_common::Counter`).
+pub fn counter(run: &AgentRun, name: &str) -> u64 {
+    let v = summary_json(run);
+    v["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name:?} in summary.json: {}", v["counters"]))
 }
 
 /// `agent attach --pid <w> --duration <duration> --profile <profiles> <extra...>`, asserting

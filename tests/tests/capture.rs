@@ -62,6 +62,7 @@ fn check_bundle(run: &AgentRun) -> serde_json::Value {
         "proc/limits",
         "threads_over_time.csv",
         "metrics.json",
+        "summary.json",
     ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }

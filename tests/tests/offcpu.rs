@@ -171,10 +171,10 @@ fn block_rate_sampling_is_unbiased_and_cheaper() {
         assert!(seconds(p, "delay", "long_wait", None) > 0.0);
         assert!(seconds(p, "delay", "short_wait", None) > 0.0);
     }
-    let seen_all = accounting(&all, "futex waits seen");
-    let rec_all = accounting(&all, "recorded");
-    let seen_s = accounting(&sampled, "futex waits seen");
-    let rec_s = accounting(&sampled, "recorded");
+    let seen_all = counter(&all, "block_events_seen");
+    let rec_all = counter(&all, "block_events_recorded");
+    let seen_s = counter(&sampled, "block_events_seen");
+    let rec_s = counter(&sampled, "block_events_recorded");
     assert_eq!(seen_all, rec_all, "rate 1 records every wait");
     assert!(seen_s > 1000, "the workload waits often: {seen_s}");
     assert!(
@@ -205,8 +205,8 @@ fn walk_cache_tells_call_paths_apart() {
     within(short + long, d, 0.05, "sleep time under the two paths");
     let both = seconds(&p, "off-cpu", "nap", Some("sleep"));
     within(both, short + long, 0.01, "sleep time under nap");
-    let hits = accounting(&run, "taken from the walk cache");
-    let walked = accounting(&run, "user stacks walked");
+    let hits = counter(&run, "user_stack_cache_hit");
+    let walked = counter(&run, "user_stack_walked");
     assert!(
         hits > walked,
         "walk cache barely used: {hits} hits, {walked} walks"
@@ -216,7 +216,7 @@ fn walk_cache_tells_call_paths_apart() {
 /// The CPU sampler runs from a timer interrupt and can interrupt a tracepoint program's stack
 /// walk on the same CPU. At 10 kHz on a switch-heavy lock convoy, every stored user stack must
 /// still be the stack its handle names: the agent re-hashes them all and counts any mismatch
-/// as a corrupt (lost) stack in the summary's `losses:` line. (The race is narrow: with both
+/// as a corrupt (lost) stack (`user_stack_corrupt` in summary.json). (The race is narrow: with both
 /// programs sharing one scratch slot this test still passed twice in two runs, so it guards
 /// the separation and the count rather than proving the race.)
 #[test]
@@ -224,19 +224,10 @@ fn stacks_survive_the_sampler_interrupting_a_walk() {
     require_root();
     let w = Workload::spawn("mutex_convoy", &[]);
     let run = attach_ok(&w, "3s", "cpu,offcpu,block,mutex", &["-F", "10000"]);
-    let losses = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("losses:"))
-        .unwrap_or_else(|| panic!("no losses line:\n{}", run.stdout));
-    let corrupt: u64 = losses
-        .split_once("corrupt ")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no corrupt count in {losses:?}"));
-    assert_eq!(corrupt, 0, "{losses}");
-    let walked = accounting(&run, "user stacks walked");
-    let samples = accounting(&run, "cpu samples taken");
+    let corrupt = counter(&run, "user_stack_corrupt");
+    assert_eq!(corrupt, 0, "{}", run.stdout);
+    let walked = counter(&run, "user_stack_walked");
+    let samples = counter(&run, "cpu_samples");
     assert!(
         walked >= 50 && samples >= 5_000,
         "the test needs many walks and samples at once: {walked} walks, {samples} samples\n{}",
@@ -293,8 +284,8 @@ fn default_offcpu_rate_keeps_the_totals_of_rate_one() {
             0.05,
             &format!("--offcpu-rate {rate}: the players' off-CPU time against alive - on CPU"),
         );
-        let recorded = accounting(run, "off-CPU intervals recorded");
-        let left_out = accounting(run, "left out by --offcpu-rate sampling");
+        let recorded = counter(run, "offcpu_recorded");
+        let left_out = counter(run, "offcpu_sampled_out");
         if *rate == "1" {
             assert_eq!(left_out, 0, "rate 1 leaves nothing out");
         } else {

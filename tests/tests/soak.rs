@@ -325,30 +325,13 @@ fn check_window(run: &AgentRun, f: &mut Figures) {
     f.windows += 1;
     let cpu = read_profile(run.file("cpu.pb.gz"));
     let samples = total(&cpu, "samples") as u64;
-    let seen = accounting(run, "for the target");
-    let losses = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("losses:"))
-        .unwrap_or_else(|| panic!("no losses line:\n{}", run.stdout));
-    // "events dropped: map full N, thread table full N, ...": every table's drops.
-    let dropped = losses
-        .split_once("events dropped: ")
-        .map(|(_, r)| r)
-        .unwrap_or_else(|| panic!("no dropped events in {losses:?}"));
-    let count_after = |what: &str| -> u64 {
-        dropped
-            .split_once(what)
-            .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {what:?} count in {losses:?}"))
-    };
-    let map_full = count_after("map full ");
+    let seen = counter(run, "cpu_samples_target");
+    let map_full = counter(run, "agg_map_full");
     f.dropped += map_full
-        + count_after("thread table full ")
-        + count_after("histogram full ")
-        + count_after("first-seen table full ")
-        + count_after("exit table full ");
+        + counter(run, "thread_map_full")
+        + counter(run, "runq_hist_full")
+        + counter(run, "first_seen_full")
+        + counter(run, "exited_full");
     assert_eq!(
         samples + map_full,
         seen,
@@ -358,8 +341,8 @@ fn check_window(run: &AgentRun, f: &mut Figures) {
     f.window_samples += samples;
     let block = read_profile(run.file("block.pb.gz"));
     let contentions = total(&block, "contentions") as u64;
-    let waits = accounting(run, "futex waits seen");
-    let recorded = accounting(run, "recorded (block rate");
+    let waits = counter(run, "block_events_seen");
+    let recorded = counter(run, "block_events_recorded");
     assert_eq!(
         waits, recorded,
         "block rate 1 records every wait\n{}",
@@ -395,8 +378,7 @@ fn check_window(run: &AgentRun, f: &mut Figures) {
         "{pct:.2}% of the thread-seconds unaccounted\n{}",
         th.worst(12)
     );
-    let missed =
-        count_after("switches missed ") + count_after("program runs skipped by the kernel ");
+    let missed = counter(run, "switch_missed") + counter(run, "prog_runs_skipped");
     let bad: Vec<String> = th
         .threads
         .iter()

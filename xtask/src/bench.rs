@@ -759,10 +759,10 @@ struct Cost {
     ready_s: f64,
     /// Per program name: (run time ns, runs) during the window. Empty unless bpf_stats was on.
     progs: BTreeMap<String, (u64, u64)>,
-    /// The tracer's standard output (the agent's summary).
-    stdout: String,
     /// The agent's output directory.
     out_dir: Option<PathBuf>,
+    /// The run's summary.json (`Null` without one).
+    summary: serde_json::Value,
 }
 
 impl Cost {
@@ -1230,7 +1230,7 @@ fn timed(ctx: &Ctx, spec: &Spec, tool: &Tool, stats: bool) -> Result<(Run, Optio
         maxrss_kib,
         ready_s,
         progs,
-        stdout,
+        summary: summary_json(out_dir.as_deref()),
         out_dir,
     };
     Ok((secs, Some(cost)))
@@ -1448,11 +1448,11 @@ struct StressRow {
 
 impl StressRow {
     fn switch_outs(&self) -> u64 {
-        accounting_number(&self.cost.stdout, "switch-outs of target threads").unwrap_or(0)
+        counter(&self.cost.summary, "offcpu_switch_out")
     }
 
     fn drops(&self) -> u64 {
-        losses(&self.cost.stdout)
+        losses(&self.cost.summary)
     }
 
     /// Share of off-CPU time whose stack has no user frame at all (the kernel could not
@@ -1962,39 +1962,46 @@ fn dump(ctx: &Ctx) -> Result<Dump> {
 // ---------------------------------------------------------------------------------------------
 // Parsing the agent's summary
 
-/// Every whole number in `line`.
-fn numbers(line: &str) -> Vec<u64> {
-    line.split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect()
+/// A run's `summary.json` (docs/summary-schema.md); `Null` when it wrote none (serve, bpftrace).
+fn summary_json(dir: Option<&Path>) -> serde_json::Value {
+    dir.and_then(|d| std::fs::read_to_string(d.join("summary.json")).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
-/// The number just before `what` in the summary's `accounting:` lines.
-fn accounting_number(summary: &str, what: &str) -> Option<u64> {
-    summary
-        .lines()
-        .filter(|l| l.starts_with("accounting:"))
-        .find_map(|l| {
-            let (before, _) = l.split_once(what)?;
-            numbers(before).last().copied()
+/// One counter of a summary.json by name (0 when absent).
+fn counter(summary: &serde_json::Value, name: &str) -> u64 {
+    summary["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Everything a summary.json counts as lost: every dropped event and lost stack.
+fn losses(summary: &serde_json::Value) -> u64 {
+    use stallscope_common::{Counter, CounterGroup};
+    Counter::ALL
+        .into_iter()
+        .map(|c| c.info())
+        .filter(|i| matches!(i.group, CounterGroup::Dropped | CounterGroup::StackLost))
+        .map(|i| counter(summary, i.name))
+        .sum()
+}
+
+/// The non-zero losses of a summary.json by name, for the notes under a table.
+fn losses_text(summary: &serde_json::Value) -> String {
+    use stallscope_common::{Counter, CounterGroup};
+    let named: Vec<String> = Counter::ALL
+        .into_iter()
+        .map(|c| c.info())
+        .filter(|i| matches!(i.group, CounterGroup::Dropped | CounterGroup::StackLost))
+        .filter_map(|i| {
+            let n = counter(summary, i.name);
+            (n > 0).then(|| format!("{} {n}", i.name))
         })
-}
-
-/// Everything the summary counts as lost: the `losses:` line and a full lock table.
-fn losses(summary: &str) -> u64 {
-    let lost: u64 = summary
-        .lines()
-        .filter(|l| l.starts_with("losses:"))
-        .flat_map(numbers)
-        .sum();
-    let lock_table = summary
-        .lines()
-        .filter(|l| l.starts_with("accounting:"))
-        .find_map(|l| l.split_once("lock table full").map(|x| numbers(x.1)))
-        .and_then(|n| n.first().copied())
-        .unwrap_or(0);
-    lost + lock_table
+        .collect();
+    if named.is_empty() {
+        "nothing lost".into()
+    } else {
+        named.join(", ")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2305,10 +2312,10 @@ fn redis(ctx: &Ctx) -> Result<Redis> {
             let (_, maxrss_kib, summary) = tracer.finish(Duration::from_secs(120))?;
             // Kept for a look afterwards: the last traced run's summary.
             let _ = std::fs::write(ctx.dir.join("redis-summary.txt"), &summary);
+            r.agent_losses.push(losses(&summary_json(Some(&out.0))));
             drop(out);
             r.agent_cpu.push(share);
             r.agent_maxrss_kib.push(maxrss_kib as f64);
-            r.agent_losses.push(losses(&summary));
             with = Some(rps);
         }
         let (base, with) = (base.expect("ran"), with.expect("ran"));
@@ -3000,16 +3007,10 @@ impl Report {
             );
         }
         for r in st.rows.iter().filter(|r| r.drops() > 0) {
-            let line = r.cost.stdout.lines().find(|l| l.starts_with("losses:"));
-            let _ = writeln!(s, "\n{}: `{}`", r.label, line.unwrap_or("(no losses line)"));
+            let _ = writeln!(s, "\n{}: {}", r.label, losses_text(&r.cost.summary));
         }
         if let Some(o) = &st.overflow {
-            let line = o
-                .cost
-                .stdout
-                .lines()
-                .find(|l| l.starts_with("losses:"))
-                .unwrap_or("(no losses line)");
+            let line = losses_text(&o.cost.summary);
             let per = o
                 .cost
                 .progs
@@ -3017,7 +3018,7 @@ impl Report {
                 .map_or(0.0, |(ns, c)| *ns as f64 / (*c).max(1) as f64);
             let _ = writeln!(
                 s,
-                "\nWith 32768 distinct call paths the agent's summary said: `{line}`; \
+                "\nWith 32768 distinct call paths the agent's summary.json counted: {line}; \
                  sched_switch took {per:.0} ns per run at that stack depth.\n"
             );
         }
@@ -3323,20 +3324,20 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 mod tests {
     use super::*;
 
-    const SUMMARY: &str = "stallscope: pid 1 (x): 1.0 s capture completed\n\
-        accounting: 10 cpu samples taken at 99 Hz on 2 CPUs, 3 for the target\n\
-        accounting: 4000 switch-outs of target threads, 3990 off-CPU intervals recorded, 0 shorter than --offcpu-min\n\
-        accounting: 7 lock releases with waiters, 7 recorded (mutex fraction 1); lock table full 2\n\
-        losses: stacks lost user 1 kernel 0; stack-map collisions 3; events dropped: map full 0, thread table full 0, histogram full 0\n";
-
     #[test]
-    fn summary_numbers() {
+    fn losses_sum_every_drop_and_lost_stack_and_nothing_else() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"counters": {"user_stack_lost": 1, "stack_collision": 3, "lock_table_full": 2,
+                "cpu_samples": 99, "user_stack_walked": 7}}"#,
+        )
+        .unwrap();
+        assert_eq!(losses(&v), 1 + 3 + 2);
+        assert_eq!(counter(&v, "cpu_samples"), 99);
+        assert_eq!(losses(&serde_json::Value::Null), 0);
         assert_eq!(
-            accounting_number(SUMMARY, "switch-outs of target threads"),
-            Some(4000)
+            losses_text(&v),
+            "user_stack_lost 1, stack_collision 3, lock_table_full 2"
         );
-        assert_eq!(losses(SUMMARY), 1 + 3 + 2);
-        assert_eq!(losses("nothing"), 0);
     }
 
     #[test]

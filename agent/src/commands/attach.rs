@@ -10,7 +10,10 @@ use crate::{
     export,
     model::ProfileKind,
     output::{prepare_output, restore_output},
-    report::summary::{self as report, CaptureFacts},
+    report::{
+        json,
+        summary::{self as report, CaptureFacts},
+    },
     symbolize::Symbolizer,
     window::{
         self, CaptureSpec, Captured, DumpOptions,
@@ -132,8 +135,16 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     })?;
     facts.accounting = Some(accounting);
 
+    let summary_json = args.output.join("summary.json");
+    export::folded::write_text(&summary_json, &json::render(&facts, &profiles)).map_err(
+        |source| Error::Output {
+            path: summary_json.clone(),
+            source,
+        },
+    )?;
     let mut files = files;
     files.push(threads_json);
+    files.push(summary_json);
     let summary = report::render_summary(&facts, &sections, &files);
     Ok(AttachOutcome { files, summary })
 }

@@ -236,6 +236,8 @@ fn describe(rel: &Path) -> String {
         "agent counters, map fill, BPF program stats"
     } else if s == "summary.md" {
         "the diagnosis"
+    } else if s == "summary.json" {
+        "the window's facts, counters and largest stacks, for machines (docs/summary-schema.md)"
     } else {
         "file"
     };
@@ -424,6 +426,26 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     write(
         &dir.join("threads.json"),
         serde_json::to_vec_pretty(&accounting).unwrap_or_default(),
+    )?;
+
+    let facts = report::CaptureFacts {
+        pid,
+        comm: target.comm.clone(),
+        requested: args.duration,
+        elapsed,
+        end,
+        frequency: args.rates.frequency,
+        cpus,
+        counters: counters.clone(),
+        profiles: spec.profiles.clone(),
+        block_rate_ns: args.rates.block_rate,
+        mutex_fraction: args.rates.mutex_fraction,
+        runq,
+        accounting: Some(accounting.clone()),
+    };
+    write(
+        &dir.join("summary.json"),
+        crate::report::json::render(&facts, &written.profiles),
     )?;
 
     let by_kind =
