@@ -1,4 +1,5 @@
-//! Command-line interface (clap). Parsing only: the work is done in `attach` and friends.
+//! Command-line interface (clap). Parsing only: the work is done in `commands/`. The rates
+//! every profiling command shares are [`Rates`], one struct from here to the kernel.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -6,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::dump::DumpFormat;
 use crate::model::ProfileKind;
+use crate::options::{Rates, parse_nanos, shown, too_long};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,47 +162,6 @@ pub struct DumpArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Sampling rates, the same for `attach`, `capture` and `serve` (its /debug/pprof windows).
-#[derive(Debug, Clone, Copy, Args)]
-pub struct Rates {
-    /// CPU sampling frequency in Hz (per CPU).
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub frequency: u64,
-
-    /// Block profile rate, like Go's SetBlockProfileRate: a wait of d is recorded with
-    /// probability min(1, d/rate) and weighted so totals stay unbiased. 1 records every wait.
-    /// Takes ns or a duration (100us, 1ms); at most 4s.
-    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
-    pub block_rate: u64,
-
-    /// Off-CPU profile rate, the same sampling as --block-rate: an interval of d off CPU is
-    /// recorded with probability min(1, d/rate) and weighted max(d, rate), so totals per stack
-    /// stay unbiased while short waits cost less to record. 1 records every interval.
-    /// Takes ns or a duration (100us, 1ms); at most 4s.
-    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
-    pub offcpu_rate: u64,
-
-    /// Mutex profile fraction, like Go's SetMutexProfileFraction: 1 in N contention events is
-    /// recorded (decided in the kernel) and its values multiplied by N.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub mutex_fraction: u64,
-
-    /// Mutex profile rate, on top of --mutex-fraction: a release that caused a delay d (and a
-    /// wait of d, on the waiters' side) is recorded with probability min(1, d/rate) and
-    /// weighted max(d, rate), as --block-rate does. 1 records every event.
-    /// Takes ns or a duration (100us, 1ms); at most 4s.
-    #[arg(long, default_value = "100us", value_parser = parse_nanos)]
-    pub mutex_rate: u64,
-
-    /// Entries in each in-kernel aggregation map: the distinct (stack, wait class, thread)
-    /// keys one window can hold per profile. An event that finds its map full is dropped and
-    /// counted ("map full" in the losses line, stallscope_bpf_events_dropped_total
-    /// {reason="agg_map_full"}): raise it then. About 100 bytes of kernel memory per entry and
-    /// map. 64 to 1048576.
-    #[arg(long, default_value_t = crate::kernel::DEFAULT_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
-    pub map_entries: u32,
-}
-
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// Process to profile (every thread of it, including threads it starts during the capture).
@@ -223,8 +184,8 @@ pub struct AttachArgs {
     pub labels: ThreadLabels,
 
     /// Ignore off-CPU intervals shorter than this (ns or a duration such as 10us).
-    #[arg(long, default_value = "0", value_parser = parse_nanos)]
-    pub offcpu_min: u64,
+    #[arg(long = "offcpu-min", default_value = "0", value_parser = parse_nanos)]
+    pub offcpu_min_ns: u64,
 
     /// Directory for the output files (created if missing).
     #[arg(short, long, default_value = "out")]
@@ -278,20 +239,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(too_long(s, "1 year (365d)"));
     }
     Ok(d)
-}
-
-fn too_long(s: &str, max: &str) -> String {
-    format!("{} is too long; at most {max}", shown(s))
-}
-
-/// A value as quoted in a message: at most 64 characters of it (an argument can be huge).
-pub fn shown(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.chars().count() <= MAX {
-        return format!("{s:?}");
-    }
-    let head: String = s.chars().take(MAX).collect();
-    format!("{head:?}... ({} bytes)", s.len())
 }
 
 /// `serve --interval`: at least 100ms (a faster /proc scan of every target costs a CPU).
@@ -386,33 +333,6 @@ pub fn parse_dump_when(s: &str) -> Result<crate::dump::trigger::DumpWhen, String
         }
     }
     s.parse()
-}
-
-/// Parses a nanosecond count: a bare integer is ns, otherwise a duration (`100us`, `1ms`).
-/// Capped at 4 s (the kernel's sampling arithmetic works in 32-bit fractions of it).
-pub fn parse_nanos(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty time; use ns or e.g. 100us, 1ms".into());
-    }
-    // Compared before any narrowing: a huge value must not wrap into a small one.
-    let ns: u128 = match s.parse::<u128>() {
-        Ok(n) => n,
-        Err(_) if s.starts_with('-') => {
-            return Err(format!(
-                "{} is negative; use ns or e.g. 100us, 1ms",
-                shown(s)
-            ));
-        }
-        Err(_) if s.bytes().all(|b| b.is_ascii_digit()) => u128::MAX,
-        Err(_) => humantime::parse_duration(s)
-            .map_err(|e| format!("invalid time {} ({e}); use ns or e.g. 100us, 1ms", shown(s)))?
-            .as_nanos(),
-    };
-    if ns > 4_000_000_000 {
-        return Err(too_long(s, "4s"));
-    }
-    Ok(ns as u64)
 }
 
 /// Parses one profile name of `--profile`.

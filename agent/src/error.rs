@@ -70,11 +70,66 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("{0}")]
-    Internal(String),
+    /// Something the agent itself failed at, where the user can do little but report it:
+    /// what it was doing, and the error underneath as the source (`main` prints the chain).
+    #[error("{context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl Error {
+    /// [`Error::Internal`]: `context` failed because of `source`.
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// [`Error::Internal`] with no error underneath (an inconsistency the agent found).
+    pub fn bug(context: impl Into<String>) -> Error {
+        Error::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The message with every cause under it that it does not already say, joined by ": ",
+    /// as `main` prints it.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let s = c.to_string();
+            if !text.contains(&s) {
+                text.push_str(": ");
+                text.push_str(&s);
+            }
+            cause = c.source();
+        }
+        text
+    }
+
+    /// Whether this is a write to a closed pipe (`agent dump | head`): the reader left, and
+    /// that ends the command quietly.
+    pub fn is_broken_pipe(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(c) = cause {
+            if c.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
     /// A failed read of `/proc/PID/<file>`: the process is gone ([`Error::NoSuchProcess`]),
     /// or still there and out of reach ([`Error::ProcDenied`]), not both called "no process".
     pub fn proc_read(pid: u32, file: &'static str, e: &std::io::Error) -> Error {
@@ -102,6 +157,22 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chain_says_each_cause_once_and_finds_a_broken_pipe() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
+        let e = Error::internal("writing to standard output", io);
+        assert_eq!(e.chain(), "writing to standard output: pipe closed");
+        assert!(e.is_broken_pipe());
+        // A cause the message already quotes is not repeated.
+        let e = Error::Output {
+            path: "/x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(e.chain().matches("disk full").count(), 1, "{}", e.chain());
+        assert!(!e.is_broken_pipe());
+        assert_eq!(Error::bug("inconsistent").chain(), "inconsistent");
+    }
 
     #[test]
     fn proc_reads_tell_gone_from_denied() {

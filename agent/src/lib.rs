@@ -4,7 +4,7 @@
 //! above it in this list:
 //!
 //! - foundation: [`error`], [`system`] (pre-flight checks), [`output`] (files written), [`model`]
-//!   (the profile data model);
+//!   (the profile data model), [`options`] (the sampling rates, from clap to the kernel);
 //! - [`kernel`]: the only module that touches aya: loads the BPF programs, reads their maps into
 //!   plain records, runs the task iterator;
 //! - [`unwind`]: the target's mappings and the CFI tables the BPF unwinder searches;
@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod kernel;
 pub mod model;
+pub mod options;
 pub mod output;
 pub mod profiles;
 pub mod report;

@@ -42,23 +42,33 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Attach(args) => agent::commands::attach::run(args).await.map(|o| {
-                print!("{}", o.summary);
-            }),
-            Command::Capture(args) => agent::commands::capture::run(args).await.map(|text| {
-                print!("{text}");
-            }),
-            Command::Dump(args) => agent::commands::dump::run(args).map(|out| {
-                print!("{out}");
-            }),
+            Command::Attach(args) => agent::commands::attach::run(args)
+                .await
+                .and_then(|o| print_out(&o.summary)),
+            Command::Capture(args) => agent::commands::capture::run(args)
+                .await
+                .and_then(|text| print_out(&text)),
+            Command::Dump(args) => agent::commands::dump::run(args).and_then(|out| print_out(&out)),
             Command::Serve(args) => agent::commands::serve::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output left (`agent dump | head`): what it read was whole, the
+        // files are written; end quietly, as `head` expects of a writer (ripgrep does the same).
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.chain());
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// Writes a command's text to stdout (`print!` would panic on a closed pipe).
+fn print_out(text: &str) -> Result<(), agent::error::Error> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| agent::error::Error::internal("writing to standard output", e))
 }

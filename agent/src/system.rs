@@ -39,7 +39,7 @@ pub fn missing_capabilities(cap_eff: u64) -> Vec<&'static str> {
 /// Checks this process may load BPF programs and open perf events.
 pub fn check_privileges() -> Result<(), Error> {
     let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| Error::Internal(format!("reading /proc/self/status: {e}")))?;
+        .map_err(|e| Error::internal("reading /proc/self/status", e))?;
     let cap_eff = parse_cap_eff(&status).unwrap_or(0);
     let missing = missing_capabilities(cap_eff);
     if missing.is_empty() {

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use agent::cli::{parse_duration, parse_nanos, parse_profile};
+use agent::cli::{parse_duration, parse_profile};
+use agent::options::parse_nanos;
 use agent::dump::model::State;
 use agent::dump::trigger::{Cmp, Condition, DumpWhen, ThreadObs, parse_signal};
 use libfuzzer_sys::fuzz_target;

@@ -168,3 +168,26 @@ fn output_on_proc_names_the_pseudo_filesystem() {
         );
     }
 }
+
+/// `agent dump --pid N | head -0`: the reader is gone before the dump is printed. The agent
+/// ends quietly with exit 0 (no panic, no error line), as a writer into `head` should.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    require_root();
+    let w = Workload::spawn("offcpu_mix", &[]);
+    let mut child = Command::new(agent_path())
+        .args(["dump", "--pid", &w.pid_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the agent");
+    // Closed before the agent has loaded its iterator, let alone written the dump.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waiting for the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}

@@ -33,12 +33,8 @@ pub fn spec_of(args: &AttachArgs) -> CaptureSpec {
     CaptureSpec {
         profiles: args.profile.clone(),
         duration: args.duration,
-        frequency: args.rates.frequency,
-        block_rate: args.rates.block_rate,
-        mutex_fraction: args.rates.mutex_fraction,
-        offcpu_min: args.offcpu_min,
-        offcpu_rate: args.rates.offcpu_rate,
-        mutex_rate: args.rates.mutex_rate,
+        rates: args.rates,
+        offcpu_min_ns: args.offcpu_min_ns,
         tid_labels: !args.labels.no_tid_label,
         dumps: Some(DumpOptions {
             dir: args.output.clone(),
@@ -53,7 +49,6 @@ pub fn spec_of(args: &AttachArgs) -> CaptureSpec {
                 })
                 .map(|s| std::sync::Arc::new(tokio::sync::Mutex::new(s))),
         }),
-        map_entries: args.rates.map_entries,
     }
 }
 
@@ -93,12 +88,10 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         requested: args.duration,
         elapsed,
         end,
-        frequency: args.rates.frequency,
+        rates: args.rates,
         cpus,
         counters,
         profiles: args.profile.clone(),
-        block_rate_ns: args.rates.block_rate,
-        mutex_fraction: args.rates.mutex_fraction,
         runq,
         accounting: None,
     };
@@ -120,7 +113,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         write_profiles(&mut symbolizer, raws, lock_waiters, &maps, &out)
     })
     .await
-    .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
+    .map_err(|e| Error::internal("symbolization thread failed", e))??;
     if let Some(p) = profiles.iter().find(|p| p.kind == ProfileKind::Offcpu) {
         accounting.classes_from(p);
     }

@@ -301,15 +301,10 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
             ProfileKind::Mutex,
         ],
         duration: args.duration,
-        frequency: args.rates.frequency,
-        block_rate: args.rates.block_rate,
-        mutex_fraction: args.rates.mutex_fraction,
-        offcpu_min: 0,
-        offcpu_rate: args.rates.offcpu_rate,
-        mutex_rate: args.rates.mutex_rate,
+        rates: args.rates,
+        offcpu_min_ns: 0,
         tid_labels: !args.labels.no_tid_label,
         dumps: None,
-        map_entries: args.rates.map_entries,
     };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -413,7 +408,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         Ok::<_, Error>((written, svg_notes))
     })
     .await
-    .map_err(|e| Error::Internal(format!("symbolization thread failed: {e}")))??;
+    .map_err(|e| Error::internal("symbolization thread failed", e))??;
     notes.extend(svg_notes);
     let mut accounting = accounting;
     if let Some(p) = written
@@ -434,12 +429,10 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         requested: args.duration,
         elapsed,
         end,
-        frequency: args.rates.frequency,
+        rates: args.rates,
         cpus,
         counters: counters.clone(),
         profiles: spec.profiles.clone(),
-        block_rate_ns: args.rates.block_rate,
-        mutex_fraction: args.rates.mutex_fraction,
         runq,
         accounting: Some(accounting.clone()),
     };

@@ -264,7 +264,7 @@ pub fn ktime_now() -> u64 {
 /// every BPF program on the machine pays two clock reads per run.
 pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd, Error> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| Error::Internal(format!("enabling BPF run-time statistics: {e}")))
+        .map_err(|e| Error::internal("enabling BPF run-time statistics", e))
 }
 
 /// Entries in each aggregation map unless `--map-entries` says otherwise.
@@ -279,10 +279,9 @@ impl Collector {
     /// aggregation map.
     pub fn load(offsets: KernelOffsets, map_entries: u32) -> Result<Self, Error> {
         if BPF_OBJECT.is_empty() {
-            return Err(Error::Internal(
+            return Err(Error::bug(
                 "this agent was built with AYA_BUILD_SKIP=1 and has no BPF programs; \
-                 rebuild it with `cargo xtask build`"
-                    .into(),
+                 rebuild it with `cargo xtask build`",
             ));
         }
         let mut loader = EbpfLoader::new();
@@ -295,9 +294,9 @@ impl Collector {
             .map_err(|e| Error::BpfLoad(format!("{e:#}")))?;
         let stacks = StackTraceMap::try_from(
             ebpf.take_map("STACKS")
-                .ok_or_else(|| Error::Internal("STACKS map missing from BPF object".into()))?,
+                .ok_or_else(|| Error::bug("STACKS map missing from BPF object"))?,
         )
-        .map_err(|e| Error::Internal(format!("STACKS map: {e}")))?;
+        .map_err(|e| Error::internal("STACKS map", e))?;
         Ok(Self {
             ebpf,
             cpu_links: Vec::new(),
@@ -312,13 +311,13 @@ impl Collector {
     pub fn take_logger(
         &mut self,
     ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
-        let logger = aya_log::EbpfLogger::init(&mut self.ebpf)
-            .map_err(|e| Error::Internal(format!("aya-log: {e}")))?;
+        let logger =
+            aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| Error::internal("aya-log", e))?;
         // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns the logger.
         let mut fd = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
         }
-        .map_err(|e| Error::Internal(format!("aya-log fd: {e}")))?;
+        .map_err(|e| Error::internal("aya-log fd", e))?;
         Ok(async move {
             loop {
                 let Ok(mut guard) = fd.readable_mut().await else {
@@ -338,14 +337,14 @@ impl Collector {
     /// Sets or clears `tgid`'s bit in the programs' target bitmap.
     fn set_target_bit(&mut self, tgid: u32, on: bool) -> Result<(), Error> {
         let (word, bit) = stallscope_common::target_bit(tgid)
-            .ok_or_else(|| Error::Internal(format!("pid {tgid} is beyond the target bitmap")))?;
+            .ok_or_else(|| Error::bug(format!("pid {tgid} is beyond the target bitmap")))?;
         let mut bits: aya::maps::Array<_, u64> = self.map_mut("TARGET_BITS")?;
         let old = bits
             .get(&word, 0)
-            .map_err(|e| Error::Internal(format!("target bitmap: {e}")))?;
+            .map_err(|e| Error::internal("target bitmap", e))?;
         let new = if on { old | bit } else { old & !bit };
         bits.set(word, new, 0)
-            .map_err(|e| Error::Internal(format!("target bitmap: {e}")))
+            .map_err(|e| Error::internal("target bitmap", e))
     }
 
     /// Removes a process from the set the programs record (and its unwinder mappings).
@@ -386,14 +385,14 @@ impl Collector {
             let _ = self.stacks.remove(&id);
         }
         let ncpus = aya::util::nr_cpus()
-            .map_err(|(what, e)| Error::Internal(format!("counting CPUs ({what}): {e}")))?;
+            .map_err(|(what, e)| Error::internal(format!("counting CPUs ({what})"), e))?;
         let mut counters: PerCpuArray<_, u64> = self.map_mut("COUNTERS")?;
         for idx in 0..COUNTER_SLOTS {
             let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; ncpus])
-                .map_err(|e| Error::Internal(format!("zeroing counters: {e}")))?;
+                .map_err(|e| Error::internal("zeroing counters", e))?;
             counters
                 .set(idx, zeros, 0)
-                .map_err(|e| Error::Internal(format!("zeroing counter {idx}: {e}")))?;
+                .map_err(|e| Error::internal(format!("zeroing counter {idx}"), e))?;
         }
         Ok(())
     }
@@ -406,9 +405,9 @@ impl Collector {
         M::try_from(
             self.ebpf
                 .map_mut(name)
-                .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
+                .ok_or_else(|| Error::bug(format!("{name} map missing from BPF object")))?,
         )
-        .map_err(|e| Error::Internal(format!("{name} map: {e}")))
+        .map_err(|e| Error::internal(format!("{name} map"), e))
     }
 
     /// Loads (verifies) the programs a capture needs, so attaching later is quick and the
@@ -432,9 +431,9 @@ impl Collector {
     fn perf_program(&mut self) -> Result<&mut PerfEvent, Error> {
         self.ebpf
             .program_mut("cpu_sample")
-            .ok_or_else(|| Error::Internal("cpu_sample program missing".into()))?
+            .ok_or_else(|| Error::bug("cpu_sample program missing"))?
             .try_into()
-            .map_err(|e| Error::Internal(format!("cpu_sample: {e}")))
+            .map_err(|e| Error::internal("cpu_sample", e))
     }
 
     /// Attaches the CPU sampler: a software cpu-clock perf event at `frequency` Hz on every
@@ -442,7 +441,7 @@ impl Collector {
     pub fn start_cpu(&mut self, frequency: u64) -> Result<usize, Error> {
         self.load_programs(true, false)?;
         let cpus = online_cpus()
-            .map_err(|(what, e)| Error::Internal(format!("listing online CPUs ({what}): {e}")))?;
+            .map_err(|(what, e)| Error::internal(format!("listing online CPUs ({what})"), e))?;
         for cpu in &cpus {
             let prog = self.perf_program()?;
             let link = prog
@@ -477,7 +476,7 @@ impl Collector {
     pub fn set_config(&mut self, config: Config) -> Result<(), Error> {
         let mut map: Array<_, Config> = self.map_mut("CONFIG")?;
         map.set(0, config, 0)
-            .map_err(|e| Error::Internal(format!("writing CONFIG: {e}")))
+            .map_err(|e| Error::internal("writing CONFIG", e))
     }
 
     /// Attaches the scheduler tracepoints behind the off-CPU, block and mutex profiles (BTF
@@ -489,7 +488,7 @@ impl Collector {
                 Program::BtfTracePoint(p) => p
                     .attach()
                     .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}"))),
-                _ => Err(Error::Internal(format!("{prog_name}: unexpected type"))),
+                _ => Err(Error::bug(format!("{prog_name}: unexpected type"))),
             })?;
             self.tp_links.push((prog_name, attached));
         }
@@ -509,7 +508,7 @@ impl Collector {
         let prog = self
             .ebpf
             .program_mut(prog_name)
-            .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))?;
+            .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))?;
         match prog {
             Program::BtfTracePoint(p) => {
                 if p.fd().is_err() {
@@ -519,7 +518,7 @@ impl Collector {
                 }
                 Ok(())
             }
-            _ => Err(Error::Internal(format!(
+            _ => Err(Error::bug(format!(
                 "{prog_name}: not a BTF tracepoint program"
             ))),
         }
@@ -528,7 +527,7 @@ impl Collector {
     fn program(&mut self, prog_name: &str) -> Result<&mut Program, Error> {
         self.ebpf
             .program_mut(prog_name)
-            .ok_or_else(|| Error::Internal(format!("{prog_name} program missing")))
+            .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))
     }
 
     /// Detaches the off-CPU/block/mutex programs (idempotent). Recorded data stays readable.
@@ -555,7 +554,7 @@ impl Collector {
             debug_assert!(idx < COUNTER_SLOTS);
             let per_cpu = map
                 .get(&idx, 0)
-                .map_err(|e| Error::Internal(format!("reading counter {c:?}: {e}")))?;
+                .map_err(|e| Error::internal(format!("reading counter {c:?}"), e))?;
             Ok(per_cpu.iter().sum())
         };
         let mut c = Counters::default();
@@ -576,8 +575,7 @@ impl Collector {
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (key, count) =
-                entry.map_err(|e| Error::Internal(format!("reading CPU_SAMPLES: {e}")))?;
+            let (key, count) = entry.map_err(|e| Error::internal("reading CPU_SAMPLES", e))?;
             out.push(CpuRecord {
                 tgid: key.tgid,
                 tid: key.tid,
@@ -596,7 +594,7 @@ impl Collector {
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (k, v) = entry.map_err(|e| Error::Internal(format!("reading OFFCPU: {e}")))?;
+            let (k, v) = entry.map_err(|e| Error::internal("reading OFFCPU", e))?;
             out.push(OffcpuRecord {
                 tgid: k.tgid,
                 tid: k.tid,
@@ -617,7 +615,7 @@ impl Collector {
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (k, v) = entry.map_err(|e| Error::Internal(format!("reading BLOCK: {e}")))?;
+            let (k, v) = entry.map_err(|e| Error::internal("reading BLOCK", e))?;
             out.push(BlockRecord {
                 tgid: k.tgid,
                 tid: k.tid,
@@ -636,7 +634,7 @@ impl Collector {
             let map: HashMap<_, MutexKey, MutexValue> = self.map_ref(name)?;
             let mut out = Vec::new();
             for entry in map.iter() {
-                let (k, v) = entry.map_err(|e| Error::Internal(format!("reading {name}: {e}")))?;
+                let (k, v) = entry.map_err(|e| Error::internal(format!("reading {name}"), e))?;
                 out.push(MutexRecord {
                     tgid: k.tgid,
                     tid: k.tid,
@@ -656,8 +654,7 @@ impl Collector {
         let map: HashMap<_, RunqKey, u64> = self.map_ref("RUNQ_HIST")?;
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (k, count) =
-                entry.map_err(|e| Error::Internal(format!("reading RUNQ_HIST: {e}")))?;
+            let (k, count) = entry.map_err(|e| Error::internal("reading RUNQ_HIST", e))?;
             out.push(RunqBucket {
                 tgid: k.tgid,
                 bucket: k.bucket,
@@ -676,7 +673,7 @@ impl Collector {
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
+            let (tid, st) = entry.map_err(|e| Error::internal("reading THREADS", e))?;
             if st.off_ts == 0 {
                 continue;
             }
@@ -700,8 +697,7 @@ impl Collector {
         let map: HashMap<_, u32, FirstSeen> = self.map_ref("FIRST_SEEN")?;
         let mut out = StdHashMap::new();
         for entry in map.iter() {
-            let (tid, f) =
-                entry.map_err(|e| Error::Internal(format!("reading FIRST_SEEN: {e}")))?;
+            let (tid, f) = entry.map_err(|e| Error::internal("reading FIRST_SEEN", e))?;
             out.insert(tid, (f.wake_ts, f.in_ts));
         }
         Ok(out)
@@ -713,7 +709,7 @@ impl Collector {
         let map: HashMap<_, u32, ThreadState> = self.map_ref("THREADS")?;
         let mut out = StdHashMap::new();
         for entry in map.iter() {
-            let (tid, st) = entry.map_err(|e| Error::Internal(format!("reading THREADS: {e}")))?;
+            let (tid, st) = entry.map_err(|e| Error::internal("reading THREADS", e))?;
             out.insert(
                 tid,
                 OnCpu {
@@ -731,7 +727,7 @@ impl Collector {
         let map: HashMap<_, u32, ThreadExit> = self.map_ref("EXITED")?;
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (tid, x) = entry.map_err(|e| Error::Internal(format!("reading EXITED: {e}")))?;
+            let (tid, x) = entry.map_err(|e| Error::internal("reading EXITED", e))?;
             let end = x.comm.iter().position(|&c| c == 0).unwrap_or(x.comm.len());
             out.push(ExitedThread {
                 tid,
@@ -786,9 +782,9 @@ impl Collector {
         M::try_from(
             self.ebpf
                 .map(name)
-                .ok_or_else(|| Error::Internal(format!("{name} map missing from BPF object")))?,
+                .ok_or_else(|| Error::bug(format!("{name} map missing from BPF object")))?,
         )
-        .map_err(|e| Error::Internal(format!("{name} map: {e}")))
+        .map_err(|e| Error::internal(format!("{name} map"), e))
     }
 
     /// Entries in each aggregation map now, against its capacity.
@@ -857,7 +853,7 @@ impl Collector {
         let mut map: Array<_, UnwindRow> = self.map_mut("UNWIND_ROWS")?;
         for (i, row) in rows.iter().enumerate() {
             map.set(start + i as u32, *row, 0).map_err(|e| {
-                Error::Internal(format!("writing unwind row {}: {e}", start as usize + i))
+                Error::internal(format!("writing unwind row {}", start as usize + i), e)
             })?;
         }
         Ok(())
@@ -873,13 +869,13 @@ impl Collector {
             return Ok(());
         }
         map.insert(tgid, *m, 0)
-            .map_err(|e| Error::Internal(format!("writing the mappings of {tgid}: {e}")))?;
+            .map_err(|e| Error::internal(format!("writing the mappings of {tgid}"), e))?;
         // Walks cached under the old table may have gone differently: retire them.
         let mut generation: Array<_, u64> = self.map_mut("WALK_GEN")?;
         let g = generation.get(&0, 0).unwrap_or(0);
         generation
             .set(0, g.wrapping_add(1), 0)
-            .map_err(|e| Error::Internal(format!("bumping the walk-cache generation: {e}")))
+            .map_err(|e| Error::internal("bumping the walk-cache generation", e))
     }
 
     fn user_stack(&self, handle: u64, cache: &mut UserStackCache) -> StackPart {

@@ -34,7 +34,7 @@ impl Collector {
     fn set_dump_config(&mut self, config: DumpConfig) -> Result<(), Error> {
         let mut map: Array<_, DumpConfig> = self.map_mut("DUMP_CONFIG")?;
         map.set(0, config, 0)
-            .map_err(|e| Error::Internal(format!("writing DUMP_CONFIG: {e}")))
+            .map_err(|e| Error::internal("writing DUMP_CONFIG", e))
     }
 
     /// Loads (verifies) the task iterator unless it already is; [`Self::dump_tasks`] does it
@@ -55,9 +55,9 @@ impl Collector {
         let prog: &mut Iter = self
             .ebpf
             .program_mut(PROGRAM)
-            .ok_or_else(|| Error::Internal(format!("{PROGRAM} program missing")))?
+            .ok_or_else(|| Error::bug(format!("{PROGRAM} program missing")))?
             .try_into()
-            .map_err(|e| Error::Internal(format!("{PROGRAM}: {e}")))?;
+            .map_err(|e| Error::internal(PROGRAM, e))?;
         if prog.fd().is_err() {
             prog.load("task", btf)
                 .map_err(|e| Error::BpfLoad(format!("{PROGRAM} (task iterator): {e:#}")))?;
@@ -78,7 +78,7 @@ impl Collector {
             .map_err(|e| Error::Attach(format!("opening the task iterator: {e:#}")))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
-            .map_err(|e| Error::Internal(format!("reading the task iterator: {e}")))?;
+            .map_err(|e| Error::internal("reading the task iterator", e))?;
         parse_records(&bytes)
     }
 }
@@ -87,7 +87,7 @@ impl Collector {
 fn parse_records(bytes: &[u8]) -> Result<Vec<DumpTask>, Error> {
     let size = std::mem::size_of::<DumpTask>();
     if !bytes.len().is_multiple_of(size) {
-        return Err(Error::Internal(format!(
+        return Err(Error::bug(format!(
             "the task iterator wrote {} bytes, not a multiple of its {size}-byte records \
              (agent and BPF object out of sync?)",
             bytes.len()

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::{
     kernel::Counters,
     model::{Profile, ProfileKind},
+    options::Rates,
     report::summary::{self, CaptureFacts, EndReason},
 };
 
@@ -37,13 +38,6 @@ pub struct Summary {
     pub runq: Option<Runq>,
     /// Each profile written: its total and its largest stacks.
     pub profile_tops: Vec<ProfileTop>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Rates {
-    pub frequency_hz: u64,
-    pub block_rate_ns: u64,
-    pub mutex_fraction: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,11 +136,7 @@ pub fn summary(f: &CaptureFacts, profiles: &[Profile]) -> Summary {
         elapsed_s: f.elapsed.as_secs_f64(),
         end: end_name(f.end),
         profiles: f.profiles.iter().map(|k: &ProfileKind| k.name()).collect(),
-        rates: Rates {
-            frequency_hz: f.frequency,
-            block_rate_ns: f.block_rate_ns,
-            mutex_fraction: f.mutex_fraction,
-        },
+        rates: f.rates,
         cpus: f.cpus,
         counters: f.counters.clone(),
         accounting: f.accounting.as_ref().map(|a| AccountingTotals {

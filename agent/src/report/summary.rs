@@ -9,6 +9,7 @@ use crate::{
     export::top,
     kernel::Counters,
     model::{Label, Line, Profile, ProfileKind, Sample},
+    options::Rates,
     profiles::RunqStats,
 };
 
@@ -28,12 +29,10 @@ pub struct CaptureFacts {
     pub requested: Duration,
     pub elapsed: Duration,
     pub end: EndReason,
-    pub frequency: u64,
+    pub rates: Rates,
     pub cpus: usize,
     pub counters: Counters,
     pub profiles: Vec<ProfileKind>,
-    pub block_rate_ns: u64,
-    pub mutex_fraction: u64,
     pub runq: Option<RunqStats>,
     /// Every thread's time in the window (`None`: the threads could not be read).
     pub accounting: Option<crate::profiles::accounting::Accounting>,
@@ -791,7 +790,7 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             s,
             "accounting: {} cpu samples taken at {} Hz on {} CPUs, {} for the target",
             c.get(Counter::CpuSamples),
-            f.frequency,
+            f.rates.frequency_hz,
             f.cpus,
             c.get(Counter::CpuSamplesTarget),
         );
@@ -812,7 +811,7 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             "accounting: {} lock releases with waiters, {} recorded (mutex fraction {}); lock table full {}",
             c.get(Counter::MutexEventsSeen),
             c.get(Counter::MutexEventsRecorded),
-            f.mutex_fraction,
+            f.rates.mutex_fraction,
             c.get(Counter::LockTableFull)
         );
     }
@@ -830,7 +829,7 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             "accounting: {} futex waits seen, {} recorded (block rate {})",
             c.get(Counter::BlockEventsSeen),
             c.get(Counter::BlockEventsRecorded),
-            human_ns(f.block_rate_ns)
+            human_ns(f.rates.block_rate_ns)
         );
     }
     let _ = writeln!(
@@ -1221,12 +1220,17 @@ pub(crate) mod tests {
             requested: Duration::from_secs(10),
             elapsed: Duration::from_millis(2100),
             end: EndReason::TargetExited,
-            frequency: 99,
+            rates: Rates {
+                frequency_hz: 99,
+                block_rate_ns: 1,
+                offcpu_rate_ns: 1,
+                mutex_fraction: 1,
+                mutex_rate_ns: 1,
+                map_entries: 64,
+            },
             cpus: 2,
             counters,
             profiles,
-            block_rate_ns: 1,
-            mutex_fraction: 1,
             accounting: None,
             runq: None,
         }

@@ -24,6 +24,7 @@ use crate::{
     error::Error,
     kernel::{self, Collector},
     model::{ProfileKind, RawProfile},
+    options::Rates,
     profiles::{self, Window, accounting},
     report::summary::{self as report, EndReason},
     symbolize::Symbolizer,
@@ -39,18 +40,14 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct CaptureSpec {
     pub profiles: Vec<ProfileKind>,
     pub duration: Duration,
-    pub frequency: u64,
-    pub block_rate: u64,
-    pub mutex_fraction: u64,
-    pub offcpu_min: u64,
-    pub offcpu_rate: u64,
-    pub mutex_rate: u64,
+    /// How often to record (and the aggregation maps' size).
+    pub rates: Rates,
+    /// Off-CPU intervals shorter than this are not recorded (`--offcpu-min`), ns.
+    pub offcpu_min_ns: u64,
     /// Label samples with their thread id (`tid`) as well as the thread's name.
     pub tid_labels: bool,
     /// Thread dumps during the window (`attach`'s SIGUSR1 and `--dump-when`).
     pub dumps: Option<DumpOptions>,
-    /// Entries in each aggregation map (`--map-entries`).
-    pub map_entries: u32,
 }
 
 /// SIGUSR1 listened to by a running `agent attach` (shared: `CaptureSpec` is cloned).
@@ -139,7 +136,7 @@ pub async fn capture(
     // is alive (next to the loader's, a second parse added ~20 MiB to the peak RSS).
     let mut collector = Collector::load(
         crate::kernel::offsets::scheduler_offsets()?,
-        spec.map_entries,
+        spec.rates.map_entries,
     )?;
     match collector.take_logger() {
         Ok(fut) => {
@@ -214,16 +211,7 @@ async fn window(
     if wants(ProfileKind::Mutex) {
         flags |= CONFIG_MUTEX;
     }
-    let config = Config {
-        flags,
-        offcpu_min_ns: spec.offcpu_min,
-        block_rate_ns: spec.block_rate,
-        mutex_fraction: spec.mutex_fraction,
-        offcpu_rate_ns: spec.offcpu_rate,
-        mutex_rate_ns: spec.mutex_rate,
-        // Set as the window opens.
-        window_start_ns: 0,
-    };
+    let config = spec.rates.config(flags, spec.offcpu_min_ns);
     // Attached with nothing to record, then switched on right before the first look at the
     // threads: every interval recorded then starts after the window opened.
     collector.set_config(Config::default())?;
@@ -232,7 +220,7 @@ async fn window(
     let t0 = Instant::now();
     let mut cpus = 0;
     if wants(ProfileKind::Cpu) {
-        cpus = collector.start_cpu(spec.frequency)?;
+        cpus = collector.start_cpu(spec.rates.frequency_hz)?;
     }
     // The iterator and its offsets are ready before the window opens, so the first look at the
     // threads follows the switch-on within microseconds (the CPU sampler runs meanwhile).
@@ -366,12 +354,12 @@ async fn window(
         offcpu_records.extend(profiles::close_open_intervals(
             &open,
             end_ts,
-            spec.offcpu_min,
+            spec.offcpu_min_ns,
         ));
         offcpu_records.extend(accounting::seeded_intervals(
             target.pid,
             &looks,
-            spec.offcpu_min,
+            spec.offcpu_min_ns,
         ));
     }
     let accounting = accounting::account(&looks, &offcpu_records, wants(ProfileKind::Offcpu));
@@ -382,7 +370,10 @@ async fn window(
             "sampling: off-CPU rate {} ns, mutex rate {} ns and fraction {}, block rate {} ns \
              (an event of d is kept with probability min(1, d/rate) and weighted max(d, rate): \
              totals are unbiased estimates; rate 1 records every event)",
-            spec.offcpu_rate, spec.mutex_rate, spec.mutex_fraction, spec.block_rate
+            spec.rates.offcpu_rate_ns,
+            spec.rates.mutex_rate_ns,
+            spec.rates.mutex_fraction,
+            spec.rates.block_rate_ns
         ));
     }
     let window = Window {
@@ -396,7 +387,7 @@ async fn window(
     if wants(ProfileKind::Cpu) {
         raws.push(profiles::cpu_profile(
             &collector.cpu_records()?,
-            spec.frequency,
+            spec.rates.frequency_hz,
             &window,
         ));
     }
@@ -408,7 +399,7 @@ async fn window(
     if wants(ProfileKind::Block) {
         raws.push(profiles::block_profile(
             &collector.block_records()?,
-            spec.block_rate,
+            spec.rates.block_rate_ns,
             &window,
         ));
     }
@@ -417,12 +408,12 @@ async fn window(
         let (holders, waiters) = collector.mutex_records()?;
         raws.push(profiles::mutex_profile(
             &holders,
-            spec.mutex_fraction,
+            spec.rates.mutex_fraction,
             &window,
         ));
         lock_waiters = Some(profiles::mutex_profile(
             &waiters,
-            spec.mutex_fraction,
+            spec.rates.mutex_fraction,
             &window,
         ));
     }

@@ -68,12 +68,12 @@ pub struct Health {
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> Result<C, Error> {
     r.register(Box::new(c.clone()))
-        .map_err(|e| Error::Internal(format!("registering a metric: {e}")))?;
+        .map_err(|e| Error::internal("registering a metric", e))?;
     Ok(c)
 }
 
 fn err(e: prometheus::Error) -> Error {
-    Error::Internal(format!("creating a metric: {e}"))
+    Error::internal("creating a metric", e)
 }
 
 impl Health {
@@ -218,7 +218,7 @@ impl Health {
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
-        .map_err(|e| Error::Internal(format!("registering the process collector: {e}")))?;
+        .map_err(|e| Error::internal("registering the process collector", e))?;
         // Every label value exists from the start, so each series reads 0 rather than nothing.
         let unwind = cv(
             "stallscope_bpf_unwind_total",

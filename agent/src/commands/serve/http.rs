@@ -15,8 +15,8 @@ use axum::{
     routing::get,
 };
 
-use crate::cli::shown;
 use crate::model::ProfileKind;
+use crate::options::shown;
 
 use super::{Shared, profiler::ProfileError};
 

@@ -148,7 +148,7 @@ pub async fn run(args: &ServeArgs) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     let listen = listener
         .local_addr()
-        .map_err(|e| Error::Internal(format!("listening socket: {e}")))?;
+        .map_err(|e| Error::internal("listening socket", e))?;
 
     let health = health::Health::new()?;
     let profiler = profiler::Profiler::start(args, health.clone())?;
@@ -183,7 +183,7 @@ pub async fn run(args: &ServeArgs) -> Result<(), Error> {
     )
     .await;
     sampler.abort();
-    served.map_err(|e| Error::Internal(format!("HTTP server: {e}")))
+    served.map_err(|e| Error::internal("HTTP server", e))
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::export;
 use crate::kernel::Collector;
 use crate::model::{ProfileKind, RawProfile};
+use crate::options::Rates;
 use crate::symbolize::Symbolizer;
 use crate::unwind::maps::MapsCache;
 use crate::unwind::tables::UnwindRegistry;
@@ -63,12 +64,7 @@ pub struct Profiler {
     slots: Vec<Arc<Mutex<SlotState>>>,
     jobs: std::sync::Mutex<mpsc::Sender<Job>>,
     health: Health,
-    frequency: u64,
-    block_rate: u64,
-    offcpu_rate: u64,
-    mutex_rate: u64,
-    mutex_fraction: u64,
-    map_entries: u32,
+    rates: Rates,
     bpf_stats: bool,
 }
 
@@ -90,7 +86,7 @@ impl From<Error> for ProfileError {
             | Error::Zombie { .. }
             | Error::KernelThread { .. }
             | Error::ProcDenied { .. }) => ProfileError::BadRequest(e.to_string()),
-            e => ProfileError::Internal(e.to_string()),
+            e => ProfileError::Internal(e.chain()),
         }
     }
 }
@@ -115,7 +111,7 @@ impl Profiler {
             // Held by the loader until the programs are verified: a request waits for it.
             let guard = Arc::clone(&slot)
                 .try_lock_owned()
-                .map_err(|_| Error::Internal("collector slot already locked".into()))?;
+                .map_err(|_| Error::bug("collector slot already locked"))?;
             let h = health.clone();
             h.profile_windows.with_label_values(&["loading"]).inc();
             tokio::spawn(async move {
@@ -150,18 +146,13 @@ impl Profiler {
         std::thread::Builder::new()
             .name("symbolizer".into())
             .spawn(move || symbolizer_thread(rx, h))
-            .map_err(|e| Error::Internal(format!("starting the symbolizer thread: {e}")))?;
+            .map_err(|e| Error::internal("starting the symbolizer thread", e))?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(n)),
             slots,
             jobs: std::sync::Mutex::new(tx),
             health,
-            frequency: args.rates.frequency,
-            block_rate: args.rates.block_rate,
-            offcpu_rate: args.rates.offcpu_rate,
-            mutex_rate: args.rates.mutex_rate,
-            mutex_fraction: args.rates.mutex_fraction,
-            map_entries,
+            rates: args.rates,
             bpf_stats: args.bpf_stats,
         })
     }
@@ -206,7 +197,7 @@ impl Profiler {
         };
         if matches!(*guard, SlotState::Failed(_)) {
             // Loading failed at start (say, a transient error): try once more now.
-            let map_entries = self.map_entries;
+            let map_entries = self.rates.map_entries;
             *guard = match tokio::task::spawn_blocking(move || load_slot(map_entries)).await {
                 Ok(Ok(s)) => SlotState::Ready(Box::new(s)),
                 Ok(Err(e)) => SlotState::Failed(e.to_string()),
@@ -229,15 +220,10 @@ impl Profiler {
         let spec = CaptureSpec {
             profiles: vec![kind],
             duration: seconds,
-            frequency: self.frequency,
-            block_rate: self.block_rate,
-            mutex_fraction: self.mutex_fraction,
-            offcpu_min: 0,
-            offcpu_rate: self.offcpu_rate,
-            mutex_rate: self.mutex_rate,
+            rates: self.rates,
+            offcpu_min_ns: 0,
             tid_labels: true,
             dumps: None,
-            map_entries: self.map_entries,
         };
         // Statistics on for the window only (they cost every BPF program on the machine).
         let stats = if self.bpf_stats {
