@@ -55,6 +55,22 @@ pub struct RawStack {
 pub enum Label {
     Str(String, String),
     Num(String, i64, String),
+    /// An address (a lock's futex word): a number until export writes it as the string label
+    /// `0x…` (a numeric pprof label would print in decimal; `-tagfocus=lock=0x…` wants hex).
+    Addr(String, u64),
+}
+
+impl Label {
+    pub fn key(&self) -> &str {
+        match self {
+            Label::Str(k, _) | Label::Num(k, _, _) | Label::Addr(k, _) => k,
+        }
+    }
+}
+
+/// How an address label is written out (pprof, folded, summaries).
+pub fn addr_text(a: u64) -> String {
+    format!("{a:#x}")
 }
 
 /// One aggregated sample before symbolization.

@@ -192,9 +192,7 @@ pub fn validate(p: &model::Profile) -> Result<(), PprofError> {
             ));
         }
         for label in &s.labels {
-            let key = match label {
-                Label::Str(k, _) | Label::Num(k, _, _) => k,
-            };
+            let key = label.key();
             if key.is_empty() {
                 return invalid(format!("sample {i} has a label with an empty key"));
             }
@@ -341,6 +339,12 @@ pub fn to_proto(p: &model::Profile) -> Result<proto::Profile, PprofError> {
                         str: 0,
                         num: *n,
                         num_unit: if unit.is_empty() { 0 } else { st.get(unit) },
+                    },
+                    Label::Addr(k, a) => proto::Label {
+                        key: st.get(k),
+                        str: st.get(&model::addr_text(*a)),
+                        num: 0,
+                        num_unit: 0,
                     },
                 })
                 .collect(),
@@ -733,6 +737,17 @@ mod tests {
             .find(|f| msg.string_table[f.name as usize] == "foo::bar")
             .unwrap();
         assert_eq!(msg.string_table[foo.system_name as usize], "_ZN3foo3barEv");
+    }
+
+    #[test]
+    fn an_address_label_is_written_as_hex_text() {
+        let mut p = sample_profile();
+        p.samples[0].labels = vec![Label::Addr("lock".into(), 0x55d0_c0a0_40a0)];
+        let back = decode(&encode(&p).unwrap()).unwrap();
+        assert_eq!(
+            back.samples[0].labels,
+            [Label::Str("lock".into(), "0x55d0c0a040a0".into())]
+        );
     }
 
     #[test]

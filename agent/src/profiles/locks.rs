@@ -135,17 +135,17 @@ pub fn classify_futex_waits(p: &mut Profile) {
     }
 }
 
-/// The `lock` label of a sample.
-pub fn lock_of(s: &Sample) -> Option<&str> {
+/// The `lock` label of a sample: its futex word's address.
+pub fn lock_of(s: &Sample) -> Option<u64> {
     s.labels.iter().find_map(|l| match l {
-        Label::Str(k, v) if k == "lock" => Some(v.as_str()),
+        Label::Addr(k, a) if k == "lock" => Some(*a),
         _ => None,
     })
 }
 
 /// Lock addresses (labels) whose waiters waited in something other than a lock: condition
 /// variables, semaphores, barriers, joins, Go's idle M parking.
-pub fn non_lock_words(waiters: &Profile) -> HashSet<String> {
+pub fn non_lock_words(waiters: &Profile) -> HashSet<u64> {
     let mut out = HashSet::new();
     for s in &waiters.samples {
         let Some(lock) = lock_of(s) else { continue };
@@ -154,7 +154,7 @@ pub fn non_lock_words(waiters: &Profile) -> HashSet<String> {
             .iter()
             .any(|l| NOT_LOCK_WAITS.iter().any(|f| l.function.contains(f)));
         if not_lock {
-            out.insert(lock.to_string());
+            out.insert(lock);
         }
     }
     out
@@ -162,11 +162,11 @@ pub fn non_lock_words(waiters: &Profile) -> HashSet<String> {
 
 /// Removes samples of non-lock words from a mutex (or waiters) profile; returns how many
 /// contention events were removed.
-pub fn drop_words(p: &mut Profile, words: &HashSet<String>) -> i64 {
+pub fn drop_words(p: &mut Profile, words: &HashSet<u64>) -> i64 {
     let ci = p.value_index("contentions").unwrap_or(0);
     let mut removed = 0;
     p.samples.retain(|s| match lock_of(s) {
-        Some(l) if words.contains(l) => {
+        Some(l) if words.contains(&l) => {
             removed += s.values[ci];
             false
         }
@@ -176,9 +176,9 @@ pub fn drop_words(p: &mut Profile, words: &HashSet<String>) -> i64 {
 }
 
 /// Adds a `lock_name` label (the lock's symbol) to samples whose lock has one.
-pub fn name_locks(p: &mut Profile, names: &HashMap<String, String>) {
+pub fn name_locks(p: &mut Profile, names: &HashMap<u64, String>) {
     for s in &mut p.samples {
-        let name = lock_of(s).and_then(|l| names.get(l)).cloned();
+        let name = lock_of(s).and_then(|l| names.get(&l)).cloned();
         if let Some(n) = name {
             s.labels.push(Label::Str("lock_name".into(), n));
         }
@@ -188,7 +188,7 @@ pub fn name_locks(p: &mut Profile, names: &HashMap<String, String>) {
 /// One contended lock for the summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockSummary {
-    pub lock: String,
+    pub lock: u64,
     pub name: Option<String>,
     pub delay_ns: i64,
     pub contentions: i64,
@@ -202,19 +202,19 @@ pub struct LockSummary {
 pub fn top_locks(
     mutex: &Profile,
     waiters: &Profile,
-    names: &HashMap<String, String>,
+    names: &HashMap<u64, String>,
     n: usize,
     k: usize,
 ) -> Vec<LockSummary> {
     let di = mutex.value_index("delay").unwrap_or(1);
     let ci = mutex.value_index("contentions").unwrap_or(0);
     let wdi = waiters.value_index("delay").unwrap_or(1);
-    let mut by_lock: BTreeMap<&str, LockSummary> = BTreeMap::new();
+    let mut by_lock: BTreeMap<u64, LockSummary> = BTreeMap::new();
     for (i, s) in mutex.samples.iter().enumerate() {
         let Some(lock) = lock_of(s) else { continue };
         let e = by_lock.entry(lock).or_insert_with(|| LockSummary {
-            lock: lock.to_string(),
-            name: names.get(lock).cloned(),
+            lock,
+            name: names.get(&lock).cloned(),
             delay_ns: 0,
             contentions: 0,
             holders: vec![],
@@ -225,7 +225,7 @@ pub fn top_locks(
         e.holders.push((s.values[di], i));
     }
     for (i, s) in waiters.samples.iter().enumerate() {
-        if let Some(e) = lock_of(s).and_then(|l| by_lock.get_mut(l)) {
+        if let Some(e) = lock_of(s).and_then(|l| by_lock.get_mut(&l)) {
             e.waiters.push((s.values[wdi], i));
         }
     }
@@ -247,7 +247,7 @@ mod tests {
     use crate::model::{Line, Location, ProfileKind, ValueType};
     use std::time::{Duration, SystemTime};
 
-    fn profile(samples: Vec<(&str, &str, i64)>) -> Profile {
+    fn profile(samples: Vec<(u64, &str, i64)>) -> Profile {
         // One location per distinct function name.
         let mut locations = Vec::new();
         let mut index = HashMap::new();
@@ -271,7 +271,7 @@ mod tests {
                 Sample {
                     locations: vec![li],
                     values: vec![1, v],
-                    labels: vec![Label::Str("lock".into(), lock.into())],
+                    labels: vec![Label::Addr("lock".into(), lock)],
                 }
             })
             .collect();
@@ -296,13 +296,13 @@ mod tests {
     #[test]
     fn lock_waits_leave_the_idle_futex_class() {
         let mut p = profile(vec![
-            ("", "___pthread_mutex_lock", 5),
-            ("", "___pthread_cond_wait", 7),
-            ("", "__new_sem_wait_slow64", 3),
-            ("", "runtime.lock2", 2),
-            ("", "my_futex_thing", 1),
-            ("", "take_gil", 4),
-            ("", "ProcSleep", 6),
+            (0, "___pthread_mutex_lock", 5),
+            (0, "___pthread_cond_wait", 7),
+            (0, "__new_sem_wait_slow64", 3),
+            (0, "runtime.lock2", 2),
+            (0, "my_futex_thing", 1),
+            (0, "take_gil", 4),
+            (0, "ProcSleep", 6),
         ]);
         p.kind = ProfileKind::Offcpu;
         for s in &mut p.samples {
@@ -344,16 +344,13 @@ mod tests {
     #[test]
     fn condition_variables_are_not_locks() {
         let waiters = profile(vec![
-            ("0x10", "__lll_lock_wait", 5),
-            ("0x20", "___pthread_cond_wait", 7),
-            ("0x30", "runtime.notesleep", 1),
+            (0x10, "__lll_lock_wait", 5),
+            (0x20, "___pthread_cond_wait", 7),
+            (0x30, "runtime.notesleep", 1),
         ]);
         let words = non_lock_words(&waiters);
-        assert_eq!(
-            words,
-            HashSet::from(["0x20".to_string(), "0x30".to_string()])
-        );
-        let mut mutex = profile(vec![("0x10", "slow", 100), ("0x20", "signaler", 50)]);
+        assert_eq!(words, HashSet::from([0x20, 0x30]));
+        let mut mutex = profile(vec![(0x10, "slow", 100), (0x20, "signaler", 50)]);
         assert_eq!(drop_words(&mut mutex, &words), 1);
         assert_eq!(mutex.samples.len(), 1);
     }
@@ -361,12 +358,12 @@ mod tests {
     #[test]
     fn top_locks_rank_by_delay_with_holders() {
         let mutex = profile(vec![
-            ("0x10", "slow_section", 900),
-            ("0x10", "fast_section", 100),
-            ("0x20", "other", 300),
+            (0x10, "slow_section", 900),
+            (0x10, "fast_section", 100),
+            (0x20, "other", 300),
         ]);
-        let waiters = profile(vec![("0x10", "worker", 1000), ("0x20", "w2", 300)]);
-        let names = HashMap::from([("0x10".to_string(), "big_lock".to_string())]);
+        let waiters = profile(vec![(0x10, "worker", 1000), (0x20, "w2", 300)]);
+        let names = HashMap::from([(0x10, "big_lock".to_string())]);
         let mut named = mutex.clone();
         name_locks(&mut named, &names);
         assert!(
@@ -376,7 +373,7 @@ mod tests {
         );
         let top = top_locks(&mutex, &waiters, &names, 5, 3);
         assert_eq!(top.len(), 2);
-        assert_eq!(top[0].lock, "0x10");
+        assert_eq!(top[0].lock, 0x10);
         assert_eq!(top[0].name.as_deref(), Some("big_lock"));
         assert_eq!(top[0].delay_ns, 1000);
         assert_eq!(top[0].holders[0].0, 900);

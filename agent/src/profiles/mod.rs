@@ -243,11 +243,6 @@ pub fn block_profile(records: &[BlockRecord], rate_ns: u64, w: &Window) -> RawPr
     })
 }
 
-/// The `lock` label value of a futex word: its address in hex.
-pub fn lock_label(uaddr: u64) -> String {
-    format!("{uaddr:#x}")
-}
-
 /// Mutex profile (Go semantics): contentions and delay by the stack of the thread that released
 /// the lock, labelled with the lock's address. `waiters` gives the same shape for the waiting
 /// side (used to tell locks from condition variables and for the summary; not written).
@@ -256,7 +251,7 @@ pub fn mutex_profile(records: &[MutexRecord], fraction: u64, w: &Window) -> RawP
         .iter()
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
-            labels.insert(0, Label::Str("lock".into(), lock_label(r.uaddr)));
+            labels.insert(0, Label::Addr("lock".into(), r.uaddr));
             labels.extend(w.thread_labels(r.tid));
             RawSample {
                 pid: r.tgid,
@@ -490,7 +485,7 @@ mod tests {
         assert_eq!(p.samples[0].values, vec![10, 500]);
         assert_eq!(
             p.samples[0].labels[0],
-            Label::Str("lock".into(), "0x55d0c0a040a0".into())
+            Label::Addr("lock".into(), 0x55d0c0a040a0)
         );
     }
 

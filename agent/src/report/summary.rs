@@ -43,10 +43,11 @@ pub fn wait_class_of(s: &Sample) -> Option<String> {
     label_of(s, "wait_class")
 }
 
-/// The string label `key` of a sample.
+/// The string (or address) label `key` of a sample, as written out.
 pub fn label_of(s: &Sample, key: &str) -> Option<String> {
     s.labels.iter().find_map(|l| match l {
         Label::Str(k, v) if k == key => Some(v.clone()),
+        Label::Addr(k, a) if k == key => Some(crate::model::addr_text(*a)),
         _ => None,
     })
 }
@@ -711,7 +712,7 @@ fn offcpu_by_class(s: &mut String, p: &Profile, vi: usize, total: i64) {
 pub fn locks_section(
     mutex: &Profile,
     waiters: &Profile,
-    names: &std::collections::HashMap<String, String>,
+    names: &std::collections::HashMap<u64, String>,
     n: usize,
 ) -> String {
     let mut s = String::new();
@@ -729,7 +730,7 @@ pub fn locks_section(
         let _ = writeln!(
             s,
             "    lock {}{name}: {} of delay caused, {} contentions",
-            l.lock,
+            crate::model::addr_text(l.lock),
             human_ns(l.delay_ns.max(0) as u64),
             l.contentions
         );

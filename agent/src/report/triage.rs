@@ -969,7 +969,7 @@ pub fn diagnose(t: &TriageInput) -> Vec<Finding> {
         && let Some(di) = value(m, "delay")
     {
         let total = m.total(di);
-        let lock_names: BTreeMap<&str, &str> = m
+        let lock_names: BTreeMap<u64, &str> = m
             .samples
             .iter()
             .filter_map(|s| {
@@ -991,9 +991,9 @@ pub fn diagnose(t: &TriageInput) -> Vec<Finding> {
                     .max_by_key(|s| s.values[di])
                     .and_then(locks::lock_of);
                 let lock_text = match top_lock {
-                    Some(l) => match lock_names.get(l) {
-                        Some(n) => format!("`{n}` ({l})"),
-                        None => format!("the lock at {l}"),
+                    Some(l) => match lock_names.get(&l) {
+                        Some(n) => format!("`{n}` ({})", crate::model::addr_text(l)),
+                        None => format!("the lock at {}", crate::model::addr_text(l)),
                     },
                     None => "a lock".into(),
                 };
@@ -1398,7 +1398,7 @@ mod tests {
     fn lock_convoy_names_the_slow_section_first() {
         let lock = |n: &str| {
             vec![
-                Label::Str("lock".into(), "0x10".into()),
+                Label::Addr("lock".into(), 0x10),
                 Label::Str("lock_name".into(), n.into()),
             ]
         };

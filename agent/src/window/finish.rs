@@ -128,12 +128,11 @@ pub fn prepare_mutex(
     locks::drop_words(&mut waiters, &not_locks);
     let mut names = std::collections::HashMap::new();
     for s in &profile.samples {
-        if let Some(l) = locks::lock_of(s)
-            && !names.contains_key(l)
-            && let Ok(addr) = u64::from_str_radix(l.trim_start_matches("0x"), 16)
+        if let Some(addr) = locks::lock_of(s)
+            && !names.contains_key(&addr)
             && let Some(sym) = symbolizer.data_symbol(pid, addr, maps)
         {
-            names.insert(l.to_string(), sym);
+            names.insert(addr, sym);
         }
     }
     locks::name_locks(profile, &names);
