@@ -21,12 +21,12 @@ use aya::{
     util::online_cpus,
 };
 use stallscope_common::{
-    BLOCK_COUNT_SCALE, BlockKey, BlockValue, COUNTER_SLOTS, Config, Counter, CounterGroup, CpuKey,
-    EXIT_TRACKED, FirstSeen, KernelOffsets, LockKey, LockState, MutexKey, MutexValue, OffcpuKey,
-    OffcpuValue, ProcMappings, RunqKey, STACK_LOST, ThreadExit, ThreadState, USER_STACK_LOST,
-    USER_STACK_NONE, USER_STACK_NOT_STARTED, UnwindRow, UserStack, WalkCacheEntry, WalkCacheKey,
-    runq_bucket_low,
+    BLOCK_COUNT_SCALE, COUNTER_SLOTS, Config, Counter, CounterGroup, EXIT_TRACKED, KernelOffsets,
+    MutexKey, MutexValue, ProcMappings, STACK_LOST, USER_STACK_LOST, USER_STACK_NONE,
+    USER_STACK_NOT_STARTED, UnwindRow, UserStack, runq_bucket_low,
 };
+
+use stallscope_common::maps::{self, MapSpec};
 
 use crate::error::Error;
 
@@ -216,14 +216,14 @@ pub struct ProgramStats {
 
 /// Aggregation maps whose fill is reported (`/metrics`).
 pub const FILL_MAPS: [&str; 8] = [
-    "CPU_SAMPLES",
-    "OFFCPU",
-    "BLOCK",
-    "RUNQ_HIST",
-    "MUTEX",
-    "LOCK_WAITERS",
-    "THREADS",
-    "USER_STACKS",
+    maps::CPU_SAMPLES::NAME,
+    maps::OFFCPU::NAME,
+    maps::BLOCK::NAME,
+    maps::RUNQ_HIST::NAME,
+    maps::MUTEX::NAME,
+    maps::LOCK_WAITERS::NAME,
+    maps::THREADS::NAME,
+    maps::USER_STACKS::NAME,
 ];
 
 /// The kernel programs behind the off-CPU, block and mutex profiles, and the BTF tracepoint
@@ -272,7 +272,13 @@ pub const DEFAULT_MAP_ENTRIES: u32 = stallscope_common::AGG_MAP_ENTRIES;
 
 /// The aggregation maps `--map-entries` sizes: one per profile (and the mutex profile's
 /// waiter side).
-const AGGREGATION_MAPS: [&str; 5] = ["CPU_SAMPLES", "OFFCPU", "BLOCK", "MUTEX", "LOCK_WAITERS"];
+const AGGREGATION_MAPS: [&str; 5] = [
+    maps::CPU_SAMPLES::NAME,
+    maps::OFFCPU::NAME,
+    maps::BLOCK::NAME,
+    maps::MUTEX::NAME,
+    maps::LOCK_WAITERS::NAME,
+];
 
 impl Collector {
     /// Loads the BPF object (verifies every program), with `map_entries` entries in each
@@ -292,6 +298,13 @@ impl Collector {
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|e| Error::BpfLoad(format!("{e:#}")))?;
+        // Every shared map (its key and value sizes are checked where it is opened).
+        if let Some((name, _, _)) = maps::ALL.iter().find(|(n, _, _)| ebpf.map(n).is_none()) {
+            return Err(Error::bug(format!(
+                "the BPF object has no map {name}: the agent and its programs are out of sync \
+                 (rebuild with `cargo xtask build`)"
+            )));
+        }
         let stacks = StackTraceMap::try_from(
             ebpf.take_map("STACKS")
                 .ok_or_else(|| Error::bug("STACKS map missing from BPF object"))?,
@@ -338,7 +351,7 @@ impl Collector {
     fn set_target_bit(&mut self, tgid: u32, on: bool) -> Result<(), Error> {
         let (word, bit) = stallscope_common::target_bit(tgid)
             .ok_or_else(|| Error::bug(format!("pid {tgid} is beyond the target bitmap")))?;
-        let mut bits: aya::maps::Array<_, u64> = self.map_mut("TARGET_BITS")?;
+        let mut bits = self.array_mut::<maps::TARGET_BITS>()?;
         let old = bits
             .get(&word, 0)
             .map_err(|e| Error::internal("target bitmap", e))?;
@@ -350,7 +363,7 @@ impl Collector {
     /// Removes a process from the set the programs record (and its unwinder mappings).
     pub fn remove_target(&mut self, tgid: u32) -> Result<(), Error> {
         self.set_target_bit(tgid, false)?;
-        let mut mappings: HashMap<_, u32, ProcMappings> = self.map_mut("PROC_MAPPINGS")?;
+        let mut mappings = self.hash_mut::<maps::PROC_MAPPINGS>()?;
         let _ = mappings.remove(&tgid);
         Ok(())
     }
@@ -359,34 +372,38 @@ impl Collector {
     /// counters, so that a long-lived collector (`agent serve`) starts every capture window
     /// from nothing. Call it with nothing attached.
     pub fn reset_window(&mut self) -> Result<(), Error> {
-        fn clear<K: aya::Pod, V: aya::Pod>(c: &mut Collector, name: &str) -> Result<(), Error> {
-            let mut map: HashMap<_, K, V> = c.map_mut(name)?;
-            let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+        fn clear<M: MapSpec>(c: &mut Collector) -> Result<(), Error>
+        where
+            M::Key: aya::Pod,
+            M::Value: aya::Pod,
+        {
+            let mut map = c.hash_mut::<M>()?;
+            let keys: Vec<M::Key> = map.keys().filter_map(Result::ok).collect();
             for k in keys {
                 let _ = map.remove(&k);
             }
             Ok(())
         }
-        clear::<CpuKey, u64>(self, "CPU_SAMPLES")?;
-        clear::<OffcpuKey, OffcpuValue>(self, "OFFCPU")?;
-        clear::<BlockKey, BlockValue>(self, "BLOCK")?;
-        clear::<RunqKey, u64>(self, "RUNQ_HIST")?;
-        clear::<MutexKey, MutexValue>(self, "MUTEX")?;
-        clear::<MutexKey, MutexValue>(self, "LOCK_WAITERS")?;
-        clear::<LockKey, LockState>(self, "LOCKS")?;
-        clear::<u32, ThreadState>(self, "THREADS")?;
-        clear::<u32, FirstSeen>(self, "FIRST_SEEN")?;
-        clear::<u32, ThreadExit>(self, "EXITED")?;
-        clear::<u64, UserStack>(self, "USER_STACKS")?;
+        clear::<maps::CPU_SAMPLES>(self)?;
+        clear::<maps::OFFCPU>(self)?;
+        clear::<maps::BLOCK>(self)?;
+        clear::<maps::RUNQ_HIST>(self)?;
+        clear::<maps::MUTEX>(self)?;
+        clear::<maps::LOCK_WAITERS>(self)?;
+        clear::<maps::LOCKS>(self)?;
+        clear::<maps::THREADS>(self)?;
+        clear::<maps::FIRST_SEEN>(self)?;
+        clear::<maps::EXITED>(self)?;
+        clear::<maps::USER_STACKS>(self)?;
         // Cached walks name handles in USER_STACKS, just emptied.
-        clear::<WalkCacheKey, WalkCacheEntry>(self, "WALK_CACHE")?;
+        clear::<maps::WALK_CACHE>(self)?;
         let ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         for id in ids {
             let _ = self.stacks.remove(&id);
         }
         let ncpus = aya::util::nr_cpus()
             .map_err(|(what, e)| Error::internal(format!("counting CPUs ({what})"), e))?;
-        let mut counters: PerCpuArray<_, u64> = self.map_mut("COUNTERS")?;
+        let mut counters = self.per_cpu_array_mut::<maps::COUNTERS>()?;
         for idx in 0..COUNTER_SLOTS {
             let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; ncpus])
                 .map_err(|e| Error::internal("zeroing counters", e))?;
@@ -474,7 +491,7 @@ impl Collector {
 
     /// Sets what the tracepoint programs record (off-CPU, block) and their thresholds.
     pub fn set_config(&mut self, config: Config) -> Result<(), Error> {
-        let mut map: Array<_, Config> = self.map_mut("CONFIG")?;
+        let mut map = self.array_mut::<maps::CONFIG>()?;
         map.set(0, config, 0)
             .map_err(|e| Error::internal("writing CONFIG", e))
     }
@@ -548,7 +565,7 @@ impl Collector {
 
     /// Reads the kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, Error> {
-        let map: PerCpuArray<_, u64> = self.map_ref("COUNTERS")?;
+        let map = self.per_cpu_array::<maps::COUNTERS>()?;
         let read = |c: Counter| -> Result<u64, Error> {
             let idx = c as u32;
             debug_assert!(idx < COUNTER_SLOTS);
@@ -570,7 +587,7 @@ impl Collector {
 
     /// Reads every CPU sample bucket with its stacks resolved to addresses.
     pub fn cpu_records(&self) -> Result<Vec<CpuRecord>, Error> {
-        let map: HashMap<_, CpuKey, u64> = self.map_ref("CPU_SAMPLES")?;
+        let map = self.hash::<maps::CPU_SAMPLES>()?;
         let mut cache: StdHashMap<i32, StackPart> = StdHashMap::new();
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
@@ -589,7 +606,7 @@ impl Collector {
 
     /// Reads every off-CPU bucket.
     pub fn offcpu_records(&self) -> Result<Vec<OffcpuRecord>, Error> {
-        let map: HashMap<_, OffcpuKey, OffcpuValue> = self.map_ref("OFFCPU")?;
+        let map = self.hash::<maps::OFFCPU>()?;
         let mut cache = StdHashMap::new();
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
@@ -611,7 +628,7 @@ impl Collector {
 
     /// Reads every block-profile bucket.
     pub fn block_records(&self) -> Result<Vec<BlockRecord>, Error> {
-        let map: HashMap<_, BlockKey, BlockValue> = self.map_ref("BLOCK")?;
+        let map = self.hash::<maps::BLOCK>()?;
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
         for entry in map.iter() {
@@ -630,8 +647,9 @@ impl Collector {
     /// Reads the mutex profile: (delay by releasing stack, waits by waiting stack).
     pub fn mutex_records(&self) -> Result<(Vec<MutexRecord>, Vec<MutexRecord>), Error> {
         let mut ucache = UserStackCache::new();
-        let mut read = |name: &str| -> Result<Vec<MutexRecord>, Error> {
-            let map: HashMap<_, MutexKey, MutexValue> = self.map_ref(name)?;
+        let mut read = |map: HashMap<&MapData, MutexKey, MutexValue>,
+                        name: &str|
+         -> Result<Vec<MutexRecord>, Error> {
             let mut out = Vec::new();
             for entry in map.iter() {
                 let (k, v) = entry.map_err(|e| Error::internal(format!("reading {name}"), e))?;
@@ -646,12 +664,15 @@ impl Collector {
             }
             Ok(out)
         };
-        Ok((read("MUTEX")?, read("LOCK_WAITERS")?))
+        Ok((
+            read(self.hash::<maps::MUTEX>()?, maps::MUTEX::NAME)?,
+            read(self.hash::<maps::LOCK_WAITERS>()?, maps::LOCK_WAITERS::NAME)?,
+        ))
     }
 
     /// Reads the run-queue latency histogram.
     pub fn runq_histogram(&self) -> Result<Vec<RunqBucket>, Error> {
-        let map: HashMap<_, RunqKey, u64> = self.map_ref("RUNQ_HIST")?;
+        let map = self.hash::<maps::RUNQ_HIST>()?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, count) = entry.map_err(|e| Error::internal("reading RUNQ_HIST", e))?;
@@ -668,7 +689,7 @@ impl Collector {
 
     /// Threads that are off CPU right now, with when and how they left.
     pub fn open_intervals(&self) -> Result<Vec<OpenInterval>, Error> {
-        let map: HashMap<_, u32, ThreadState> = self.map_ref("THREADS")?;
+        let map = self.hash::<maps::THREADS>()?;
         let mut cache = StdHashMap::new();
         let mut ucache = UserStackCache::new();
         let mut out = Vec::new();
@@ -694,7 +715,7 @@ impl Collector {
     /// Threads whose first switch-in (or wakeup) the probes saw without seeing them leave the
     /// CPU: tid → (first wakeup, first switch-in) in ktime, 0 when not seen.
     pub fn first_seen(&self) -> Result<StdHashMap<u32, (u64, u64)>, Error> {
-        let map: HashMap<_, u32, FirstSeen> = self.map_ref("FIRST_SEEN")?;
+        let map = self.hash::<maps::FIRST_SEEN>()?;
         let mut out = StdHashMap::new();
         for entry in map.iter() {
             let (tid, f) = entry.map_err(|e| Error::internal("reading FIRST_SEEN", e))?;
@@ -706,7 +727,7 @@ impl Collector {
     /// Threads that have per-thread state in the kernel now (the probes saw them run), with
     /// the wall time on CPU the probes measured.
     pub fn tracked_threads(&self) -> Result<StdHashMap<u32, OnCpu>, Error> {
-        let map: HashMap<_, u32, ThreadState> = self.map_ref("THREADS")?;
+        let map = self.hash::<maps::THREADS>()?;
         let mut out = StdHashMap::new();
         for entry in map.iter() {
             let (tid, st) = entry.map_err(|e| Error::internal("reading THREADS", e))?;
@@ -724,7 +745,7 @@ impl Collector {
 
     /// Target threads that exited during the window.
     pub fn exited_threads(&self) -> Result<Vec<ExitedThread>, Error> {
-        let map: HashMap<_, u32, ThreadExit> = self.map_ref("EXITED")?;
+        let map = self.hash::<maps::EXITED>()?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (tid, x) = entry.map_err(|e| Error::internal("reading EXITED", e))?;
@@ -766,7 +787,7 @@ impl Collector {
     /// Stored user stacks whose frames do not match their handle (see [`verified_frames`]):
     /// reading them gives a lost stack.
     fn count_corrupt_stacks(&self) -> Result<u64, Error> {
-        let map: HashMap<_, u64, UserStack> = self.map_ref("USER_STACKS")?;
+        let map = self.hash::<maps::USER_STACKS>()?;
         Ok(map
             .iter()
             .filter_map(Result::ok)
@@ -787,18 +808,59 @@ impl Collector {
         .map_err(|e| Error::internal(format!("{name} map"), e))
     }
 
+    /// Shared map `M` (`stallscope_common::maps`) as a hash map (or LRU hash map).
+    fn hash<M: MapSpec>(&self) -> Result<HashMap<&MapData, M::Key, M::Value>, Error>
+    where
+        M::Key: aya::Pod,
+        M::Value: aya::Pod,
+    {
+        self.map_ref(M::NAME)
+    }
+
+    fn hash_mut<M: MapSpec>(&mut self) -> Result<HashMap<&mut MapData, M::Key, M::Value>, Error>
+    where
+        M::Key: aya::Pod,
+        M::Value: aya::Pod,
+    {
+        self.map_mut(M::NAME)
+    }
+
+    fn array_mut<M: MapSpec<Key = u32>>(&mut self) -> Result<Array<&mut MapData, M::Value>, Error>
+    where
+        M::Value: aya::Pod,
+    {
+        self.map_mut(M::NAME)
+    }
+
+    fn per_cpu_array<M: MapSpec<Key = u32>>(&self) -> Result<PerCpuArray<&MapData, M::Value>, Error>
+    where
+        M::Value: aya::Pod,
+    {
+        self.map_ref(M::NAME)
+    }
+
+    fn per_cpu_array_mut<M: MapSpec<Key = u32>>(
+        &mut self,
+    ) -> Result<PerCpuArray<&mut MapData, M::Value>, Error>
+    where
+        M::Value: aya::Pod,
+    {
+        self.map_mut(M::NAME)
+    }
+
     /// Entries in each aggregation map now, against its capacity.
     pub fn map_fill(&self) -> Vec<MapFill> {
         let mut out = Vec::new();
         for name in FILL_MAPS {
             let entries = match name {
-                "CPU_SAMPLES" => self.count_keys::<CpuKey, u64>(name),
-                "OFFCPU" => self.count_keys::<OffcpuKey, OffcpuValue>(name),
-                "BLOCK" => self.count_keys::<BlockKey, BlockValue>(name),
-                "RUNQ_HIST" => self.count_keys::<RunqKey, u64>(name),
-                "MUTEX" | "LOCK_WAITERS" => self.count_keys::<MutexKey, MutexValue>(name),
-                "THREADS" => self.count_keys::<u32, ThreadState>(name),
-                "USER_STACKS" => self.count_keys::<u64, UserStack>(name),
+                maps::CPU_SAMPLES::NAME => self.count_keys::<maps::CPU_SAMPLES>(),
+                maps::OFFCPU::NAME => self.count_keys::<maps::OFFCPU>(),
+                maps::BLOCK::NAME => self.count_keys::<maps::BLOCK>(),
+                maps::RUNQ_HIST::NAME => self.count_keys::<maps::RUNQ_HIST>(),
+                maps::MUTEX::NAME => self.count_keys::<maps::MUTEX>(),
+                maps::LOCK_WAITERS::NAME => self.count_keys::<maps::LOCK_WAITERS>(),
+                maps::THREADS::NAME => self.count_keys::<maps::THREADS>(),
+                maps::USER_STACKS::NAME => self.count_keys::<maps::USER_STACKS>(),
                 _ => None,
             };
             let max_entries = self
@@ -820,8 +882,12 @@ impl Collector {
         out
     }
 
-    fn count_keys<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Option<u64> {
-        let map: HashMap<_, K, V> = self.map_ref(name).ok()?;
+    fn count_keys<M: MapSpec>(&self) -> Option<u64>
+    where
+        M::Key: aya::Pod,
+        M::Value: aya::Pod,
+    {
+        let map = self.hash::<M>().ok()?;
         Some(map.keys().filter(|k| k.is_ok()).count() as u64)
     }
 
@@ -850,7 +916,7 @@ impl Collector {
 
     /// Uploads compiled CFI rows into the shared row array at `start`.
     pub fn upload_unwind_rows(&mut self, start: u32, rows: &[UnwindRow]) -> Result<(), Error> {
-        let mut map: Array<_, UnwindRow> = self.map_mut("UNWIND_ROWS")?;
+        let mut map = self.array_mut::<maps::UNWIND_ROWS>()?;
         for (i, row) in rows.iter().enumerate() {
             map.set(start + i as u32, *row, 0).map_err(|e| {
                 Error::internal(format!("writing unwind row {}", start as usize + i), e)
@@ -861,7 +927,7 @@ impl Collector {
 
     /// Sets the executable-mapping table of a process for the unwinder.
     pub fn set_proc_mappings(&mut self, tgid: u32, m: &ProcMappings) -> Result<(), Error> {
-        let mut map: HashMap<_, u32, ProcMappings> = self.map_mut("PROC_MAPPINGS")?;
+        let mut map = self.hash_mut::<maps::PROC_MAPPINGS>()?;
         let unchanged = map
             .get(&tgid, 0)
             .is_ok_and(|old| old.count == m.count && old.entries[..] == m.entries[..]);
@@ -871,7 +937,7 @@ impl Collector {
         map.insert(tgid, *m, 0)
             .map_err(|e| Error::internal(format!("writing the mappings of {tgid}"), e))?;
         // Walks cached under the old table may have gone differently: retire them.
-        let mut generation: Array<_, u64> = self.map_mut("WALK_GEN")?;
+        let mut generation = self.array_mut::<maps::WALK_GEN>()?;
         let g = generation.get(&0, 0).unwrap_or(0);
         generation
             .set(0, g.wrapping_add(1), 0)
@@ -891,7 +957,7 @@ impl Collector {
         if let Some(p) = cache.get(&handle) {
             return p.clone();
         }
-        let part = match self.map_ref::<HashMap<_, u64, UserStack>>("USER_STACKS") {
+        let part = match self.hash::<maps::USER_STACKS>() {
             Ok(map) => match map.get(&handle, 0) {
                 Ok(st) => match verified_frames(handle, &st) {
                     Some(f) => StackPart::Frames(f),

@@ -4,8 +4,10 @@
 
 use std::io::Read as _;
 
-use aya::{Btf, maps::Array, programs::Iter};
+use aya::{Btf, programs::Iter};
 use stallscope_common::dump::{DumpConfig, DumpOffsets, DumpTask};
+
+use stallscope_common::maps;
 
 use super::Collector;
 use crate::error::Error;
@@ -32,7 +34,7 @@ impl Collector {
     }
 
     fn set_dump_config(&mut self, config: DumpConfig) -> Result<(), Error> {
-        let mut map: Array<_, DumpConfig> = self.map_mut("DUMP_CONFIG")?;
+        let mut map = self.array_mut::<maps::DUMP_CONFIG>()?;
         map.set(0, config, 0)
             .map_err(|e| Error::internal("writing DUMP_CONFIG", e))
     }

@@ -779,6 +779,7 @@ pub fn stack_hash(ips: &[u64]) -> u64 {
 
 /// Thread dumps (the `dump_task` task iterator).
 pub mod dump;
+pub mod maps;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -8,6 +8,7 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use aya_log_ebpf::warn;
+use stallscope_common::maps::{self, Key, Value};
 use stallscope_common::{AGG_MAP_ENTRIES, Counter, CpuKey};
 
 use crate::{
@@ -17,7 +18,8 @@ use crate::{
 
 /// Sample counts per (process, user stack, kernel stack).
 #[map]
-static CPU_SAMPLES: HashMap<CpuKey, u64> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+static CPU_SAMPLES: HashMap<Key<maps::CPU_SAMPLES>, Value<maps::CPU_SAMPLES>> =
+    HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {

@@ -20,13 +20,14 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 use stallscope_common::dump::{
-    DUMP_COMM_LEN, DUMP_KSTACK_DEPTH, DUMP_KSTACK_ERR, DUMP_REGS_OK, DumpConfig, DumpOffsets,
-    DumpTask, PT_REGS_WORDS,
+    DUMP_COMM_LEN, DUMP_KSTACK_DEPTH, DUMP_KSTACK_ERR, DUMP_REGS_OK, DumpOffsets, DumpTask,
+    PT_REGS_WORDS,
 };
+use stallscope_common::maps::{self, Value};
 
 /// Target and `task_struct` offsets, written by the agent before each dump.
 #[map]
-static DUMP_CONFIG: Array<DumpConfig> = Array::with_max_entries(1, 0);
+static DUMP_CONFIG: Array<Value<maps::DUMP_CONFIG>> = Array::with_max_entries(1, 0);
 
 /// The record being built (too large for the 512-byte BPF stack).
 #[map]

@@ -17,6 +17,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
+use stallscope_common::maps::{self, Key, Value};
 use stallscope_common::{
     AGG_MAP_ENTRIES, Config, Counter, LockKey, LockState, MutexKey, MutexValue,
 };
@@ -25,15 +26,17 @@ use crate::shared::{add_pair_or_insert, count, sample_by_duration};
 
 /// Futex words with waiters seen in the window.
 #[map]
-static LOCKS: HashMap<LockKey, LockState> = HashMap::with_max_entries(16384, 0);
+static LOCKS: HashMap<Key<maps::LOCKS>, Value<maps::LOCKS>> = HashMap::with_max_entries(16384, 0);
 
 /// Delay by (futex word, releasing thread's stack).
 #[map]
-static MUTEX: HashMap<MutexKey, MutexValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+static MUTEX: HashMap<Key<maps::MUTEX>, Value<maps::MUTEX>> =
+    HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 /// Waits by (futex word, waiting thread's stack): the waiter side of each word.
 #[map]
-static LOCK_WAITERS: HashMap<MutexKey, MutexValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+static LOCK_WAITERS: HashMap<Key<maps::LOCK_WAITERS>, Value<maps::LOCK_WAITERS>> =
+    HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[inline(always)]
 fn xadd(p: *mut u64, v: u64) {

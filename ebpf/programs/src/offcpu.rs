@@ -25,10 +25,11 @@ use aya_ebpf::{
     maps::{Array, HashMap},
     programs::BtfTracePointContext,
 };
+use stallscope_common::maps::{self, Key, Value};
 use stallscope_common::{
-    AGG_MAP_ENTRIES, BlockKey, BlockValue, CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config,
-    Counter, EXIT_TRACKED, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, OffcpuValue, RunqKey,
-    STACK_NONE, THREAD_FUTEX_WAIT, THREAD_LOCK_WAITER, ThreadExit, ThreadState, USER_STACK_NONE,
+    AGG_MAP_ENTRIES, BlockKey, CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, Counter,
+    EXIT_TRACKED, FirstSeen, KernelOffsets, NO_SYSCALL, OffcpuKey, RunqKey, STACK_NONE,
+    THREAD_FUTEX_WAIT, THREAD_LOCK_WAITER, ThreadExit, ThreadState, USER_STACK_NONE,
     USER_STACK_NOT_STARTED, is_fdless_wait, runq_bucket, wait_class,
 };
 
@@ -44,29 +45,35 @@ use crate::{
 const THREAD_ENTRIES: u32 = 65536;
 
 #[map]
-static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
+static THREADS: HashMap<Key<maps::THREADS>, Value<maps::THREADS>> =
+    HashMap::with_max_entries(THREAD_ENTRIES, 0);
 
 /// Target threads whose first switch-in the probes saw without having seen them leave the
 /// CPU: threads already off CPU when the window opened (and new threads). Written once per
 /// thread; the agent ends the waits it seeded at the window's start with it.
 #[map]
-static FIRST_SEEN: HashMap<u32, FirstSeen> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
+static FIRST_SEEN: HashMap<Key<maps::FIRST_SEEN>, Value<maps::FIRST_SEEN>> =
+    HashMap::with_max_entries(THREAD_ENTRIES, 0);
 
 /// Target threads that exited in the window, with their CPU time (per-thread accounting).
 #[map]
-static EXITED: HashMap<u32, ThreadExit> = HashMap::with_max_entries(THREAD_ENTRIES, 0);
+static EXITED: HashMap<Key<maps::EXITED>, Value<maps::EXITED>> =
+    HashMap::with_max_entries(THREAD_ENTRIES, 0);
 
 #[map]
-static OFFCPU: HashMap<OffcpuKey, OffcpuValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+static OFFCPU: HashMap<Key<maps::OFFCPU>, Value<maps::OFFCPU>> =
+    HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[map]
-static BLOCK: HashMap<BlockKey, BlockValue> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+static BLOCK: HashMap<Key<maps::BLOCK>, Value<maps::BLOCK>> =
+    HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[map]
-static RUNQ_HIST: HashMap<RunqKey, u64> = HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
+static RUNQ_HIST: HashMap<Key<maps::RUNQ_HIST>, Value<maps::RUNQ_HIST>> =
+    HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Value<maps::CONFIG>> = Array::with_max_entries(1, 0);
 
 /// Offsets into kernel structures, set by the agent from the kernel's BTF before loading.
 #[unsafe(no_mangle)]

@@ -8,6 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
 };
+use stallscope_common::maps::{self, Value};
 use stallscope_common::{
     COUNTER_SLOTS, Counter, STACK_LOST, STACK_MAP_ENTRIES, STACK_NONE, TARGET_BITMAP_WORDS,
     target_bit,
@@ -15,7 +16,8 @@ use stallscope_common::{
 
 /// Processes (tgid) being profiled: bit `tgid % 64` of word `tgid / 64` (see `target_bit`).
 #[map]
-pub static TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
+pub static TARGET_BITS: Array<Value<maps::TARGET_BITS>> =
+    Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
 
 /// Stack traces referenced by the aggregation maps (user and kernel stacks).
 #[map]
@@ -23,7 +25,8 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 
 
 /// Event and loss counters, per CPU (summed by the agent).
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub static COUNTERS: PerCpuArray<Value<maps::COUNTERS>> =
+    PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 const EFAULT: i32 = 14;
 const EEXIST: i32 = 17;

@@ -15,6 +15,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+use stallscope_common::maps::{self, Key, Value};
 use stallscope_common::{
     CFA_REG_BP, CFA_REG_SP, Counter, MAX_EXEC_MAPPINGS, MAX_USER_FRAMES, ProcMappings,
     ROW_END_OF_STACK, STACK_HASH_INIT, UNWIND_ROWS_MAX, USER_STACK_LOST, USTACK_TRUNCATED,
@@ -26,15 +27,17 @@ use crate::shared::count;
 
 /// CFI rows of every file the agent compiled, back to back.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_ROWS_MAX, 0);
+static UNWIND_ROWS: Array<Value<maps::UNWIND_ROWS>> = Array::with_max_entries(UNWIND_ROWS_MAX, 0);
 
 /// Executable mappings per target process (tgid).
 #[map]
-static PROC_MAPPINGS: HashMap<u32, ProcMappings> = HashMap::with_max_entries(1024, 0);
+static PROC_MAPPINGS: HashMap<Key<maps::PROC_MAPPINGS>, Value<maps::PROC_MAPPINGS>> =
+    HashMap::with_max_entries(1024, 0);
 
 /// Unwound user stacks by hash.
 #[map]
-static USER_STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, 0);
+static USER_STACKS: HashMap<Key<maps::USER_STACKS>, Value<maps::USER_STACKS>> =
+    HashMap::with_max_entries(16384, 0);
 
 /// Per-CPU scratch slots: one for the tracepoint programs, one for the CPU sampler. The sampler
 /// runs from a timer interrupt and can interrupt a tracepoint program's walk on the same CPU;
@@ -60,7 +63,7 @@ static SEARCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(SLOTS, 0);
 /// condition variable) gets its stack back after one copy of its top stack words instead of a
 /// frame-by-frame walk with two binary searches per frame.
 #[map]
-static WALK_CACHE: LruHashMap<WalkCacheKey, WalkCacheEntry> =
+static WALK_CACHE: LruHashMap<Key<maps::WALK_CACHE>, Value<maps::WALK_CACHE>> =
     LruHashMap::with_max_entries(16384, 0);
 
 /// The walk in progress and the words it read (per CPU), cached when it finishes cleanly.
@@ -76,7 +79,7 @@ static STACK_COPY: PerCpuArray<[u8; COPY_BYTES]> = PerCpuArray::with_max_entries
 /// Bumped by the agent whenever a process's mapping table changes (a walk cached before may
 /// then have gone differently): cached walks of an older generation are not used.
 #[map]
-static WALK_GEN: Array<u64> = Array::with_max_entries(1, 0);
+static WALK_GEN: Array<Value<maps::WALK_GEN>> = Array::with_max_entries(1, 0);
 
 // struct pt_regs (x86-64): bp, ip, sp.
 const PT_REGS_BP: usize = 32;
