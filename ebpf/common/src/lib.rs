@@ -4,6 +4,29 @@
 //! With the `user` feature the types implement `aya::Pod` so the agent can read them from maps.
 #![no_std]
 
+/// Declares a type shared by the programs and the agent: `#[repr(C)]`, and a compile-time check
+/// that its size is the sum of its fields' sizes. Implicit padding would hold bytes nobody set:
+/// in a map key they make equal keys differ, and `aya::Pod` (the agent reads these from maps)
+/// promises there is none.
+macro_rules! shared {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+        const _: () = assert!(
+            core::mem::size_of::<$name>() == 0 $(+ core::mem::size_of::<$ty>())*,
+            concat!(stringify!($name), " has implicit padding: add explicit _pad fields")
+        );
+    };
+}
+
 /// Deepest stack the kernel records (`PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
@@ -297,18 +320,19 @@ pub const COUNTER_SLOTS: u32 = 64;
 
 const _: () = assert!((Counter::ProgRunsSkipped as u32) < COUNTER_SLOTS);
 
-/// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
-/// Stack ids are indexes into the stack-trace map, or negative when there was no stack.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CpuKey {
-    pub tgid: u32,
-    pub kernel_stack: i32,
-    /// Hash of the user stack in `USER_STACKS`, or `USER_STACK_NONE`/`USER_STACK_LOST`.
-    pub user_stack: u64,
-    /// The sampled thread (profiles carry `tid` and `thread` labels).
-    pub tid: u32,
-    pub _pad: u32,
+shared! {
+    /// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
+    /// Stack ids are indexes into the stack-trace map, or negative when there was no stack.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct CpuKey {
+        pub tgid: u32,
+        pub kernel_stack: i32,
+        /// Hash of the user stack in `USER_STACKS`, or `USER_STACK_NONE`/`USER_STACK_LOST`.
+        pub user_stack: u64,
+        /// The sampled thread (profiles carry `tid` and `thread` labels).
+        pub tid: u32,
+        pub _pad: u32,
+    }
 }
 
 /// Stack id meaning "this part of the stack is empty" (a user-mode sample has no kernel part).
@@ -316,22 +340,23 @@ pub const STACK_NONE: i32 = -1;
 /// Stack id meaning "capturing this stack failed" (counted in `UserStackLost`/`KernelStackLost`).
 pub const STACK_LOST: i32 = -2;
 
-/// One row of a DWARF CFI unwind table (from `.eh_frame`), compiled by the agent for the BPF
-/// unwinder. A row applies from `pc` (an ELF virtual address of the mapped file) up to the next
-/// row's `pc`. On x86-64 the return address is always at CFA - 8.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct UnwindRow {
-    pub pc: u64,
-    /// CFA = (register named by `cfa_reg`) + `cfa_offset`.
-    pub cfa_offset: i32,
-    /// 0: the caller's rbp is the current rbp (unchanged); otherwise it was saved at
-    /// CFA + `rbp_offset` (negative).
-    pub rbp_offset: i16,
-    /// One of `CFA_REG_*`.
-    pub cfa_reg: u8,
-    /// `ROW_*` flags.
-    pub flags: u8,
+shared! {
+    /// One row of a DWARF CFI unwind table (from `.eh_frame`), compiled by the agent for the BPF
+    /// unwinder. A row applies from `pc` (an ELF virtual address of the mapped file) up to the next
+    /// row's `pc`. On x86-64 the return address is always at CFA - 8.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct UnwindRow {
+        pub pc: u64,
+        /// CFA = (register named by `cfa_reg`) + `cfa_offset`.
+        pub cfa_offset: i32,
+        /// 0: the caller's rbp is the current rbp (unchanged); otherwise it was saved at
+        /// CFA + `rbp_offset` (negative).
+        pub rbp_offset: i16,
+        /// One of `CFA_REG_*`.
+        pub cfa_reg: u8,
+        /// `ROW_*` flags.
+        pub flags: u8,
+    }
 }
 
 /// CFA is relative to rsp.
@@ -379,39 +404,42 @@ pub fn is_fdless_wait(nr: i64, arg0: u64, arg1: u64) -> bool {
     }
 }
 
-/// Per-thread state, in a plain (not per-CPU) hash map keyed by tid: a thread leaves the CPU
-/// on one CPU and comes back on another.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadState {
-    /// ktime when it switched out (0: on CPU, or unknown).
-    pub off_ts: u64,
-    /// ktime when it was woken while off CPU (0: not woken yet).
-    pub wake_ts: u64,
-    /// The futex word of the wait in progress (valid with `THREAD_FUTEX_WAIT`).
-    pub sys_arg0: u64,
-    /// User stack at switch-out (handle into `USER_STACKS`).
-    pub user_stack: u64,
-    pub tgid: u32,
-    /// Current syscall number, or `NO_SYSCALL`.
-    pub syscall: i32,
-    /// Class of the current off-CPU interval (`wait_class::*`).
-    pub class: u32,
-    pub kernel_stack: i32,
-    /// `THREAD_*` flags.
-    pub flags: u32,
-    /// ktime of its last switch-in seen (0: not seen since the state was made).
-    pub on_ts: u64,
-    /// Wall time on CPU between the switch-ins and switch-outs seen, ns. It includes time the
-    /// hypervisor stole from the vCPU, which the scheduler's CPU time leaves out.
-    pub oncpu_ns: u64,
-    /// ktime of the first switch-out not preceded by a switch-in seen (the agent adds the time
-    /// on CPU before it: from the window's start or the thread's first switch-in).
-    pub first_out_ts: u64,
-    /// Its CPU time (`se.sum_exec_runtime`) at `off_ts`: when its next switch-in is not shown
-    /// to the probes, the CPU time it used since tells how much of the time since `off_ts`
-    /// it ran, and the rest is the wait.
-    pub off_exec_ns: u64,
+shared! {
+    /// Per-thread state, in a plain (not per-CPU) hash map keyed by tid: a thread leaves the CPU
+    /// on one CPU and comes back on another.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ThreadState {
+        /// ktime when it switched out (0: on CPU, or unknown).
+        pub off_ts: u64,
+        /// ktime when it was woken while off CPU (0: not woken yet).
+        pub wake_ts: u64,
+        /// The futex word of the wait in progress (valid with `THREAD_FUTEX_WAIT`).
+        pub sys_arg0: u64,
+        /// User stack at switch-out (handle into `USER_STACKS`).
+        pub user_stack: u64,
+        pub tgid: u32,
+        /// Current syscall number, or `NO_SYSCALL`.
+        pub syscall: i32,
+        /// Class of the current off-CPU interval (`wait_class::*`).
+        pub class: u32,
+        pub kernel_stack: i32,
+        /// `THREAD_*` flags.
+        pub flags: u32,
+        /// (Was implicit padding; named so every byte of the value is set.)
+        pub _pad: u32,
+        /// ktime of its last switch-in seen (0: not seen since the state was made).
+        pub on_ts: u64,
+        /// Wall time on CPU between the switch-ins and switch-outs seen, ns. It includes time the
+        /// hypervisor stole from the vCPU, which the scheduler's CPU time leaves out.
+        pub oncpu_ns: u64,
+        /// ktime of the first switch-out not preceded by a switch-in seen (the agent adds the time
+        /// on CPU before it: from the window's start or the thread's first switch-in).
+        pub first_out_ts: u64,
+        /// Its CPU time (`se.sum_exec_runtime`) at `off_ts`: when its next switch-in is not shown
+        /// to the probes, the CPU time it used since tells how much of the time since `off_ts`
+        /// it ran, and the rest is the wait.
+        pub off_exec_ns: u64,
+    }
 }
 
 /// The thread's current futex wait was counted as a waiter in `LOCKS`.
@@ -420,48 +448,52 @@ pub const THREAD_LOCK_WAITER: u32 = 1;
 /// its wakeup.
 pub const THREAD_FUTEX_WAIT: u32 = 4;
 
-/// Key of the off-CPU aggregation map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OffcpuKey {
-    pub tgid: u32,
-    pub class: u32,
-    /// The syscall for `wait_class::SYSCALL` (else `NO_SYSCALL`).
-    pub syscall: i32,
-    pub kernel_stack: i32,
-    pub user_stack: u64,
-    /// The thread that was off CPU: per-thread accounting and `tid`/`thread` labels.
-    pub tid: u32,
-    pub _pad: u32,
+shared! {
+    /// Key of the off-CPU aggregation map.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct OffcpuKey {
+        pub tgid: u32,
+        pub class: u32,
+        /// The syscall for `wait_class::SYSCALL` (else `NO_SYSCALL`).
+        pub syscall: i32,
+        pub kernel_stack: i32,
+        pub user_stack: u64,
+        /// The thread that was off CPU: per-thread accounting and `tid`/`thread` labels.
+        pub tid: u32,
+        pub _pad: u32,
+    }
 }
 
-/// Estimated count and total time of the intervals aggregated under one key, with the
-/// duration-weighted sampling (`Config::offcpu_rate_ns`) applied: `count_scaled` is the
-/// number of intervals × `BLOCK_COUNT_SCALE`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OffcpuValue {
-    pub count_scaled: u64,
-    pub total_ns: u64,
+shared! {
+    /// Estimated count and total time of the intervals aggregated under one key, with the
+    /// duration-weighted sampling (`Config::offcpu_rate_ns`) applied: `count_scaled` is the
+    /// number of intervals × `BLOCK_COUNT_SCALE`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct OffcpuValue {
+        pub count_scaled: u64,
+        pub total_ns: u64,
+    }
 }
 
-/// Key of the block-profile map: the waiter's user stack.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BlockKey {
-    pub tgid: u32,
-    /// The waiting thread.
-    pub tid: u32,
-    pub user_stack: u64,
+shared! {
+    /// Key of the block-profile map: the waiter's user stack.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct BlockKey {
+        pub tgid: u32,
+        /// The waiting thread.
+        pub tid: u32,
+        pub user_stack: u64,
+    }
 }
 
-/// Block-profile values with Go's sampling already applied: `count_milli` is the estimated
-/// number of contentions × `BLOCK_COUNT_SCALE` (fractional counts `r/d` add up exactly).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockValue {
-    pub count_scaled: u64,
-    pub delay_ns: u64,
+shared! {
+    /// Block-profile values with Go's sampling already applied: `count_milli` is the estimated
+    /// number of contentions × `BLOCK_COUNT_SCALE` (fractional counts `r/d` add up exactly).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct BlockValue {
+        pub count_scaled: u64,
+        pub delay_ns: u64,
+    }
 }
 
 /// Fixed-point scale of `BlockValue::count_scaled` and `OffcpuValue::count_scaled`.
@@ -512,137 +544,146 @@ pub fn runq_bucket_low(bucket: u32) -> u64 {
     (1u64 << log) | (sub << (log - RUNQ_SUB_BITS))
 }
 
-/// Key of the run-queue latency histogram.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RunqKey {
-    pub tgid: u32,
-    pub bucket: u32,
+shared! {
+    /// Key of the run-queue latency histogram.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct RunqKey {
+        pub tgid: u32,
+        pub bucket: u32,
+    }
 }
 
-/// Capture settings the programs read from the `CONFIG` array (index 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    /// `CONFIG_*` bits: what to record.
-    pub flags: u64,
-    /// Off-CPU intervals shorter than this are not recorded.
-    pub offcpu_min_ns: u64,
-    /// Go's block-profile rate in ns (`SetBlockProfileRate`); ≤ 1 records every event.
-    pub block_rate_ns: u64,
-    /// Go's mutex-profile fraction (`SetMutexProfileFraction`): 1 in N contention events is
-    /// kept and weighted by N. 0 or 1 keeps all.
-    pub mutex_fraction: u64,
-    /// Off-CPU sampling rate in ns, with the block profile's semantics: an interval of `d` is
-    /// kept with probability min(1, d/rate) and weighted max(d, rate); ≤ 1 keeps every one.
-    pub offcpu_rate_ns: u64,
-    /// The same duration-weighted sampling for the mutex profile, on top of `mutex_fraction`:
-    /// of a release's delay (holder side) and of a wait (waiter side).
-    pub mutex_rate_ns: u64,
-    /// ktime the window opened at: a thread created in it is waiting to be started from its
-    /// creation (`task_struct.start_time`), or from here if it was created before.
-    pub window_start_ns: u64,
+shared! {
+    /// Capture settings the programs read from the `CONFIG` array (index 0).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Config {
+        /// `CONFIG_*` bits: what to record.
+        pub flags: u64,
+        /// Off-CPU intervals shorter than this are not recorded.
+        pub offcpu_min_ns: u64,
+        /// Go's block-profile rate in ns (`SetBlockProfileRate`); ≤ 1 records every event.
+        pub block_rate_ns: u64,
+        /// Go's mutex-profile fraction (`SetMutexProfileFraction`): 1 in N contention events is
+        /// kept and weighted by N. 0 or 1 keeps all.
+        pub mutex_fraction: u64,
+        /// Off-CPU sampling rate in ns, with the block profile's semantics: an interval of `d` is
+        /// kept with probability min(1, d/rate) and weighted max(d, rate); ≤ 1 keeps every one.
+        pub offcpu_rate_ns: u64,
+        /// The same duration-weighted sampling for the mutex profile, on top of `mutex_fraction`:
+        /// of a release's delay (holder side) and of a wait (waiter side).
+        pub mutex_rate_ns: u64,
+        /// ktime the window opened at: a thread created in it is waiting to be started from its
+        /// creation (`task_struct.start_time`), or from here if it was created before.
+        pub window_start_ns: u64,
+    }
 }
 
 pub const CONFIG_OFFCPU: u64 = 1;
 pub const CONFIG_BLOCK: u64 = 2;
 pub const CONFIG_MUTEX: u64 = 4;
 
-/// A futex word of a process (a lock, a condition variable, ...).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LockKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub uaddr: u64,
+shared! {
+    /// A futex word of a process (a lock, a condition variable, ...).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct LockKey {
+        pub tgid: u32,
+        pub _pad: u32,
+        pub uaddr: u64,
+    }
 }
 
-/// Waiters of one futex word, kept so that the waiting time they accumulate can be charged to
-/// whoever ends each span by waking them. With `W(t) = sum_end - sum_start + (n_start - n_end)·t`
-/// (wrapping arithmetic), `W` is the total waiter-time so far: every field is updated with an
-/// atomic add, and a release charges `W(now) - charged`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LockState {
-    pub n_start: u64,
-    pub n_end: u64,
-    pub sum_start: u64,
-    pub sum_end: u64,
-    /// `W` at the last release.
-    pub charged: u64,
+shared! {
+    /// Waiters of one futex word, kept so that the waiting time they accumulate can be charged to
+    /// whoever ends each span by waking them. With `W(t) = sum_end - sum_start + (n_start - n_end)·t`
+    /// (wrapping arithmetic), `W` is the total waiter-time so far: every field is updated with an
+    /// atomic add, and a release charges `W(now) - charged`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct LockState {
+        pub n_start: u64,
+        pub n_end: u64,
+        pub sum_start: u64,
+        pub sum_end: u64,
+        /// `W` at the last release.
+        pub charged: u64,
+    }
 }
 
-/// Key of the mutex-profile maps: a futex word and a stack (the releasing thread's in
-/// `MUTEX`, the waiting thread's in `LOCK_WAITERS`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MutexKey {
-    pub tgid: u32,
-    /// The releasing thread (`MUTEX`) or the waiting thread (`LOCK_WAITERS`).
-    pub tid: u32,
-    pub uaddr: u64,
-    pub user_stack: u64,
+shared! {
+    /// Key of the mutex-profile maps: a futex word and a stack (the releasing thread's in
+    /// `MUTEX`, the waiting thread's in `LOCK_WAITERS`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MutexKey {
+        pub tgid: u32,
+        /// The releasing thread (`MUTEX`) or the waiting thread (`LOCK_WAITERS`).
+        pub tid: u32,
+        pub uaddr: u64,
+        pub user_stack: u64,
+    }
 }
 
-/// Contention events (× `BLOCK_COUNT_SCALE`) and delay, with the sampling's weights (mutex
-/// fraction and mutex rate) already applied.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MutexValue {
-    pub count_scaled: u64,
-    pub delay_ns: u64,
+shared! {
+    /// Contention events (× `BLOCK_COUNT_SCALE`) and delay, with the sampling's weights (mutex
+    /// fraction and mutex rate) already applied.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MutexValue {
+        pub count_scaled: u64,
+        pub delay_ns: u64,
+    }
 }
 
-/// Kernel structure offsets the agent reads from the kernel's BTF and passes to the programs
-/// as constants (a hand-rolled CO-RE: aya-ebpf has no field relocations for Rust).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    /// `task_struct.pid`
-    pub task_pid: u32,
-    /// `task_struct.tgid`
-    pub task_tgid: u32,
-    /// `task_struct.se.sum_exec_runtime` (CPU time of an exiting thread)
-    pub task_sum_exec_runtime: u32,
-    /// `task_struct.start_time` (CLOCK_MONOTONIC ns)
-    pub task_start_time: u32,
+shared! {
+    /// Kernel structure offsets the agent reads from the kernel's BTF and passes to the programs
+    /// as constants (a hand-rolled CO-RE: aya-ebpf has no field relocations for Rust).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct KernelOffsets {
+        /// `task_struct.pid`
+        pub task_pid: u32,
+        /// `task_struct.tgid`
+        pub task_tgid: u32,
+        /// `task_struct.se.sum_exec_runtime` (CPU time of an exiting thread)
+        pub task_sum_exec_runtime: u32,
+        /// `task_struct.start_time` (CLOCK_MONOTONIC ns)
+        pub task_start_time: u32,
+    }
 }
 
-/// What the probes saw of a target thread they never saw leave the CPU: a thread that was
-/// already off CPU when the window opened (value of `FIRST_SEEN`, keyed by tid). The agent
-/// seeds its wait from the task iterator's view at the window's start and ends it here.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FirstSeen {
-    /// ktime of its first wakeup (0: none seen before it ran).
-    pub wake_ts: u64,
-    /// ktime of its first switch-in (0: not yet).
-    pub in_ts: u64,
+shared! {
+    /// What the probes saw of a target thread they never saw leave the CPU: a thread that was
+    /// already off CPU when the window opened (value of `FIRST_SEEN`, keyed by tid). The agent
+    /// seeds its wait from the task iterator's view at the window's start and ends it here.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FirstSeen {
+        /// ktime of its first wakeup (0: none seen before it ran).
+        pub wake_ts: u64,
+        /// ktime of its first switch-in (0: not yet).
+        pub in_ts: u64,
+    }
 }
 
 /// `ThreadExit::flags`: the thread had per-thread state (`THREADS`) when it exited, so the
 /// probes saw it leave the CPU or be born in the window, and its waits are theirs to record.
 pub const EXIT_TRACKED: u32 = 1;
 
-/// A target thread that exited during the window (value of `EXITED`, keyed by tid): what the
-/// per-thread accounting needs after the thread is gone.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadExit {
-    pub tgid: u32,
-    /// `EXIT_*` bits.
-    pub flags: u32,
-    /// ktime of its last switch-out.
-    pub exit_ts: u64,
-    /// CPU time of the whole thread life, ns (`se.sum_exec_runtime`).
-    pub sum_exec_ns: u64,
-    /// `task_struct.start_time` (ktime).
-    pub start_ts: u64,
-    pub comm: [u8; 16],
-    /// `ThreadState::oncpu_ns` with the last stretch on CPU up to the exit added.
-    pub oncpu_ns: u64,
-    /// `ThreadState::first_out_ts` (0: it never left the CPU in a way the probes saw).
-    pub first_out_ts: u64,
+shared! {
+    /// A target thread that exited during the window (value of `EXITED`, keyed by tid): what the
+    /// per-thread accounting needs after the thread is gone.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ThreadExit {
+        pub tgid: u32,
+        /// `EXIT_*` bits.
+        pub flags: u32,
+        /// ktime of its last switch-out.
+        pub exit_ts: u64,
+        /// CPU time of the whole thread life, ns (`se.sum_exec_runtime`).
+        pub sum_exec_ns: u64,
+        /// `task_struct.start_time` (ktime).
+        pub start_ts: u64,
+        pub comm: [u8; 16],
+        /// `ThreadState::oncpu_ns` with the last stretch on CPU up to the exit added.
+        pub oncpu_ns: u64,
+        /// `ThreadState::first_out_ts` (0: it never left the CPU in a way the probes saw).
+        pub first_out_ts: u64,
+    }
 }
 
 /// Deepest user stack the BPF unwinder walks.
@@ -654,26 +695,28 @@ pub const UNWIND_ROWS_MAX: u32 = 1 << 20;
 /// Executable mappings per process the unwinder knows (sorted by `start`).
 pub const MAX_EXEC_MAPPINGS: usize = 64;
 
-/// One executable mapping of a process, for the BPF unwinder. A pc in `[start, end)` has the
-/// ELF virtual address `pc - bias` in the mapped file, whose CFI rows are
-/// `UNWIND_ROWS[rows_start .. rows_start + rows_len]` (none: frame pointers only).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExecMapping {
-    pub start: u64,
-    pub end: u64,
-    pub bias: u64,
-    pub rows_start: u32,
-    pub rows_len: u32,
+shared! {
+    /// One executable mapping of a process, for the BPF unwinder. A pc in `[start, end)` has the
+    /// ELF virtual address `pc - bias` in the mapped file, whose CFI rows are
+    /// `UNWIND_ROWS[rows_start .. rows_start + rows_len]` (none: frame pointers only).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ExecMapping {
+        pub start: u64,
+        pub end: u64,
+        pub bias: u64,
+        pub rows_start: u32,
+        pub rows_len: u32,
+    }
 }
 
-/// The executable mappings of one process (value of `PROC_MAPPINGS`, keyed by tgid).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ProcMappings {
-    pub count: u32,
-    pub _pad: u32,
-    pub entries: [ExecMapping; MAX_EXEC_MAPPINGS],
+shared! {
+    /// The executable mappings of one process (value of `PROC_MAPPINGS`, keyed by tgid).
+    #[derive(Clone, Copy, Debug)]
+    pub struct ProcMappings {
+        pub count: u32,
+        pub _pad: u32,
+        pub entries: [ExecMapping; MAX_EXEC_MAPPINGS],
+    }
 }
 
 impl Default for ProcMappings {
@@ -686,14 +729,15 @@ impl Default for ProcMappings {
     }
 }
 
-/// A user stack unwound in BPF, leaf first (value of `USER_STACKS`, keyed by its hash).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct UserStack {
-    pub len: u32,
-    /// `USTACK_*` bits.
-    pub flags: u32,
-    pub ips: [u64; MAX_USER_FRAMES],
+shared! {
+    /// A user stack unwound in BPF, leaf first (value of `USER_STACKS`, keyed by its hash).
+    #[derive(Clone, Copy, Debug)]
+    pub struct UserStack {
+        pub len: u32,
+        /// `USTACK_*` bits.
+        pub flags: u32,
+        pub ips: [u64; MAX_USER_FRAMES],
+    }
 }
 
 /// Stack words a cached walk may depend on (every word the walk read, at most this many).
@@ -701,38 +745,40 @@ pub const WALK_CACHE_READS: usize = 32;
 /// The words a cached walk read lie within this many bytes above its stack pointer.
 pub const WALK_CACHE_SPAN: u32 = 4096;
 
-/// Key of the user-stack walk cache: a thread and the user instruction pointer it stopped at.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct WalkCacheKey {
-    pub tid: u32,
-    pub _pad: u32,
-    pub ip: u64,
+shared! {
+    /// Key of the user-stack walk cache: a thread and the user instruction pointer it stopped at.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct WalkCacheKey {
+        pub tid: u32,
+        pub _pad: u32,
+        pub ip: u64,
+    }
 }
 
-/// A finished walk and everything it depended on. A walk is a pure function of the starting
-/// registers and the stack words it read (given the unwind rows), so when `sp` and `bp` are
-/// the same and every word at `sp + offs[i]` still holds `vals[i]`, walking again would give
-/// the same frames: `handle`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct WalkCacheEntry {
-    pub sp: u64,
-    pub bp: u64,
-    pub handle: u64,
-    /// `WALK_GEN` when the walk was made.
-    pub generation: u64,
-    /// Bytes from `sp` that cover every read word (`max(offs) + 8`).
-    pub span: u32,
-    /// Words read.
-    pub n: u32,
-    /// Non-zero when the walk used the starting `bp` (a frame-pointer step or an rbp-based
-    /// CFA before rbp was restored from the stack); otherwise `bp` need not match.
-    pub bp_used: u32,
-    /// Scratch bits of the BPF walker while the walk is being logged; 0 in the cache.
-    pub walk_state: u32,
-    pub offs: [u32; WALK_CACHE_READS],
-    pub vals: [u64; WALK_CACHE_READS],
+shared! {
+    /// A finished walk and everything it depended on. A walk is a pure function of the starting
+    /// registers and the stack words it read (given the unwind rows), so when `sp` and `bp` are
+    /// the same and every word at `sp + offs[i]` still holds `vals[i]`, walking again would give
+    /// the same frames: `handle`.
+    #[derive(Clone, Copy, Debug)]
+    pub struct WalkCacheEntry {
+        pub sp: u64,
+        pub bp: u64,
+        pub handle: u64,
+        /// `WALK_GEN` when the walk was made.
+        pub generation: u64,
+        /// Bytes from `sp` that cover every read word (`max(offs) + 8`).
+        pub span: u32,
+        /// Words read.
+        pub n: u32,
+        /// Non-zero when the walk used the starting `bp` (a frame-pointer step or an rbp-based
+        /// CFA before rbp was restored from the stack); otherwise `bp` need not match.
+        pub bp_used: u32,
+        /// Scratch bits of the BPF walker while the walk is being logged; 0 in the cache.
+        pub walk_state: u32,
+        pub offs: [u32; WALK_CACHE_READS],
+        pub vals: [u64; WALK_CACHE_READS],
+    }
 }
 
 /// The walk stopped at `MAX_USER_FRAMES` (the stack is truncated at the root end).
@@ -784,11 +830,11 @@ pub mod maps;
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: plain `#[repr(C)]` integers with no padding.
+    // SAFETY: every type below is declared with `shared!`: `#[repr(C)]` integers (and arrays
+    // of them) whose size is checked at compile time to be the sum of their fields' (no
+    // implicit padding).
     unsafe impl aya::Pod for CpuKey {}
-    // SAFETY: `#[repr(C)]`, 16 bytes, no implicit padding (8 + 4 + 2 + 1 + 1).
     unsafe impl aya::Pod for UnwindRow {}
-    // SAFETY: the following are `#[repr(C)]` integers laid out without implicit padding.
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for OffcpuKey {}
     unsafe impl aya::Pod for OffcpuValue {}

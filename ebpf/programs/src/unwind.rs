@@ -88,6 +88,10 @@ const PT_REGS_SP: usize = 152;
 
 const ROW_SEARCH_STEPS: u32 = 21; // enough for UNWIND_ROWS_MAX = 2^20
 const MAPPING_SEARCH_STEPS: u32 = 7; // enough for MAX_EXEC_MAPPINGS = 64
+// A binary search over n entries ends within k halvings when 2^k > n: a table grown past its
+// search's bound fails to build rather than missing rows at run time.
+const _: () = assert!(1u64 << ROW_SEARCH_STEPS > UNWIND_ROWS_MAX as u64);
+const _: () = assert!(1u64 << MAPPING_SEARCH_STEPS > MAX_EXEC_MAPPINGS as u64);
 
 #[inline(always)]
 fn read_user_u64(addr: u64) -> Option<u64> {
