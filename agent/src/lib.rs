@@ -21,6 +21,7 @@ pub mod commands;
 pub mod dump;
 pub mod error;
 pub mod export;
+pub mod identity;
 pub mod kernel;
 pub mod model;
 pub mod options;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The stages, in the order the data flows; the foundation first (one rank: they may use each
 /// other), `cli` last.
 const ORDER: &[&[&str]] = &[
-    &["error", "system", "output", "model", "options"],
+    &["error", "system", "output", "model", "options", "identity"],
     &["kernel"],
     &["unwind"],
     &["symbolize"],

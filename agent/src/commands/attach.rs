@@ -79,6 +79,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         cpus,
         runq,
         mut accounting,
+        identity,
         ..
     } = window::capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
 
@@ -94,6 +95,7 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         profiles: args.profile.clone(),
         runq,
         accounting: None,
+        identity,
     };
 
     restore_output(&args.output)?;

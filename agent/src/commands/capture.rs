@@ -334,6 +334,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         map_fill,
         program_stats,
         accounting,
+        identity,
         ..
     } = captured?;
 
@@ -435,6 +436,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         profiles: spec.profiles.clone(),
         runq,
         accounting: Some(accounting.clone()),
+        identity,
     };
     write(
         &dir.join("summary.json"),

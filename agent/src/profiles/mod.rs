@@ -82,23 +82,45 @@ pub struct Window {
     /// Label samples with their thread id too (off: smaller profiles, merged across threads
     /// of one name).
     pub tid_labels: bool,
+    /// Labels of the target process every sample carries: its `container`, `pod` and
+    /// `namespace` when it runs in one ([`process_labels`]).
+    pub process: Vec<Label>,
+}
+
+/// The labels a process's samples carry for its place on the node (none outside a container),
+/// so that `-tagfocus=pod=...` works on a profile of a pod's process.
+pub fn process_labels(id: &crate::identity::Identity) -> Vec<Label> {
+    let mut l = Vec::new();
+    for (k, v) in [
+        ("container", &id.container),
+        ("pod", &id.pod),
+        ("pod_uid", &id.pod_uid),
+        ("namespace", &id.namespace),
+    ] {
+        if let Some(v) = v {
+            l.push(Label::Str(k.into(), v.clone()));
+        }
+    }
+    l
 }
 
 impl Window {
-    /// The `thread` and `tid` labels of a sample of thread `tid` (none for tid 0: unknown).
+    /// The `thread` and `tid` labels of a sample of thread `tid` (none for tid 0: unknown),
+    /// then the process's.
     pub fn thread_labels(&self, tid: u32) -> Vec<Label> {
-        if tid == 0 {
-            return Vec::new();
+        let mut l = Vec::new();
+        if tid != 0 {
+            let name = self
+                .threads
+                .get(&tid)
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            l.push(Label::Str("thread".into(), name));
+            if self.tid_labels {
+                l.push(Label::Str("tid".into(), tid.to_string()));
+            }
         }
-        let name = self
-            .threads
-            .get(&tid)
-            .cloned()
-            .unwrap_or_else(|| "?".into());
-        let mut l = vec![Label::Str("thread".into(), name)];
-        if self.tid_labels {
-            l.push(Label::Str("tid".into(), tid.to_string()));
-        }
+        l.extend(self.process.iter().cloned());
         l
     }
 }
@@ -336,6 +358,7 @@ mod tests {
             comments: vec!["c".into()],
             threads: HashMap::from([(5, "worker".to_string())]),
             tid_labels: true,
+            process: vec![],
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Summary {
     pub rates: Rates,
     /// CPUs the sampler ran on (0 without a CPU profile).
     pub cpus: usize,
+    /// The target's container, pod and PID-namespace pid (fields absent outside one).
+    pub identity: crate::identity::Identity,
     /// Every counter by name (`stallscope_common::Counter`): events, drops, lost stacks, unwinding.
     pub counters: Counters,
     /// The window's thread-seconds (`threads.json` has them per thread); absent when the
@@ -138,6 +140,7 @@ pub fn summary(f: &CaptureFacts, profiles: &[Profile]) -> Summary {
         profiles: f.profiles.iter().map(|k: &ProfileKind| k.name()).collect(),
         rates: f.rates,
         cpus: f.cpus,
+        identity: f.identity.clone(),
         counters: f.counters.clone(),
         accounting: f.accounting.as_ref().map(|a| AccountingTotals {
             threads: a.threads.len(),

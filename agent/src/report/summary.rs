@@ -36,6 +36,8 @@ pub struct CaptureFacts {
     pub runq: Option<RunqStats>,
     /// Every thread's time in the window (`None`: the threads could not be read).
     pub accounting: Option<crate::profiles::accounting::Accounting>,
+    /// The target's container and pod (empty outside one).
+    pub identity: crate::identity::Identity,
 }
 
 /// The `wait_class` label of a sample (off-CPU profiles).
@@ -499,6 +501,28 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
     v
 }
 
+/// Where the target runs, when that is a container: `container 3f1c9a7b2e4d (containerd), pod
+/// shop/checkout-7f9c, pid 7 in its PID namespace`.
+fn identity_text(id: &crate::identity::Identity) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(c) = &id.container {
+        let short = &c[..c.len().min(12)];
+        parts.push(match id.runtime {
+            Some(r) => format!("container {short} ({r})"),
+            None => format!("container {short}"),
+        });
+    }
+    match (&id.namespace, &id.pod, &id.pod_uid) {
+        (Some(ns), Some(pod), _) => parts.push(format!("pod {ns}/{pod}")),
+        (_, _, Some(uid)) => parts.push(format!("pod uid {uid}")),
+        _ => {}
+    }
+    if let Some(p) = id.ns_pid {
+        parts.push(format!("pid {p} in its PID namespace"));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -775,6 +799,9 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
         ),
     };
     let _ = writeln!(s, "stallscope: pid {} ({}): {end}", f.pid, f.comm);
+    if let Some(where_) = identity_text(&f.identity) {
+        let _ = writeln!(s, "target: {where_}");
+    }
     let c = &f.counters;
     if let Some(a) = f.accounting.as_ref().filter(|a| !a.threads.is_empty()) {
         let _ = writeln!(s, "{}", a.line());
@@ -1234,6 +1261,7 @@ pub(crate) mod tests {
             profiles,
             accounting: None,
             runq: None,
+            identity: Default::default(),
         }
     }
 

@@ -102,6 +102,8 @@ pub struct Captured {
     pub program_stats: Vec<kernel::ProgramStats>,
     /// Every thread's time in the window.
     pub accounting: accounting::Accounting,
+    /// The target's container and pod (empty outside one).
+    pub identity: crate::identity::Identity,
 }
 
 /// Pre-flight checks shared by every command that profiles a process: privileges, BTF, and
@@ -217,6 +219,8 @@ async fn window(
     collector.set_config(Config::default())?;
     collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
     let started = SystemTime::now();
+    // Its container and pod, read while it surely runs.
+    let identity = crate::identity::of_process(target.pid);
     let t0 = Instant::now();
     let mut cpus = 0;
     if wants(ProfileKind::Cpu) {
@@ -382,6 +386,7 @@ async fn window(
         comments,
         threads: accounting.names(),
         tid_labels: spec.tid_labels,
+        process: profiles::process_labels(&identity),
     };
     let mut raws = Vec::new();
     if wants(ProfileKind::Cpu) {
@@ -419,6 +424,7 @@ async fn window(
     }
     let map_fill = collector.map_fill();
     Ok(Captured {
+        identity,
         accounting,
         raws,
         lock_waiters,
