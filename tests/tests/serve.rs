@@ -375,6 +375,26 @@ fn auth_token() {
     let ok = http_get(addr, "/metrics", Some("t0ken-for-tests"), t);
     assert_eq!(ok.status, 200);
     assert!(ok.body.contains("stallscope_targets"));
+    // The kubelet's probes carry no token: /healthz and /readyz answer without one, and
+    // /readyz turns 200 once a profile collector is loaded (503 until then, saying why).
+    let h = http_get(addr, "/healthz", None, t);
+    assert_eq!((h.status, h.body.trim()), (200, "ok"), "{}", h.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let r = http_get(addr, "/readyz", None, t);
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("not ready"), "{}", r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(
+        ready.body.contains("profile collectors loaded"),
+        "{}",
+        ready.body
+    );
     let prom = Prometheus::start(addr, Some("t0ken-for-tests"));
     prom.wait_for("up{job=\"stallscope\"} == 1", Duration::from_secs(30));
     // With a wrong token its scrapes fail (up == 0).

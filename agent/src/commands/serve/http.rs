@@ -36,6 +36,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/debug/pprof/", get(index))
         .route("/debug/pprof/{name}", get(pprof))
         .route("/", get(root))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), auth))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
@@ -175,8 +177,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// With a token configured, every request needs `Authorization: Bearer <token>`.
+/// Paths answered without the bearer token: the kubelet's probes carry none, and they tell
+/// nothing about any process.
+const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
 async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
+    if let Some(token) = s
+        .token
+        .as_ref()
+        .filter(|_| !PROBE_PATHS.contains(&req.uri().path()))
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -206,6 +216,38 @@ async fn root() -> Response {
         StatusCode::OK,
         "stallscope agent: /metrics (Prometheus), /debug/pprof/ (profiles of any process)",
     )
+}
+
+/// Liveness: the agent answers HTTP.
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok")
+}
+
+/// Readiness: at least one profile collector is loaded (its programs verified), so a profile
+/// request can open a window; 503 saying why not (still loading, or every one failed).
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let n = |state: &str| s.health.profile_windows.with_label_values(&[state]).get();
+    let (ready, loading, failed) = (n("ready"), n("loading"), n("failed"));
+    if ready > 0 {
+        text(
+            StatusCode::OK,
+            format!("ready: {ready} profile collectors loaded"),
+        )
+    } else if loading > 0 {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {loading} profile collectors still loading (verifying the BPF programs)"
+            ),
+        )
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: no profile collector could load ({failed} failed; the log says why)"
+            ),
+        )
+    }
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
