@@ -8,8 +8,9 @@ pub enum Error {
     Usage(String),
 
     #[error(
-        "stallscope needs root or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE \
-         (missing: {missing}); run it with sudo"
+        "stallscope needs root or the capabilities CAP_BPF and CAP_PERFMON (missing: \
+         {missing}), and for other users' processes CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE and \
+         CAP_DAC_READ_SEARCH; run it with sudo"
     )]
     Privileges { missing: String },
 

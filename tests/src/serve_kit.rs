@@ -43,7 +43,13 @@ impl Serve {
     /// Starts `agent serve --listen 127.0.0.1:0 <args>` and waits for its address; with
     /// `wait_profiles`, also until its BPF programs are verified (profiles can be taken).
     pub fn start(args: &[&str], wait_profiles: bool) -> Serve {
-        let mut cmd = Command::new(agent_path());
+        Serve::start_with(Command::new(agent_path()), args, wait_profiles)
+    }
+
+    /// [`Serve::start`] with `agent` as the command that runs the agent (e.g. `setpriv ...
+    /// agent`, to run it with fewer privileges).
+    pub fn start_with(agent: Command, args: &[&str], wait_profiles: bool) -> Serve {
+        let mut cmd = agent;
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)

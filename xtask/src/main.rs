@@ -160,6 +160,7 @@ fn test(setup_args: SetupArgs, args: &[String]) -> Result<()> {
     let agent = target_dir().join("release/agent");
     let mut root = cargo();
     root.env("STALLSCOPE_AGENT", &agent)
+        .env("STALLSCOPE_PYTHON_TOOLS", setup::python_tools_dir())
         .args([
             "test",
             "--release",

@@ -52,7 +52,47 @@ pub fn setup(opts: Options) -> Result<()> {
         println!("== setup: Debian packages");
         ensure_apt_packages(APT_PACKAGES)?;
     }
+    println!("== setup: Python tools");
+    ensure_python_tools()?;
     println!("== setup: done");
+    Ok(())
+}
+
+/// Python packages the tests use, from PyPI, pinned: `kubernetes-validate` checks deploy/'s
+/// manifests against Kubernetes' schemas (it bundles them: no cluster needed).
+pub const PYTHON_TOOLS: &[&str] = &["kubernetes-validate==1.37.0"];
+
+/// Where [`PYTHON_TOOLS`] are installed (`pip install --target`): run them with this on
+/// `PYTHONPATH`.
+pub fn python_tools_dir() -> PathBuf {
+    crate::util::target_dir().join("tools/python")
+}
+
+fn ensure_python_tools() -> Result<()> {
+    let dir = python_tools_dir();
+    let stamp = dir.join(".installed");
+    let want = PYTHON_TOOLS.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        println!("ok: Python tools present: {want}");
+        return Ok(());
+    }
+    if crate::util::find_in_path("python3").is_none() {
+        bail!("python3 is needed for the manifests' test ({want}); install python3 and pip");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&dir)
+        .args(PYTHON_TOOLS))
+    .context("installing the Python tools from PyPI failed (it needs the PyPI registry)")?;
+    std::fs::write(&stamp, &want)?;
     Ok(())
 }
 

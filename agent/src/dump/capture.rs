@@ -64,7 +64,15 @@ fn unwind_all(
     let mem = match MemReader::open(pid) {
         Ok(m) => Some(m),
         Err(e) => {
-            notes.push(format!("cannot read /proc/{pid}/mem ({e}): no user stacks"));
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                // Without root: the file is its owner's (0600) and ptrace-checked.
+                "; reading another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+            } else {
+                ""
+            };
+            notes.push(format!(
+                "cannot read /proc/{pid}/mem ({e}): no user stacks{hint}"
+            ));
             None
         }
     };
