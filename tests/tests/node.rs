@@ -170,3 +170,49 @@ fn a_process_outside_containers_has_no_pod_labels() {
     assert!(p.samples.iter().all(|s| sample_label(s, "pod").is_none()));
     assert!(summary_json(&run)["identity"]["container"].is_null());
 }
+
+/// A process in its own PID namespace (`unshare --pid --fork`, as a container runtime starts
+/// one): the agent takes its host pid and says its pid in the namespace (1 here).
+#[test]
+fn a_process_in_its_own_pid_namespace_shows_both_pids() {
+    require_root();
+    let mut cmd = std::process::Command::new("unshare");
+    // --kill-child: the namespace (its init, our workload) dies with unshare, which the
+    // Workload kills on drop; the guard below kills it too if unshare went first.
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(workload_path("offcpu_mix"));
+    let unshare = Workload::spawn_command(
+        "unshare offcpu_mix",
+        cmd,
+        Some("ready"),
+        std::time::Duration::from_secs(10),
+    );
+    // The workload is unshare's child, pid 1 in the new namespace.
+    let children = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        unshare.pid(),
+        unshare.pid()
+    ))
+    .expect("unshare's children");
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child of unshare: {children:?}"));
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: plain syscall; killing a namespace's init ends the whole namespace.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    let _init = KillOnDrop(pid);
+    let run = attach_pid_ok(pid, "1s", "offcpu", &[]);
+    assert!(
+        run.stdout.contains("target: pid 1 in its PID namespace"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(summary_json(&run)["identity"]["ns_pid"], 1);
+    assert_eq!(summary_json(&run)["pid"], pid);
+}
