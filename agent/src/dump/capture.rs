@@ -262,7 +262,15 @@ pub fn take_dump(
                 if state::is_pi_deadlock_park(object, op, uaddr, task.regs[pt_regs::SP], &word) {
                     object = WaitObject::PiDeadlockPark;
                 }
-                let owner_tid = state::owner_of(object, &word);
+                let mut owner_tid = state::owner_of(object, &word);
+                // The word is read after the iterator's look: a waiter that was woken, took the
+                // lock and ran since reads as "waiting for itself". A thread really waiting for
+                // a lock it holds never runs again, so its pcount stays the iterator's.
+                if owner_tid == Some(task.tid)
+                    && pcount_now(pid, task.tid).is_some_and(|n| n != task.pcount)
+                {
+                    owner_tid = None;
+                }
                 let symbol = lock_symbols
                     .entry(uaddr)
                     .or_insert_with(|| symbolizer.data_symbol(aspace, uaddr, maps))
