@@ -144,9 +144,10 @@ pub struct ThreadLabels {
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// Process to dump (every thread of it).
-    #[arg(short, long, value_parser = parse_pid)]
-    pub pid: u32,
+    /// Process to dump (every thread of it); or a group (--children, --cgroup, --container,
+    /// --pod): every process of it, one after the other.
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Output format: text (like a Go goroutine dump) or json (schema in docs/dump-schema.md).
     #[arg(long, value_enum, default_value_t = DumpFormat::Text)]
@@ -162,11 +163,75 @@ pub struct DumpArgs {
     pub output: Option<PathBuf>,
 }
 
+/// Which processes a command is about: one (`--pid`), or a group.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetArgs {
+    /// Process to profile (every thread of it, including threads it starts during the capture).
+    #[arg(short, long, value_parser = parse_pid,
+          required_unless_present_any = ["cgroup", "container", "pod"])]
+    pub pid: Option<u32>,
+
+    /// With --pid: its descendants too, and every process they fork during the window (from
+    /// the fork on). Samples carry `pid` and `comm` labels.
+    #[arg(long, requires = "pid")]
+    pub children: bool,
+
+    /// Every process in this cgroup or below it: a path from the hierarchy's root as
+    /// /proc/PID/cgroup shows it (/kubepods.slice/...), or a directory under /sys/fs/cgroup.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "container", "pod"])]
+    pub cgroup: Option<String>,
+
+    /// Every process of the container with this id (or id prefix, at least 4 hex digits).
+    #[arg(long, value_name = "ID", value_parser = crate::targets::parse_container,
+          conflicts_with_all = ["pid", "pod"])]
+    pub container: Option<String>,
+
+    /// Every process of this pod on this node: its UID, or NAMESPACE/NAME (names are read
+    /// from the kubelet's /var/log/pods).
+    #[arg(long, value_name = "UID|NAMESPACE/NAME", value_parser = crate::targets::parse_pod,
+          conflicts_with = "pid")]
+    pub pod: Option<crate::targets::PodRef>,
+}
+
+impl TargetArgs {
+    /// The selector the arguments name (a `--cgroup` directory is checked to exist).
+    pub fn selector(&self) -> Result<crate::targets::Selector, crate::error::Error> {
+        use crate::targets::Selector;
+        if let Some(pid) = self.pid {
+            return Ok(if self.children {
+                Selector::Children(pid)
+            } else {
+                Selector::Pid(pid)
+            });
+        }
+        if let Some(path) = &self.cgroup {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let cg = crate::targets::parse_cgroup_arg(path, &mountinfo)
+                .map_err(crate::error::Error::Usage)?;
+            if cg.controllers.is_some() && !std::path::Path::new(path).is_dir() {
+                return Err(crate::error::Error::Usage(format!(
+                    "no cgroup directory {path}: list the cgroups with `systemd-cgls` or look                      at /proc/PID/cgroup of a process in it"
+                )));
+            }
+            return Ok(Selector::Cgroup(cg));
+        }
+        if let Some(id) = &self.container {
+            return Ok(Selector::Container(id.clone()));
+        }
+        if let Some(pod) = &self.pod {
+            return Ok(Selector::Pod(pod.clone()));
+        }
+        Err(crate::error::Error::Usage(
+            "name what to profile: --pid N (with --children for its descendants), --cgroup              PATH, --container ID or --pod UID|NAMESPACE/NAME"
+                .into(),
+        ))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// Process to profile (every thread of it, including threads it starts during the capture).
-    #[arg(short, long, value_parser = parse_pid)]
-    pub pid: u32,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// How long to capture, e.g. 10s, 1m, 500ms. Ctrl-C ends the capture early and still writes
     /// what was collected.
@@ -481,7 +546,7 @@ mod tests {
             panic!("not dump")
         };
         assert_eq!(
-            (d.pid, d.format, d.debug, d.output),
+            (d.target.pid.unwrap(), d.format, d.debug, d.output),
             (7, DumpFormat::Text, 2, None)
         );
         let cli = Cli::try_parse_from([

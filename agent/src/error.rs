@@ -19,6 +19,10 @@ pub enum Error {
     )]
     NoSuchProcess(u32),
 
+    /// A group target (`--cgroup`, `--container`, `--pod`) with no process in it.
+    #[error("no process is in {what} now: {hint}")]
+    EmptyGroup { what: String, hint: &'static str },
+
     #[error(
         "process {pid} ({comm}) is a zombie: every thread of it has exited and its parent \
          (PID {ppid}) has not collected its exit status, so nothing runs in it to profile or \

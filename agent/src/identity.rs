@@ -33,6 +33,13 @@ pub struct Identity {
     pub ns_pid: Option<u32>,
 }
 
+impl Identity {
+    /// Nothing known: not in a container or a namespace of its own.
+    pub fn is_empty(&self) -> bool {
+        *self == Identity::default()
+    }
+}
+
 /// A container id: at least 12 lowercase hex digits.
 fn container_id(s: &str) -> Option<&str> {
     (s.len() >= 12

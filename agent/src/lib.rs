@@ -30,5 +30,6 @@ pub mod profiles;
 pub mod report;
 pub mod symbolize;
 pub mod system;
+pub mod targets;
 pub mod unwind;
 pub mod window;

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 /// The stages, in the order the data flows; the foundation first (one rank: they may use each
 /// other), `cli` last.
 const ORDER: &[&[&str]] = &[
-    &["error", "system", "output", "model", "options", "identity"],
+    &[
+        "error", "system", "output", "model", "options", "identity", "targets",
+    ],
     &["kernel"],
     &["unwind"],
     &["symbolize"],

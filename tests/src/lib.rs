@@ -626,13 +626,36 @@ pub fn attach_in_background(
     profiles: &str,
     duration: &str,
 ) -> (Child, std::thread::JoinHandle<String>) {
+    spawn_attach(
+        &[
+            "--pid",
+            &w.pid_str(),
+            "--profile",
+            profiles,
+            "--duration",
+            duration,
+        ],
+        out,
+        Stdio::null(),
+    )
+}
+
+/// `agent attach <args> -o out` started in the background, returned once it said it attached,
+/// with its stderr (read to the end by a thread, so the agent never blocks on a full pipe).
+/// Its summary goes to `stdout`.
+pub fn spawn_attach(
+    args: &[&str],
+    out: &Path,
+    stdout: impl Into<Stdio>,
+) -> (Child, std::thread::JoinHandle<String>) {
     let mut agent = Command::new(agent_path())
-        .args(["attach", "--pid", &w.pid_str(), "--profile", profiles])
-        .args(["--duration", duration, "-o"])
+        .arg("attach")
+        .args(args)
+        .arg("-o")
         .arg(out)
         // "attached to ..." is an info line.
         .env("STALLSCOPE_LOG", "info")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the agent");

@@ -201,6 +201,83 @@ fn pid_rows(rows: &mut Vec<CliRow>, base: &[&str]) {
     });
 }
 
+/// The group flags of `sub` (`attach`, `dump`): `--children`, `--cgroup`, `--container`,
+/// `--pod`.
+fn group_rows(rows: &mut Vec<CliRow>, sub: &'static str) {
+    let with_pid = [sub, "--pid", NO_PID];
+    switch_row(rows, &with_pid, "--children");
+    rows.push(flag_row(
+        &[sub],
+        "--children",
+        V::Lit(""),
+        2,
+        "unexpected value",
+    ));
+    let args = vec![os(sub), os("--children")];
+    rows.push(CliRow {
+        args,
+        code: 2,
+        needle: "required arguments were not provided",
+    });
+    for (v, code, needle) in [
+        (V::Empty, 2, "is not a cgroup path"),
+        (V::Huge, 2, "is not a cgroup path"),
+        (V::Big, 2, "is not a cgroup path"),
+        (V::Negative, 2, "is not a cgroup path"),
+        (V::NonUtf8, 2, NON_UTF8),
+        (
+            V::Lit("/sys/fs/cgroup/unified/no-such-cgroup"),
+            2,
+            "no cgroup directory",
+        ),
+        (
+            V::Lit("/no-such-cgroup"),
+            1,
+            "no process is in cgroup /no-such-cgroup now",
+        ),
+    ] {
+        rows.push(flag_row(&[sub], "--cgroup", v, code, needle));
+    }
+    for (v, code, needle) in [
+        (V::Empty, 2, "is not a container id"),
+        (
+            V::Huge,
+            1,
+            "no process is in container 1000000000000000000000000000000",
+        ),
+        (V::Big, 2, "is not a container id"),
+        (V::Negative, 2, "is not a container id"),
+        (V::NonUtf8, 2, NON_UTF8),
+        (V::Lit("abc"), 2, "a prefix of at least 4"),
+        (V::Lit("zzzz"), 2, "is not a container id"),
+    ] {
+        rows.push(flag_row(&[sub], "--container", v, code, needle));
+    }
+    for (v, code, needle) in [
+        (V::Empty, 2, "is not a pod"),
+        (V::Huge, 2, "is not a pod"),
+        (V::Big, 2, "is not a pod"),
+        (V::Negative, 2, "is not a pod"),
+        (V::NonUtf8, 2, NON_UTF8),
+        (V::Lit("a/b/c"), 2, "NAMESPACE/NAME"),
+        (
+            V::Lit("00000000-0000-0000-0000-000000000000"),
+            1,
+            "no process is in pod 00000000-0000-0000-0000-000000000000 now",
+        ),
+        (V::Lit("nowhere/none"), 1, "/var/log/pods"),
+    ] {
+        rows.push(flag_row(&[sub], "--pod", v, code, needle));
+    }
+    // One target only.
+    let args = vec![os(sub), os("--pid=1"), os("--pod=a/b")];
+    rows.push(CliRow {
+        args,
+        code: 2,
+        needle: "cannot be used with",
+    });
+}
+
 /// Durations (`--duration`, `--interval`...): `ok` is what an accepted value leads to.
 fn duration_rows(rows: &mut Vec<CliRow>, base: &[&str], flag: &str) {
     for (v, needle) in [
@@ -349,6 +426,7 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
     let attach = ["attach", "--pid", NO_PID];
     rows.push(plain(&["attach"], 2, "--pid"));
     pid_rows(&mut rows, &["attach"]);
+    group_rows(&mut rows, "attach");
     duration_rows(&mut rows, &attach, "--duration");
     for (v, needle) in [
         (V::Empty, "unknown profile \"\""),
@@ -432,6 +510,7 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
     // dump
     let dump = ["dump", "--pid", NO_PID];
     pid_rows(&mut rows, &["dump"]);
+    group_rows(&mut rows, "dump");
     for (v, needle) in [
         (V::Empty, "a value is required"),
         (V::Huge, "possible values: text, json"),

@@ -216,3 +216,121 @@ fn a_process_in_its_own_pid_namespace_shows_both_pids() {
     assert_eq!(summary_json(&run)["identity"]["ns_pid"], 1);
     assert_eq!(summary_json(&run)["pid"], pid);
 }
+
+/// A pod, a container and a cgroup as targets: a pre-forking workload in a pod's cgroup (the
+/// systemd driver on cgroup v2) and another process outside it. Profiled by `--pod UID`,
+/// `--pod NAMESPACE/NAME`, `--container ID-PREFIX` and `--cgroup DIR`, a profile has the
+/// pod's processes and only them: the parent and the workers it forks in the window (which
+/// inherit its cgroup), each sample labelled with its pid and the pod.
+#[test]
+fn a_pod_container_or_cgroup_profile_has_only_its_processes() {
+    require_root();
+    let mount = cgroup_mount("cgroup2", None).expect("a cgroup2 mount on this machine");
+    let outside = Workload::spawn("cpu_split", &[]);
+    let w = Workload::spawn("forking_workers", &["-1", "2", "0.3", "0.5"]);
+    let n = format!("{:08x}", w.pid());
+    let uid = format!("{n}-2222-4333-8444-555566667777");
+    let id = format!("{n}{}", "fedcba9876543210".repeat(4))
+        .chars()
+        .take(64)
+        .collect::<String>();
+    let pod = format!("workers-{}", w.pid());
+    let rel = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    let _layout = PodLayout::new(&mount, &rel, &uid, &pod, w.pid());
+    let by_name = format!("{NAMESPACE}/{pod}");
+    let dir = mount.join(&rel);
+    let selectors: [(&str, &str); 4] = [
+        ("--pod", uid.as_str()),
+        ("--pod", by_name.as_str()),
+        ("--container", &id[..12]),
+        ("--cgroup", dir.to_str().unwrap()),
+    ];
+    for (i, (flag, value)) in selectors.iter().enumerate() {
+        let tmp = TempDir::new("stallscope-podgroup");
+        let out = tmp.path().join("out");
+        let (agent, stderr) = spawn_attach(
+            &[
+                flag,
+                value,
+                "--profile",
+                "cpu,offcpu",
+                "--duration",
+                "1500ms",
+            ],
+            &out,
+            std::process::Stdio::null(),
+        );
+        // The first window sees the workers forked (they stay in the pod until they exit).
+        if i == 0 {
+            // SAFETY: signal to our own child.
+            unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGUSR1) };
+        }
+        let status = agent.wait_with_output().expect("the agent").status;
+        let stderr = stderr.join().unwrap_or_default();
+        assert!(status.success(), "{flag} {value}: {stderr}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let members: Vec<u64> = v["group"]["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{flag} {value}: no group in {v}"))
+            .iter()
+            .filter_map(|m| m["pid"].as_u64())
+            .collect();
+        assert!(
+            members.contains(&u64::from(w.pid())) && !members.contains(&u64::from(outside.pid())),
+            "{flag} {value}: members {members:?}"
+        );
+        let cpu = read_profile(out.join("cpu.pb.gz"));
+        let off = read_profile(out.join("offcpu.pb.gz"));
+        assert!(
+            !off.samples.is_empty(),
+            "{flag} {value}: no off-CPU samples"
+        );
+        for (p, s) in cpu
+            .samples
+            .iter()
+            .map(|s| (&cpu, s))
+            .chain(off.samples.iter().map(|s| (&off, s)))
+        {
+            let pid: u64 = sample_label(s, "pid")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{flag} {value}: no pid label: {:?}", s.labels));
+            assert!(
+                members.contains(&pid),
+                "{flag} {value}: a sample of pid {pid}, not a member of {members:?}"
+            );
+            assert_eq!(sample_label(s, "pod").as_deref(), Some(pod.as_str()));
+            assert!(
+                !stack_has(p, s, "hot_a"),
+                "{flag} {value}: the outside process's frame"
+            );
+        }
+        if i == 0 {
+            assert_eq!(
+                members.len(),
+                3,
+                "{flag} {value}: the parent and its 2 workers"
+            );
+            assert!(
+                cpu.samples
+                    .iter()
+                    .any(|s| stack_has(&cpu, s, "worker_burn")),
+                "{flag} {value}: no worker's CPU"
+            );
+        }
+    }
+    // A pod that is not on this node: the error says so and what to check.
+    let run = run_agent(&["attach", "--pod", "nowhere/none", "--duration", "1s"]);
+    assert!(!run.status.success());
+    assert!(
+        run.output()
+            .contains("no process is in pod nowhere/none now")
+            && run.output().contains("/var/log/pods"),
+        "{}",
+        run.output()
+    );
+}

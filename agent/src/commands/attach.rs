@@ -1,4 +1,4 @@
-//! `agent attach`: one bounded capture of one process ([`crate::window`]), then symbolize,
+//! `agent attach`: one bounded capture of one process or a group of them ([`crate::window`]), then symbolize,
 //! write and summarize.
 
 use std::io::IsTerminal as _;
@@ -12,7 +12,7 @@ use crate::{
     output::{prepare_output, restore_output},
     report::{
         json,
-        summary::{self as report, CaptureFacts},
+        summary::{self as report, CaptureFacts, GroupFacts},
     },
     symbolize::Symbolizer,
     window::{
@@ -59,9 +59,9 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     }
     // First: it starts listening for SIGUSR1 (dump requests).
     let spec = spec_of(args);
-    let target = window::check_target(args.pid)?;
+    let target = window::check_selector(&args.target.selector()?)?;
     if let Some(sig) = args.signal_target {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", target.pid)).unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{}/exe", target.lead.pid)).unwrap_or_default();
         crate::dump::trigger::check_signal_target(sig, &exe).map_err(Error::Usage)?;
     }
     prepare_output(&args.output)?;
@@ -80,12 +80,13 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         runq,
         mut accounting,
         identity,
+        members,
         ..
     } = window::capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
 
     let mut facts = CaptureFacts {
-        pid: target.pid,
-        comm: target.comm.clone(),
+        pid: target.lead.pid,
+        comm: target.lead.comm.clone(),
         requested: args.duration,
         elapsed,
         end,
@@ -96,13 +97,17 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
         runq,
         accounting: None,
         identity,
+        group: target.selector.is_group().then(|| GroupFacts {
+            selector: target.selector.describe(),
+            members,
+        }),
     };
 
     restore_output(&args.output)?;
     // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.
     let out = OutputOptions {
         dir: args.output.clone(),
-        pid: target.pid,
+        pid: target.lead.pid,
         top_n: args.top,
         folded_thread_root: args.labels.folded_thread_root,
     };

@@ -314,7 +314,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         &mut collector,
         &mut unwind,
         maps,
-        &target,
+        &window::Target::single(target.clone()),
         &spec,
         ctrl_c,
         std::io::stderr().is_terminal(),
@@ -437,6 +437,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         runq,
         accounting: Some(accounting.clone()),
         identity,
+        group: None,
     };
     write(
         &dir.join("summary.json"),

@@ -1,5 +1,5 @@
-//! `agent dump`: one thread dump of a running process ([`crate::dump`]), as text or JSON, to
-//! stdout or a file.
+//! `agent dump`: one thread dump of a running process ([`crate::dump`]), or of every process
+//! of a group, as text or JSON, to stdout or a file.
 
 use stallscope_common::KernelOffsets;
 
@@ -10,6 +10,7 @@ use crate::{
     kernel::Collector,
     symbolize::Symbolizer,
     system,
+    targets::Selector,
     unwind::maps::MapsCache,
 };
 
@@ -17,7 +18,89 @@ use crate::{
 pub fn run(args: &DumpArgs) -> Result<String, Error> {
     system::check_privileges()?;
     system::check_btf()?;
-    let pid = args.pid;
+    let selector = args.target.selector()?;
+    match selector {
+        Selector::Pid(pid) => run_one(args, pid),
+        _ => run_group(args, &selector),
+    }
+}
+
+/// The dump of every process of a group, in pid order: the text dumps one after the other
+/// (each starts with its process), or one JSON object `{"group", "processes": [dump, ...]}`.
+fn run_group(args: &DumpArgs, selector: &Selector) -> Result<String, Error> {
+    let pids = selector.resolve();
+    if pids.is_empty() {
+        return Err(selector.empty_error());
+    }
+    let mut collector =
+        Collector::load(KernelOffsets::default(), crate::kernel::DEFAULT_MAP_ENTRIES)?;
+    let mut symbolizer = Symbolizer::new();
+    let mut dumps = Vec::new();
+    let mut gone = Vec::new();
+    for pid in pids {
+        let mut maps = MapsCache::new();
+        // A member that exited (or is a zombie) since the look at /proc is left out, said.
+        if system::process_info(pid).is_err() || maps.refresh(pid).is_err() {
+            gone.push(pid);
+            continue;
+        }
+        match take_dump(&mut collector, pid, &maps, &mut symbolizer) {
+            Ok(d) => dumps.push(d),
+            Err(Error::NoSuchProcess(_)) => gone.push(pid),
+            Err(e) => return Err(e),
+        }
+    }
+    if dumps.is_empty() {
+        return Err(selector.empty_error());
+    }
+    let threads: usize = dumps.iter().map(|d| d.threads.len()).sum();
+    let detail = if args.debug == 1 {
+        Detail::Grouped
+    } else {
+        Detail::EveryThread
+    };
+    let out = match args.format {
+        crate::dump::DumpFormat::Text => {
+            let mut s = format!(
+                "group: {}: {} processes, {threads} threads\n",
+                selector.describe(),
+                dumps.len()
+            );
+            if !gone.is_empty() {
+                s.push_str(&format!("exited before their dump: {gone:?}\n"));
+            }
+            for d in &dumps {
+                s.push('\n');
+                s.push_str(&render(d, args.format, detail));
+            }
+            s
+        }
+        crate::dump::DumpFormat::Json => {
+            let v = serde_json::json!({
+                "group": selector.describe(),
+                "exited_before_dump": gone,
+                "processes": dumps,
+            });
+            let mut s = serde_json::to_string_pretty(&v).expect("the model serializes");
+            s.push('\n');
+            s
+        }
+    };
+    match &args.output {
+        None => Ok(out),
+        Some(dir) => {
+            let path = write_into(dir, &format!("dump.{}", extension(args.format)), &out)?;
+            Ok(format!(
+                "wrote the dump of {} processes, {threads} threads, to {}\n",
+                dumps.len(),
+                path.display()
+            ))
+        }
+    }
+}
+
+/// The dump of one process.
+fn run_one(args: &DumpArgs, pid: u32) -> Result<String, Error> {
     // Zombies and kernel threads are told apart from missing processes (a process whose main
     // thread exited, with others running, is dumped).
     system::process_info(pid)?;

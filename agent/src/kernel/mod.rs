@@ -394,6 +394,7 @@ impl Collector {
         clear::<maps::THREADS>(self)?;
         clear::<maps::FIRST_SEEN>(self)?;
         clear::<maps::EXITED>(self)?;
+        clear::<maps::FOLLOWED>(self)?;
         clear::<maps::USER_STACKS>(self)?;
         // Cached walks name handles in USER_STACKS, just emptied.
         clear::<maps::WALK_CACHE>(self)?;
@@ -501,15 +502,43 @@ impl Collector {
     pub fn start_offcpu(&mut self) -> Result<(), Error> {
         self.load_programs(false, true)?;
         for (prog_name, tp) in OFFCPU_PROGRAMS {
-            let attached = self.program(prog_name).and_then(|prog| match prog {
-                Program::BtfTracePoint(p) => p
-                    .attach()
-                    .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}"))),
-                _ => Err(Error::bug(format!("{prog_name}: unexpected type"))),
-            })?;
-            self.tp_links.push((prog_name, attached));
+            self.attach_tp(prog_name, tp)?;
         }
         Ok(())
+    }
+
+    /// Attaches a loaded BTF tracepoint program; [`Collector::stop_offcpu`] detaches it.
+    fn attach_tp(&mut self, prog_name: &'static str, tp: &str) -> Result<(), Error> {
+        let attached = self.program(prog_name).and_then(|prog| match prog {
+            Program::BtfTracePoint(p) => p
+                .attach()
+                .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}"))),
+            _ => Err(Error::bug(format!("{prog_name}: unexpected type"))),
+        })?;
+        self.tp_links.push((prog_name, attached));
+        Ok(())
+    }
+
+    /// Attaches the fork follower (`sched_process_fork`): with `CONFIG_FOLLOW` set, a process
+    /// forked by a target becomes one at its fork. Detached by [`Collector::stop_offcpu`].
+    pub fn start_follow(&mut self) -> Result<(), Error> {
+        const PROG: &str = "sched_process_fork";
+        self.load_hooked(PROG, PROG)?;
+        self.attach_tp(PROG, PROG)
+    }
+
+    /// Processes the fork follower made targets, child → parent, taken out of the map (each
+    /// is read once).
+    pub fn take_followed(&mut self) -> Result<Vec<(u32, u32)>, Error> {
+        let mut map = self.hash_mut::<maps::FOLLOWED>()?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            out.push(entry.map_err(|e| Error::internal("reading FOLLOWED", e))?);
+        }
+        for (child, _) in &out {
+            let _ = map.remove(child);
+        }
+        Ok(out)
     }
 
     /// Loads (verifies) one of [`OFFCPU_PROGRAMS`] against the kernel's BTF, unless loaded.
@@ -547,7 +576,7 @@ impl Collector {
             .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))
     }
 
-    /// Detaches the off-CPU/block/mutex programs (idempotent). Recorded data stays readable.
+    /// Detaches the off-CPU/block/mutex programs and the fork follower (idempotent). Recorded data stays readable.
     pub fn stop_offcpu(&mut self) {
         for (prog_name, link) in self.tp_links.drain(..) {
             let Some(prog) = self.ebpf.program_mut(prog_name) else {

@@ -30,6 +30,8 @@ use crate::profiles::wait_class_name;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadView {
     pub tid: u32,
+    /// Its process.
+    pub tgid: u32,
     pub name: String,
     /// ktime (CLOCK_MONOTONIC) of its creation.
     pub start_ts: u64,
@@ -90,6 +92,7 @@ pub fn view(task: &DumpTask, user: &[u64]) -> Option<ThreadView> {
     };
     Some(ThreadView {
         tid: task.tid,
+        tgid: task.tgid,
         name: crate::dump::capture::comm(&task.comm),
         start_ts: task.start_time,
         cpu_ns: task.sum_exec_runtime,
@@ -122,7 +125,7 @@ pub struct ProbeView {
 /// was running at `t0` or was born right then (it left the CPU, or was made runnable, between
 /// `t0` and the look): the probes recorded that wait themselves. A thread that exited is
 /// seeded up to its exit at most.
-pub fn seeded_intervals(tgid: u32, looks: &Looks, min_ns: u64) -> Vec<OffcpuRecord> {
+pub fn seeded_intervals(looks: &Looks, min_ns: u64) -> Vec<OffcpuRecord> {
     let Looks {
         start,
         exited,
@@ -154,7 +157,7 @@ pub fn seeded_intervals(tgid: u32, looks: &Looks, min_ns: u64) -> Vec<OffcpuReco
         let mut push = |class: u32, ns: u64| {
             if ns >= min_ns.max(1) {
                 out.push(OffcpuRecord {
-                    tgid,
+                    tgid: t.tgid,
                     tid: t.tid,
                     class,
                     syscall: if class == wait_class::SYSCALL {
@@ -460,6 +463,7 @@ mod tests {
     fn tv(tid: u32, cpu: u64, off: Option<u32>) -> ThreadView {
         ThreadView {
             tid,
+            tgid: 7,
             name: format!("t{tid}"),
             start_ts: 10,
             cpu_ns: cpu,
@@ -493,7 +497,7 @@ mod tests {
     fn a_thread_blocked_all_window_is_seeded_for_the_whole_window() {
         let start = [tv(1, 5, Some(wait_class::FUTEX))];
         let probes = ProbeView::default();
-        let recs = seeded_intervals(7, &looks(&start, &[], &[], &probes), 0);
+        let recs = seeded_intervals(&looks(&start, &[], &[], &probes), 0);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].total_ns, END - T0);
         assert_eq!(recs[0].class, wait_class::FUTEX);
@@ -520,7 +524,7 @@ mod tests {
                 first_out_ts: 4_000,
             },
         );
-        let recs = seeded_intervals(7, &looks(&start, &[], &[], &probes), 0);
+        let recs = seeded_intervals(&looks(&start, &[], &[], &probes), 0);
         let got: Vec<(u32, u64)> = recs.iter().map(|r| (r.class, r.total_ns)).collect();
         assert_eq!(
             got,
@@ -544,10 +548,10 @@ mod tests {
         let start = [tv(1, 0, Some(wait_class::IO))];
         let mut probes = ProbeView::default();
         probes.tracked.insert(1, OnCpu::default());
-        assert!(seeded_intervals(7, &looks(&start, &[], &[], &probes), 0).is_empty());
+        assert!(seeded_intervals(&looks(&start, &[], &[], &probes), 0).is_empty());
         // Running threads are never seeded.
         let start = [tv(2, 0, None)];
-        assert!(seeded_intervals(7, &looks(&start, &[], &[], &ProbeView::default()), 0).is_empty());
+        assert!(seeded_intervals(&looks(&start, &[], &[], &ProbeView::default()), 0).is_empty());
     }
 
     #[test]
@@ -572,10 +576,10 @@ mod tests {
         };
         let probes = ProbeView::default();
         let gone = [exited(true)];
-        assert!(seeded_intervals(7, &looks(&start, &[], &gone, &probes), 0).is_empty());
+        assert!(seeded_intervals(&looks(&start, &[], &gone, &probes), 0).is_empty());
         // Without state at its exit the probes did not see that wait: seeded, up to the exit.
         let gone = [exited(false)];
-        let recs = seeded_intervals(7, &looks(&start, &[], &gone, &probes), 0);
+        let recs = seeded_intervals(&looks(&start, &[], &gone, &probes), 0);
         let got: Vec<(u32, u64)> = recs.iter().map(|r| (r.class, r.total_ns)).collect();
         assert_eq!(got, vec![(wait_class::RUNNABLE, 2_000 - T0)]);
     }

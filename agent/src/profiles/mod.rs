@@ -82,9 +82,10 @@ pub struct Window {
     /// Label samples with their thread id too (off: smaller profiles, merged across threads
     /// of one name).
     pub tid_labels: bool,
-    /// Labels of the target process every sample carries: its `container`, `pod` and
-    /// `namespace` when it runs in one ([`process_labels`]).
-    pub process: Vec<Label>,
+    /// Labels of each process (by pid) its samples carry: its `container`, `pod` and
+    /// `namespace` when it runs in one ([`process_labels`]), and in a group's window its
+    /// `pid` and `comm`.
+    pub process: HashMap<u32, Vec<Label>>,
 }
 
 /// The labels a process's samples carry for its place on the node (none outside a container),
@@ -106,8 +107,8 @@ pub fn process_labels(id: &crate::identity::Identity) -> Vec<Label> {
 
 impl Window {
     /// The `thread` and `tid` labels of a sample of thread `tid` (none for tid 0: unknown),
-    /// then the process's.
-    pub fn thread_labels(&self, tid: u32) -> Vec<Label> {
+    /// then those of its process `tgid`.
+    pub fn thread_labels(&self, tgid: u32, tid: u32) -> Vec<Label> {
         let mut l = Vec::new();
         if tid != 0 {
             let name = self
@@ -120,7 +121,9 @@ impl Window {
                 l.push(Label::Str("tid".into(), tid.to_string()));
             }
         }
-        l.extend(self.process.iter().cloned());
+        if let Some(p) = self.process.get(&tgid) {
+            l.extend(p.iter().cloned());
+        }
         l
     }
 }
@@ -132,7 +135,7 @@ pub fn cpu_profile(records: &[CpuRecord], frequency: u64, w: &Window) -> RawProf
         .iter()
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &r.kernel);
-            labels.extend(w.thread_labels(r.tid));
+            labels.extend(w.thread_labels(r.tgid, r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,
@@ -204,7 +207,7 @@ pub fn offcpu_profile(records: &[OffcpuRecord], w: &Window) -> RawProfile {
                 0,
                 Label::Str("wait_class".into(), wait_class_name(r.class, r.syscall)),
             );
-            labels.extend(w.thread_labels(r.tid));
+            labels.extend(w.thread_labels(r.tgid, r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,
@@ -235,7 +238,7 @@ pub fn block_profile(records: &[BlockRecord], rate_ns: u64, w: &Window) -> RawPr
         .iter()
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
-            labels.extend(w.thread_labels(r.tid));
+            labels.extend(w.thread_labels(r.tgid, r.tid));
             let count = (r.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE;
             RawSample {
                 pid: r.tgid,
@@ -274,7 +277,7 @@ pub fn mutex_profile(records: &[MutexRecord], fraction: u64, w: &Window) -> RawP
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
             labels.insert(0, Label::Addr("lock".into(), r.uaddr));
-            labels.extend(w.thread_labels(r.tid));
+            labels.extend(w.thread_labels(r.tgid, r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,
@@ -358,7 +361,7 @@ mod tests {
             comments: vec!["c".into()],
             threads: HashMap::from([(5, "worker".to_string())]),
             tid_labels: true,
-            process: vec![],
+            process: HashMap::new(),
         }
     }
 

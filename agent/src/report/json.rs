@@ -32,6 +32,10 @@ pub struct Summary {
     pub cpus: usize,
     /// The target's container, pod and PID-namespace pid (fields absent outside one).
     pub identity: crate::identity::Identity,
+    /// A group's window: what was asked for and every process recorded (absent for one
+    /// process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::report::summary::GroupFacts>,
     /// Every counter by name (`stallscope_common::Counter`): events, drops, lost stacks, unwinding.
     pub counters: Counters,
     /// The window's thread-seconds (`threads.json` has them per thread); absent when the
@@ -141,6 +145,7 @@ pub fn summary(f: &CaptureFacts, profiles: &[Profile]) -> Summary {
         rates: f.rates,
         cpus: f.cpus,
         identity: f.identity.clone(),
+        group: f.group.clone(),
         counters: f.counters.clone(),
         accounting: f.accounting.as_ref().map(|a| AccountingTotals {
             threads: a.threads.len(),

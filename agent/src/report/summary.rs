@@ -38,6 +38,17 @@ pub struct CaptureFacts {
     pub accounting: Option<crate::profiles::accounting::Accounting>,
     /// The target's container and pod (empty outside one).
     pub identity: crate::identity::Identity,
+    /// A group's window (`--children`, `--cgroup`, `--container`, `--pod`): its processes.
+    pub group: Option<GroupFacts>,
+}
+
+/// The processes of a group's window.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupFacts {
+    /// What was asked for (`pid 42 and its descendants`, `pod shop/checkout`).
+    pub selector: String,
+    /// Every process recorded, in pid order.
+    pub members: Vec<crate::targets::Member>,
 }
 
 /// The `wait_class` label of a sample (off-CPU profiles).
@@ -523,6 +534,52 @@ fn identity_text(id: &crate::identity::Identity) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// A group's processes in one line: how many, how many came during the window and left, and
+/// each by pid and name (the first 12).
+fn group_line(g: &GroupFacts) -> String {
+    use crate::targets::Joined;
+    let forked = g
+        .members
+        .iter()
+        .filter(|m| m.joined == Joined::Forked)
+        .count();
+    let scanned = g
+        .members
+        .iter()
+        .filter(|m| m.joined == Joined::Scanned)
+        .count();
+    let exited = g.members.iter().filter(|m| m.exited).count();
+    let mut line = format!("processes: {}", g.members.len());
+    let mut notes = Vec::new();
+    if forked > 0 {
+        notes.push(format!("{forked} forked in the window"));
+    }
+    if scanned > 0 {
+        notes.push(format!("{scanned} joined in the window"));
+    }
+    if exited > 0 {
+        notes.push(format!("{exited} exited"));
+    }
+    if !notes.is_empty() {
+        line.push_str(&format!(" ({})", notes.join(", ")));
+    }
+    let shown: Vec<String> = g
+        .members
+        .iter()
+        .take(12)
+        .map(|m| format!("{} {}", m.pid, m.comm))
+        .collect();
+    line.push_str(": ");
+    line.push_str(&shown.join(", "));
+    if g.members.len() > 12 {
+        line.push_str(&format!(
+            ", and {} more (summary.json)",
+            g.members.len() - 12
+        ));
+    }
+    line
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -793,12 +850,25 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             secs(f.requested)
         ),
         EndReason::TargetExited => format!(
-            "the process exited after {} of {}; writing what was collected",
+            "{} exited after {} of {}; writing what was collected",
+            if f.group.is_some() {
+                "every process"
+            } else {
+                "the process"
+            },
             secs(f.elapsed),
             secs(f.requested)
         ),
     };
-    let _ = writeln!(s, "stallscope: pid {} ({}): {end}", f.pid, f.comm);
+    match &f.group {
+        Some(g) => {
+            let _ = writeln!(s, "stallscope: {}: {end}", g.selector);
+            let _ = writeln!(s, "{}", group_line(g));
+        }
+        None => {
+            let _ = writeln!(s, "stallscope: pid {} ({}): {end}", f.pid, f.comm);
+        }
+    }
     if let Some(where_) = identity_text(&f.identity) {
         let _ = writeln!(s, "target: {where_}");
     }
@@ -1262,6 +1332,7 @@ pub(crate) mod tests {
             accounting: None,
             runq: None,
             identity: Default::default(),
+            group: None,
         }
     }
 

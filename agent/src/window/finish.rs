@@ -128,6 +128,10 @@ pub fn prepare_mutex(
     locks::drop_words(&mut waiters, &not_locks);
     let mut names = std::collections::HashMap::new();
     for s in &profile.samples {
+        // In a group's window, the lock is looked up in the releasing process.
+        let pid = report::label_of(s, "pid")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(pid);
         if let Some(addr) = locks::lock_of(s)
             && !names.contains_key(&addr)
             && let Some(sym) = symbolizer.data_symbol(pid, addr, maps)

@@ -13,12 +13,15 @@
 pub mod finish;
 
 use std::{
+    collections::BTreeMap,
     io::IsTerminal as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
-use stallscope_common::{CONFIG_BLOCK, CONFIG_MUTEX, CONFIG_OFFCPU, Config, dump::DumpTask};
+use stallscope_common::{
+    CONFIG_BLOCK, CONFIG_FOLLOW, CONFIG_MUTEX, CONFIG_OFFCPU, Config, dump::DumpTask,
+};
 
 use crate::{
     error::Error,
@@ -29,11 +32,35 @@ use crate::{
     report::summary::{self as report, EndReason},
     symbolize::Symbolizer,
     system,
+    targets::{Joined, Member, Selector},
     unwind::{maps::MapsCache, tables::UnwindRegistry},
 };
 
 /// How often the capture loop refreshes the target's memory maps and checks it is alive.
 const TICK: Duration = Duration::from_millis(250);
+
+/// A group's members are looked for in `/proc` every this many ticks (its members' forks are
+/// followed by the kernel at once).
+const SCAN_TICKS: u32 = 4;
+
+/// What a window records: one process or a group ([`Selector`]), and the process named first
+/// (the one named, or the group's lowest pid at the start): the summary's target, and the
+/// process `attach`'s thread dumps are of.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub selector: Selector,
+    pub lead: system::ProcessInfo,
+}
+
+impl Target {
+    /// One process (checked by [`check_target`]).
+    pub fn single(lead: system::ProcessInfo) -> Self {
+        Target {
+            selector: Selector::Pid(lead.pid),
+            lead,
+        }
+    }
+}
 
 /// What to record in one capture window.
 #[derive(Debug, Clone)]
@@ -104,6 +131,31 @@ pub struct Captured {
     pub accounting: accounting::Accounting,
     /// The target's container and pod (empty outside one).
     pub identity: crate::identity::Identity,
+    /// Every process of the window (one for a single target), in pid order.
+    pub members: Vec<Member>,
+}
+
+/// [`check_target`] for a selector: a single process or a group with at least one live
+/// member now.
+pub fn check_selector(selector: &Selector) -> Result<Target, Error> {
+    if let Some(pid) = selector.root_pid() {
+        let lead = check_target(pid)?;
+        return Ok(Target {
+            selector: selector.clone(),
+            lead,
+        });
+    }
+    system::check_privileges()?;
+    system::check_btf()?;
+    let lead = selector
+        .resolve()
+        .into_iter()
+        .find_map(|pid| system::process_info(pid).ok())
+        .ok_or_else(|| selector.empty_error())?;
+    Ok(Target {
+        selector: selector.clone(),
+        lead,
+    })
 }
 
 /// Pre-flight checks shared by every command that profiles a process: privileges, BTF, and
@@ -126,14 +178,14 @@ pub fn check_target(pid: u32) -> Result<system::ProcessInfo, Error> {
 /// reads the maps into raw profiles. Everything attached is detached when this returns, on
 /// every path (the collector is dropped).
 pub async fn capture(
-    target: &system::ProcessInfo,
+    target: &Target,
     spec: &CaptureSpec,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
 ) -> Result<Captured, Error> {
     let mut maps = MapsCache::new();
-    maps.refresh(target.pid)
-        .map_err(|e| Error::proc_read(target.pid, "maps", &e))?;
+    maps.refresh(target.lead.pid)
+        .map_err(|e| Error::proc_read(target.lead.pid, "maps", &e))?;
     // Also reads the task iterator's offsets, from the same BTF parse, while no other parsed BTF
     // is alive (next to the loader's, a second parse added ~20 MiB to the peak RSS).
     let mut collector = Collector::load(
@@ -167,7 +219,7 @@ pub async fn capture_with(
     collector: &mut Collector,
     unwind: &mut UnwindRegistry,
     mut maps: MapsCache,
-    target: &system::ProcessInfo,
+    target: &Target,
     spec: &CaptureSpec,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
@@ -175,19 +227,88 @@ pub async fn capture_with(
     let wants = |k: ProfileKind| spec.wants(k);
     collector.stop_cpu();
     collector.stop_offcpu();
-    collector.add_target(target.pid)?;
+    let mut members = Members::default();
     let result = window(
-        collector, unwind, &mut maps, target, spec, stop, progress, wants,
+        collector,
+        unwind,
+        &mut maps,
+        target,
+        &mut members,
+        spec,
+        stop,
+        progress,
+        wants,
     )
     .await;
-    // Whatever happened, nothing stays attached and the target is forgotten.
+    // Whatever happened, nothing stays attached and every member is forgotten.
     let _ = collector.set_config(Config::default());
     collector.stop_cpu();
     collector.stop_offcpu();
-    let _ = collector.remove_target(target.pid);
+    for pid in members.by_pid.keys() {
+        let _ = collector.remove_target(*pid);
+    }
     let mut captured = result?;
     captured.maps = maps;
+    captured.members = members.by_pid.into_values().collect();
     Ok(captured)
+}
+
+/// The processes of a window so far.
+#[derive(Default)]
+struct Members {
+    by_pid: BTreeMap<u32, Member>,
+}
+
+impl Members {
+    fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_pid.values().filter(|m| !m.exited).map(|m| m.pid)
+    }
+
+    /// Makes `pid` a member: a target in the kernel, its mappings and unwind tables loaded,
+    /// its identity read. `false` when it already was one.
+    fn join(
+        &mut self,
+        collector: &mut Collector,
+        unwind: &mut UnwindRegistry,
+        maps: &mut MapsCache,
+        pid: u32,
+        joined: Joined,
+        parent: Option<u32>,
+    ) -> Result<bool, Error> {
+        if self.by_pid.contains_key(&pid) {
+            return Ok(false);
+        }
+        collector.add_target(pid)?;
+        let info = system::process_info(pid).ok();
+        if let Err(e) = maps.refresh(pid) {
+            tracing::debug!("reading the maps of new member {pid}: {e}");
+        } else if let Err(e) = sync_unwind_tables(collector, unwind, maps, pid) {
+            tracing::warn!("unwind tables of {pid}: {e}");
+        }
+        self.by_pid.insert(
+            pid,
+            Member {
+                pid,
+                comm: info.as_ref().map(|i| i.comm.clone()).unwrap_or_default(),
+                exited: info.is_none(),
+                info,
+                parent,
+                joined,
+                identity: crate::identity::of_process(pid),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Marks members that exited and stops recording them (their pid could be reused).
+    fn reap(&mut self, collector: &mut Collector) {
+        for m in self.by_pid.values_mut().filter(|m| !m.exited) {
+            if !m.info.as_ref().is_some_and(system::is_alive) {
+                m.exited = true;
+                let _ = collector.remove_target(m.pid);
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,13 +316,22 @@ async fn window(
     collector: &mut Collector,
     unwind: &mut UnwindRegistry,
     maps: &mut MapsCache,
-    target: &system::ProcessInfo,
+    target: &Target,
+    members: &mut Members,
     spec: &CaptureSpec,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
     wants: impl Fn(ProfileKind) -> bool,
 ) -> Result<Captured, Error> {
-    sync_unwind_tables(collector, unwind, maps, target.pid)?;
+    let group = target.selector.is_group();
+    let lead = target.lead.pid;
+    members.join(collector, unwind, maps, lead, Joined::AtStart, None)?;
+    sync_unwind_tables(collector, unwind, maps, lead)?;
+    if group {
+        for pid in target.selector.resolve() {
+            members.join(collector, unwind, maps, pid, Joined::AtStart, None)?;
+        }
+    }
 
     let mut flags = 0;
     if wants(ProfileKind::Offcpu) {
@@ -213,14 +343,24 @@ async fn window(
     if wants(ProfileKind::Mutex) {
         flags |= CONFIG_MUTEX;
     }
-    let config = spec.rates.config(flags, spec.offcpu_min_ns);
+    let mut config = spec.rates.config(flags, spec.offcpu_min_ns);
+    if group {
+        config.flags |= CONFIG_FOLLOW;
+    }
     // Attached with nothing to record, then switched on right before the first look at the
     // threads: every interval recorded then starts after the window opened.
     collector.set_config(Config::default())?;
     collector.load_programs(wants(ProfileKind::Cpu), flags != 0)?;
+    if group {
+        collector.start_follow()?;
+    }
     let started = SystemTime::now();
     // Its container and pod, read while it surely runs.
-    let identity = crate::identity::of_process(target.pid);
+    let identity = members
+        .by_pid
+        .get(&lead)
+        .map(|m| m.identity.clone())
+        .unwrap_or_default();
     let t0 = Instant::now();
     let mut cpus = 0;
     if wants(ProfileKind::Cpu) {
@@ -243,12 +383,15 @@ async fn window(
         window_start_ns: t0_ktime,
         ..config
     })?;
-    let start_tasks = read_threads(collector, target.pid);
-    let start_views = thread_views(target.pid, &start_tasks, maps, wants(ProfileKind::Offcpu));
+    let mut start_views = Vec::new();
+    for pid in members.live().collect::<Vec<_>>() {
+        let tasks = read_threads(collector, pid);
+        start_views.extend(thread_views(pid, &tasks, maps, wants(ProfileKind::Offcpu)));
+    }
     tracing::info!(
         "attached to {} ({}) for {:?}: {:?}",
-        target.pid,
-        target.comm,
+        target.selector.describe(),
+        target.lead.comm,
         spec.duration,
         spec.profiles
     );
@@ -260,66 +403,92 @@ async fn window(
         .map(crate::dump::trigger::Trigger::new);
     let mut ticks = 0u32;
     let requests = spec.dumps.as_ref().and_then(|d| d.requests.clone());
-    let end = capture_loop(
-        target,
-        maps,
-        spec.duration,
-        stop,
-        progress,
-        requests,
-        |maps, ev| {
-            match ev {
-                LoopEvent::Tick => {
-                    if let Err(e) = sync_unwind_tables(collector, unwind, maps, target.pid) {
-                        tracing::warn!("updating unwind tables: {e}");
-                    }
-                    ticks += 1;
-                    // --dump-when is checked every second (4 ticks).
-                    if ticks.is_multiple_of(4)
-                        && let (Some(t), Some(d)) = (trigger.as_mut(), spec.dumps.as_ref())
-                    {
-                        // A symbolizer per dump: the window's future must stay Send (serve).
-                        let mut sym = Symbolizer::new();
-                        let r = crate::dump::check_trigger(
-                            t,
-                            collector,
-                            target.pid,
-                            maps,
-                            &mut sym,
-                            &d.dir,
-                            crate::dump::DumpFormat::Text,
-                        );
-                        match r {
-                            Ok(Some(path)) => dump_written(&path, target.pid, d),
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!("--dump-when check: {e}"),
-                        }
+    let end = capture_loop(spec.duration, stop, progress, requests, |ev| {
+        match ev {
+            LoopEvent::Tick => {
+                ticks += 1;
+                members.reap(collector);
+                if !group && members.live().next().is_none() {
+                    return Some(EndReason::TargetExited);
+                }
+                if group {
+                    follow_group(
+                        collector,
+                        unwind,
+                        maps,
+                        members,
+                        &target.selector,
+                        ticks.is_multiple_of(SCAN_TICKS),
+                        &mut start_views,
+                        wants(ProfileKind::Offcpu),
+                    );
+                    // A process tree ends with its last process; a cgroup, container or
+                    // pod may get new ones until the window's end.
+                    if target.selector.root_pid().is_some() && members.live().next().is_none() {
+                        return Some(EndReason::TargetExited);
                     }
                 }
-                LoopEvent::DumpRequest => {
-                    if let Some(d) = spec.dumps.as_ref() {
-                        let mut sym = Symbolizer::new();
-                        match crate::dump::write_dump(
-                            collector,
-                            target.pid,
-                            maps,
-                            &mut sym,
-                            &d.dir,
-                            crate::dump::DumpFormat::Text,
-                            crate::dump::Detail::EveryThread,
-                        ) {
-                            Ok(path) => dump_written(&path, target.pid, d),
-                            Err(e) => eprintln!("stallscope: thread dump failed: {e}"),
+                for pid in members.live().collect::<Vec<_>>() {
+                    match maps.refresh(pid) {
+                        Ok(()) => {
+                            if let Err(e) = sync_unwind_tables(collector, unwind, maps, pid) {
+                                tracing::warn!("updating unwind tables of {pid}: {e}");
+                            }
                         }
+                        Err(e) => tracing::debug!("refreshing maps of {pid}: {e}"),
                     }
                 }
+                // --dump-when is checked every second (4 ticks).
+                if ticks.is_multiple_of(4)
+                    && let (Some(t), Some(d)) = (trigger.as_mut(), spec.dumps.as_ref())
+                {
+                    // A symbolizer per dump: the window's future must stay Send (serve).
+                    let mut sym = Symbolizer::new();
+                    let r = crate::dump::check_trigger(
+                        t,
+                        collector,
+                        lead,
+                        maps,
+                        &mut sym,
+                        &d.dir,
+                        crate::dump::DumpFormat::Text,
+                    );
+                    match r {
+                        Ok(Some(path)) => dump_written(&path, lead, d),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("--dump-when check: {e}"),
+                    }
+                }
+                None
             }
-        },
-    )
+            LoopEvent::DumpRequest => {
+                if let Some(d) = spec.dumps.as_ref() {
+                    let mut sym = Symbolizer::new();
+                    match crate::dump::write_dump(
+                        collector,
+                        lead,
+                        maps,
+                        &mut sym,
+                        &d.dir,
+                        crate::dump::DumpFormat::Text,
+                        crate::dump::Detail::EveryThread,
+                    ) {
+                        Ok(path) => dump_written(&path, lead, d),
+                        Err(e) => eprintln!("stallscope: thread dump failed: {e}"),
+                    }
+                }
+                None
+            }
+        }
+    })
     .await;
     // The last look at the threads (their CPU time) with the probes still on, then the end
     // time for intervals still open, then stop recording.
-    let end_tasks = read_threads(collector, target.pid);
+    let live: Vec<u32> = members.live().collect();
+    let end_tasks: Vec<(u32, Vec<DumpTask>)> = live
+        .iter()
+        .map(|&pid| (pid, read_threads(collector, pid)))
+        .collect();
     let end_ts = kernel::ktime_now();
     // The window ends here, not after the programs are detached: a syscall tracepoint's detach
     // waits for an RCU grace period (about 0.1-0.3 s seen here) in which nothing is recorded.
@@ -328,7 +497,23 @@ async fn window(
     let program_stats = collector.program_stats();
     collector.stop_cpu();
     collector.stop_offcpu();
-    let end_views = thread_views(target.pid, &end_tasks, maps, wants(ProfileKind::Offcpu));
+    if group {
+        // The last forks' members, for their labels and maps.
+        follow_group(
+            collector,
+            unwind,
+            maps,
+            members,
+            &target.selector,
+            false,
+            &mut start_views,
+            false,
+        );
+    }
+    let end_views: Vec<accounting::ThreadView> = end_tasks
+        .iter()
+        .flat_map(|(pid, tasks)| thread_views(*pid, tasks, maps, wants(ProfileKind::Offcpu)))
+        .collect();
 
     let counters = collector.counters()?;
     let mut offcpu_records = Vec::new();
@@ -360,11 +545,7 @@ async fn window(
             end_ts,
             spec.offcpu_min_ns,
         ));
-        offcpu_records.extend(accounting::seeded_intervals(
-            target.pid,
-            &looks,
-            spec.offcpu_min_ns,
-        ));
+        offcpu_records.extend(accounting::seeded_intervals(&looks, spec.offcpu_min_ns));
     }
     let accounting = accounting::account(&looks, &offcpu_records, wants(ProfileKind::Offcpu));
     let mut comments = report::counter_comments(&counters);
@@ -386,7 +567,19 @@ async fn window(
         comments,
         threads: accounting.names(),
         tid_labels: spec.tid_labels,
-        process: profiles::process_labels(&identity),
+        process: members
+            .by_pid
+            .values()
+            .map(|m| {
+                let mut labels = Vec::new();
+                if group {
+                    labels.push(crate::model::Label::Str("pid".into(), m.pid.to_string()));
+                    labels.push(crate::model::Label::Str("comm".into(), m.comm.clone()));
+                }
+                labels.extend(profiles::process_labels(&m.identity));
+                (m.pid, labels)
+            })
+            .collect(),
     };
     let mut raws = Vec::new();
     if wants(ProfileKind::Cpu) {
@@ -425,6 +618,7 @@ async fn window(
     let map_fill = collector.map_fill();
     Ok(Captured {
         identity,
+        members: Vec::new(),
         accounting,
         raws,
         lock_waiters,
@@ -437,6 +631,50 @@ async fn window(
         map_fill,
         program_stats,
     })
+}
+
+/// A tick of a group's window: the processes the kernel made members at their fork, and,
+/// when `scan`, those a look at `/proc` finds (those get a first look at their threads, as
+/// the window's start gave the others).
+#[allow(clippy::too_many_arguments)]
+fn follow_group(
+    collector: &mut Collector,
+    unwind: &mut UnwindRegistry,
+    maps: &mut MapsCache,
+    members: &mut Members,
+    selector: &Selector,
+    scan: bool,
+    start_views: &mut Vec<accounting::ThreadView>,
+    stacks: bool,
+) {
+    match collector.take_followed() {
+        Ok(forked) => {
+            for (child, parent) in forked {
+                // Set by the kernel already; set again in case a write of the same bitmap
+                // word from here raced with the kernel's.
+                let _ = collector.add_target(child);
+                if let Err(e) =
+                    members.join(collector, unwind, maps, child, Joined::Forked, Some(parent))
+                {
+                    tracing::warn!("following forked process {child}: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("reading forked members: {e}"),
+    }
+    if !scan {
+        return;
+    }
+    for pid in selector.resolve() {
+        match members.join(collector, unwind, maps, pid, Joined::Scanned, None) {
+            Ok(true) => {
+                let tasks = read_threads(collector, pid);
+                start_views.extend(thread_views(pid, &tasks, maps, stacks));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("adding member {pid}: {e}"),
+        }
+    }
 }
 
 /// Every thread of `pid` now, as the task iterator reads it (each record with its own
@@ -472,17 +710,15 @@ fn thread_views(
         .collect()
 }
 
-/// Waits for the capture window to end: duration elapsed, `stop` (Ctrl-C), or the target exited.
-/// Refreshes the maps cache as it goes so late `dlopen`s and an early exit still symbolize.
-#[allow(clippy::too_many_arguments)]
+/// Waits for the capture window to end: duration elapsed, `stop` (Ctrl-C), or `on_event`
+/// saying why it ends (the target exited). `on_event` refreshes the members' maps at each tick,
+/// so late `dlopen`s and an early exit still symbolize.
 async fn capture_loop(
-    target: &system::ProcessInfo,
-    maps: &mut MapsCache,
     duration: Duration,
     stop: impl std::future::Future<Output = ()>,
     progress: bool,
     dump_requests: Option<DumpSignal>,
-    mut on_event: impl FnMut(&MapsCache, LoopEvent),
+    mut on_event: impl FnMut(LoopEvent) -> Option<EndReason>,
 ) -> EndReason {
     // SIGUSR1 asks for a thread dump, on the stream the command opened at its start (only
     // `attach` wants dumps: other users of the window don't change the signal's handling).
@@ -508,14 +744,14 @@ async fn capture_loop(
                     Some(s) => s.recv().await,
                     None => std::future::pending().await,
                 }
-            } => on_event(maps, LoopEvent::DumpRequest),
-            _ = tick.tick() => {
-                if !system::is_alive(target) {
-                    break EndReason::TargetExited;
+            } => {
+                if let Some(r) = on_event(LoopEvent::DumpRequest) {
+                    break r;
                 }
-                match maps.refresh(target.pid) {
-                    Ok(()) => on_event(maps, LoopEvent::Tick),
-                    Err(e) => tracing::debug!("refreshing maps of {}: {e}", target.pid),
+            }
+            _ = tick.tick() => {
+                if let Some(r) = on_event(LoopEvent::Tick) {
+                    break r;
                 }
                 if let Some(bar) = &bar {
                     bar.set_position(start.elapsed().as_millis().min(duration.as_millis()) as u64);

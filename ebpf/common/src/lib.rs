@@ -91,6 +91,8 @@ pub enum Counter {
     UserStackCorrupt = 28,
     /// Counted by the agent: runs of its programs the kernel skipped (`recursion_misses`).
     ProgRunsSkipped = 29,
+    ProcessesFollowed = 30,
+    FollowMapFull = 31,
 }
 
 /// What a counter counts, for `/metrics` (one family per group) and the summary.
@@ -119,7 +121,7 @@ pub struct CounterInfo {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 28] = [
+    pub const ALL: [Counter; 30] = [
         Counter::CpuSamples,
         Counter::CpuSamplesTarget,
         Counter::UserStackLost,
@@ -148,6 +150,8 @@ impl Counter {
         Counter::SwitchMissed,
         Counter::UserStackCorrupt,
         Counter::ProgRunsSkipped,
+        Counter::ProcessesFollowed,
+        Counter::FollowMapFull,
     ];
 
     pub const fn info(self) -> CounterInfo {
@@ -293,6 +297,16 @@ impl Counter {
                 Dropped,
                 "Runs of the agent's programs the kernel skipped because another BPF program was running on that CPU.",
             ),
+            Counter::ProcessesFollowed => (
+                "processes_followed",
+                Event,
+                "New processes forked by a member of a target group, made targets at their fork (--children, --cgroup, --container, --pod).",
+            ),
+            Counter::FollowMapFull => (
+                "follow_map_full",
+                Dropped,
+                "Forked members the agent was not told of (table full): recorded from their fork, found by the next scan of /proc.",
+            ),
         };
         // The stacks-lost family's labels predate the names.
         let label = match self {
@@ -318,7 +332,7 @@ impl Counter {
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
 pub const COUNTER_SLOTS: u32 = 64;
 
-const _: () = assert!((Counter::ProgRunsSkipped as u32) < COUNTER_SLOTS);
+const _: () = assert!((Counter::FollowMapFull as u32) < COUNTER_SLOTS);
 
 shared! {
     /// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
@@ -581,6 +595,12 @@ shared! {
 pub const CONFIG_OFFCPU: u64 = 1;
 pub const CONFIG_BLOCK: u64 = 2;
 pub const CONFIG_MUTEX: u64 = 4;
+/// A process forked by a target is a target from its fork (process groups).
+pub const CONFIG_FOLLOW: u64 = 8;
+
+/// Entries in `FOLLOWED`: processes forked by targets in one window that the agent has not
+/// read yet (it reads them every tick).
+pub const FOLLOWED_ENTRIES: u32 = 4096;
 
 shared! {
     /// A futex word of a process (a lock, a condition variable, ...).
@@ -873,7 +893,7 @@ mod tests {
             assert!(i.help.ends_with('.') && !i.help.is_empty(), "{c:?}'s help");
         }
         // The last variant is in ALL (a new one added at the end must be listed).
-        assert_eq!(Counter::ALL.last(), Some(&Counter::ProgRunsSkipped));
+        assert_eq!(Counter::ALL.last(), Some(&Counter::FollowMapFull));
     }
 
     use super::*;

@@ -81,4 +81,6 @@ maps! {
     WALK_GEN: u32 => u64;
     /// The task iterator's target and offsets.
     DUMP_CONFIG: u32 => DumpConfig;
+    /// Processes forked by a target (`CONFIG_FOLLOW`): child tgid → parent tgid.
+    FOLLOWED: u32 => u32;
 }

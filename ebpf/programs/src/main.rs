@@ -7,6 +7,7 @@
 
 mod cpu;
 mod dump;
+mod follow;
 mod mutex;
 mod offcpu;
 mod shared;

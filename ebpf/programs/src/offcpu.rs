@@ -135,7 +135,7 @@ const ENOSYS: u64 = 38;
 const MAX_SYSCALL_NR: u64 = 1024;
 
 #[inline(always)]
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     match CONFIG.get(0) {
         Some(c) => *c,
         None => Config::default(),
@@ -143,13 +143,13 @@ fn config() -> Config {
 }
 
 #[inline(always)]
-fn offsets() -> KernelOffsets {
+pub(crate) fn offsets() -> KernelOffsets {
     // SAFETY: a constant in .rodata written by the loader; volatile so it isn't folded to 0.
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
 }
 
 #[inline(always)]
-fn task_pid(task: *const u8) -> u32 {
+pub(crate) fn task_pid(task: *const u8) -> u32 {
     let off = offsets().task_pid as usize;
     // SAFETY: `task` is a BTF-typed task_struct pointer and `off` a constant the verifier reads
     // from the frozen .rodata: it checks the access against the kernel's BTF and turns it into a
@@ -158,7 +158,7 @@ fn task_pid(task: *const u8) -> u32 {
 }
 
 #[inline(always)]
-fn task_tgid(task: *const u8) -> u32 {
+pub(crate) fn task_tgid(task: *const u8) -> u32 {
     let off = offsets().task_tgid as usize;
     // SAFETY: as in `task_pid`.
     unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }

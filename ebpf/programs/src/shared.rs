@@ -62,6 +62,26 @@ pub fn is_target(tgid: u32) -> bool {
     }
 }
 
+/// Makes `tgid` a target. The agent sets and clears bits from user space with a read and a
+/// write of the word; this adds the bit atomically, and the agent re-asserts the bits of the
+/// processes it reads from `FOLLOWED` at its next tick, should its write of the same word
+/// have raced with this one.
+#[inline(always)]
+pub fn set_target(tgid: u32) {
+    let Some((word, bit)) = target_bit(tgid) else {
+        return;
+    };
+    if let Some(w) = TARGET_BITS.get_ptr_mut(word) {
+        // SAFETY: `w` points at a live array slot. Adding a bit that is not set is setting it;
+        // a new process's tgid is forked once, so no two CPUs add the same bit.
+        unsafe {
+            if *w & bit == 0 {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, bit);
+            }
+        }
+    }
+}
+
 /// The kernel stack of the current task: `STACK_NONE` when there is none (a sample taken in
 /// user mode), `STACK_LOST` when capturing it failed (counted).
 #[inline(always)]

@@ -214,14 +214,8 @@ async fn sample_loop(shared: Arc<Shared>, interval: Duration, all: bool, max_tar
 /// Processes to track with `--all`: every user-space process but this agent.
 fn all_processes() -> Vec<(u32, u64, String)> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
+    for pid in crate::targets::proc_pids() {
         if pid == me {
             continue;
         }

@@ -83,6 +83,7 @@ impl From<Error> for ProfileError {
         match e {
             Error::Usage(m) => ProfileError::BadRequest(m),
             e @ (Error::NoSuchProcess(_)
+            | Error::EmptyGroup { .. }
             | Error::Zombie { .. }
             | Error::KernelThread { .. }
             | Error::ProcDenied { .. }) => ProfileError::BadRequest(e.to_string()),
@@ -239,7 +240,7 @@ impl Profiler {
             &mut slot.collector,
             &mut slot.unwind,
             maps,
-            &target,
+            &window::Target::single(target.clone()),
             &spec,
             std::future::pending::<()>(),
             false,
