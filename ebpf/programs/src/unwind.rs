@@ -52,6 +52,15 @@ pub const SLOT_PERF: u32 = 1;
 #[map]
 static SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(SLOTS, 0);
 
+/// The walk in progress ([`Walk`]). In map memory, not on the caller's stack, for the same
+/// reason as the search bounds below: the verifier tracks constants a program spills to its
+/// stack (the walk's flags, say) and then checks `bpf_loop`'s callback once per combination
+/// of them; values in map memory are unknown to it, so the callback's states converge in a
+/// few passes (on kernel 6.18.44, with the walk on the stack, `sched_switch` went past the
+/// verifier's 1M-instruction budget).
+#[map]
+static WALKS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(SLOTS, 0);
+
 /// Binary-search bounds `[lo, hi]`. They live in map memory rather than registers on purpose:
 /// the verifier then treats them as unknown values, so the paths of a search converge and are
 /// pruned instead of being explored one by one for every frame (which exceeds its budget).
@@ -221,7 +230,7 @@ fn find_row<const S: u32>(start: u32, len: u32, vaddr: u64) -> Option<UnwindRow>
     UNWIND_ROWS.get(start.wrapping_add(lo - 1)).copied()
 }
 
-/// State of one stack walk, on the caller's BPF stack and handed to [`walk_step`].
+/// State of one stack walk, in [`WALKS`] (per CPU) where [`walk_step`] finds it.
 #[repr(C)]
 struct Walk {
     ip: u64,
@@ -240,9 +249,12 @@ struct Walk {
 /// One frame of the walk, run by `bpf_loop`: the verifier checks this body once instead of
 /// once per unrolled iteration, which keeps loading the programs fast. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn walk_step<const S: u32>(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` that `user_stack_handle` passed to bpf_loop.
-    let w = unsafe { &mut *(ctx as *mut Walk) };
+extern "C" fn walk_step<const S: u32>(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(w) = WALKS.get_ptr_mut(S) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value of this context's slot, set up by `user_stack_handle`.
+    let w = unsafe { &mut *w };
     let i = i as usize;
     if w.ip == 0 || i >= MAX_USER_FRAMES {
         return 1;
@@ -441,7 +453,12 @@ pub fn user_stack_handle<const S: u32>(tgid: u32) -> u64 {
     log.span = 0;
     log.bp_used = 0;
     log.walk_state = WALK_BP_IS_REG;
-    let mut w = Walk {
+    let Some(w) = WALKS.get_ptr_mut(S) else {
+        return USER_STACK_LOST;
+    };
+    // SAFETY: per-CPU value of this context's slot, used only within this program run.
+    let w = unsafe { &mut *w };
+    *w = Walk {
         ip,
         sp,
         bp,
@@ -452,12 +469,12 @@ pub fn user_stack_handle<const S: u32>(tgid: u32) -> u64 {
         _pad: 0,
         sp0: sp,
     };
-    // SAFETY: the callback is a BPF subprogram; `w` outlives the call.
+    // SAFETY: the callback is a BPF subprogram; it finds the walk in WALKS.
     unsafe {
         bpf_loop(
             MAX_USER_FRAMES as u32,
             walk_step::<S> as *mut core::ffi::c_void,
-            &raw mut w as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
             0,
         )
     };
