@@ -71,9 +71,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub max_seconds: u64,
 
-    /// Profiles taken at the same time; more get 429 Too Many Requests. Each keeps its own
-    /// loaded BPF programs and maps (about 150 MB of kernel memory).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    /// Profile windows open at the same time, for different targets (one probe attachment
+    /// serves them all); more get 429 Too Many Requests.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_concurrent_profiles: u32,
 
     /// Most HTTP connections open at once. A connection beyond it is answered at once with
@@ -205,15 +205,7 @@ impl TargetArgs {
             });
         }
         if let Some(path) = &self.cgroup {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let cg = crate::targets::parse_cgroup_arg(path, &mountinfo)
-                .map_err(crate::error::Error::Usage)?;
-            if cg.controllers.is_some() && !std::path::Path::new(path).is_dir() {
-                return Err(crate::error::Error::Usage(format!(
-                    "no cgroup directory {path}: list the cgroups with `systemd-cgls` or look                      at /proc/PID/cgroup of a process in it"
-                )));
-            }
-            return Ok(Selector::Cgroup(cg));
+            return crate::targets::cgroup_selector(path).map_err(crate::error::Error::Usage);
         }
         if let Some(id) = &self.container {
             return Ok(Selector::Container(id.clone()));
@@ -222,7 +214,8 @@ impl TargetArgs {
             return Ok(Selector::Pod(pod.clone()));
         }
         Err(crate::error::Error::Usage(
-            "name what to profile: --pid N (with --children for its descendants), --cgroup              PATH, --container ID or --pod UID|NAMESPACE/NAME"
+            "name what to profile: --pid N (with --children for its descendants), --cgroup \
+             PATH, --container ID or --pod UID|NAMESPACE/NAME"
                 .into(),
         ))
     }
@@ -528,7 +521,7 @@ mod tests {
         };
         assert_eq!(s.pid, vec![7, 8]);
         assert_eq!(s.listen.to_string(), "127.0.0.1:6060");
-        assert_eq!((s.max_seconds, s.max_concurrent_profiles), (60, 1));
+        assert_eq!((s.max_seconds, s.max_concurrent_profiles), (60, 16));
         assert_eq!(s.max_connections, 64);
         assert_eq!(
             (s.header_timeout, s.request_timeout),

@@ -26,6 +26,20 @@ pub enum Joined {
     Scanned,
 }
 
+/// A `--cgroup`/`cgroup=` argument as a selector: a hierarchy path, or a directory under
+/// `/sys/fs/cgroup` (which must exist).
+pub fn cgroup_selector(path: &str) -> Result<Selector, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cg = parse_cgroup_arg(path, &mountinfo)?;
+    if cg.controllers.is_some() && !Path::new(path).is_dir() {
+        return Err(format!(
+            "no cgroup directory {path}: list the cgroups with `systemd-cgls` or look at \
+             /proc/PID/cgroup of a process in it"
+        ));
+    }
+    Ok(Selector::Cgroup(cg))
+}
+
 /// One process of a window.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Member {

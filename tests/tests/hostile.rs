@@ -594,7 +594,7 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
         &mut rows,
         &serve,
         "--max-concurrent-profiles",
-        Some("0 is not in 1..=4"),
+        Some("0 is not in 1..=256"),
     );
     number_rows(
         &mut rows,

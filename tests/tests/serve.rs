@@ -568,3 +568,139 @@ fn full_aggregation_maps_are_counted_and_serving_goes_on() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(serve.metrics().contains("stallscope_targets"));
 }
+
+/// Eight scrapers at once, for eight different processes, plus a ninth request for one of
+/// them with the same seconds (a scraper pulling two profiles of one target): every request
+/// gets 200 from one window on one probe attachment (one collector loaded), each profile
+/// holds only its own process's threads, and each still tells the truth about it (the CPU
+/// split, the waits of threads blocked all along, the lock's critical sections).
+#[test]
+fn concurrent_requests_for_different_targets_share_one_window() {
+    require_root();
+    let cpus: Vec<Workload> = (0..4).map(|_| Workload::spawn("cpu_split", &[])).collect();
+    let hungs: Vec<Workload> = (0..2).map(|_| Workload::spawn("hung", &[])).collect();
+    let convoys: Vec<Workload> = (0..2)
+        .map(|_| Workload::spawn("mutex_convoy", &[]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let serve = Serve::start(&[], true);
+    let mut asks: Vec<(String, u32)> = Vec::new();
+    for w in &cpus {
+        asks.push((format!("profile?pid={}&seconds=4", w.pid()), w.pid()));
+    }
+    for w in &hungs {
+        asks.push((format!("offcpu?pid={}&seconds=4", w.pid()), w.pid()));
+    }
+    asks.push((
+        format!("mutex?pid={}&seconds=4", convoys[0].pid()),
+        convoys[0].pid(),
+    ));
+    asks.push((
+        format!("block?pid={}&seconds=4", convoys[1].pid()),
+        convoys[1].pid(),
+    ));
+    // The same target and seconds as the mutex request: it joins that window.
+    asks.push((
+        format!("block?pid={}&seconds=4", convoys[0].pid()),
+        convoys[0].pid(),
+    ));
+    let addr = serve.addr;
+    let t0 = Instant::now();
+    let handles: Vec<_> = asks
+        .iter()
+        .map(|(path, _)| {
+            let path = format!("/debug/pprof/{path}");
+            std::thread::spawn(move || http_get(addr, &path, None, Duration::from_secs(60)))
+        })
+        .collect();
+    let replies: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let took = t0.elapsed();
+    // One window's length and a little: none waited for another.
+    assert!(
+        took < Duration::from_secs(9),
+        "9 requests of 4 s took {took:?}"
+    );
+    for ((path, pid), r) in asks.iter().zip(&replies) {
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let p = agent::export::pprof::decode(&r.bytes).expect("pprof bytes");
+        let tids: BTreeSet<u32> = stallscope_tests::proc_threads(*pid)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        for s in &p.samples {
+            let tid: u32 = stallscope_tests::sample_label(s, "tid")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("{path}: a sample without a tid label"));
+            assert!(
+                tids.contains(&tid),
+                "{path}: thread {tid} is not one of process {pid}'s {tids:?}"
+            );
+        }
+        assert!(
+            p.comments
+                .iter()
+                .any(|c| c.contains("shared by up to") && !c.contains("up to 1 ")),
+            "{path}: the profile must say its probes were shared: {:?}",
+            p.comments
+        );
+        let window = p.duration.as_nanos() as i64;
+        assert!(
+            (3_500_000_000..=5_000_000_000).contains(&window),
+            "{path}: window {window} ns for seconds=4"
+        );
+        if path.starts_with("profile") {
+            let top = stallscope_tests::top_flat(&p, "cpu");
+            let all: i64 = top.iter().map(|(_, v)| v).sum();
+            let a = top
+                .iter()
+                .find(|(f, _)| f == "hot_a")
+                .map_or(0, |(_, v)| *v);
+            assert!(
+                all > 0 && (0.6..=0.9).contains(&(a as f64 / all as f64)),
+                "{path}: hot_a {a} of {all} ns: {top:?}"
+            );
+        } else if path.starts_with("offcpu") {
+            let vi = p.value_index("off-cpu").expect("off-cpu values");
+            for thread in ["lock_waiter", "cond_idler", "pipe_reader"] {
+                let total: i64 = p
+                    .samples
+                    .iter()
+                    .filter(|s| {
+                        stallscope_tests::sample_label(s, "thread").as_deref() == Some(thread)
+                    })
+                    .map(|s| s.values[vi])
+                    .sum();
+                assert!(
+                    total * 100 >= window * 97 && total <= window + 50_000_000,
+                    "{path}: {thread} was blocked all along, yet {total} ns in {window} ns"
+                );
+            }
+        } else {
+            let cum = stallscope_tests::cum_by_function(&p, "delay");
+            assert!(
+                cum.contains_key("slow_section") || cum.contains_key("fast_section"),
+                "{path}: the lock's critical sections are missing: {cum:?}"
+            );
+        }
+    }
+    let text = serve.metrics();
+    assert_eq!(
+        sample(
+            &text,
+            "stallscope_profile_collectors",
+            &[("state", "ready")]
+        ),
+        Some(1.0),
+        "one collector serves every window"
+    );
+    assert_eq!(sample(&text, "stallscope_profiles_active", &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            "stallscope_profile_rejected_total",
+            &[("reason", "busy")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+}

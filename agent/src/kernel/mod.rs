@@ -64,6 +64,16 @@ impl Counters {
         Counter::ALL.into_iter().map(|c| (c, self.get(c)))
     }
 
+    /// What was counted since `earlier` (an attachment's counters only grow until it is
+    /// reset).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut out = self.clone();
+        for (o, e) in out.0.iter_mut().zip(earlier.0) {
+            *o = o.saturating_sub(e);
+        }
+        out
+    }
+
     /// The sum of a group's counters.
     pub fn group_sum(&self, g: CounterGroup) -> u64 {
         self.iter()
@@ -412,6 +422,50 @@ impl Collector {
                 .set(idx, zeros, 0)
                 .map_err(|e| Error::internal(format!("zeroing counter {idx}"), e))?;
         }
+        Ok(())
+    }
+
+    /// Deletes what the maps hold for the processes `tgids` (per-thread state also for the
+    /// threads `tids`), so that a process leaving a window of a long-lived attachment shared
+    /// by several (`agent serve`) starts its next one from nothing. The stack maps and the
+    /// counters are the attachment's and stay.
+    pub fn forget_processes(
+        &mut self,
+        tgids: &std::collections::HashSet<u32>,
+        tids: &std::collections::HashSet<u32>,
+    ) -> Result<(), Error> {
+        fn forget<M: MapSpec>(
+            c: &mut Collector,
+            gone: impl Fn(&M::Key, &M::Value) -> bool,
+        ) -> Result<(), Error>
+        where
+            M::Key: aya::Pod,
+            M::Value: aya::Pod,
+        {
+            let mut map = c.hash_mut::<M>()?;
+            let keys: Vec<M::Key> = map
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| gone(k, v))
+                .map(|(k, _)| k)
+                .collect();
+            for k in keys {
+                let _ = map.remove(&k);
+            }
+            Ok(())
+        }
+        let of = |tgid: u32| tgids.contains(&tgid);
+        forget::<maps::CPU_SAMPLES>(self, |k, _| of(k.tgid))?;
+        forget::<maps::OFFCPU>(self, |k, _| of(k.tgid))?;
+        forget::<maps::BLOCK>(self, |k, _| of(k.tgid))?;
+        forget::<maps::RUNQ_HIST>(self, |k, _| of(k.tgid))?;
+        forget::<maps::MUTEX>(self, |k, _| of(k.tgid))?;
+        forget::<maps::LOCK_WAITERS>(self, |k, _| of(k.tgid))?;
+        forget::<maps::LOCKS>(self, |k, _| of(k.tgid))?;
+        forget::<maps::THREADS>(self, |tid, st| of(st.tgid) || tids.contains(tid))?;
+        forget::<maps::FIRST_SEEN>(self, |tid, _| tids.contains(tid))?;
+        forget::<maps::EXITED>(self, |_, x| of(x.tgid))?;
+        forget::<maps::FOLLOWED>(self, |child, _| of(*child))?;
         Ok(())
     }
 

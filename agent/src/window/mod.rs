@@ -11,6 +11,7 @@
 //!    profile's summary section.
 
 pub mod finish;
+pub mod shared;
 
 use std::{
     collections::BTreeMap,
@@ -255,7 +256,7 @@ pub async fn capture_with(
 
 /// The processes of a window so far.
 #[derive(Default)]
-struct Members {
+pub(crate) struct Members {
     by_pid: BTreeMap<u32, Member>,
 }
 
@@ -412,6 +413,7 @@ async fn window(
                     return Some(EndReason::TargetExited);
                 }
                 if group {
+                    let forked = take_followed(collector);
                     follow_group(
                         collector,
                         unwind,
@@ -421,6 +423,7 @@ async fn window(
                         ticks.is_multiple_of(SCAN_TICKS),
                         &mut start_views,
                         wants(ProfileKind::Offcpu),
+                        &forked,
                     );
                     // A process tree ends with its last process; a cgroup, container or
                     // pod may get new ones until the window's end.
@@ -499,6 +502,7 @@ async fn window(
     collector.stop_offcpu();
     if group {
         // The last forks' members, for their labels and maps.
+        let forked = take_followed(collector);
         follow_group(
             collector,
             unwind,
@@ -508,6 +512,7 @@ async fn window(
             false,
             &mut start_views,
             false,
+            &forked,
         );
     }
     let end_views: Vec<accounting::ThreadView> = end_tasks
@@ -515,42 +520,172 @@ async fn window(
         .flat_map(|(pid, tasks)| thread_views(*pid, tasks, maps, wants(ProfileKind::Offcpu)))
         .collect();
 
-    let counters = collector.counters()?;
-    let mut offcpu_records = Vec::new();
-    let mut probes = accounting::ProbeView::default();
-    if flags != 0 {
-        probes = accounting::ProbeView {
-            first_seen: collector.first_seen()?,
-            tracked: collector.tracked_threads()?,
+    let records = Records::read(collector, flags != 0, &wants, |_| true)?;
+    let assembled = assemble(
+        records,
+        &Assembly {
+            start_views: &start_views,
+            end_views: &end_views,
+            t0_ktime,
+            end_ts,
+            started,
+            elapsed,
+            group,
+        },
+        members,
+        spec,
+    );
+    Ok(Captured {
+        identity,
+        members: Vec::new(),
+        accounting: assembled.accounting,
+        raws: assembled.raws,
+        lock_waiters: assembled.lock_waiters,
+        maps: MapsCache::new(),
+        counters: assembled.counters,
+        elapsed,
+        end,
+        cpus,
+        runq: assembled.runq,
+        map_fill: assembled.map_fill,
+        program_stats,
+    })
+}
+
+/// What the maps held at a window's end for the processes it kept, read with the probes
+/// detached (or the processes no longer targets).
+pub(crate) struct Records {
+    pub counters: kernel::Counters,
+    pub probes: accounting::ProbeView,
+    pub exited: Vec<kernel::ExitedThread>,
+    pub offcpu: Vec<kernel::OffcpuRecord>,
+    pub open: Vec<kernel::OpenInterval>,
+    pub cpu: Vec<kernel::CpuRecord>,
+    pub block: Vec<kernel::BlockRecord>,
+    pub holders: Vec<kernel::MutexRecord>,
+    pub waiters: Vec<kernel::MutexRecord>,
+    pub runq: Vec<kernel::RunqBucket>,
+    pub map_fill: Vec<kernel::MapFill>,
+}
+
+impl Records {
+    /// Reads what `wants` needs, keeping the records of the processes `keep` says yes to
+    /// (per-thread state without a process is kept: it is looked up by thread id).
+    pub(crate) fn read(
+        collector: &Collector,
+        offcpu_on: bool,
+        wants: &impl Fn(ProfileKind) -> bool,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<Self, Error> {
+        let mut r = Records {
+            counters: collector.counters()?,
+            probes: accounting::ProbeView::default(),
+            exited: Vec::new(),
+            offcpu: Vec::new(),
+            open: Vec::new(),
+            cpu: Vec::new(),
+            block: Vec::new(),
+            holders: Vec::new(),
+            waiters: Vec::new(),
+            runq: Vec::new(),
+            map_fill: collector.map_fill(),
         };
+        if offcpu_on {
+            r.probes = accounting::ProbeView {
+                first_seen: collector.first_seen()?,
+                tracked: collector.tracked_threads()?,
+            };
+            r.exited = collector.exited_threads()?;
+            r.exited.retain(|x| keep(x.tgid));
+        }
+        if wants(ProfileKind::Offcpu) {
+            r.offcpu = collector.offcpu_records()?;
+            r.offcpu.retain(|x| keep(x.tgid));
+            r.open = collector.open_intervals()?;
+            r.open.retain(|x| keep(x.tgid));
+            r.runq = collector.runq_histogram()?;
+            r.runq.retain(|x| keep(x.tgid));
+        }
+        if wants(ProfileKind::Cpu) {
+            r.cpu = collector.cpu_records()?;
+            r.cpu.retain(|x| keep(x.tgid));
+        }
+        if wants(ProfileKind::Block) {
+            r.block = collector.block_records()?;
+            r.block.retain(|x| keep(x.tgid));
+        }
+        if wants(ProfileKind::Mutex) {
+            (r.holders, r.waiters) = collector.mutex_records()?;
+            r.holders.retain(|x| keep(x.tgid));
+            r.waiters.retain(|x| keep(x.tgid));
+        }
+        Ok(r)
     }
-    let exited = if flags != 0 {
-        collector.exited_threads()?
-    } else {
-        Vec::new()
-    };
+}
+
+/// The window's looks at the threads and its times, for [`assemble`].
+pub(crate) struct Assembly<'a> {
+    pub start_views: &'a [accounting::ThreadView],
+    pub end_views: &'a [accounting::ThreadView],
+    pub t0_ktime: u64,
+    pub end_ts: u64,
+    pub started: SystemTime,
+    pub elapsed: Duration,
+    pub group: bool,
+}
+
+/// A window's raw profiles and accounting, from its records.
+pub(crate) struct Assembled {
+    pub raws: Vec<RawProfile>,
+    pub lock_waiters: Option<RawProfile>,
+    pub runq: Option<profiles::RunqStats>,
+    pub accounting: accounting::Accounting,
+    pub counters: kernel::Counters,
+    pub map_fill: Vec<kernel::MapFill>,
+}
+
+/// Turns a window's records into raw profiles (one per kind `spec` asks for, in the order
+/// cpu, offcpu, block, mutex) and its thread-seconds accounting.
+pub(crate) fn assemble(
+    records: Records,
+    a: &Assembly<'_>,
+    members: &Members,
+    spec: &CaptureSpec,
+) -> Assembled {
+    let wants = |k: ProfileKind| spec.wants(k);
+    let Records {
+        counters,
+        probes,
+        exited,
+        mut offcpu,
+        open,
+        cpu,
+        block,
+        holders,
+        waiters,
+        runq,
+        map_fill,
+    } = records;
     let looks = accounting::Looks {
-        start: &start_views,
-        end: &end_views,
+        start: a.start_views,
+        end: a.end_views,
         exited: &exited,
         probes: &probes,
-        t0: t0_ktime,
-        t_end: end_ts,
+        t0: a.t0_ktime,
+        t_end: a.end_ts,
     };
     if wants(ProfileKind::Offcpu) {
-        offcpu_records = collector.offcpu_records()?;
-        let open = collector.open_intervals()?;
-        offcpu_records.extend(profiles::close_open_intervals(
+        offcpu.extend(profiles::close_open_intervals(
             &open,
-            end_ts,
+            a.end_ts,
             spec.offcpu_min_ns,
         ));
-        offcpu_records.extend(accounting::seeded_intervals(&looks, spec.offcpu_min_ns));
+        offcpu.extend(accounting::seeded_intervals(&looks, spec.offcpu_min_ns));
     }
-    let accounting = accounting::account(&looks, &offcpu_records, wants(ProfileKind::Offcpu));
+    let accounting = accounting::account(&looks, &offcpu, wants(ProfileKind::Offcpu));
     let mut comments = report::counter_comments(&counters);
     comments.push(accounting.line());
-    if flags != 0 {
+    if spec.profiles.iter().any(|k| *k != ProfileKind::Cpu) {
         comments.push(format!(
             "sampling: off-CPU rate {} ns, mutex rate {} ns and fraction {}, block rate {} ns \
              (an event of d is kept with probability min(1, d/rate) and weighted max(d, rate): \
@@ -562,8 +697,8 @@ async fn window(
         ));
     }
     let window = Window {
-        start: started,
-        duration: elapsed,
+        start: a.started,
+        duration: a.elapsed,
         comments,
         threads: accounting.names(),
         tid_labels: spec.tid_labels,
@@ -572,7 +707,7 @@ async fn window(
             .values()
             .map(|m| {
                 let mut labels = Vec::new();
-                if group {
+                if a.group {
                     labels.push(crate::model::Label::Str("pid".into(), m.pid.to_string()));
                     labels.push(crate::model::Label::Str("comm".into(), m.comm.clone()));
                 }
@@ -584,26 +719,25 @@ async fn window(
     let mut raws = Vec::new();
     if wants(ProfileKind::Cpu) {
         raws.push(profiles::cpu_profile(
-            &collector.cpu_records()?,
+            &cpu,
             spec.rates.frequency_hz,
             &window,
         ));
     }
-    let mut runq = None;
+    let mut runq_stats = None;
     if wants(ProfileKind::Offcpu) {
-        raws.push(profiles::offcpu_profile(&offcpu_records, &window));
-        runq = profiles::runq_stats(&collector.runq_histogram()?);
+        raws.push(profiles::offcpu_profile(&offcpu, &window));
+        runq_stats = profiles::runq_stats(&runq);
     }
     if wants(ProfileKind::Block) {
         raws.push(profiles::block_profile(
-            &collector.block_records()?,
+            &block,
             spec.rates.block_rate_ns,
             &window,
         ));
     }
     let mut lock_waiters = None;
     if wants(ProfileKind::Mutex) {
-        let (holders, waiters) = collector.mutex_records()?;
         raws.push(profiles::mutex_profile(
             &holders,
             spec.rates.mutex_fraction,
@@ -615,22 +749,14 @@ async fn window(
             &window,
         ));
     }
-    let map_fill = collector.map_fill();
-    Ok(Captured {
-        identity,
-        members: Vec::new(),
-        accounting,
+    Assembled {
         raws,
         lock_waiters,
-        maps: MapsCache::new(),
+        runq: runq_stats,
+        accounting,
         counters,
-        elapsed,
-        end,
-        cpus,
-        runq,
         map_fill,
-        program_stats,
-    })
+    }
 }
 
 /// A tick of a group's window: the processes the kernel made members at their fork, and,
@@ -646,21 +772,15 @@ fn follow_group(
     scan: bool,
     start_views: &mut Vec<accounting::ThreadView>,
     stacks: bool,
+    forked: &[(u32, u32)],
 ) {
-    match collector.take_followed() {
-        Ok(forked) => {
-            for (child, parent) in forked {
-                // Set by the kernel already; set again in case a write of the same bitmap
-                // word from here raced with the kernel's.
-                let _ = collector.add_target(child);
-                if let Err(e) =
-                    members.join(collector, unwind, maps, child, Joined::Forked, Some(parent))
-                {
-                    tracing::warn!("following forked process {child}: {e}");
-                }
-            }
+    for &(child, parent) in forked {
+        // Set by the kernel already; set again in case a write of the same bitmap word from
+        // here raced with the kernel's.
+        let _ = collector.add_target(child);
+        if let Err(e) = members.join(collector, unwind, maps, child, Joined::Forked, Some(parent)) {
+            tracing::warn!("following forked process {child}: {e}");
         }
-        Err(e) => tracing::warn!("reading forked members: {e}"),
     }
     if !scan {
         return;
@@ -675,6 +795,14 @@ fn follow_group(
             Err(e) => tracing::warn!("adding member {pid}: {e}"),
         }
     }
+}
+
+/// The processes the kernel made targets at their fork since the last call (child, parent).
+fn take_followed(collector: &mut Collector) -> Vec<(u32, u32)> {
+    collector.take_followed().unwrap_or_else(|e| {
+        tracing::warn!("reading forked members: {e}");
+        Vec::new()
+    })
 }
 
 /// Every thread of `pid` now, as the task iterator reads it (each record with its own

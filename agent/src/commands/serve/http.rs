@@ -17,6 +17,7 @@ use axum::{
 
 use crate::model::ProfileKind;
 use crate::options::shown;
+use crate::targets::{self, Selector};
 
 use super::{Shared, profiler::ProfileError};
 
@@ -272,13 +273,15 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 
 async fn index(State(s): State<Arc<Shared>>) -> Response {
     let mut out = String::from(
-        "stallscope /debug/pprof/ — Go-style profiles of any process, by pid\n\n\
+        "stallscope /debug/pprof/ — Go-style profiles of any process or group\n\n\
          profiles (seconds defaults to 30, capped by --max-seconds):\n  \
          /debug/pprof/profile?pid=N&seconds=S   CPU (samples/count, cpu/nanoseconds)\n  \
          /debug/pprof/offcpu?pid=N&seconds=S    off-CPU time by wait class\n  \
          /debug/pprof/block?pid=N&seconds=S     time blocked on futexes (Go block profile)\n  \
          /debug/pprof/mutex?pid=N&seconds=S     lock delay charged to the holder (Go mutex profile)\n  \
          /debug/pprof/threads?pid=N&debug=1|2   thread dump (1: grouped, 2: every thread)\n\n\
+         in place of pid=N: pid=N&children=1 (and its descendants), container=ID,\n  \
+         pod=UID or pod=NAMESPACE/NAME, cgroup=PATH; samples carry pid and comm labels\n\n\
          e.g. go tool pprof http://HOST/debug/pprof/block?pid=N&seconds=10\n\n\
          targets (continuous metrics on /metrics):\n",
     );
@@ -303,7 +306,9 @@ async fn index(State(s): State<Arc<Shared>>) -> Response {
 /// Parsed query of a profile request.
 #[derive(Debug, PartialEq)]
 pub struct ProfileQuery {
-    pub pid: u32,
+    /// The process (`pid=N`, with `children=1` its descendants too) or group (`container=`,
+    /// `pod=`, `cgroup=`).
+    pub target: Selector,
     pub seconds: u64,
     /// `seconds` asked for, when it was above the cap.
     pub capped_from: Option<u64>,
@@ -312,14 +317,7 @@ pub struct ProfileQuery {
 
 /// Validates `pid`, `seconds` and `debug`, with messages that say what is wrong.
 pub fn parse_query(q: &HashMap<String, String>, max_seconds: u64) -> Result<ProfileQuery, String> {
-    let pid = match q.get("pid") {
-        None => return Err("missing pid: add ?pid=N (the process to profile)".into()),
-        Some(p) => p
-            .parse::<u32>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("pid must be a positive process id, not {}", shown(p)))?,
-    };
+    let target = parse_target(q)?;
     let asked = match q.get("seconds") {
         None => DEFAULT_SECONDS,
         Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
@@ -347,19 +345,83 @@ pub fn parse_query(q: &HashMap<String, String>, max_seconds: u64) -> Result<Prof
     let mut keys: Vec<&String> = q.keys().collect();
     keys.sort();
     for k in keys {
-        if !matches!(k.as_str(), "pid" | "seconds" | "debug" | "gc") {
+        if !matches!(
+            k.as_str(),
+            "pid" | "children" | "container" | "pod" | "cgroup" | "seconds" | "debug" | "gc"
+        ) {
             return Err(format!(
-                "unknown parameter {}; known: pid, seconds, debug",
+                "unknown parameter {}; known: pid, children, container, pod, cgroup, seconds, debug",
                 shown(k)
             ));
         }
     }
     Ok(ProfileQuery {
-        pid,
+        target,
         seconds: asked.min(max_seconds),
         capped_from: (asked > max_seconds).then_some(asked),
         debug,
     })
+}
+
+/// The target of a request: exactly one of `pid` (with `children=1`: and its descendants),
+/// `container`, `pod` and `cgroup`.
+fn parse_target(q: &HashMap<String, String>) -> Result<Selector, String> {
+    let named: Vec<&str> = ["pid", "container", "pod", "cgroup"]
+        .into_iter()
+        .filter(|k| q.contains_key(*k))
+        .collect();
+    let children = match q.get("children").map(String::as_str) {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(c) => return Err(format!("children must be 0 or 1, not {}", shown(c))),
+    };
+    if children && named != ["pid"] {
+        return Err("children=1 goes with pid=N (the process whose descendants to add)".into());
+    }
+    let value = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    match named.as_slice() {
+        [] => Err(
+            "missing pid: add ?pid=N (the process to profile; children=1 adds its \
+                   descendants), or name a group: container=ID, pod=UID or pod=NAMESPACE/NAME, \
+                   cgroup=PATH"
+                .into(),
+        ),
+        ["pid"] => {
+            let p = value("pid");
+            let pid =
+                p.parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| {
+                    format!("pid must be a positive process id, not {}", shown(p))
+                })?;
+            Ok(if children {
+                Selector::Children(pid)
+            } else {
+                Selector::Pid(pid)
+            })
+        }
+        ["container"] => targets::parse_container(value("container"))
+            .map(Selector::Container)
+            .map_err(|_| {
+                format!(
+                    "container must be a container id (hex digits, a prefix of at least 4), \
+                     not {}",
+                    shown(value("container"))
+                )
+            }),
+        ["pod"] => targets::parse_pod(value("pod"))
+            .map(Selector::Pod)
+            .map_err(|e| {
+                if value("pod").len() > 80 {
+                    format!(
+                        "pod must be a UID or NAMESPACE/NAME, not {}",
+                        shown(value("pod"))
+                    )
+                } else {
+                    e
+                }
+            }),
+        ["cgroup"] => targets::cgroup_selector(value("cgroup")),
+        more => Err(format!("name one target, not {}", more.join(" and "))),
+    }
 }
 
 /// Decodes one `%XX`/`+` escaped part of a query string; refuses a malformed escape and
@@ -475,7 +537,7 @@ async fn pprof(
             text(code, m)
         }
         Ok(q) => match kind {
-            None => match s.profiler.dump(q.pid, q.debug).await {
+            None => match s.profiler.dump(q.target, q.debug).await {
                 Ok(body) => text(StatusCode::OK, body),
                 Err(e) => error_response(&s, e),
             },
@@ -497,10 +559,6 @@ async fn pprof(
 }
 
 async fn profile(s: &Arc<Shared>, kind: ProfileKind, q: ProfileQuery) -> Response {
-    let permit = match s.profiler.try_permit() {
-        Ok(p) => p,
-        Err(e) => return error_response(s, e),
-    };
     let mut comments = Vec::new();
     if let Some(asked) = q.capped_from {
         comments.push(format!(
@@ -513,13 +571,7 @@ async fn profile(s: &Arc<Shared>, kind: ProfileKind, q: ProfileQuery) -> Respons
     let s2 = Arc::clone(s);
     let task = tokio::spawn(async move {
         s2.profiler
-            .profile(
-                permit,
-                kind,
-                q.pid,
-                Duration::from_secs(q.seconds),
-                comments,
-            )
+            .profile(kind, q.target, Duration::from_secs(q.seconds), comments)
             .await
     });
     match task.await {
@@ -545,14 +597,11 @@ async fn profile(s: &Arc<Shared>, kind: ProfileKind, q: ProfileQuery) -> Respons
 
 fn error_response(s: &Shared, e: ProfileError) -> Response {
     match e {
-        ProfileError::Busy => {
+        ProfileError::Busy { why, retry_after } => {
             s.health.rejected.with_label_values(&["busy"]).inc();
-            let mut r = text(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many profiles at once (--max-concurrent-profiles); retry when the running one ends",
-            );
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, why);
             r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             r
         }
         ProfileError::BadRequest(m) => {
@@ -578,9 +627,33 @@ mod tests {
     fn query_validation() {
         let ok = parse_query(&q(&[("pid", "42"), ("seconds", "5")]), 60).unwrap();
         assert_eq!(
-            (ok.pid, ok.seconds, ok.capped_from, ok.debug),
-            (42, 5, None, 2)
+            (&ok.target, ok.seconds, ok.capped_from, ok.debug),
+            (&Selector::Pid(42), 5, None, 2)
         );
+        let target = |pairs: &[(&str, &str)]| parse_query(&q(pairs), 60).map(|p| p.target);
+        assert_eq!(
+            target(&[("pid", "42"), ("children", "1")]),
+            Ok(Selector::Children(42))
+        );
+        assert_eq!(
+            target(&[("pid", "42"), ("children", "0")]),
+            Ok(Selector::Pid(42))
+        );
+        assert_eq!(
+            target(&[("container", "0123456789ab")]),
+            Ok(Selector::Container("0123456789ab".into()))
+        );
+        assert_eq!(
+            target(&[("pod", "default/web")]),
+            Ok(Selector::Pod(targets::PodRef::Name {
+                namespace: "default".into(),
+                name: "web".into()
+            }))
+        );
+        assert!(matches!(
+            target(&[("cgroup", "/system.slice/x.service")]),
+            Ok(Selector::Cgroup(_)) | Err(_)
+        ));
         let capped = parse_query(&q(&[("pid", "42"), ("seconds", "600")]), 60).unwrap();
         assert_eq!((capped.seconds, capped.capped_from), (60, Some(600)));
         assert_eq!(parse_query(&q(&[("pid", "1")]), 60).unwrap().seconds, 30);
@@ -641,6 +714,13 @@ mod tests {
             ("pid=1&debug=256", 400, "debug must be"),
             ("pid=1&PID=1", 400, "unknown parameter"),
             ("pid=1&..%2F..%2Fetc=1", 400, "unknown parameter"),
+            ("pid=1&container=abcd", 400, "name one target"),
+            ("pod=a/b&cgroup=/x", 400, "name one target"),
+            ("children=1", 400, "goes with pid"),
+            ("container=abcd&children=1", 400, "goes with pid"),
+            ("pid=1&children=yes", 400, "children must be"),
+            ("container=xyz", 400, "container"),
+            ("pod=", 400, "pod"),
             (&long, 414, "at most 4096"),
             (&many, 400, "too many parameters"),
         ];
@@ -655,7 +735,7 @@ mod tests {
         }
         let ok = decode_query("pid=42&seconds=5&debug=1&&gc=1").unwrap();
         let q = parse_query(&ok, 60).unwrap();
-        assert_eq!((q.pid, q.seconds, q.debug), (42, 5, 1));
+        assert_eq!((q.target, q.seconds, q.debug), (Selector::Pid(42), 5, 1));
         let enc = decode_query("pid=%34%32&seconds=+5").unwrap();
         assert_eq!(enc["pid"], "42");
         assert!(

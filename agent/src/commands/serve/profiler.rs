@@ -1,17 +1,17 @@
-//! Profile windows for `agent serve`: a small pool of long-lived collectors (each loaded and
-//! verified once, at start, in the background; `--max-concurrent-profiles` of them), and one
-//! thread that owns the symbolizer (blazesym's is not `Send`) and takes thread dumps.
+//! Profile windows for `agent serve`: one long-lived collector (loaded and verified once, at
+//! start, in the background) serving every request's window at once
+//! ([`crate::window::shared`]: up to `--max-concurrent-profiles` windows share one probe
+//! attachment), and one thread that owns the symbolizer (blazesym's is not `Send`) and takes
+//! thread dumps.
 //!
-//! A request takes a free collector or gets "busy" (HTTP 429); the window attaches the
-//! probes, detaches them when `seconds` are over (or the target exits, or the client leaves:
-//! the window's future is dropped and the collector's attach state is reset at the next use
-//! and on drop), then the records go to the symbolizer thread and come back as pprof bytes.
+//! A request's window runs to its end even if the client leaves (its reply is dropped); the
+//! records go to the symbolizer thread and come back as pprof bytes.
 
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Mutex, oneshot};
 
 use crate::cli::ServeArgs;
 use crate::dump;
@@ -22,29 +22,23 @@ use crate::kernel::Collector;
 use crate::model::{ProfileKind, RawProfile};
 use crate::options::Rates;
 use crate::symbolize::Symbolizer;
+use crate::targets::Selector;
 use crate::unwind::maps::MapsCache;
-use crate::unwind::tables::UnwindRegistry;
-use crate::window::{self, CaptureSpec, Captured};
+use crate::window::{self, shared};
 
 use super::health::Health;
 
-/// A loaded collector and the unwind tables it holds.
-struct Slot {
-    collector: Collector,
-    unwind: UnwindRegistry,
-}
-
-enum SlotState {
+enum SessionState {
     Loading,
-    Ready(Box<Slot>),
+    Ready(mpsc::Sender<shared::Request>),
     Failed(String),
 }
 
 struct ProfileJob {
     kind: ProfileKind,
-    raws: Vec<RawProfile>,
+    raw: RawProfile,
     waiters: Option<RawProfile>,
-    maps: MapsCache,
+    maps: Arc<MapsCache>,
     pid: u32,
     comments: Vec<String>,
     reply: oneshot::Sender<Result<Vec<u8>, String>>,
@@ -53,26 +47,29 @@ struct ProfileJob {
 enum Job {
     Profile(Box<ProfileJob>),
     Dump {
-        pid: u32,
+        selector: Selector,
         debug: u8,
         reply: oneshot::Sender<Result<String, Error>>,
     },
 }
 
 pub struct Profiler {
-    permits: Arc<Semaphore>,
-    slots: Vec<Arc<Mutex<SlotState>>>,
+    session: Arc<Mutex<SessionState>>,
     jobs: std::sync::Mutex<mpsc::Sender<Job>>,
     health: Health,
     rates: Rates,
     bpf_stats: bool,
+    max_windows: usize,
 }
 
 /// Why a profile request failed.
 #[derive(Debug)]
 pub enum ProfileError {
-    /// Every collector is in use.
-    Busy,
+    /// No window now: why, and in how many seconds to retry.
+    Busy {
+        why: String,
+        retry_after: u64,
+    },
     /// The request names something unusable (no such process...).
     BadRequest(String),
     Internal(String),
@@ -92,56 +89,63 @@ impl From<Error> for ProfileError {
     }
 }
 
-fn load_slot(map_entries: u32) -> Result<Slot, Error> {
+fn load_collector(map_entries: u32) -> Result<Collector, Error> {
     let mut collector = Collector::load(crate::kernel::offsets::scheduler_offsets()?, map_entries)?;
     collector.load_programs(true, true)?;
-    Ok(Slot {
-        collector,
-        unwind: UnwindRegistry::new(),
-    })
+    if let Err(e) =
+        crate::kernel::offsets::task_offsets().and_then(|_| collector.load_dump_iterator())
+    {
+        tracing::warn!("loading the task iterator: {e} (no seeded waits, no accounting)");
+    }
+    Ok(collector)
 }
 
 impl Profiler {
-    /// Starts loading the collectors in the background and the symbolizer thread.
+    /// Starts loading the collector in the background and the symbolizer thread.
     pub fn start(args: &ServeArgs, health: Health) -> Result<Self, Error> {
-        let n = args.max_concurrent_profiles as usize;
-        let map_entries = args.rates.map_entries;
-        let mut slots = Vec::with_capacity(n);
-        for i in 0..n {
-            let slot = Arc::new(Mutex::new(SlotState::Loading));
-            // Held by the loader until the programs are verified: a request waits for it.
-            let guard = Arc::clone(&slot)
-                .try_lock_owned()
-                .map_err(|_| Error::bug("collector slot already locked"))?;
-            let h = health.clone();
-            h.profile_windows.with_label_values(&["loading"]).inc();
-            tokio::spawn(async move {
-                let mut guard = guard;
-                let t0 = std::time::Instant::now();
-                let loaded = tokio::task::spawn_blocking(move || load_slot(map_entries)).await;
-                h.profile_windows.with_label_values(&["loading"]).dec();
-                *guard = match loaded {
-                    Ok(Ok(slot)) => {
-                        h.profile_windows.with_label_values(&["ready"]).inc();
-                        eprintln!(
-                            "stallscope: profiles ready (BPF programs of collector {i} verified in {:.1} s)",
-                            t0.elapsed().as_secs_f64()
-                        );
-                        SlotState::Ready(Box::new(slot))
-                    }
-                    Ok(Err(e)) => {
-                        h.profile_windows.with_label_values(&["failed"]).inc();
-                        tracing::warn!("loading profile collector {i}: {e}");
-                        SlotState::Failed(e.to_string())
-                    }
-                    Err(e) => {
-                        h.profile_windows.with_label_values(&["failed"]).inc();
-                        SlotState::Failed(format!("loading thread failed: {e}"))
-                    }
-                };
-            });
-            slots.push(slot);
-        }
+        let max_windows = args.max_concurrent_profiles as usize;
+        let rates = args.rates;
+        let bpf_stats = args.bpf_stats;
+        let session = Arc::new(Mutex::new(SessionState::Loading));
+        // Held by the loader until the programs are verified: a request waits for it.
+        let guard = Arc::clone(&session)
+            .try_lock_owned()
+            .map_err(|_| Error::bug("profile session already locked"))?;
+        let h = health.clone();
+        h.profile_windows.with_label_values(&["loading"]).inc();
+        tokio::spawn(async move {
+            let mut guard = guard;
+            let t0 = std::time::Instant::now();
+            let started = tokio::task::spawn_blocking(move || {
+                shared::spawn(
+                    load_collector(rates.map_entries)?,
+                    rates,
+                    max_windows,
+                    bpf_stats,
+                )
+            })
+            .await;
+            h.profile_windows.with_label_values(&["loading"]).dec();
+            *guard = match started {
+                Ok(Ok(tx)) => {
+                    h.profile_windows.with_label_values(&["ready"]).inc();
+                    eprintln!(
+                        "stallscope: profiles ready (BPF programs verified in {:.1} s)",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    SessionState::Ready(tx)
+                }
+                Ok(Err(e)) => {
+                    h.profile_windows.with_label_values(&["failed"]).inc();
+                    tracing::warn!("loading the profile collector: {e}");
+                    SessionState::Failed(e.to_string())
+                }
+                Err(e) => {
+                    h.profile_windows.with_label_values(&["failed"]).inc();
+                    SessionState::Failed(format!("loading thread failed: {e}"))
+                }
+            };
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let h = health.clone();
         std::thread::Builder::new()
@@ -149,20 +153,13 @@ impl Profiler {
             .spawn(move || symbolizer_thread(rx, h))
             .map_err(|e| Error::internal("starting the symbolizer thread", e))?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(n)),
-            slots,
+            session,
             jobs: std::sync::Mutex::new(tx),
             health,
-            rates: args.rates,
-            bpf_stats: args.bpf_stats,
+            rates,
+            bpf_stats,
+            max_windows,
         })
-    }
-
-    /// A permit for one window, or `Busy`.
-    pub fn try_permit(&self) -> Result<OwnedSemaphorePermit, ProfileError> {
-        Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| ProfileError::Busy)
     }
 
     fn send(&self, job: Job) -> Result<(), ProfileError> {
@@ -173,108 +170,104 @@ impl Profiler {
             .map_err(|_| ProfileError::Internal("the symbolizer thread is gone".into()))
     }
 
-    /// Takes one profile of `pid` for `seconds` and returns it as gzipped pprof bytes.
+    /// The window thread's inbox, once the programs are loaded (loading again if that failed
+    /// at start, say on a transient error).
+    async fn windows(&self) -> Result<mpsc::Sender<shared::Request>, ProfileError> {
+        let mut guard = self.session.lock().await;
+        if matches!(*guard, SessionState::Failed(_)) {
+            let (rates, max, stats) = (self.rates, self.max_windows, self.bpf_stats);
+            *guard = match tokio::task::spawn_blocking(move || {
+                shared::spawn(load_collector(rates.map_entries)?, rates, max, stats)
+            })
+            .await
+            {
+                Ok(Ok(tx)) => SessionState::Ready(tx),
+                Ok(Err(e)) => SessionState::Failed(e.to_string()),
+                Err(e) => SessionState::Failed(e.to_string()),
+            };
+        }
+        match &*guard {
+            SessionState::Ready(tx) => Ok(tx.clone()),
+            SessionState::Failed(e) => Err(ProfileError::Internal(format!(
+                "the BPF programs could not be loaded: {e}"
+            ))),
+            SessionState::Loading => Err(ProfileError::Internal("collector still loading".into())),
+        }
+    }
+
+    /// Takes one profile of `selector`'s processes for `seconds` and returns it as gzipped
+    /// pprof bytes.
     pub async fn profile(
         &self,
-        _permit: OwnedSemaphorePermit,
         kind: ProfileKind,
-        pid: u32,
+        selector: Selector,
         seconds: Duration,
         mut comments: Vec<String>,
     ) -> Result<Vec<u8>, ProfileError> {
-        let target = window::check_target(pid)?;
-        let mut maps = MapsCache::new();
-        maps.refresh(pid)
-            .map_err(|e| Error::proc_read(pid, "maps", &e))?;
-        // The permit guarantees a free slot; find it.
-        let (index, mut guard) = 'found: {
-            for (i, s) in self.slots.iter().enumerate() {
-                if let Ok(g) = Arc::clone(s).try_lock_owned() {
-                    break 'found (i, g);
-                }
-            }
-            // A slot still loading holds its lock: wait for the first one.
-            (0, Arc::clone(&self.slots[0]).lock_owned().await)
-        };
-        if matches!(*guard, SlotState::Failed(_)) {
-            // Loading failed at start (say, a transient error): try once more now.
-            let map_entries = self.rates.map_entries;
-            *guard = match tokio::task::spawn_blocking(move || load_slot(map_entries)).await {
-                Ok(Ok(s)) => SlotState::Ready(Box::new(s)),
-                Ok(Err(e)) => SlotState::Failed(e.to_string()),
-                Err(e) => SlotState::Failed(e.to_string()),
-            };
-        }
-        let slot = match &mut *guard {
-            SlotState::Ready(slot) => slot,
-            SlotState::Failed(e) => {
-                return Err(ProfileError::Internal(format!(
-                    "the BPF programs could not be loaded: {e}"
-                )));
-            }
-            SlotState::Loading => {
-                return Err(ProfileError::Internal("collector still loading".into()));
-            }
-        };
-        // Start from empty maps and zeroed counters (the previous window's are still there).
-        slot.collector.reset_window()?;
-        let spec = CaptureSpec {
-            profiles: vec![kind],
-            duration: seconds,
-            rates: self.rates,
-            offcpu_min_ns: 0,
-            tid_labels: true,
-            dumps: None,
-        };
-        // Statistics on for the window only (they cost every BPF program on the machine).
-        let stats = if self.bpf_stats {
-            crate::kernel::enable_bpf_stats()
-                .map_err(|e| tracing::warn!("{e}"))
-                .ok()
-        } else {
-            None
-        };
+        let target = tokio::task::spawn_blocking(move || window::check_selector(&selector))
+            .await
+            .map_err(|e| ProfileError::Internal(e.to_string()))??;
+        let lead = target.lead.pid;
+        let describe = target.selector.describe();
+        let windows = self.windows().await?;
+        let (reply, rx) = oneshot::channel();
+        windows
+            .send(shared::Request {
+                target,
+                kind,
+                duration: seconds,
+                reply,
+            })
+            .map_err(|_| ProfileError::Internal("the profile window thread is gone".into()))?;
         self.health.profiles_active.inc();
         let started = std::time::Instant::now();
-        let result = window::capture_with(
-            &mut slot.collector,
-            &mut slot.unwind,
-            maps,
-            &window::Target::single(target.clone()),
-            &spec,
-            std::future::pending::<()>(),
-            false,
-        )
-        .await;
-        drop(stats);
+        let result = rx.await;
         self.health.profiles_active.dec();
         self.health
             .profile_seconds
             .with_label_values(&[kind_name(kind)])
             .inc_by(started.elapsed().as_secs_f64());
-        let Captured {
-            raws,
-            lock_waiters,
-            maps,
-            counters,
-            map_fill,
-            program_stats,
-            end,
-            ..
-        } = result?;
-        drop(guard);
+        let out = match result {
+            Err(_) => {
+                return Err(ProfileError::Internal(
+                    "the profile window thread is gone".into(),
+                ));
+            }
+            Ok(Err(shared::Refused::InUse { pid, seconds_left })) => {
+                return Err(ProfileError::Busy {
+                    why: format!(
+                        "process {pid} of {describe} is in another profile window for \
+                         {seconds_left} s more (a process is in one window at a time; the same \
+                         target and seconds within {} s join it)",
+                        shared::COALESCE.as_secs()
+                    ),
+                    retry_after: seconds_left,
+                });
+            }
+            Ok(Err(shared::Refused::Full { max })) => {
+                return Err(ProfileError::Busy {
+                    why: format!(
+                        "{max} profile windows are open (--max-concurrent-profiles); retry when \
+                         one ends"
+                    ),
+                    retry_after: 5,
+                });
+            }
+            Ok(Err(shared::Refused::Failed(e))) => return Err(e.into()),
+            Ok(Ok(o)) => o,
+        };
         self.health
-            .record_window(index, &counters, &map_fill, &program_stats);
-        if end == crate::report::summary::EndReason::TargetExited {
-            comments.push(format!("process {pid} exited during the window"));
+            .record_window(0, &out.new_counters, &out.map_fill, &out.program_stats);
+        if out.end == crate::report::summary::EndReason::TargetExited {
+            comments.push(format!("{describe} exited during the window"));
         }
         let (reply, rx) = oneshot::channel();
         self.send(Job::Profile(Box::new(ProfileJob {
             kind,
-            raws,
-            waiters: lock_waiters,
-            maps,
-            pid,
+            raw: out.raw,
+            waiters: out.lock_waiters,
+            maps: out.maps,
+            pid: lead,
             comments,
             reply,
         })))?;
@@ -283,11 +276,18 @@ impl Profiler {
             .map_err(ProfileError::Internal)
     }
 
-    /// A thread dump of `pid` as text (`debug` 1: grouped, 2: every thread).
-    pub async fn dump(&self, pid: u32, debug: u8) -> Result<String, ProfileError> {
-        window::check_target(pid)?;
+    /// A thread dump of `selector`'s processes as text (`debug` 1: grouped, 2: every thread).
+    pub async fn dump(&self, selector: Selector, debug: u8) -> Result<String, ProfileError> {
+        let s = selector.clone();
+        tokio::task::spawn_blocking(move || window::check_selector(&s))
+            .await
+            .map_err(|e| ProfileError::Internal(e.to_string()))??;
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Dump { pid, debug, reply })?;
+        self.send(Job::Dump {
+            selector,
+            debug,
+            reply,
+        })?;
         Ok(rx
             .await
             .map_err(|_| ProfileError::Internal("the symbolizer thread is gone".into()))??)
@@ -313,17 +313,21 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
             Job::Profile(job) => {
                 let ProfileJob {
                     kind,
-                    raws,
+                    raw,
                     waiters,
                     maps,
                     pid,
                     comments,
                     reply,
                 } = *job;
-                let out = symbolize_one(&mut symbolizer, kind, raws, waiters, &maps, pid, comments);
+                let out = symbolize_one(&mut symbolizer, kind, raw, waiters, &maps, pid, comments);
                 let _ = reply.send(out);
             }
-            Job::Dump { pid, debug, reply } => {
+            Job::Dump {
+                selector,
+                debug,
+                reply,
+            } => {
                 let out = (|| {
                     if dump_collector.is_none() {
                         dump_collector = Some(Collector::load(
@@ -332,16 +336,41 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
                         )?);
                     }
                     let collector = dump_collector.as_mut().expect("set above");
-                    let mut maps = MapsCache::new();
-                    maps.refresh(pid)
-                        .map_err(|e| Error::proc_read(pid, "maps", &e))?;
-                    let d = dump::take_dump(collector, pid, &maps, &mut symbolizer)?;
                     let detail = if debug == 1 {
                         dump::Detail::Grouped
                     } else {
                         dump::Detail::EveryThread
                     };
-                    Ok(dump::render(&d, DumpFormat::Text, detail))
+                    let pids = match selector {
+                        Selector::Pid(p) => vec![p],
+                        ref s => s.resolve(),
+                    };
+                    let mut text = String::new();
+                    let mut dumped = 0;
+                    for &pid in &pids {
+                        let mut maps = MapsCache::new();
+                        if let Err(e) = maps.refresh(pid) {
+                            if pids.len() == 1 {
+                                return Err(Error::proc_read(pid, "maps", &e));
+                            }
+                            continue; // exited since the group was listed
+                        }
+                        match dump::take_dump(collector, pid, &maps, &mut symbolizer) {
+                            Ok(d) => {
+                                text.push_str(&dump::render(&d, DumpFormat::Text, detail));
+                                dumped += 1;
+                            }
+                            Err(e) if pids.len() == 1 => return Err(e),
+                            Err(e) => tracing::debug!("dump of {pid}: {e}"),
+                        }
+                    }
+                    if selector.is_group() {
+                        text.insert_str(
+                            0,
+                            &format!("group: {}: {dumped} processes\n\n", selector.describe()),
+                        );
+                    }
+                    Ok(text)
                 })();
                 let _ = reply.send(out);
             }
@@ -353,16 +382,12 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
 fn symbolize_one(
     symbolizer: &mut Symbolizer,
     kind: ProfileKind,
-    raws: Vec<RawProfile>,
+    raw: RawProfile,
     waiters: Option<RawProfile>,
     maps: &MapsCache,
     pid: u32,
     comments: Vec<String>,
 ) -> Result<Vec<u8>, String> {
-    let raw = raws
-        .into_iter()
-        .find(|r| r.kind == kind)
-        .ok_or_else(|| format!("no {} profile was recorded", kind.name()))?;
     let mut profile = symbolizer.symbolize(raw, maps);
     crate::profiles::locks::classify_futex_waits(&mut profile);
     if kind == ProfileKind::Mutex
