@@ -1,4 +1,5 @@
-//! The profile endpoints' query handling (`/debug/pprof/*?pid=N&seconds=S&debug=D`), as serve
+//! The profile endpoints' query handling (`/debug/pprof/*?pid=N&seconds=S&debug=D`, or a
+//! group in place of `pid`), as serve
 //! runs it: the raw query string through `decode_query` (bounded size and count, strict
 //! percent-decoding, each parameter once), then `parse_query` with an arbitrary
 //! `--max-seconds`.
@@ -6,6 +7,7 @@
 #![no_main]
 
 use agent::commands::serve::http::{MAX_PARAMS, MAX_QUERY_BYTES, decode_query, parse_query};
+use agent::targets::Selector;
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,16 +33,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(p) = parse_query(&q, max_seconds) else {
         return;
     };
-    assert!(p.pid > 0);
     assert!(p.seconds <= max_seconds);
     assert!(matches!(p.debug, 1 | 2));
     match p.capped_from {
         Some(asked) => assert!(asked > max_seconds && p.seconds == max_seconds),
         None => assert!(p.seconds > 0),
     }
-    // What was accepted, written as a query again, is accepted the same way.
+    // What was accepted, written as a query again, is accepted the same way (a process or a
+    // tree; the group selectors' values are checked by their own parsers' unit tests).
+    let target = match p.target {
+        Selector::Pid(pid) => format!("pid={pid}"),
+        Selector::Children(pid) => format!("pid={pid}&children=1"),
+        _ => return,
+    };
+    if let Selector::Pid(pid) | Selector::Children(pid) = p.target {
+        assert!(pid > 0);
+    }
     let asked = p.capped_from.unwrap_or(p.seconds);
-    let again = format!("pid={}&seconds={asked}&debug={}", p.pid, p.debug);
+    let again = format!("{target}&seconds={asked}&debug={}", p.debug);
     let q2 = decode_query(&again).expect("a query serve accepted, written again");
     assert_eq!(parse_query(&q2, max_seconds).as_ref(), Ok(&p));
 });
