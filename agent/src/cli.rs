@@ -59,6 +59,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_targets: u32,
 
+    /// Processes of one container with series of their own in /metrics (the first seen keep
+    /// them for their life); the container's others are summed into one pid="other" series,
+    /// and stallscope_processes_summed counts them.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_processes_per_container: u32,
+
     /// File holding a token: every request must then carry `Authorization: Bearer <token>`.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -105,9 +111,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
-    /// Process to capture.
-    #[arg(short, long, value_parser = parse_pid)]
-    pub pid: u32,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Length of the window, e.g. 30s. Ctrl-C ends it early and still writes a complete bundle.
     #[arg(short, long, default_value = "30s", value_parser = parse_duration)]

@@ -246,3 +246,60 @@ fn a_dump_of_a_process_tree_has_every_process() {
     want.sort_unstable();
     assert_eq!(pids, want, "{}", v["group"]);
 }
+
+/// `capture` of a process tree: the bundle has a thread dump of each process at both ends of
+/// the window, summary.json lists the group, and the profiles carry every process's samples
+/// (the workers' pipe waits in the off-CPU profile, each labelled with its pid).
+#[test]
+fn a_capture_of_a_process_tree_dumps_and_profiles_every_process() {
+    require_root();
+    // Two workers forked at once, each blocked reading a pipe for 30 s after 0.1 s of CPU.
+    let w = Workload::spawn("forking_workers", &["0", "2", "0.1", "30"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while forked_pids(&w).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let workers = forked_pids(&w);
+    assert_eq!(workers.len(), 2, "{:?}", w.stdout_lines());
+    std::thread::sleep(Duration::from_millis(300));
+    let run = capture_pid_ok(w.pid(), "2s", &["--children"]);
+    assert!(
+        run.stdout.contains(&format!(
+            "capture of pid {} and its descendants (3 processes",
+            w.pid()
+        )),
+        "{}",
+        run.stdout
+    );
+    for pid in &workers {
+        for stem in ["threads-start", "threads-end"] {
+            let text = std::fs::read_to_string(run.file(&format!("{stem}-{pid}.txt")))
+                .unwrap_or_else(|e| panic!("{stem}-{pid}.txt: {e}"));
+            assert!(text.contains("worker_wait"), "{stem}-{pid}: {text}");
+        }
+    }
+    let v = summary_json(&run);
+    let members: Vec<u64> = v["group"]["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no group in {v}"))
+        .iter()
+        .filter_map(|m| m["pid"].as_u64())
+        .collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    let off = read_profile(run.file("offcpu.pb.gz"));
+    let vi = value_index(&off, "off-cpu");
+    let window = off.duration.as_nanos() as i64;
+    for pid in &workers {
+        let waited: i64 = off
+            .samples
+            .iter()
+            .filter(|s| sample_label(s, "pid") == Some(pid.to_string()))
+            .filter(|s| stack_has(&off, s, "worker_wait"))
+            .map(|s| s.values[vi])
+            .sum();
+        assert!(
+            waited * 100 >= window * 90 && waited <= window + 50_000_000,
+            "worker {pid} was blocked all along: {waited} ns in a {window} ns window"
+        );
+    }
+}

@@ -201,7 +201,7 @@ fn pid_rows(rows: &mut Vec<CliRow>, base: &[&str]) {
     });
 }
 
-/// The group flags of `sub` (`attach`, `dump`): `--children`, `--cgroup`, `--container`,
+/// The group flags of `sub` (`attach`, `dump`, `capture`): `--children`, `--cgroup`, `--container`,
 /// `--pod`.
 fn group_rows(rows: &mut Vec<CliRow>, sub: &'static str) {
     let with_pid = [sub, "--pid", NO_PID];
@@ -491,7 +491,9 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
 
     // capture
     let capture = ["capture", "--pid", NO_PID];
+    rows.push(plain(&["capture"], 2, "--pid"));
     pid_rows(&mut rows, &["capture"]);
+    group_rows(&mut rows, "capture");
     duration_rows(&mut rows, &capture, "--duration");
     path_rows(&mut rows, &capture, "--output");
     path_rows(&mut rows, &capture, "--archive");
@@ -595,6 +597,12 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
         &serve,
         "--max-concurrent-profiles",
         Some("0 is not in 1..=256"),
+    );
+    number_rows(
+        &mut rows,
+        &serve,
+        "--max-processes-per-container",
+        Some("0 is not in 1..=1024"),
     );
     number_rows(
         &mut rows,

@@ -334,3 +334,158 @@ fn a_pod_container_or_cgroup_profile_has_only_its_processes() {
         run.output()
     );
 }
+
+/// Fifty pods of ten processes each on the systemd driver's layout, and `serve --all` with a
+/// bound of 3 processes per container: every series of a pod's process names its container,
+/// pod and namespace; each container has at most 3 processes with series of their own plus one
+/// `pid="other"` sum of the rest, whose CPU and thread counts are the rest's, and
+/// `stallscope_processes_summed` counts them (7 each); the whole text stays bounded.
+#[test]
+fn metrics_of_500_processes_in_50_containers_are_labelled_and_bounded() {
+    use stallscope_tests::serve_kit::{Serve, die_with_parent, sample};
+    require_root();
+    let mount = cgroup_mount("cgroup2", None).expect("a cgroup2 mount on this machine");
+    struct Node {
+        dirs: Vec<PathBuf>,
+        pod_logs: Vec<PathBuf>,
+        children: Vec<std::process::Child>,
+        mount: PathBuf,
+    }
+    impl Drop for Node {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = std::fs::write(self.mount.join("cgroup.procs"), c.id().to_string());
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for d in self.dirs.iter().rev() {
+                for _ in 0..50 {
+                    if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            for p in &self.pod_logs {
+                let _ = std::fs::remove_dir(p);
+            }
+        }
+    }
+    let mut node = Node {
+        dirs: Vec::new(),
+        pod_logs: Vec::new(),
+        children: Vec::new(),
+        mount: mount.clone(),
+    };
+    let tag = format!("{:08x}", std::process::id());
+    let slice = mount.join("kubepods.slice/kubepods-besteffort.slice");
+    for d in [mount.join("kubepods.slice"), slice.clone()] {
+        if !d.exists() {
+            std::fs::create_dir(&d).expect("creating the kubepods slices");
+            node.dirs.push(d);
+        }
+    }
+    let mut pods = Vec::new();
+    for i in 0..50u32 {
+        let uid = format!("{tag}-{i:04x}-4000-8000-{:012x}", i);
+        let id = format!("{tag}{i:08x}{}", "ab".repeat(24));
+        let name = format!("svc-{i}");
+        let pod_dir = slice.join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        ));
+        let scope = pod_dir.join(format!("cri-containerd-{id}.scope"));
+        for d in [&pod_dir, &scope] {
+            std::fs::create_dir(d).expect("creating a pod's cgroup");
+            node.dirs.push(d.clone());
+        }
+        let log = Path::new("/var/log/pods").join(format!("{NAMESPACE}_{name}_{uid}"));
+        std::fs::create_dir_all(&log).expect("creating the pod log directory");
+        node.pod_logs.push(log);
+        let mut pids = Vec::new();
+        for _ in 0..10 {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("600");
+            die_with_parent(&mut cmd);
+            let child = cmd.spawn().expect("sleep");
+            std::fs::write(scope.join("cgroup.procs"), child.id().to_string())
+                .expect("moving a process into its container");
+            pids.push(child.id());
+            node.children.push(child);
+        }
+        pods.push((id, name, pids));
+    }
+    let serve = Serve::start(
+        &[
+            "--all",
+            "--max-targets",
+            "1024",
+            "--max-processes-per-container",
+            "3",
+            "--interval",
+            "200ms",
+        ],
+        false,
+    );
+    // Two samples: a baseline, then figures.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let text = serve.metrics();
+    let mut own_total = 0;
+    for (id, name, pids) in &pods {
+        let labels = format!("container=\"{id}\"");
+        let own: Vec<&u32> = pids
+            .iter()
+            .filter(|p| text.contains(&format!("stallscope_cpu_seconds_total{{pid=\"{p}\",")))
+            .collect();
+        assert_eq!(
+            own.len(),
+            3,
+            "{name}: processes with their own series {own:?}"
+        );
+        own_total += own.len();
+        for p in &own {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("stallscope_cpu_seconds_total{{pid=\"{p}\",")))
+                .unwrap();
+            assert!(
+                line.contains(&labels)
+                    && line.contains(&format!("pod=\"{name}\""))
+                    && line.contains(&format!("namespace=\"{NAMESPACE}\"")),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "stallscope_processes_summed",
+                &[("container", id.as_str()), ("pod", name.as_str())]
+            ),
+            Some(7.0),
+            "{name}"
+        );
+        // The sum's threads are the 7 other sleeps, each sleeping.
+        assert_eq!(
+            sample(
+                &text,
+                "stallscope_threads",
+                &[
+                    ("pid", "other"),
+                    ("container", id.as_str()),
+                    ("state", "sleep")
+                ]
+            ),
+            Some(7.0),
+            "{name}"
+        );
+    }
+    assert_eq!(own_total, 150);
+    // Bounded: 4 CPU series per container, not 10.
+    let pod_series = text
+        .lines()
+        .filter(|l| l.starts_with("stallscope_cpu_seconds_total{") && l.contains(&tag))
+        .count();
+    assert_eq!(pod_series, 200);
+    drop(serve);
+    drop(node);
+}

@@ -110,6 +110,32 @@ fn save_proc_facts(pid: u32, dir: &Path, notes: &mut Vec<String>) -> Result<(), 
     Ok(())
 }
 
+/// Most processes of a group dumped at each end of a capture's window (besides the lead).
+const MAX_GROUP_DUMPS: usize = 32;
+
+/// Dumps of a group's processes other than the lead, as `<stem>-PID.txt` and `.json`.
+fn dump_others(
+    collector: &mut Collector,
+    pids: &[u32],
+    dir: &Path,
+    stem: &str,
+    notes: &mut Vec<String>,
+) {
+    for &pid in pids.iter().take(MAX_GROUP_DUMPS) {
+        let mut maps = MapsCache::new();
+        if maps.refresh(pid).is_ok() {
+            dump_now(collector, pid, &maps, dir, &format!("{stem}-{pid}"), notes);
+        }
+    }
+    if pids.len() > MAX_GROUP_DUMPS {
+        notes.push(format!(
+            "{stem}: {} of the group's {} other processes dumped (at most {MAX_GROUP_DUMPS})",
+            MAX_GROUP_DUMPS,
+            pids.len()
+        ));
+    }
+}
+
 /// Takes a dump now and writes it as `<stem>.txt` (every thread) and `<stem>.json`.
 fn dump_now(
     collector: &mut Collector,
@@ -246,7 +272,8 @@ fn describe(rel: &Path) -> String {
 
 /// Runs `agent capture`. Returns the text printed on stdout (the diagnosis and where it is).
 pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
-    let target = window::check_target(args.pid)?;
+    let group = window::check_selector(&args.target.selector()?)?;
+    let target = group.lead.clone();
     let dir = args.output.clone();
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let probe = dir.join(".stallscope-write-test");
@@ -271,6 +298,18 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         "threads-start",
         &mut notes,
     );
+    // A group's other processes: a dump of each (threads-start-PID), up to MAX_GROUP_DUMPS.
+    let others: Vec<u32> = if group.selector.is_group() {
+        group
+            .selector
+            .resolve()
+            .into_iter()
+            .filter(|&p| p != target.pid)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    dump_others(&mut collector, &others, &dir, "threads-start", &mut notes);
 
     // Thread count over the window, sampled every second until the window ends.
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -314,7 +353,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         &mut collector,
         &mut unwind,
         maps,
-        &window::Target::single(target.clone()),
+        &group,
         &spec,
         ctrl_c,
         std::io::stderr().is_terminal(),
@@ -335,6 +374,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         program_stats,
         accounting,
         identity,
+        members,
         ..
     } = captured?;
 
@@ -353,6 +393,18 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         notes.push("the process exited during the window: no end-of-window thread dump".into());
         None
     };
+    let live_others: Vec<u32> = members
+        .iter()
+        .filter(|m| !m.exited && m.pid != target.pid)
+        .map(|m| m.pid)
+        .collect();
+    dump_others(
+        &mut collector,
+        &live_others,
+        &dir,
+        "threads-end",
+        &mut notes,
+    );
     drop(collector);
 
     let mut csv = String::from("seconds,threads,fds\n");
@@ -437,7 +489,10 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         runq,
         accounting: Some(accounting.clone()),
         identity,
-        group: None,
+        group: group.selector.is_group().then(|| report::GroupFacts {
+            selector: group.selector.describe(),
+            members: members.clone(),
+        }),
     };
     write(
         &dir.join("summary.json"),
@@ -472,15 +527,25 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
             })
             .unwrap_or_default(),
     };
+    let what = if group.selector.is_group() {
+        format!(
+            "{} ({} processes, led by pid {} {})",
+            group.selector.describe(),
+            members.len(),
+            target.pid,
+            target.comm
+        )
+    } else {
+        format!("pid {} ({})", target.pid, target.comm)
+    };
     let findings = triage::diagnose(&input);
     let diagnosis = triage::render_markdown(&input, &findings);
 
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Stallscope capture: pid {} ({})\n\nWindow: {}; {} CPUs. Bundle written by `agent capture`.\n",
-        target.pid,
-        target.comm,
+        "# Stallscope capture: {}\n\nWindow: {}; {} CPUs. Bundle written by `agent capture`.\n",
+        what,
         end_text(end, elapsed, args.duration),
         cpus
     );
@@ -562,9 +627,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "stallscope capture of pid {} ({}): {}",
-        target.pid,
-        target.comm,
+        "stallscope capture of {what}: {}",
         end_text(end, elapsed, args.duration)
     );
     out.push_str(&diagnosis);

@@ -21,6 +21,7 @@
 mod attach;
 mod bpftrace;
 mod dump;
+mod node;
 mod redis;
 mod report;
 mod run;
@@ -31,6 +32,7 @@ mod symbolize;
 use attach::Latency;
 use bpftrace::Bpftrace;
 use dump::Dump;
+use node::Node;
 use redis::Redis;
 use report::*;
 use run::*;
@@ -106,9 +108,11 @@ enum Part {
     Dump,
     /// Every fuzz target for 60 s (10 with --quick); the figures go to RELIABILITY.md.
     Fuzz,
+    /// `serve --all` over 500 processes in 50 containers, and concurrent profile windows.
+    Node,
 }
 
-const ALL_PARTS: [Part; 9] = [
+const ALL_PARTS: [Part; 10] = [
     Part::Slowdown,
     Part::Redis,
     Part::Nontarget,
@@ -117,6 +121,7 @@ const ALL_PARTS: [Part; 9] = [
     Part::Latency,
     Part::Bpftrace,
     Part::Dump,
+    Part::Node,
     Part::Fuzz,
 ];
 
@@ -331,6 +336,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             Part::Bpftrace => bpftrace::measure(&ctx).map(|x| r.bpftrace = Some(x)),
             Part::Dump => dump::measure(&ctx).map(|x| r.dump = Some(x)),
             Part::Redis => redis::measure(&ctx).map(|x| r.redis = Some(x)),
+            Part::Node => node::measure(&ctx).map(|x| r.node = Some(x)),
             Part::Fuzz => crate::fuzz::fuzz(&crate::fuzz::FuzzArgs {
                 seconds: if ctx.quick { 10 } else { 60 },
                 targets: Vec::new(),

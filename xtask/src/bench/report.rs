@@ -15,6 +15,7 @@ pub(super) struct Report {
     pub(super) latency: Option<Latency>,
     pub(super) bpftrace: Option<Bpftrace>,
     pub(super) dump: Option<Dump>,
+    pub(super) node: Option<Node>,
     pub(super) redis: Option<Redis>,
     pub(super) failures: Vec<String>,
 }
@@ -101,6 +102,7 @@ impl Report {
             latency: None,
             bpftrace: None,
             dump: None,
+            node: None,
             redis: None,
             failures: Vec::new(),
         }
@@ -174,6 +176,9 @@ impl Report {
             x.render(&mut s, self.mode_figures("offcpu"));
         }
         if let Some(x) = &self.dump {
+            x.render(&mut s);
+        }
+        if let Some(x) = &self.node {
             x.render(&mut s);
         }
         if let Some(x) = &self.redis {

@@ -27,7 +27,7 @@ use crate::{cli::ServeArgs, error::Error, system};
 use procstat::ProcStats;
 
 /// Tracked processes (bounded by `--max-targets`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Targets {
     /// By pid; a pid whose start time changed is a new process and a new entry.
     pub procs: BTreeMap<u32, ProcStats>,
@@ -35,6 +35,112 @@ pub struct Targets {
     pub explicit: HashSet<u32>,
     /// Processes seen but not tracked because of `--max-targets` (last scan).
     pub untracked: u64,
+    /// Processes of one container with series of their own (`--max-processes-per-container`);
+    /// the container's others are summed into its `pid="other"` series.
+    pub per_container: usize,
+    /// By container id: what the container's summed processes that exited had counted (its
+    /// `pid="other"` counters stay monotonic). Dropped with the container's last process.
+    pub folded_gone: BTreeMap<String, ProcStats>,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            procs: BTreeMap::new(),
+            explicit: HashSet::new(),
+            untracked: 0,
+            per_container: DEFAULT_PER_CONTAINER,
+            folded_gone: BTreeMap::new(),
+        }
+    }
+}
+
+/// One set of series of `/metrics`: its labels and its figures.
+pub type Row = (String, ProcStats);
+
+/// `--max-processes-per-container`'s default.
+pub const DEFAULT_PER_CONTAINER: usize = 10;
+
+impl Targets {
+    /// Starts tracking a process found by `--all` (its identity read by the caller): it gets
+    /// series of its own unless its container already has `per_container` processes with
+    /// them (a process keeps what it got for its life, so no counter moves between series).
+    fn add(&mut self, mut p: ProcStats) {
+        if let Some(c) = &p.identity.container {
+            let own = self
+                .procs
+                .values()
+                .filter(|q| q.own_series && q.identity.container.as_ref() == Some(c))
+                .count();
+            p.own_series = own < self.per_container;
+        }
+        self.procs.insert(p.pid, p);
+    }
+
+    /// Stops tracking `pid`; a summed process's counts stay in its container's sum.
+    fn remove(&mut self, pid: u32) {
+        let Some(p) = self.procs.remove(&pid) else {
+            return;
+        };
+        let Some(c) = p.identity.container.clone() else {
+            return;
+        };
+        if !p.own_series {
+            self.folded_gone
+                .entry(c.clone())
+                .or_insert_with(|| other_row(&p))
+                .absorb(&p, false);
+        }
+        if !self
+            .procs
+            .values()
+            .any(|q| q.identity.container.as_ref() == Some(&c))
+        {
+            self.folded_gone.remove(&c);
+        }
+    }
+
+    /// The series rows of `/metrics`: every process with its own, then one `pid="other"`
+    /// row per container with summed processes (live and exited), and how many live ones
+    /// each sums.
+    pub fn rows(&self) -> (Vec<Row>, Vec<(String, u64)>) {
+        let mut rows: Vec<(String, ProcStats)> = Vec::new();
+        let mut others: BTreeMap<String, (ProcStats, u64)> = BTreeMap::new();
+        for (c, gone) in &self.folded_gone {
+            others.insert(c.clone(), (gone.clone(), 0));
+        }
+        for p in self.procs.values() {
+            match (&p.identity.container, p.own_series) {
+                (Some(c), false) => {
+                    let e = others.entry(c.clone()).or_insert_with(|| (other_row(p), 0));
+                    e.0.absorb(p, true);
+                    e.1 += 1;
+                }
+                _ => rows.push((p.labels(), p.clone())),
+            }
+        }
+        let mut folded = Vec::new();
+        for (_, (o, n)) in others {
+            let ids = procstat::identity_labels(&o.identity);
+            folded.push((ids[1..].to_string(), n));
+            rows.push((o.labels(), o));
+        }
+        (rows, folded)
+    }
+}
+
+/// An empty `pid="other"` row for `p`'s container.
+fn other_row(p: &ProcStats) -> ProcStats {
+    let mut o = ProcStats::new(0, 0, "other".into());
+    o.identity = crate::identity::Identity {
+        container: p.identity.container.clone(),
+        runtime: p.identity.runtime,
+        pod_uid: p.identity.pod_uid.clone(),
+        pod: p.identity.pod.clone(),
+        namespace: p.identity.namespace.clone(),
+        ..Default::default()
+    };
+    o
 }
 
 /// Everything the HTTP handlers share.
@@ -129,7 +235,10 @@ pub async fn run(args: &ServeArgs) -> Result<(), Error> {
     let token = auth_token(args)?;
     system::check_privileges()?;
     system::check_btf()?;
-    let mut targets = Targets::default();
+    let mut targets = Targets {
+        per_container: args.max_processes_per_container as usize,
+        ..Targets::default()
+    };
     for &pid in &args.pid {
         let info = system::process_info(pid)?;
         if info.tgid != info.pid {
@@ -139,9 +248,9 @@ pub async fn run(args: &ServeArgs) -> Result<(), Error> {
             )));
         }
         targets.explicit.insert(pid);
-        targets
-            .procs
-            .insert(pid, ProcStats::new(pid, info.start_ticks, info.comm));
+        let mut p = ProcStats::new(pid, info.start_ticks, info.comm);
+        p.identity = crate::identity::of_process(pid);
+        targets.procs.insert(pid, p);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -259,7 +368,13 @@ pub fn sample_once(shared: &Shared, all: bool, max_targets: usize) {
         samples.push((pid, start, threads, Instant::now()));
     }
     let mut t = shared.targets.lock().unwrap_or_else(|e| e.into_inner());
-    let exits = apply_pass(&mut t, samples, listed, max_targets);
+    let exits = apply_pass(
+        &mut t,
+        samples,
+        listed,
+        max_targets,
+        &crate::identity::of_process,
+    );
     let (n, untracked) = (t.procs.len(), t.untracked);
     drop(t);
     shared
@@ -273,12 +388,14 @@ pub type Observation = (u32, u64, Option<Vec<procstat::ThreadSample>>, Instant);
 
 /// Folds one pass into the targets: updates live ones, removes exited ones (and pids that
 /// now name another process), and with `--all` (`listed`) adds new processes up to
-/// `max_targets`, each with fresh metrics. Returns how many targets exited.
+/// `max_targets`, each with fresh metrics and its container and pod (`identity_of`).
+/// Returns how many targets exited.
 pub fn apply_pass(
     t: &mut Targets,
     observed: Vec<Observation>,
     listed: Option<Vec<(u32, u64, String)>>,
     max_targets: usize,
+    identity_of: &dyn Fn(u32) -> crate::identity::Identity,
 ) -> u64 {
     let mut exits = 0;
     for (pid, start, threads, at) in observed {
@@ -293,7 +410,7 @@ pub fn apply_pass(
             None => {
                 // Exited (or its pid now names another process): its series go away.
                 if t.procs.get(&pid).is_some_and(|p| p.start_ticks == start) {
-                    t.procs.remove(&pid);
+                    t.remove(pid);
                     exits += 1;
                     tracing::info!("target {pid} exited; its series are removed");
                 }
@@ -311,7 +428,9 @@ pub fn apply_pass(
                 continue;
             }
             // A new process (possibly on a reused pid): fresh metrics, nothing inherited.
-            t.procs.insert(pid, ProcStats::new(pid, start, comm));
+            let mut p = ProcStats::new(pid, start, comm);
+            p.identity = identity_of(pid);
+            t.add(p);
         }
         t.untracked = untracked;
     }
@@ -320,11 +439,13 @@ pub fn apply_pass(
 
 /// The `/metrics` text: the per-process families, then the agent's own.
 pub fn metrics_text(shared: &Shared) -> String {
-    let mut out = {
+    let (rows, folded) = {
         let t = shared.targets.lock().unwrap_or_else(|e| e.into_inner());
-        let procs: Vec<&ProcStats> = t.procs.values().collect();
-        procstat::render(&procs)
+        t.rows()
     };
+    let rows: Vec<(String, &ProcStats)> = rows.iter().map(|(l, p)| (l.clone(), p)).collect();
+    let mut out = procstat::render_rows(&rows);
+    out.push_str(&procstat::render_folded(&folded));
     out.push_str(&shared.health.render());
     out
 }
@@ -354,6 +475,105 @@ mod tests {
         }
     }
 
+    fn no_identity(_: u32) -> crate::identity::Identity {
+        crate::identity::Identity::default()
+    }
+
+    /// pids 10-14 in container "c1", 20 in "c2", 30 on the host.
+    fn in_containers(pid: u32) -> crate::identity::Identity {
+        let container = match pid {
+            10..=19 => Some("c1".to_string()),
+            20..=29 => Some("c2".to_string()),
+            _ => None,
+        };
+        crate::identity::Identity {
+            pod: container.as_ref().map(|c| format!("pod-{c}")),
+            container,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_containers_processes_beyond_the_bound_are_summed() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let mut t = Targets {
+            per_container: 2,
+            ..Targets::default()
+        };
+        let listed = |pids: &[u32]| -> Vec<(u32, u64, String)> {
+            pids.iter().map(|&p| (p, 1, format!("p{p}"))).collect()
+        };
+        let all = [10, 11, 12, 13, 20, 30];
+        apply_pass(&mut t, vec![], Some(listed(&all)), 100, &in_containers);
+        let obs = |run_ns: u64, at| -> Vec<Observation> {
+            all.iter()
+                .map(|&p| (p, 1, Some(vec![thread(p, run_ns)]), at))
+                .collect()
+        };
+        apply_pass(&mut t, obs(0, t0), None, 100, &in_containers);
+        apply_pass(&mut t, obs(1_000_000_000, t1), None, 100, &in_containers);
+        let (rows, folded) = t.rows();
+        let labels: Vec<&str> = rows.iter().map(|(l, _)| l.as_str()).collect();
+        // The first two of c1 have their own series; 12 and 13 are summed; c2 and the host
+        // process are under the bound.
+        assert_eq!(rows.len(), 5, "{labels:?}");
+        assert!(labels.contains(&"pid=\"10\",comm=\"p10\",container=\"c1\",pod=\"pod-c1\""));
+        assert!(labels.contains(&"pid=\"30\",comm=\"p30\""));
+        let other = rows
+            .iter()
+            .find(|(l, _)| l.starts_with("pid=\"other\",comm=\"other\",container=\"c1\""))
+            .map(|(_, p)| p)
+            .expect("c1's other row");
+        assert!((other.cpu_seconds - 2.0).abs() < 1e-9);
+        assert_eq!(other.threads_by_state.iter().sum::<u64>(), 2);
+        assert_eq!(
+            folded,
+            vec![("container=\"c1\",pod=\"pod-c1\"".to_string(), 2)]
+        );
+        // 12 (summed) and 10 (own) exit: the sum keeps 12's seconds (counters never go
+        // back), 10's series goes, and no summed process is moved to a series of its own.
+        let t2 = t1 + Duration::from_secs(1);
+        let mut o = obs(2_000_000_000, t2);
+        o.retain(|x| x.0 != 10 && x.0 != 12);
+        o.push((10, 1, None, t2));
+        o.push((12, 1, None, t2));
+        apply_pass(&mut t, o, None, 100, &in_containers);
+        let (rows, folded) = t.rows();
+        let other = rows
+            .iter()
+            .find(|(l, _)| l.contains("comm=\"other\""))
+            .map(|(_, p)| p)
+            .expect("c1's other row");
+        assert!(
+            (other.cpu_seconds - 3.0).abs() < 1e-9,
+            "{}",
+            other.cpu_seconds
+        );
+        assert_eq!(folded[0].1, 1);
+        assert!(!rows.iter().any(|(l, _)| l.starts_with("pid=\"10\"")));
+        assert!(!t.procs[&13].own_series);
+        // A new process of c1 takes the freed place.
+        apply_pass(
+            &mut t,
+            vec![],
+            Some(listed(&[11, 13, 14, 20, 30])),
+            100,
+            &in_containers,
+        );
+        assert!(t.procs[&14].own_series);
+        // The container's last process exits: its sum goes too.
+        for p in [11, 13, 14] {
+            apply_pass(&mut t, vec![(p, 1, None, t2)], None, 100, &in_containers);
+        }
+        let (rows, folded) = t.rows();
+        assert!(folded.is_empty() && t.folded_gone.is_empty());
+        assert!(!rows.iter().any(|(l, _)| l.contains("c1")));
+        let text =
+            procstat::render_rows(&rows.iter().map(|(l, p)| (l.clone(), p)).collect::<Vec<_>>());
+        assert!(text.contains("container=\"c2\""), "{text}");
+    }
+
     #[test]
     fn exits_and_reused_pids() {
         let t0 = Instant::now();
@@ -366,12 +586,14 @@ mod tests {
             vec![(5, 100, Some(vec![thread(5, 0)]), t0)],
             None,
             10,
+            &no_identity,
         );
         apply_pass(
             &mut t,
             vec![(5, 100, Some(vec![thread(5, 500_000_000)]), t1)],
             None,
             10,
+            &no_identity,
         );
         assert!((t.procs[&5].cpu_seconds - 0.5).abs() < 1e-9);
         // Pid 5 now names a process started later: the old one is gone, and with --all the
@@ -382,6 +604,7 @@ mod tests {
             vec![(5, 100, None, t1), (6, 100, None, t1)],
             Some(listed),
             2,
+            &no_identity,
         );
         assert_eq!(exits, 2);
         let p = &t.procs[&5];
@@ -397,7 +620,7 @@ mod tests {
             (7, 300, "third".into()),
             (8, 9, "x".into()),
         ];
-        apply_pass(&mut t, vec![], Some(listed), 2);
+        apply_pass(&mut t, vec![], Some(listed), 2, &no_identity);
         assert_eq!(t.procs.len(), 2);
         assert_eq!(t.untracked, 1);
     }

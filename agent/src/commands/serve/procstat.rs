@@ -236,6 +236,11 @@ pub struct ProcStats {
     pub pid: u32,
     pub start_ticks: u64,
     pub comm: String,
+    /// Its container and pod (empty outside one): labels of its series.
+    pub identity: crate::identity::Identity,
+    /// It has series of its own; false: it is summed into its container's `pid="other"`
+    /// series (`--max-processes-per-container`).
+    pub own_series: bool,
     threads: HashMap<u32, ThreadPrev>,
     pub cpu_seconds: f64,
     /// Off-CPU seconds by class (`running` stays 0).
@@ -265,6 +270,8 @@ impl ProcStats {
             pid,
             start_ticks,
             comm,
+            identity: crate::identity::Identity::default(),
+            own_series: true,
             threads: HashMap::new(),
             cpu_seconds: 0.0,
             offcpu_seconds: [0.0; CLASSES.len()],
@@ -330,6 +337,53 @@ impl ProcStats {
     pub fn thread_count(&self) -> usize {
         self.threads.len()
     }
+
+    /// Adds `other`'s counters (and, when `live`, its threads by state) to these.
+    pub fn absorb(&mut self, other: &ProcStats, live: bool) {
+        self.cpu_seconds += other.cpu_seconds;
+        for (a, b) in self.offcpu_seconds.iter_mut().zip(other.offcpu_seconds) {
+            *a += b;
+        }
+        if live {
+            for (a, b) in self.threads_by_state.iter_mut().zip(other.threads_by_state) {
+                *a += b;
+            }
+        }
+        for (a, b) in self.runq_buckets.iter_mut().zip(other.runq_buckets) {
+            *a += b;
+        }
+        self.runq_sum += other.runq_sum;
+        self.runq_count += other.runq_count;
+    }
+
+    /// The labels of its series: `pid` and `comm`, and its container and pod when in one
+    /// (pid 0: a container's sum of processes without series of their own, `pid="other"`).
+    pub fn labels(&self) -> String {
+        let pid = if self.pid == 0 {
+            "other".to_string()
+        } else {
+            self.pid.to_string()
+        };
+        let mut l = format!("pid=\"{pid}\",comm=\"{}\"", escape_label(&self.comm));
+        l.push_str(&identity_labels(&self.identity));
+        l
+    }
+}
+
+/// `,container="...",pod_uid="...",pod="...",namespace="..."`, the parts known.
+pub fn identity_labels(id: &crate::identity::Identity) -> String {
+    let mut l = String::new();
+    for (k, v) in [
+        ("container", &id.container),
+        ("pod_uid", &id.pod_uid),
+        ("pod", &id.pod),
+        ("namespace", &id.namespace),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(l, ",{k}=\"{}\"", escape_label(v));
+        }
+    }
+    l
 }
 
 /// Reads the 4-byte word at `addr` of process `pid` through `/proc/PID/mem`, opened on the
@@ -404,28 +458,33 @@ pub fn escape_label(v: &str) -> String {
     s
 }
 
-/// The per-process families in the Prometheus text format (one HELP/TYPE block each).
+/// The per-process families of `procs`, each labelled by [`ProcStats::labels`].
 pub fn render(procs: &[&ProcStats]) -> String {
+    let rows: Vec<(String, &ProcStats)> = procs.iter().map(|p| (p.labels(), *p)).collect();
+    render_rows(&rows)
+}
+
+/// The per-process families in the Prometheus text format (one HELP/TYPE block each), one
+/// series set per row (its labels, its figures).
+pub fn render_rows(rows: &[(String, &ProcStats)]) -> String {
     let mut out = String::new();
-    let labels = |p: &ProcStats| format!("pid=\"{}\",comm=\"{}\"", p.pid, escape_label(&p.comm));
     let _ = writeln!(
         out,
         "# HELP stallscope_offcpu_seconds_total Time threads of the process spent off CPU, by wait class, summed over threads: runnable (in the run queue), lock (futex waits for a lock), futex (other futex waits: condition variables, semaphores, joins, rwlocks, idle runtime threads), io (epoll, poll, select), sleep, syscall (other blocking syscalls), disk (uninterruptible), stopped, other.\n# TYPE stallscope_offcpu_seconds_total counter"
     );
-    for p in procs {
+    for (l, p) in rows {
         for (i, class) in CLASSES.iter().enumerate().skip(1) {
             let _ = writeln!(
                 out,
                 "stallscope_offcpu_seconds_total{{{},class=\"{class}\"}} {}",
-                labels(p),
-                p.offcpu_seconds[i]
+                l, p.offcpu_seconds[i]
             );
         }
     }
     let per_proc = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&ProcStats) -> f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for p in procs {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(p), value(p));
+        for (l, p) in rows {
+            let _ = writeln!(out, "{name}{{{}}} {}", l, value(p));
         }
     };
     per_proc(
@@ -450,7 +509,7 @@ pub fn render(procs: &[&ProcStats]) -> String {
         out,
         "# HELP stallscope_threads Threads of the process by state at the last sample (running includes runnable).\n# TYPE stallscope_threads gauge"
     );
-    for p in procs {
+    for (l, p) in rows {
         for (i, state) in CLASSES.iter().enumerate() {
             if i == RUNNABLE {
                 continue;
@@ -458,8 +517,7 @@ pub fn render(procs: &[&ProcStats]) -> String {
             let _ = writeln!(
                 out,
                 "stallscope_threads{{{},state=\"{state}\"}} {}",
-                labels(p),
-                p.threads_by_state[i]
+                l, p.threads_by_state[i]
             );
         }
     }
@@ -467,34 +525,47 @@ pub fn render(procs: &[&ProcStats]) -> String {
         out,
         "# HELP stallscope_runqueue_latency_seconds Run-queue wait per timeslice (per thread and sampling interval, the mean; sum and count are exact).\n# TYPE stallscope_runqueue_latency_seconds histogram"
     );
-    for p in procs {
+    for (l, p) in rows {
         let mut cum = 0;
         for (i, le) in RUNQ_BUCKETS.iter().enumerate() {
             cum += p.runq_buckets[i];
             let _ = writeln!(
                 out,
                 "stallscope_runqueue_latency_seconds_bucket{{{},le=\"{le}\"}} {cum}",
-                labels(p)
+                l
             );
         }
         cum += p.runq_buckets[RUNQ_BUCKETS.len()];
         let _ = writeln!(
             out,
             "stallscope_runqueue_latency_seconds_bucket{{{},le=\"+Inf\"}} {cum}",
-            labels(p)
+            l
         );
         let _ = writeln!(
             out,
             "stallscope_runqueue_latency_seconds_sum{{{}}} {}",
-            labels(p),
-            p.runq_sum
+            l, p.runq_sum
         );
         let _ = writeln!(
             out,
             "stallscope_runqueue_latency_seconds_count{{{}}} {}",
-            labels(p),
-            p.runq_count
+            l, p.runq_count
         );
+    }
+    out
+}
+
+/// `stallscope_processes_summed`: per container, the live processes whose figures are in its
+/// `pid="other"` series rather than series of their own (`labels`: the container's).
+pub fn render_folded(folded: &[(String, u64)]) -> String {
+    if folded.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "# HELP stallscope_processes_summed Processes of the container summed into its pid=\"other\" series (beyond --max-processes-per-container), at the last sample.\n# TYPE stallscope_processes_summed gauge\n",
+    );
+    for (labels, n) in folded {
+        let _ = writeln!(out, "stallscope_processes_summed{{{labels}}} {n}");
     }
     out
 }
