@@ -303,3 +303,58 @@ fn a_capture_of_a_process_tree_dumps_and_profiles_every_process() {
         );
     }
 }
+
+/// `serve`'s routes take a group: a CPU profile of `pid=N&children=1` records the workers the
+/// parent forks during the window (each sample under its pid), and `threads` of the same
+/// group dumps each process.
+#[test]
+fn serve_profiles_and_dumps_a_process_tree() {
+    use stallscope_tests::serve_kit::{Serve, http_get};
+    require_root();
+    let w = Workload::spawn("forking_workers", &["-1", "2", "0.5", "10"]);
+    let serve = Serve::start(&[], true);
+    let addr = serve.addr;
+    let path = format!("/debug/pprof/profile?pid={}&children=1&seconds=3", w.pid());
+    let req = std::thread::spawn(move || http_get(addr, &path, None, Duration::from_secs(60)));
+    // The window opens at once (the programs are loaded): fork in it.
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: signal to our own child: fork now.
+    unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGUSR1) };
+    let r = req.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let workers = forked_pids(&w);
+    assert_eq!(workers.len(), 2, "{:?}", w.stdout_lines());
+    let p = agent::export::pprof::decode(&r.bytes).expect("pprof bytes");
+    for pid in &workers {
+        let burn: usize = p
+            .samples
+            .iter()
+            .filter(|s| sample_label(s, "pid") == Some(pid.to_string()))
+            .filter(|s| stack_has(&p, s, "worker_burn"))
+            .count();
+        assert!(
+            burn > 0,
+            "worker {pid}'s burn is not in the group's profile"
+        );
+    }
+    let r = serve.get(&format!(
+        "/debug/pprof/threads?pid={}&children=1&debug=2",
+        w.pid()
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains(&format!(
+            "group: pid {} and its descendants: 3 processes",
+            w.pid()
+        )),
+        "{}",
+        r.body
+    );
+    for pid in &workers {
+        assert!(
+            r.body.contains(&format!("process {pid}")),
+            "worker {pid} missing from the group's dump:\n{}",
+            r.body
+        );
+    }
+}

@@ -1046,3 +1046,89 @@ fn build_id_of(path: &str) -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| panic!("no build id in `readelf -n {path}`:\n{text}"))
 }
+
+/// PostgreSQL profiled as a process tree, as a user asks about a service: `attach --pid
+/// POSTMASTER --children` while pgbench connects after the window opened. The postmaster forks a
+/// backend per connection: each is a member from its fork (summary.json `joined: forked`), its
+/// queries' CPU is in the CPU profile and its WAL flushes in the off-CPU profile under its own
+/// pid, and every member's thread-seconds add up.
+#[test]
+fn postgres_backends_forked_after_attach_are_profiled_by_process_tree() {
+    require_root();
+    let pg = Pg::start();
+    let out = run_output(
+        pg.client("pgbench")
+            .args(["-i", "-s", "1", "-q", "postgres"]),
+    );
+    assert_ok(&out, "pgbench -i -s 1");
+    let tmp = TempDir::new("stallscope-pgtree");
+    let dir = tmp.path().join("out");
+    let (agent, stderr) = spawn_attach(
+        &[
+            "--pid",
+            &pg.postmaster.to_string(),
+            "--children",
+            "--profile",
+            "cpu,offcpu",
+            "--duration",
+            "5s",
+        ],
+        &dir,
+        Stdio::null(),
+    );
+    // Connections made now are backends forked in the window.
+    let mut cmd = pg.client("pgbench");
+    cmd.args(["-c", "3", "-T", "3", "postgres"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let bench = run_output(&mut cmd);
+    assert_ok(&bench, "pgbench -c 3 -T 3");
+    let status = agent.wait_with_output().expect("the agent").status;
+    let stderr = stderr.join().unwrap_or_default();
+    assert!(status.success(), "the agent failed:\n{stderr}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let members = v["group"]["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no group in summary.json: {v}"));
+    let forked: Vec<u64> = members
+        .iter()
+        .filter(|m| m["joined"] == "forked" && m["parent"] == u64::from(pg.postmaster))
+        .filter_map(|m| m["pid"].as_u64())
+        .collect();
+    // pgbench's 3 clients, and its setup connection before them.
+    assert!(
+        forked.len() >= 3,
+        "backends forked by postmaster {} in the window: {forked:?} of {members:?}",
+        pg.postmaster
+    );
+    let cpu = read_profile(dir.join("cpu.pb.gz"));
+    let off = read_profile(dir.join("offcpu.pb.gz"));
+    let of_backend = |p: &Profile, s: &Sample, f: &str| {
+        sample_label(s, "pid")
+            .and_then(|x| x.parse::<u64>().ok())
+            .is_some_and(|pid| forked.contains(&pid))
+            && stack_has(p, s, f)
+    };
+    let busy: Vec<u64> = forked
+        .iter()
+        .copied()
+        .filter(|pid| {
+            cpu.samples.iter().any(|s| {
+                sample_label(s, "pid") == Some(pid.to_string())
+                    && stack_has(&cpu, s, "PostgresMain")
+            })
+        })
+        .collect();
+    assert!(
+        busy.len() >= 3,
+        "backends with CPU samples under PostgresMain: {busy:?} of {forked:?}"
+    );
+    assert!(
+        off.samples.iter().any(|s| of_backend(&off, s, "XLogFlush")),
+        "no backend's WAL flush wait in the off-CPU profile"
+    );
+    let th = read_threads(dir.join("threads.json"));
+    th.assert_invariant();
+}

@@ -384,11 +384,20 @@ async fn window(
         window_start_ns: t0_ktime,
         ..config
     })?;
-    let mut start_views = Vec::new();
-    for pid in members.live().collect::<Vec<_>>() {
-        let tasks = read_threads(collector, pid);
-        start_views.extend(thread_views(pid, &tasks, maps, wants(ProfileKind::Offcpu)));
-    }
+    // Every member's threads first, their stacks after: each look is within microseconds of
+    // the switch-on. (A group's members looked at one by one, stacks unwound in between, were
+    // seen up to 0.1 s late; a wait the probes recorded in that gap then began before the
+    // thread's window did, and its thread-seconds did not add up.)
+    let start_tasks: Vec<(u32, Vec<DumpTask>)> = members
+        .live()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|pid| (pid, read_threads(collector, pid)))
+        .collect();
+    let mut start_views: Vec<accounting::ThreadView> = start_tasks
+        .iter()
+        .flat_map(|(pid, tasks)| thread_views(*pid, tasks, maps, wants(ProfileKind::Offcpu)))
+        .collect();
     tracing::info!(
         "attached to {} ({}) for {:?}: {:?}",
         target.selector.describe(),

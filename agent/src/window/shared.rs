@@ -373,10 +373,17 @@ impl Session {
                 Err(e) => tracing::warn!("adding member {pid}: {e}"),
             }
         }
-        for pid in w.members.live().collect::<Vec<_>>() {
-            let tasks = read_threads(&mut self.collector, pid);
+        // Every member's threads first, their stacks after (as a single window's first look).
+        let start_tasks: Vec<(u32, Vec<stallscope_common::dump::DumpTask>)> = w
+            .members
+            .live()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|pid| (pid, read_threads(&mut self.collector, pid)))
+            .collect();
+        for (pid, tasks) in &start_tasks {
             w.start_views
-                .extend(thread_views(pid, &tasks, &w.maps, stacks));
+                .extend(thread_views(*pid, tasks, &w.maps, stacks));
         }
         let open = self.windows.len() + 1;
         for other in &mut self.windows {
