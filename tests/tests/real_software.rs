@@ -744,6 +744,17 @@ impl Pg {
         pg
     }
 
+    /// [`Pg::start`], then pgbench's tables created (scale 1).
+    fn start_with_pgbench_tables() -> Pg {
+        let pg = Pg::start();
+        let out = run_output(
+            pg.client("pgbench")
+                .args(["-i", "-s", "1", "-q", "postgres"]),
+        );
+        assert_ok(&out, "pgbench -i -s 1");
+        pg
+    }
+
     /// Children of the postmaster whose command line (the process title) contains `needle`.
     fn children(&self, needle: &str) -> Vec<(u32, String)> {
         let mut out = Vec::new();
@@ -895,12 +906,7 @@ fn postgres_idle_postmaster_and_walwriter() {
 #[test]
 fn postgres_commits_wait_for_the_wal_flush() {
     require_root();
-    let pg = Pg::start();
-    let out = run_output(
-        pg.client("pgbench")
-            .args(["-i", "-s", "1", "-q", "postgres"]),
-    );
-    assert_ok(&out, "pgbench -i -s 1");
+    let pg = Pg::start_with_pgbench_tables();
     // Bounded (-T); long enough to cover the agent's start and the window on a loaded machine
     // (the agent takes up to a few seconds to load), killed right after the window.
     let mut cmd = pg.client("pgbench");
@@ -1055,12 +1061,7 @@ fn build_id_of(path: &str) -> String {
 #[test]
 fn postgres_backends_forked_after_attach_are_profiled_by_process_tree() {
     require_root();
-    let pg = Pg::start();
-    let out = run_output(
-        pg.client("pgbench")
-            .args(["-i", "-s", "1", "-q", "postgres"]),
-    );
-    assert_ok(&out, "pgbench -i -s 1");
+    let pg = Pg::start_with_pgbench_tables();
     let tmp = TempDir::new("stallscope-pgtree");
     let dir = tmp.path().join("out");
     let (agent, stderr) = spawn_attach(
