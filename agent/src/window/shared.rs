@@ -449,8 +449,9 @@ impl Session {
     fn tick(&mut self) {
         if self.windows.is_empty() {
             if !self.pending.is_empty() {
+                // Through `request` again: two of them may be for one process.
                 for req in std::mem::take(&mut self.pending) {
-                    let _ = self.open(req.target, req.kind, req.duration, req.reply);
+                    self.request(req);
                 }
             }
             return;
@@ -684,7 +685,7 @@ impl Session {
                 return;
             }
             for req in std::mem::take(&mut self.pending) {
-                let _ = self.open(req.target, req.kind, req.duration, req.reply);
+                self.request(req);
             }
         }
     }
