@@ -60,8 +60,9 @@ pub struct ServeArgs {
     pub max_targets: u32,
 
     /// Processes of one container with series of their own in /metrics (the first seen keep
-    /// them for their life); the container's others are summed into one pid="other" series,
-    /// and stallscope_processes_summed counts them.
+    /// them for their life; a place an exit frees goes to the busiest summed process); the
+    /// container's others are summed into one pid="other" series, and
+    /// stallscope_processes_summed counts them.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_processes_per_container: u32,
 

@@ -64,7 +64,8 @@ pub const DEFAULT_PER_CONTAINER: usize = 10;
 impl Targets {
     /// Starts tracking a process found by `--all` (its identity read by the caller): it gets
     /// series of its own unless its container already has `per_container` processes with
-    /// them (a process keeps what it got for its life, so no counter moves between series).
+    /// them (it keeps them for its life; a summed process may be given a place that frees up,
+    /// [`Targets::promote`]).
     fn add(&mut self, mut p: ProcStats) {
         if let Some(c) = &p.identity.container {
             let own = self
@@ -97,6 +98,44 @@ impl Targets {
             .any(|q| q.identity.container.as_ref() == Some(&c))
         {
             self.folded_gone.remove(&c);
+        }
+    }
+
+    /// Gives the places of a container's own-series processes that exited to the busiest of
+    /// its summed ones (by CPU and lock-wait seconds so far). A promoted process's series
+    /// start from zero; what it counted before stays in the container's sum (`folded_gone`),
+    /// so no counter goes back.
+    fn promote(&mut self) {
+        let mut by_container: BTreeMap<String, (usize, Vec<(f64, u32)>)> = BTreeMap::new();
+        for p in self.procs.values() {
+            if let Some(c) = &p.identity.container {
+                let e = by_container.entry(c.clone()).or_default();
+                if p.own_series {
+                    e.0 += 1;
+                } else {
+                    e.1.push((p.cpu_seconds + p.lock_seconds(), p.pid));
+                }
+            }
+        }
+        for (c, (own, mut summed)) in by_container {
+            if own >= self.per_container || summed.is_empty() {
+                continue;
+            }
+            summed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for (_, pid) in summed.into_iter().take(self.per_container - own) {
+                let Some(p) = self.procs.get(&pid) else {
+                    continue;
+                };
+                let row = other_row(p);
+                self.folded_gone
+                    .entry(c.clone())
+                    .or_insert(row)
+                    .absorb(p, false);
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.reset_counters();
+                    p.own_series = true;
+                }
+            }
         }
     }
 
@@ -434,6 +473,7 @@ pub fn apply_pass(
         }
         t.untracked = untracked;
     }
+    t.promote();
     exits
 }
 
@@ -532,7 +572,8 @@ mod tests {
             vec![("container=\"c1\",pod=\"pod-c1\"".to_string(), 2)]
         );
         // 12 (summed) and 10 (own) exit: the sum keeps 12's seconds (counters never go
-        // back), 10's series goes, and no summed process is moved to a series of its own.
+        // back), 10's series goes, and its place goes to 13, the summed one left, whose
+        // series start from zero while its 2 s so far stay in the sum.
         let t2 = t1 + Duration::from_secs(1);
         let mut o = obs(2_000_000_000, t2);
         o.retain(|x| x.0 != 10 && x.0 != 12);
@@ -550,10 +591,26 @@ mod tests {
             "{}",
             other.cpu_seconds
         );
-        assert_eq!(folded[0].1, 1);
+        assert_eq!(folded[0].1, 0);
         assert!(!rows.iter().any(|(l, _)| l.starts_with("pid=\"10\"")));
-        assert!(!t.procs[&13].own_series);
-        // A new process of c1 takes the freed place.
+        assert!(t.procs[&13].own_series);
+        assert_eq!(t.procs[&13].cpu_seconds, 0.0);
+        // Its next second counts in its own series; the sum stays.
+        let t3 = t2 + Duration::from_secs(1);
+        let o: Vec<Observation> = [11, 13, 20, 30]
+            .iter()
+            .map(|&p| (p, 1, Some(vec![thread(p, 3_000_000_000)]), t3))
+            .collect();
+        apply_pass(&mut t, o, None, 100, &in_containers);
+        assert!((t.procs[&13].cpu_seconds - 1.0).abs() < 1e-9);
+        let (rows, _) = t.rows();
+        let other = rows
+            .iter()
+            .find(|(l, _)| l.contains("comm=\"other\""))
+            .map(|(_, p)| p)
+            .expect("c1's sum of what exited");
+        assert!((other.cpu_seconds - 3.0).abs() < 1e-9);
+        // A new process of c1 is summed: its two places are taken.
         apply_pass(
             &mut t,
             vec![],
@@ -561,7 +618,7 @@ mod tests {
             100,
             &in_containers,
         );
-        assert!(t.procs[&14].own_series);
+        assert!(!t.procs[&14].own_series);
         // The container's last process exits: its sum goes too.
         for p in [11, 13, 14] {
             apply_pass(&mut t, vec![(p, 1, None, t2)], None, 100, &in_containers);

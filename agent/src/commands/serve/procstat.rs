@@ -338,6 +338,21 @@ impl ProcStats {
         self.threads.len()
     }
 
+    /// Seconds its threads waited for locks.
+    pub fn lock_seconds(&self) -> f64 {
+        self.offcpu_seconds[LOCK]
+    }
+
+    /// Zeroes the counters (a process starting series of its own); the threads' baselines
+    /// stay, so the next sample counts from now.
+    pub fn reset_counters(&mut self) {
+        self.cpu_seconds = 0.0;
+        self.offcpu_seconds = [0.0; CLASSES.len()];
+        self.runq_buckets = [0; RUNQ_BUCKETS.len() + 1];
+        self.runq_sum = 0.0;
+        self.runq_count = 0;
+    }
+
     /// Adds `other`'s counters (and, when `live`, its threads by state) to these.
     pub fn absorb(&mut self, other: &ProcStats, live: bool) {
         self.cpu_seconds += other.cpu_seconds;
