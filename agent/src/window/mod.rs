@@ -388,16 +388,8 @@ async fn window(
     // the switch-on. (A group's members looked at one by one, stacks unwound in between, were
     // seen up to 0.1 s late; a wait the probes recorded in that gap then began before the
     // thread's window did, and its thread-seconds did not add up.)
-    let start_tasks: Vec<(u32, Vec<DumpTask>)> = members
-        .live()
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|pid| (pid, read_threads(collector, pid)))
-        .collect();
-    let mut start_views: Vec<accounting::ThreadView> = start_tasks
-        .iter()
-        .flat_map(|(pid, tasks)| thread_views(*pid, tasks, maps, wants(ProfileKind::Offcpu)))
-        .collect();
+    let start_tasks = look(collector, members);
+    let mut start_views = views(&start_tasks, maps, wants(ProfileKind::Offcpu));
     tracing::info!(
         "attached to {} ({}) for {:?}: {:?}",
         target.selector.describe(),
@@ -440,16 +432,7 @@ async fn window(
                         return Some(EndReason::TargetExited);
                     }
                 }
-                for pid in members.live().collect::<Vec<_>>() {
-                    match maps.refresh(pid) {
-                        Ok(()) => {
-                            if let Err(e) = sync_unwind_tables(collector, unwind, maps, pid) {
-                                tracing::warn!("updating unwind tables of {pid}: {e}");
-                            }
-                        }
-                        Err(e) => tracing::debug!("refreshing maps of {pid}: {e}"),
-                    }
-                }
+                refresh_members(collector, unwind, maps, members);
                 // --dump-when is checked every second (4 ticks).
                 if ticks.is_multiple_of(4)
                     && let (Some(t), Some(d)) = (trigger.as_mut(), spec.dumps.as_ref())
@@ -496,11 +479,7 @@ async fn window(
     .await;
     // The last look at the threads (their CPU time) with the probes still on, then the end
     // time for intervals still open, then stop recording.
-    let live: Vec<u32> = members.live().collect();
-    let end_tasks: Vec<(u32, Vec<DumpTask>)> = live
-        .iter()
-        .map(|&pid| (pid, read_threads(collector, pid)))
-        .collect();
+    let end_tasks = look(collector, members);
     let end_ts = kernel::ktime_now();
     // The window ends here, not after the programs are detached: a syscall tracepoint's detach
     // waits for an RCU grace period (about 0.1-0.3 s seen here) in which nothing is recorded.
@@ -524,10 +503,7 @@ async fn window(
             &forked,
         );
     }
-    let end_views: Vec<accounting::ThreadView> = end_tasks
-        .iter()
-        .flat_map(|(pid, tasks)| thread_views(*pid, tasks, maps, wants(ProfileKind::Offcpu)))
-        .collect();
+    let end_views = views(&end_tasks, maps, wants(ProfileKind::Offcpu));
 
     let records = Records::read(collector, flags != 0, &wants, |_| true)?;
     let assembled = assemble(
@@ -802,6 +778,46 @@ fn follow_group(
             }
             Ok(false) => {}
             Err(e) => tracing::warn!("adding member {pid}: {e}"),
+        }
+    }
+}
+
+/// Every live member's threads now, read one process after the other before any stack is
+/// unwound ([`views`]): each look is within microseconds of the others.
+fn look(collector: &mut Collector, members: &Members) -> Vec<(u32, Vec<DumpTask>)> {
+    let live: Vec<u32> = members.live().collect();
+    live.into_iter()
+        .map(|pid| (pid, read_threads(collector, pid)))
+        .collect()
+}
+
+/// The threads of [`look`] as plain views (user stacks of those off CPU when `stacks`).
+fn views(
+    looked: &[(u32, Vec<DumpTask>)],
+    maps: &MapsCache,
+    stacks: bool,
+) -> Vec<accounting::ThreadView> {
+    looked
+        .iter()
+        .flat_map(|(pid, tasks)| thread_views(*pid, tasks, maps, stacks))
+        .collect()
+}
+
+/// Refreshes every live member's mappings and unwind tables (a tick of the window).
+fn refresh_members(
+    collector: &mut Collector,
+    unwind: &mut UnwindRegistry,
+    maps: &mut MapsCache,
+    members: &Members,
+) {
+    for pid in members.live().collect::<Vec<_>>() {
+        match maps.refresh(pid) {
+            Ok(()) => {
+                if let Err(e) = sync_unwind_tables(collector, unwind, maps, pid) {
+                    tracing::warn!("updating unwind tables of {pid}: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("refreshing maps of {pid}: {e}"),
         }
     }
 }

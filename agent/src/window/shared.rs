@@ -31,7 +31,7 @@ use stallscope_common::{CONFIG_BLOCK, CONFIG_FOLLOW, CONFIG_MUTEX, CONFIG_OFFCPU
 
 use super::{
     Assembly, CaptureSpec, Members, Records, SCAN_TICKS, TICK, Target, assemble, follow_group,
-    read_threads, sync_unwind_tables, take_followed, thread_views,
+    look, refresh_members, sync_unwind_tables, take_followed, views,
 };
 use crate::{
     error::Error,
@@ -374,17 +374,8 @@ impl Session {
             }
         }
         // Every member's threads first, their stacks after (as a single window's first look).
-        let start_tasks: Vec<(u32, Vec<stallscope_common::dump::DumpTask>)> = w
-            .members
-            .live()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|pid| (pid, read_threads(&mut self.collector, pid)))
-            .collect();
-        for (pid, tasks) in &start_tasks {
-            w.start_views
-                .extend(thread_views(*pid, tasks, &w.maps, stacks));
-        }
+        let start_tasks = look(&mut self.collector, &w.members);
+        w.start_views = views(&start_tasks, &w.maps, stacks);
         let open = self.windows.len() + 1;
         for other in &mut self.windows {
             other.peers = other.peers.max(open);
@@ -508,18 +499,12 @@ impl Session {
                     continue;
                 }
             }
-            for pid in w.members.live().collect::<Vec<_>>() {
-                match w.maps.refresh(pid) {
-                    Ok(()) => {
-                        if let Err(e) =
-                            sync_unwind_tables(&mut self.collector, &mut self.unwind, &w.maps, pid)
-                        {
-                            tracing::warn!("updating unwind tables of {pid}: {e}");
-                        }
-                    }
-                    Err(e) => tracing::debug!("refreshing maps of {pid}: {e}"),
-                }
-            }
+            refresh_members(
+                &mut self.collector,
+                &mut self.unwind,
+                &mut w.maps,
+                &w.members,
+            );
         }
     }
 
@@ -541,11 +526,7 @@ impl Session {
     fn close(&mut self, mut w: Open) {
         let end = w.end.unwrap_or(EndReason::Completed);
         // The last look at its threads with the probes still on, then its end time.
-        let live: Vec<u32> = w.members.live().collect();
-        let end_tasks: Vec<(u32, Vec<stallscope_common::dump::DumpTask>)> = live
-            .iter()
-            .map(|&pid| (pid, read_threads(&mut self.collector, pid)))
-            .collect();
+        let end_tasks = look(&mut self.collector, &w.members);
         let end_ts = kernel::ktime_now();
         let elapsed = w.t0.elapsed();
         for &pid in w.members.by_pid.keys() {
@@ -553,10 +534,7 @@ impl Session {
         }
         let program_stats = self.collector.program_stats();
         let stacks = w.flags() & CONFIG_OFFCPU != 0;
-        let end_views: Vec<accounting::ThreadView> = end_tasks
-            .iter()
-            .flat_map(|(pid, tasks)| thread_views(*pid, tasks, &w.maps, stacks))
-            .collect();
+        let end_views = views(&end_tasks, &w.maps, stacks);
         let pids: HashSet<u32> = w.members.by_pid.keys().copied().collect();
         let wants = |k: ProfileKind| w.spec.profiles.contains(&k);
         let read = Records::read(&self.collector, self.attached.offcpu, &wants, |tgid| {
