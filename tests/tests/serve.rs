@@ -649,15 +649,15 @@ fn concurrent_requests_for_different_targets_share_one_window() {
             "{path}: window {window} ns for seconds=4"
         );
         if path.starts_with("profile") {
+            // cpu_split's known split: hot_a does 3 units of work for hot_b's 1. (Four of
+            // them on two CPUs are preempted often: the kernel's leaf frames of that are not
+            // part of the split.)
             let top = stallscope_tests::top_flat(&p, "cpu");
-            let all: i64 = top.iter().map(|(_, v)| v).sum();
-            let a = top
-                .iter()
-                .find(|(f, _)| f == "hot_a")
-                .map_or(0, |(_, v)| *v);
+            let of = |f: &str| top.iter().find(|(g, _)| g == f).map_or(0, |(_, v)| *v);
+            let (a, b) = (of("hot_a"), of("hot_b"));
             assert!(
-                all > 0 && (0.6..=0.9).contains(&(a as f64 / all as f64)),
-                "{path}: hot_a {a} of {all} ns: {top:?}"
+                a + b > 0 && (0.6..=0.9).contains(&(a as f64 / (a + b) as f64)),
+                "{path}: hot_a {a} ns, hot_b {b} ns: {top:?}"
             );
         } else if path.starts_with("offcpu") {
             let vi = p.value_index("off-cpu").expect("off-cpu values");
