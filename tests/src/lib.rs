@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,22 +23,9 @@ pub use agent::model::{Line, Profile};
 
 pub mod serve_kit;
 
-/// Compiler flags for the C workloads: frame pointers, so the agent's frame-pointer walk sees
-/// every frame of our code, and DWARF for file:line.
-pub const C_FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];
-
-/// The workspace root (the parent of `tests/`).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives one level below the workspace root")
-        .to_path_buf()
-}
-
-/// Where workload sources live.
-pub fn workloads_src() -> PathBuf {
-    workspace_root().join("tests/workloads")
-}
+use stallscope_testkit::spawn::die_with_parent;
+pub use stallscope_testkit::workloads::{C_FLAGS, build_c, sources as workloads_src};
+pub use stallscope_testkit::{http, node, workspace_root};
 
 /// Panics unless running as root: root tests must fail, not silently pass, without it.
 pub fn require_root() {
@@ -54,112 +41,6 @@ pub fn require_root() {
 // Building workloads
 // ---------------------------------------------------------------------------------------------
 
-fn mtime(p: &Path) -> Option<SystemTime> {
-    p.metadata().and_then(|m| m.modified()).ok()
-}
-
-/// Whether `out` exists and is newer than every input.
-fn up_to_date(out: &Path, inputs: &[PathBuf]) -> bool {
-    let Some(out_time) = mtime(out) else {
-        return false;
-    };
-    inputs
-        .iter()
-        .all(|i| mtime(i).is_some_and(|t| t < out_time))
-}
-
-fn run_build(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("could not run {shown} to build {what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "building {what} failed ({}): {shown}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
-fn go_env(cmd: &mut Command) -> &mut Command {
-    let dir = workspace_root().join("target/workloads");
-    cmd.env("GOFLAGS", "-buildvcs=false")
-        .env("GOCACHE", dir.join("go-cache"))
-        .env("GOPATH", dir.join("go-path"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-}
-
-fn require_go() {
-    let ok = Command::new("go")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`go` is not installed: the Go workload and `go tool pprof` need it. \
-         Run `cargo xtask setup` as root (installs Debian's golang-go)"
-    );
-}
-
-/// Builds one workload into `target/workloads/<name>` unless it is newer than its sources.
-/// `<name>.c` is a C program; `<name>/` with a go.mod is a Go module.
-fn build_workload(name: &str) -> Result<PathBuf, String> {
-    let out_dir = workspace_root().join("target/workloads");
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let bin = out_dir.join(name);
-    let tmp = out_dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let c_src = workloads_src().join(format!("{name}.c"));
-    let go_dir = workloads_src().join(name);
-    if c_src.is_file() {
-        if up_to_date(&bin, std::slice::from_ref(&c_src)) {
-            return Ok(bin);
-        }
-        run_build(
-            Command::new("gcc")
-                .args(C_FLAGS)
-                .arg("-o")
-                .arg(&tmp)
-                .arg(&c_src),
-            name,
-        )?;
-    } else if go_dir.join("go.mod").is_file() {
-        let mut inputs: Vec<PathBuf> = std::fs::read_dir(&go_dir)
-            .map_err(|e| format!("{}: {e}", go_dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "go" || x == "mod"))
-            .collect();
-        inputs.sort();
-        if up_to_date(&bin, &inputs) {
-            return Ok(bin);
-        }
-        require_go();
-        run_build(
-            go_env(&mut Command::new("go"))
-                .current_dir(&go_dir)
-                .args(["build", "-o"])
-                .arg(&tmp)
-                .arg("."),
-            name,
-        )?;
-    } else {
-        return Err(format!(
-            "no workload {name:?}: neither {} nor {}/go.mod exists",
-            c_src.display(),
-            go_dir.display()
-        ));
-    }
-    std::fs::rename(&tmp, &bin)
-        .map_err(|e| format!("{} -> {}: {e}", tmp.display(), bin.display()))?;
-    Ok(bin)
-}
-
 /// The path of a built workload, building it on first use (once per test binary).
 pub fn workload_path(name: &str) -> PathBuf {
     type Built = Mutex<HashMap<String, Result<PathBuf, String>>>;
@@ -170,7 +51,7 @@ pub fn workload_path(name: &str) -> PathBuf {
         .unwrap_or_else(|e| e.into_inner());
     built
         .entry(name.to_string())
-        .or_insert_with(|| build_workload(name))
+        .or_insert_with(|| stallscope_testkit::workloads::build(name).map_err(|e| format!("{e:#}")))
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -224,20 +105,6 @@ impl Lines {
             .iter()
             .map(|(_, l)| l.clone())
             .collect()
-    }
-}
-
-/// Sets, in the child between fork and exec, a signal the child gets when the thread that
-/// started it dies, so a crashed test run leaves no workload behind.
-fn parent_death_signal(cmd: &mut Command, sig: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 
@@ -316,7 +183,7 @@ impl Workload {
         timeout: Duration,
     ) -> Workload {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-        parent_death_signal(&mut cmd, libc::SIGKILL);
+        die_with_parent(&mut cmd, libc::SIGKILL);
         let started = Instant::now();
         let mut child: Child = cmd
             .spawn()
@@ -594,20 +461,14 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 
 /// The run's `summary.json` (docs/summary-schema.md), which `attach` and `capture` write.
 pub fn summary_json(run: &AgentRun) -> serde_json::Value {
-    let path = run.file("summary.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}\n{}", path.display(), run.output()));
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    assert_eq!(v["schema_version"], 1, "summary.json schema: {text:.300}");
-    v
+    stallscope_testkit::summary::read(&run.out_dir)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", run.output()))
 }
 
 /// One counter of the run's `summary.json` by its name (`stallscope_common::Counter`).
 pub fn counter(run: &AgentRun, name: &str) -> u64 {
     let v = summary_json(run);
-    v["counters"][name]
-        .as_u64()
+    stallscope_testkit::summary::counter(&v, name)
         .unwrap_or_else(|| panic!("no counter {name:?} in summary.json: {}", v["counters"]))
 }
 
@@ -755,7 +616,7 @@ pub fn run_agent_with_timeout(args: &[&str], timeout: Duration) -> AgentRun {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    parent_death_signal(&mut cmd, libc::SIGKILL);
+    die_with_parent(&mut cmd, libc::SIGKILL);
     let start = Instant::now();
     let mut child = cmd
         .spawn()
@@ -1267,9 +1128,9 @@ pub fn go_pprof_top(path: impl AsRef<Path>) -> String {
 
 /// `go tool pprof <args> <path>`, asserting that it succeeds and returning its stdout.
 pub fn go_pprof(args: &[&str], path: impl AsRef<Path>) -> String {
-    require_go();
     let path = path.as_ref();
-    let out = go_env(&mut Command::new("go"))
+    let out = stallscope_testkit::workloads::go()
+        .unwrap_or_else(|e| panic!("{e:#}"))
         .args(["tool", "pprof"])
         .args(args)
         .arg(path)

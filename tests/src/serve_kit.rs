@@ -1,9 +1,8 @@
 //! Clients of `agent serve` for the root tests: the agent serving on loopback, a minimal HTTP
 //! client (no client crate), a real Prometheus scraping it, and readers of the exposition text.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,19 +13,7 @@ use crate::{TempDir, agent_path};
 /// Has the kernel SIGKILL the child started by `cmd` when the thread that started it dies, so a
 /// crashed test leaves nothing running.
 pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    stallscope_testkit::spawn::die_with_parent(cmd, libc::SIGKILL);
 }
 
 /// A running `agent serve`, stopped (SIGTERM, then SIGKILL) on drop unless it already exited;
@@ -198,78 +185,20 @@ impl Drop for Serve {
     }
 }
 
-#[derive(Debug)]
-pub struct Reply {
-    /// 0: the server closed without an answer (or with no status code in it).
-    pub status: u16,
-    pub headers: String,
-    pub body: String,
-    /// The body as bytes (de-chunked, like `body`).
-    pub bytes: Vec<u8>,
-}
+pub use stallscope_testkit::http::{Reply, dechunk, parse_reply};
 
 /// The bytes of `GET <path> HTTP/1.1` with `Host: test`, `extra_headers` (each line ending in
 /// CRLF) and `Connection: close`.
 pub fn get_request(path: &str, extra_headers: &[u8]) -> Vec<u8> {
-    get_request_to("test", path, extra_headers)
-}
-
-fn get_request_to(host: &str, path: &str, extra_headers: &[u8]) -> Vec<u8> {
-    let mut r = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n").into_bytes();
-    r.extend_from_slice(extra_headers);
-    r.extend_from_slice(b"Connection: close\r\n\r\n");
-    r
-}
-
-/// Sends `request` as is (loopback only) and reads until the server closes, `timeout` passes
-/// or reading fails; returns what was read and how reading ended. A server that answers before
-/// reading the whole request may reset the rest of it: a failed write is not an error.
-fn exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (Vec<u8>, std::io::Result<()>) {
-    assert!(addr.ip().is_loopback(), "tests only talk to loopback");
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let _ = s.write_all(request);
-    let mut raw = Vec::new();
-    let end = s.read_to_end(&mut raw).map(drop);
-    (raw, end)
+    stallscope_testkit::http::get_request("test", path, extra_headers)
 }
 
 /// Sends raw bytes and parses whatever came back: a reply with status 0 if the server closed
 /// (or `timeout` passed) without answering.
 pub fn send(addr: SocketAddr, request: &[u8], timeout: Duration) -> Reply {
-    parse_reply(&exchange(addr, request, timeout).0)
-}
-
-/// Parses a raw HTTP/1 reply; with no complete head, status 0 and the bytes as the body.
-pub fn parse_reply(raw: &[u8]) -> Reply {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Reply {
-            status: 0,
-            headers: String::new(),
-            body: String::from_utf8_lossy(raw).into_owned(),
-            bytes: raw.to_vec(),
-        };
-    };
-    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        bytes: body,
-    }
+    let (raw, _) = stallscope_testkit::http::exchange(addr, request, timeout)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    parse_reply(&raw)
 }
 
 /// A plain HTTP/1.1 GET (loopback only), so the tests depend on no HTTP client crate. Panics
@@ -278,44 +207,8 @@ pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>, timeout: Dur
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request = get_request_to(&addr.to_string(), path, auth.as_bytes());
-    let (raw, end) = exchange(addr, &request, timeout);
-    end.unwrap_or_else(|e| panic!("reading the reply to GET {path}: {e}"));
-    let r = parse_reply(&raw);
-    assert!(
-        r.status != 0,
-        "no HTTP reply to GET {path}: {:?}",
-        String::from_utf8_lossy(&raw[..raw.len().min(300)])
-    );
-    r
-}
-
-/// The body of a chunked reply; a truncated or malformed one ends where it stops making sense.
-pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..eol])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        let Some(chunk) = b.get(eol + 2..eol + 2 + n) else {
-            out.extend_from_slice(&b[eol + 2..]);
-            return out;
-        };
-        out.extend_from_slice(chunk);
-        b = b.get(eol + 2 + n + 2..).unwrap_or_default();
-    }
+    stallscope_testkit::http::get(addr, path, auth.as_bytes(), timeout)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn url_encode(s: &str) -> String {

@@ -9,15 +9,7 @@ use stallscope_tests::*;
 
 const NAMESPACE: &str = "stallscope-test";
 
-/// Where a cgroup filesystem of `fstype` (`cgroup2`, or `cgroup` with `option`) is mounted.
-fn cgroup_mount(fstype: &str, option: Option<&str>) -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 4 && f[2] == fstype && option.is_none_or(|o| f[3].split(',').any(|x| x == o)))
-            .then(|| PathBuf::from(f[1]))
-    })
-}
+use stallscope_tests::node::{POD_LOGS, cgroup_mount, remove_cgroup_dirs};
 
 /// A cgroup made for the test and the kubelet's pod directory, with the workload moved in;
 /// everything is undone on drop (the workload moved back to the root cgroup first).
@@ -41,7 +33,7 @@ impl PodLayout {
                 dirs.push(p.clone());
             }
         }
-        let pods = Path::new("/var/log/pods");
+        let pods = Path::new(POD_LOGS);
         let made_pods_dir = !pods.exists();
         let pod_log = pods.join(format!("{NAMESPACE}_{pod}_{uid}"));
         std::fs::create_dir_all(&pod_log).expect("creating the pod log directory");
@@ -61,18 +53,10 @@ impl PodLayout {
 impl Drop for PodLayout {
     fn drop(&mut self) {
         let _ = std::fs::write(self.mount.join("cgroup.procs"), self.pid.to_string());
-        for d in self.dirs.iter().rev() {
-            // A cgroup is removed with rmdir once empty; the workload may take a moment to go.
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
+        remove_cgroup_dirs(&self.dirs);
         let _ = std::fs::remove_dir(&self.pod_log);
         if self.made_pods_dir {
-            let _ = std::fs::remove_dir("/var/log/pods");
+            let _ = std::fs::remove_dir(POD_LOGS);
         }
     }
 }
@@ -342,79 +326,20 @@ fn a_pod_container_or_cgroup_profile_has_only_its_processes() {
 /// `stallscope_processes_summed` counts them (7 each); the whole text stays bounded.
 #[test]
 fn metrics_of_500_processes_in_50_containers_are_labelled_and_bounded() {
-    use stallscope_tests::serve_kit::{Serve, die_with_parent, sample};
+    use stallscope_tests::serve_kit::{Serve, sample};
     require_root();
-    let mount = cgroup_mount("cgroup2", None).expect("a cgroup2 mount on this machine");
-    struct Node {
-        dirs: Vec<PathBuf>,
-        pod_logs: Vec<PathBuf>,
-        children: Vec<std::process::Child>,
-        mount: PathBuf,
-    }
-    impl Drop for Node {
-        fn drop(&mut self) {
-            for c in &mut self.children {
-                let _ = std::fs::write(self.mount.join("cgroup.procs"), c.id().to_string());
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            for d in self.dirs.iter().rev() {
-                for _ in 0..50 {
-                    if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-            for p in &self.pod_logs {
-                let _ = std::fs::remove_dir(p);
-            }
-        }
-    }
-    let mut node = Node {
-        dirs: Vec::new(),
-        pod_logs: Vec::new(),
-        children: Vec::new(),
-        mount: mount.clone(),
-    };
-    let tag = format!("{:08x}", std::process::id());
-    let slice = mount.join("kubepods.slice/kubepods-besteffort.slice");
-    for d in [mount.join("kubepods.slice"), slice.clone()] {
-        if !d.exists() {
-            std::fs::create_dir(&d).expect("creating the kubepods slices");
-            node.dirs.push(d);
-        }
-    }
-    let mut pods = Vec::new();
-    for i in 0..50u32 {
-        let uid = format!("{tag}-{i:04x}-4000-8000-{:012x}", i);
-        let id = format!("{tag}{i:08x}{}", "ab".repeat(24));
-        let name = format!("svc-{i}");
-        let pod_dir = slice.join(format!(
-            "kubepods-besteffort-pod{}.slice",
-            uid.replace('-', "_")
-        ));
-        let scope = pod_dir.join(format!("cri-containerd-{id}.scope"));
-        for d in [&pod_dir, &scope] {
-            std::fs::create_dir(d).expect("creating a pod's cgroup");
-            node.dirs.push(d.clone());
-        }
-        let log = Path::new("/var/log/pods").join(format!("{NAMESPACE}_{name}_{uid}"));
-        std::fs::create_dir_all(&log).expect("creating the pod log directory");
-        node.pod_logs.push(log);
-        let mut pids = Vec::new();
-        for _ in 0..10 {
-            let mut cmd = std::process::Command::new("sleep");
-            cmd.arg("600");
-            die_with_parent(&mut cmd);
-            let child = cmd.spawn().expect("sleep");
-            std::fs::write(scope.join("cgroup.procs"), child.id().to_string())
-                .expect("moving a process into its container");
-            pids.push(child.id());
-            node.children.push(child);
-        }
-        pods.push((id, name, pids));
-    }
+    let node = stallscope_tests::node::FakeNode::build(NAMESPACE, 50, 10, |_, _| {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        cmd
+    })
+    .unwrap_or_else(|e| panic!("laying out the node: {e:#}"));
+    let tag = node.tag();
+    let pods: Vec<(String, String, Vec<u32>)> = node
+        .pods
+        .iter()
+        .map(|p| (p.container_id.clone(), p.name.clone(), p.pids.clone()))
+        .collect();
     let serve = Serve::start(
         &[
             "--all",

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,21 +41,7 @@ fn minutes() -> f64 {
 fn build_plugin() -> PathBuf {
     let src = workloads_src().join("churn_plugin.c");
     let out = workspace_root().join("target/workloads/libchurn_plugin.so");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new("gcc")
-        .args([
-            "-O1",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-shared",
-            "-fPIC",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running gcc (`cargo xtask setup` installs it)");
-    assert!(st.success(), "gcc failed on {}", src.display());
+    build_c(&src, &out, &["-shared", "-fPIC"], &[]).unwrap_or_else(|e| panic!("{e:#}"));
     out
 }
 

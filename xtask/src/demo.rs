@@ -11,30 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{
-    SIGNAL, check, display, install_signal_handlers, run, target_dir, up_to_date, workspace_root,
-};
+use crate::util::{SIGNAL, check, display, install_signal_handlers, target_dir, workspace_root};
 
 /// The profiles the demo asks for (`--profile a,b`). Add `offcpu`, `block`, ... as they land.
 pub const DEMO_PROFILES: &[&str] = &["cpu", "offcpu", "block", "mutex"];
 const DEMO_DURATION: &str = "10s";
 /// Relative to the workspace root.
 const DEMO_OUT: &str = "out/demo";
-
-/// Runs in the child between fork and exec: its own process group (so the terminal's Ctrl-C goes
-/// to xtask only) and a signal when xtask dies, so nothing outlives a killed xtask.
-fn detach_with_parent_death_signal(cmd: &mut Command, sig: libc::c_int) {
-    cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing is allocated in the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 /// The demo workload; SIGKILLed and reaped on drop.
 struct Workload {
@@ -51,28 +34,16 @@ impl Drop for Workload {
 }
 
 fn compile_demo() -> Result<std::path::PathBuf> {
-    let src = workspace_root().join("tests/workloads/demo.c");
-    let dir = target_dir().join("workloads");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let bin = dir.join("demo");
-    if up_to_date(&bin, std::slice::from_ref(&src)) {
-        println!("ok: {} is up to date", bin.display());
-        return Ok(bin);
-    }
-    run(Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src))
-    .context(
-        "compiling the demo workload failed (is gcc installed? `cargo xtask setup` installs it)",
-    )?;
+    let bin =
+        stallscope_testkit::workloads::build("demo").context("compiling the demo workload")?;
+    println!("ok: {} is built", bin.display());
     Ok(bin)
 }
 
 fn start_workload(bin: &Path) -> Result<(Workload, u32)> {
     let mut cmd = Command::new(bin);
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-    detach_with_parent_death_signal(&mut cmd, libc::SIGKILL);
+    stallscope_testkit::spawn::detached(&mut cmd);
     println!("$ {} &", display(&cmd));
     let mut child = cmd
         .spawn()
@@ -136,7 +107,8 @@ pub fn demo() -> Result<()> {
         .arg("-o")
         .arg(DEMO_OUT);
     // The agent ends its capture early and writes what it has on SIGINT.
-    detach_with_parent_death_signal(&mut cmd, libc::SIGINT);
+    cmd.process_group(0);
+    stallscope_testkit::spawn::die_with_parent(&mut cmd, libc::SIGINT);
     let shown = display(&cmd);
     println!("$ {shown}");
     let mut child = cmd

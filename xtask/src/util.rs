@@ -99,18 +99,6 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether `out` exists and is newer than every one of `inputs`.
-pub fn up_to_date(out: &Path, inputs: &[PathBuf]) -> bool {
-    let Ok(out_time) = out.metadata().and_then(|m| m.modified()) else {
-        return false;
-    };
-    inputs.iter().all(|i| {
-        i.metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < out_time)
-    })
-}
-
 /// The last SIGINT/SIGTERM xtask received (0: none). The children of `demo` and `bench` run in
 /// their own process groups, so a terminal Ctrl-C reaches only xtask, which then stops (and
 /// forwards it) in its own time.

@@ -29,7 +29,7 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Dump> {
         ));
     }
     let bin = ctx.dir.join("dump_many");
-    gcc(&src, &bin, &[])?;
+    gcc(&src, &bin)?;
     let reps = if ctx.quick { 3 } else { 5 };
     let mut rows = Vec::new();
     for threads in [10u64, 100, 1000] {

@@ -133,8 +133,6 @@ const MARK_END: &str = "<!-- cargo xtask bench: end -->";
 const WORKLOAD_NICE: libc::c_int = -10;
 
 /// Workload flags, as the test workloads are built.
-const CFLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer", "-pthread"];
-
 /// A way of running the agent.
 struct Mode {
     key: &'static str,
@@ -498,27 +496,14 @@ impl Ctx {
     }
 }
 
+/// `tests/workloads/<name>` built into `target/workloads` (the test kit's build).
 fn compile_workload(name: &str) -> Result<PathBuf> {
-    let src = workspace_root().join(format!("tests/workloads/{name}.c"));
-    let dir = target_dir().join("workloads");
-    std::fs::create_dir_all(&dir)?;
-    let bin = dir.join(name);
-    gcc(&src, &bin, &[])?;
-    Ok(bin)
+    stallscope_testkit::workloads::build(name)
 }
 
-fn gcc(src: &Path, bin: &Path, extra: &[&str]) -> Result<()> {
-    let header = workspace_root().join("tests/workloads/bench_start.h");
-    if crate::util::up_to_date(bin, &[src.to_path_buf(), header]) {
-        return Ok(());
-    }
-    run(Command::new("gcc")
-        .args(CFLAGS)
-        .args(extra)
-        .arg("-o")
-        .arg(bin)
-        .arg(src))
-    .context("compiling a benchmark workload (is gcc installed? `cargo xtask setup` installs it)")
+/// A generated or bench-only C program, built as the workloads are.
+fn gcc(src: &Path, bin: &Path) -> Result<()> {
+    stallscope_testkit::workloads::build_c(src, bin, &[], &[])
 }
 
 /// `/proc/sys/kernel/bpf_stats_enabled`: off except while a figure needs it; put back as it
@@ -562,71 +547,32 @@ impl Drop for BpfStats {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parsing the agent's summary
+// Reading the agent's summary.json (the test kit's reader)
 
-/// A run's `summary.json` (docs/summary-schema.md); `Null` when it wrote none (serve, bpftrace).
+/// A run's `summary.json` (docs/summary-schema.md); `Null` when it wrote none (serve, bpftrace)
+/// or it could not be read (said on stderr).
 fn summary_json(dir: Option<&Path>) -> serde_json::Value {
-    dir.and_then(|d| std::fs::read_to_string(d.join("summary.json")).ok())
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null)
+    let Some(dir) = dir else {
+        return serde_json::Value::Null;
+    };
+    stallscope_testkit::summary::read(dir).unwrap_or_else(|e| {
+        eprintln!("warning: {e:#}");
+        serde_json::Value::Null
+    })
 }
 
 /// One counter of a summary.json by name (0 when absent).
 fn counter(summary: &serde_json::Value, name: &str) -> u64 {
-    summary["counters"][name].as_u64().unwrap_or(0)
+    stallscope_testkit::summary::counter(summary, name).unwrap_or(0)
 }
 
-/// Everything a summary.json counts as lost: every dropped event and lost stack.
-fn losses(summary: &serde_json::Value) -> u64 {
-    use stallscope_common::{Counter, CounterGroup};
-    Counter::ALL
-        .into_iter()
-        .map(|c| c.info())
-        .filter(|i| matches!(i.group, CounterGroup::Dropped | CounterGroup::StackLost))
-        .map(|i| counter(summary, i.name))
-        .sum()
-}
-
-/// The non-zero losses of a summary.json by name, for the notes under a table.
-fn losses_text(summary: &serde_json::Value) -> String {
-    use stallscope_common::{Counter, CounterGroup};
-    let named: Vec<String> = Counter::ALL
-        .into_iter()
-        .map(|c| c.info())
-        .filter(|i| matches!(i.group, CounterGroup::Dropped | CounterGroup::StackLost))
-        .filter_map(|i| {
-            let n = counter(summary, i.name);
-            (n > 0).then(|| format!("{} {n}", i.name))
-        })
-        .collect();
-    if named.is_empty() {
-        "nothing lost".into()
-    } else {
-        named.join(", ")
-    }
-}
+use stallscope_testkit::summary::{losses, losses_text};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use attach::parse_strace_bpf;
     use redis::parse_redis_csv;
-
-    #[test]
-    fn losses_sum_every_drop_and_lost_stack_and_nothing_else() {
-        let v: serde_json::Value = serde_json::from_str(
-            r#"{"counters": {"user_stack_lost": 1, "stack_collision": 3, "lock_table_full": 2,
-                "cpu_samples": 99, "user_stack_walked": 7}}"#,
-        )
-        .unwrap();
-        assert_eq!(losses(&v), 1 + 3 + 2);
-        assert_eq!(counter(&v, "cpu_samples"), 99);
-        assert_eq!(losses(&serde_json::Value::Null), 0);
-        assert_eq!(
-            losses_text(&v),
-            "user_stack_lost 1, stack_collision 3, lock_table_full 2"
-        );
-    }
 
     #[test]
     fn fdinfo_and_strace() {

@@ -25,137 +25,32 @@ const CONTAINERS: usize = 50;
 const PER_CONTAINER: usize = 10;
 const NAMESPACE: &str = "stallscope-bench";
 
-/// The cgroups, pod directories and processes of the fake node; undone on drop.
-struct Layout {
-    mount: PathBuf,
-    dirs: Vec<PathBuf>,
-    pod_logs: Vec<PathBuf>,
-    children: Vec<Child>,
-}
-
-impl Drop for Layout {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = std::fs::write(self.mount.join("cgroup.procs"), c.id().to_string());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in self.dirs.iter().rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        for p in &self.pod_logs {
-            let _ = std::fs::remove_dir(p);
-        }
-    }
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 3 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-    })
-}
-
-/// 50 pods of one container each; in each, 9 sleeping processes and one `cpu_split` (a
-/// process that runs, so the window requests have CPU to record).
-fn layout(busy: &Path) -> Result<(Layout, Vec<u32>)> {
-    let mount = cgroup2_mount().context("no cgroup2 mount")?;
-    let mut l = Layout {
-        mount: mount.clone(),
-        dirs: Vec::new(),
-        pod_logs: Vec::new(),
-        children: Vec::new(),
-    };
-    let slice = mount.join("kubepods.slice/kubepods-besteffort.slice");
-    for d in [mount.join("kubepods.slice"), slice.clone()] {
-        if !d.exists() {
-            std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
-            l.dirs.push(d);
-        }
-    }
-    let tag = format!("{:08x}", std::process::id());
-    let mut busy_pids = Vec::new();
-    for i in 0..CONTAINERS {
-        let uid = format!("{tag}-{i:04x}-4000-8000-{i:012x}");
-        let id = format!("{tag}{i:08x}{}", "cd".repeat(24));
-        let pod_dir = slice.join(format!(
-            "kubepods-besteffort-pod{}.slice",
-            uid.replace('-', "_")
-        ));
-        let scope = pod_dir.join(format!("cri-containerd-{id}.scope"));
-        for d in [&pod_dir, &scope] {
-            std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
-            l.dirs.push(d.clone());
-        }
-        let log = Path::new("/var/log/pods").join(format!("{NAMESPACE}_svc-{i}_{uid}"));
-        std::fs::create_dir_all(&log)?;
-        l.pod_logs.push(log);
-        for k in 0..PER_CONTAINER {
-            let mut cmd = if k == 0 {
-                Command::new(busy)
-            } else {
-                let mut c = Command::new("sleep");
-                c.arg("3600");
-                c
-            };
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = spawn(&mut cmd)?;
-            std::fs::write(scope.join("cgroup.procs"), child.id().to_string())
-                .context("moving a process into its container")?;
-            if k == 0 {
-                busy_pids.push(child.id());
-            }
-            l.children.push(child);
-        }
-    }
-    Ok((l, busy_pids))
-}
-
-/// GET `path` from `addr`; the body and how long the whole answer took.
-fn get(addr: &str, path: &str, timeout: Duration) -> Result<(Vec<u8>, f64)> {
-    let t = Instant::now();
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let elapsed = t.elapsed().as_secs_f64();
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no HTTP header")?;
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!(
-            "GET {path}: {}",
-            head.lines().next().unwrap_or_default().to_string()
-                + " "
-                + &String::from_utf8_lossy(&raw[head_end..])
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-        );
-    }
-    Ok((raw[head_end + 4..].to_vec(), elapsed))
+/// GET `path` from `addr` (200 or an error): the body and how long the whole answer took.
+fn get(addr: &std::net::SocketAddr, path: &str, timeout: Duration) -> Result<(Vec<u8>, f64)> {
+    let r = stallscope_testkit::http::get_ok(*addr, path, timeout)?;
+    Ok((r.bytes, r.took.as_secs_f64()))
 }
 
 pub(super) fn measure(ctx: &Ctx) -> Result<Node> {
     let busy = compile_workload("cpu_split")?;
-    let (layout, busy_pids) = layout(&busy)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // 50 pods of one container each; in each, one `cpu_split` (a process that runs, so the
+    // window requests have CPU to record) and 9 sleeping processes.
+    let layout =
+        stallscope_testkit::node::FakeNode::build(NAMESPACE, CONTAINERS, PER_CONTAINER, |_, k| {
+            if k == 0 {
+                Command::new(&busy)
+            } else {
+                let mut c = Command::new("sleep");
+                c.arg("3600");
+                c
+            }
+        })
+        .context("laying out the fake node")?;
+    let busy_pids: Vec<u32> = layout.pods.iter().map(|p| p.pids[0]).collect();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut cmd = Command::new(&ctx.agent);
-    cmd.args(["serve", "--all", "--max-targets", "1024", "--listen", &addr])
+    cmd.args(["serve", "--all", "--max-targets", "1024", "--listen"])
+        .arg(addr.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -199,10 +94,7 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Node> {
                 .iter()
                 .take(n)
                 .map(|pid| {
-                    let (addr, path) = (
-                        addr.clone(),
-                        format!("/debug/pprof/profile?pid={pid}&seconds=10"),
-                    );
+                    let path = format!("/debug/pprof/profile?pid={pid}&seconds=10");
                     std::thread::spawn(move || get(&addr, &path, Duration::from_secs(60)))
                 })
                 .collect();

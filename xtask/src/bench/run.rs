@@ -13,23 +13,8 @@ pub(super) fn check_interrupted() -> Result<()> {
 
 /// Spawns `cmd` in its own process group, SIGKILLed if xtask dies.
 pub(super) fn spawn(cmd: &mut Command) -> Result<Child> {
-    cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe and nothing is allocated between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            match libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
-    cmd.spawn()
+    stallscope_testkit::spawn::detached(cmd)
+        .spawn()
         .with_context(|| format!("starting `{}`", display(cmd)))
 }
 

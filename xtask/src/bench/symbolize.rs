@@ -19,7 +19,7 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Symbolize> {
         std::fs::write(&src, text)?;
     }
     let t = Instant::now();
-    gcc(&src, &bin, &[])?;
+    gcc(&src, &bin)?;
     let compile_s = t.elapsed().as_secs_f64();
     let example = target_dir().join("release/examples/bench_symbolize");
     if !example.is_file() {
@@ -50,7 +50,7 @@ pub(super) fn big_program(n: usize) -> String {
          // Built with: gcc {}\n\
          #include <stdio.h>\n\
          static volatile int sink;\n",
-        CFLAGS.join(" ")
+        stallscope_testkit::workloads::C_FLAGS.join(" ")
     );
     for i in 0..n {
         let _ = writeln!(
