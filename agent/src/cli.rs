@@ -238,7 +238,7 @@ pub struct AttachArgs {
     pub duration: Duration,
 
     /// Profiles to take, comma separated: cpu, offcpu, block, mutex.
-    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_profile)]
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
     pub profile: Vec<ProfileKind>,
 
     #[command(flatten)]
@@ -399,19 +399,6 @@ pub fn parse_dump_when(s: &str) -> Result<crate::dump::trigger::DumpWhen, String
     s.parse()
 }
 
-/// Parses one profile name of `--profile`.
-pub fn parse_profile(s: &str) -> Result<ProfileKind, String> {
-    match s.trim() {
-        "cpu" => Ok(ProfileKind::Cpu),
-        "offcpu" => Ok(ProfileKind::Offcpu),
-        "block" => Ok(ProfileKind::Block),
-        "mutex" => Ok(ProfileKind::Mutex),
-        other => Err(format!(
-            "unknown profile {other:?}; available: cpu, offcpu, block, mutex"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,9 +500,27 @@ mod tests {
             a.profile,
             vec![ProfileKind::Cpu, ProfileKind::Offcpu, ProfileKind::Block]
         );
+        let e = Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "gpu"])
+            .unwrap_err()
+            .to_string();
         assert!(
-            Cli::try_parse_from(["agent", "attach", "--pid", "1", "--profile", "gpu"]).is_err()
+            e.contains("'gpu'") && e.contains("possible values: cpu, offcpu, block, mutex"),
+            "{e}"
         );
+        // Every kind parses by the name its files carry.
+        for kind in [
+            ProfileKind::Cpu,
+            ProfileKind::Offcpu,
+            ProfileKind::Block,
+            ProfileKind::Mutex,
+        ] {
+            let cli = Cli::try_parse_from(["agent", "attach", "-p", "1", "--profile", kind.name()])
+                .unwrap();
+            let Command::Attach(a) = cli.command else {
+                panic!("not attach")
+            };
+            assert_eq!(a.profile, vec![kind]);
+        }
         assert!(Cli::try_parse_from(["agent", "attach"]).is_err());
     }
 

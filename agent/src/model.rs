@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 /// Which profile a [`RawProfile`] is. Decides the file names and the default sample type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `--profile` parses it by [`ProfileKind::name`] (clap's `ValueEnum`, names in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum ProfileKind {
     Cpu,
     Offcpu,

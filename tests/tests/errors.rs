@@ -26,7 +26,7 @@ fn usage_errors_exit_2() {
     let (code, text) = agent(&["attach", "--pid", "1", "--profile", "gpu"]);
     assert_eq!(code, 2, "{text}");
     assert!(
-        text.contains("available: cpu, offcpu, block, mutex"),
+        text.contains("possible values: cpu, offcpu, block, mutex"),
         "{text}"
     );
     let (code, text) = agent(&["attach", "--pid", "1", "--duration", "soon"]);

@@ -429,14 +429,24 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
     group_rows(&mut rows, "attach");
     duration_rows(&mut rows, &attach, "--duration");
     for (v, needle) in [
-        (V::Empty, "unknown profile \"\""),
-        (V::Huge, "unknown profile"),
-        (V::Big, "unknown profile"),
-        (V::Negative, "unknown profile"),
-        (V::NonUtf8, NON_UTF8),
-        (V::Lit("cpu,,offcpu"), "unknown profile \"\""),
-        (V::Lit("cpu,gpu"), "available: cpu, offcpu, block, mutex"),
-        (V::Lit("../../etc/passwd"), "unknown profile"),
+        // clap's ValueEnum: the value, and every profile there is.
+        (V::Empty, "a value is required for '--profile <PROFILE>'"),
+        (V::Huge, "invalid value '1000"),
+        (V::Big, "invalid value '9999"),
+        (V::Negative, "invalid value '-1'"),
+        (V::NonUtf8, "invalid value"),
+        (
+            V::Lit("cpu,,offcpu"),
+            "a value is required for '--profile <PROFILE>'",
+        ),
+        (
+            V::Lit("cpu,gpu"),
+            "possible values: cpu, offcpu, block, mutex",
+        ),
+        (
+            V::Lit("../../etc/passwd"),
+            "invalid value '../../etc/passwd'",
+        ),
     ] {
         rows.push(flag_row(&attach, "--profile", v, 2, needle));
     }
