@@ -44,15 +44,25 @@ pub enum Error {
     )]
     NoBtf,
 
+    /// Loading a program (or what it needs: the kernel's BTF, offsets in it) failed. The
+    /// cause is kept as the source and also said in the message, before what to check.
     #[error(
-        "the kernel refused to load stallscope's BPF programs: {0}\n\
+        "the kernel refused to load stallscope's BPF programs: {what}: {source}\n\
          Check that BPF is enabled (CONFIG_BPF_SYSCALL=y), that /proc/sys/kernel/unprivileged_bpf_disabled \
          is not blocking root, and rerun with -v for the verifier log"
     )]
-    BpfLoad(String),
+    BpfLoad {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
-    #[error("attaching a probe failed: {0}")]
-    Attach(String),
+    #[error("attaching a probe failed: {what}: {source}")]
+    Attach {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     #[error("cannot write output to {path}: {source}; choose another directory with -o")]
     Output {
@@ -94,6 +104,28 @@ impl Error {
         Error::Internal {
             context: context.into(),
             source: Some(source.into()),
+        }
+    }
+
+    /// [`Error::BpfLoad`]: loading `what` failed because of `source`.
+    pub fn bpf_load(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::BpfLoad {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// [`Error::Attach`]: attaching `what` failed because of `source`.
+    pub fn attach(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Attach {
+            what: what.into(),
+            source: source.into(),
         }
     }
 

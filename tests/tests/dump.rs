@@ -638,7 +638,7 @@ fn benchmark_dump_times() {
     maps.refresh(w.pid()).unwrap();
     let mut collector = agent::kernel::Collector::load(
         agent::kernel::offsets::scheduler_offsets().unwrap(),
-        agent::kernel::DEFAULT_MAP_ENTRIES,
+        stallscope_common::AGG_MAP_ENTRIES,
     )
     .unwrap();
     let mut symbolizer = agent::symbolize::Symbolizer::new();
@@ -684,7 +684,7 @@ fn triggers_write_dumps_when_conditions_hold() {
     maps.refresh(w.pid()).unwrap();
     let mut collector = agent::kernel::Collector::load(
         agent::kernel::offsets::scheduler_offsets().unwrap(),
-        agent::kernel::DEFAULT_MAP_ENTRIES,
+        stallscope_common::AGG_MAP_ENTRIES,
     )
     .unwrap();
     let mut symbolizer = agent::symbolize::Symbolizer::new();

@@ -33,7 +33,7 @@ fn run_group(args: &DumpArgs, selector: &Selector) -> Result<String, Error> {
         return Err(selector.empty_error());
     }
     let mut collector =
-        Collector::load(KernelOffsets::default(), crate::kernel::DEFAULT_MAP_ENTRIES)?;
+        Collector::load(KernelOffsets::default(), stallscope_common::AGG_MAP_ENTRIES)?;
     let mut symbolizer = Symbolizer::new();
     let mut dumps = Vec::new();
     let mut gone = Vec::new();
@@ -117,7 +117,7 @@ fn run_one(args: &DumpArgs, pid: u32) -> Result<String, Error> {
     // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
     // parsed a second time for them.
     let mut collector =
-        Collector::load(KernelOffsets::default(), crate::kernel::DEFAULT_MAP_ENTRIES)?;
+        Collector::load(KernelOffsets::default(), stallscope_common::AGG_MAP_ENTRIES)?;
     let mut symbolizer = Symbolizer::new();
     let dump = take_dump(&mut collector, pid, &maps, &mut symbolizer)?;
     let detail = if args.debug == 1 {

@@ -277,9 +277,6 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd, Error> {
         .map_err(|e| Error::internal("enabling BPF run-time statistics", e))
 }
 
-/// Entries in each aggregation map unless `--map-entries` says otherwise.
-pub const DEFAULT_MAP_ENTRIES: u32 = stallscope_common::AGG_MAP_ENTRIES;
-
 /// The aggregation maps `--map-entries` sizes: one per profile (and the mutex profile's
 /// waiter side).
 const AGGREGATION_MAPS: [&str; 5] = [
@@ -307,7 +304,7 @@ impl Collector {
         }
         let mut ebpf = loader
             .load(BPF_OBJECT)
-            .map_err(|e| Error::BpfLoad(format!("{e:#}")))?;
+            .map_err(|e| Error::bpf_load("the BPF object", e))?;
         // Every shared map (its key and value sizes are checked where it is opened).
         if let Some((name, _, _)) = maps::ALL.iter().find(|(n, _, _)| ebpf.map(n).is_none()) {
             return Err(Error::bug(format!(
@@ -488,8 +485,7 @@ impl Collector {
         if cpu {
             let prog = self.perf_program()?;
             if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|e| Error::BpfLoad(format!("cpu_sample: {e:#}")))?;
+                prog.load().map_err(|e| Error::bpf_load("cpu_sample", e))?;
             }
         }
         if offcpu {
@@ -523,7 +519,7 @@ impl Collector {
                     SamplePolicy::Frequency(frequency),
                     false,
                 )
-                .map_err(|e| Error::Attach(format!("cpu-clock perf event on CPU {cpu}: {e:#}")))?;
+                .map_err(|e| Error::attach(format!("cpu-clock perf event on CPU {cpu}"), e))?;
             self.cpu_links.push(link);
         }
         Ok(cpus.len())
@@ -566,7 +562,7 @@ impl Collector {
         let attached = self.program(prog_name).and_then(|prog| match prog {
             Program::BtfTracePoint(p) => p
                 .attach()
-                .map_err(|e| Error::Attach(format!("BTF tracepoint {tp}: {e:#}"))),
+                .map_err(|e| Error::attach(format!("BTF tracepoint {tp}"), e)),
             _ => Err(Error::bug(format!("{prog_name}: unexpected type"))),
         })?;
         self.tp_links.push((prog_name, attached));
@@ -599,9 +595,7 @@ impl Collector {
     fn load_hooked(&mut self, prog_name: &'static str, tp: &'static str) -> Result<(), Error> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                Error::BpfLoad(format!(
-                    "reading the kernel BTF /sys/kernel/btf/vmlinux: {e}"
-                ))
+                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
             })?);
         }
         let btf = self.btf.as_ref().expect("set above");
@@ -613,7 +607,7 @@ impl Collector {
             Program::BtfTracePoint(p) => {
                 if p.fd().is_err() {
                     p.load(tp, btf).map_err(|e| {
-                        Error::BpfLoad(format!("{prog_name} (BTF tracepoint {tp}): {e:#}"))
+                        Error::bpf_load(format!("{prog_name} (BTF tracepoint {tp})"), e)
                     })?;
                 }
                 Ok(())

@@ -11,12 +11,13 @@ use crate::error::Error;
 
 /// Offsets of kernel structures the programs need, from the running kernel's BTF.
 pub fn scheduler_offsets() -> Result<KernelOffsets, Error> {
-    let btf = KernelBtf::from_sys_fs().map_err(|e| Error::BpfLoad(e.to_string()))?;
+    let btf = KernelBtf::from_sys_fs()
+        .map_err(|e| Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e))?;
     // The task iterator's offsets from the same parse (the window's first look needs them).
     init_task_offsets(&btf);
     let off = |path: &[&str]| {
         btf.member_path_offset("task_struct", path)
-            .map_err(|e| Error::BpfLoad(format!("{e} (needed to read scheduler events)")))
+            .map_err(|e| Error::bpf_load("a task_struct offset the scheduler programs need", e))
     };
     Ok(KernelOffsets {
         task_pid: off(&["pid"])?,
@@ -32,10 +33,10 @@ pub fn task_offsets() -> Result<DumpOffsets, Error> {
     OFFSETS
         .get_or_init(|| {
             let btf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
-            offsets_from(&btf).map_err(|e| format!("{e} (needed for thread dumps)"))
+            offsets_from(&btf).map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(Error::BpfLoad)
+        .map_err(|e| Error::bpf_load("the task_struct offsets thread dumps need", e))
 }
 
 static OFFSETS: OnceLock<Result<DumpOffsets, String>> = OnceLock::new();

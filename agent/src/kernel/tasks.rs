@@ -48,9 +48,7 @@ impl Collector {
     fn dump_program(&mut self) -> Result<&mut Iter, Error> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                Error::BpfLoad(format!(
-                    "reading the kernel BTF /sys/kernel/btf/vmlinux: {e}"
-                ))
+                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
             })?);
         }
         let btf = self.btf.as_ref().expect("set above");
@@ -62,7 +60,7 @@ impl Collector {
             .map_err(|e| Error::internal(PROGRAM, e))?;
         if prog.fd().is_err() {
             prog.load("task", btf)
-                .map_err(|e| Error::BpfLoad(format!("{PROGRAM} (task iterator): {e:#}")))?;
+                .map_err(|e| Error::bpf_load(format!("{PROGRAM} (task iterator)"), e))?;
         }
         Ok(prog)
     }
@@ -71,13 +69,13 @@ impl Collector {
         let prog = self.dump_program()?;
         let link_id = prog
             .attach()
-            .map_err(|e| Error::Attach(format!("task iterator: {e:#}")))?;
+            .map_err(|e| Error::attach("task iterator", e))?;
         let link = prog
             .take_link(link_id)
-            .map_err(|e| Error::Attach(format!("task iterator link: {e:#}")))?;
+            .map_err(|e| Error::attach("task iterator link", e))?;
         let mut file = link
             .into_file()
-            .map_err(|e| Error::Attach(format!("opening the task iterator: {e:#}")))?;
+            .map_err(|e| Error::attach("opening the task iterator", e))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::internal("reading the task iterator", e))?;

@@ -332,7 +332,7 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
                     if dump_collector.is_none() {
                         dump_collector = Some(Collector::load(
                             crate::kernel::offsets::scheduler_offsets()?,
-                            crate::kernel::DEFAULT_MAP_ENTRIES,
+                            stallscope_common::AGG_MAP_ENTRIES,
                         )?);
                     }
                     let collector = dump_collector.as_mut().expect("set above");
