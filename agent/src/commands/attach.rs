@@ -12,7 +12,7 @@ use crate::{
     output::{prepare_output, restore_output},
     report::{
         json,
-        summary::{self as report, CaptureFacts, GroupFacts},
+        summary::{self as report},
     },
     symbolize::Symbolizer,
     window::{
@@ -69,39 +69,16 @@ pub async fn run(args: &AttachArgs) -> Result<AttachOutcome, Error> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    let captured = window::capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
+    let mut facts =
+        super::window_facts(&target, &captured, args.duration, args.rates, &args.profile);
     let Captured {
         raws,
         lock_waiters,
         maps,
-        counters,
-        elapsed,
-        end,
-        cpus,
-        runq,
         mut accounting,
-        identity,
-        members,
         ..
-    } = window::capture(&target, &spec, ctrl_c, std::io::stderr().is_terminal()).await?;
-
-    let mut facts = CaptureFacts {
-        pid: target.lead.pid,
-        comm: target.lead.comm.clone(),
-        requested: args.duration,
-        elapsed,
-        end,
-        rates: args.rates,
-        cpus,
-        counters,
-        profiles: args.profile.clone(),
-        runq,
-        accounting: None,
-        identity,
-        group: target.selector.is_group().then(|| GroupFacts {
-            selector: target.selector.describe(),
-            members,
-        }),
-    };
+    } = captured;
 
     restore_output(&args.output)?;
     // blazesym's symbolizer is not Send: it lives on this blocking thread for the whole batch.

@@ -361,6 +361,9 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
     .await;
     let _ = stop_tx.send(());
     let samples = sampler.await.unwrap_or_default();
+    let captured = captured?;
+    let mut facts =
+        super::window_facts(&group, &captured, args.duration, args.rates, &spec.profiles);
     let Captured {
         raws,
         lock_waiters,
@@ -373,10 +376,9 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         map_fill,
         program_stats,
         accounting,
-        identity,
         members,
         ..
-    } = captured?;
+    } = captured;
 
     let alive = system::is_alive(&target);
     let dump_end = if alive {
@@ -476,24 +478,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         serde_json::to_vec_pretty(&accounting).unwrap_or_default(),
     )?;
 
-    let facts = report::CaptureFacts {
-        pid,
-        comm: target.comm.clone(),
-        requested: args.duration,
-        elapsed,
-        end,
-        rates: args.rates,
-        cpus,
-        counters: counters.clone(),
-        profiles: spec.profiles.clone(),
-        runq,
-        accounting: Some(accounting.clone()),
-        identity,
-        group: group.selector.is_group().then(|| report::GroupFacts {
-            selector: group.selector.describe(),
-            members: members.clone(),
-        }),
-    };
+    facts.accounting = Some(accounting.clone());
     write(
         &dir.join("summary.json"),
         crate::report::json::render(&facts, &written.profiles),

@@ -8,6 +8,7 @@ use crate::{
     kernel::Counters,
     model::{Profile, ProfileKind},
     options::Rates,
+    profiles::accounting::Accounting,
     report::summary::{self, CaptureFacts, EndReason},
 };
 
@@ -40,24 +41,23 @@ pub struct Summary {
     pub counters: Counters,
     /// The window's thread-seconds (`threads.json` has them per thread); absent when the
     /// threads could not be read.
-    pub accounting: Option<AccountingTotals>,
+    pub accounting: Option<serde_json::Value>,
     pub runq: Option<Runq>,
     /// Each profile written: its total and its largest stacks.
     pub profile_tops: Vec<ProfileTop>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct AccountingTotals {
-    pub threads: usize,
-    /// Threads already off CPU when the window opened (their waits were seeded).
-    pub seeded_threads: usize,
-    pub window_ns: u64,
-    pub thread_ns: u64,
-    pub oncpu_ns: u64,
-    pub cpu_ns: u64,
-    pub offcpu_ns: u64,
-    pub unaccounted_ns: i64,
-    pub offcpu_recorded: bool,
+/// summary.json's `accounting`: the totals of threads.json (the same [`Accounting`] fields,
+/// so the two never disagree), with its threads counted instead of listed: `threads`, and
+/// `seeded_threads` (already off CPU when the window opened: their waits were seeded).
+fn accounting_totals(a: &Accounting) -> serde_json::Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("threads".into(), a.threads.len().into());
+        let seeded = a.threads.iter().filter(|t| t.seeded).count();
+        m.insert("seeded_threads".into(), seeded.into());
+    }
+    v
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -147,17 +147,7 @@ pub fn summary(f: &CaptureFacts, profiles: &[Profile]) -> Summary {
         identity: f.identity.clone(),
         group: f.group.clone(),
         counters: f.counters.clone(),
-        accounting: f.accounting.as_ref().map(|a| AccountingTotals {
-            threads: a.threads.len(),
-            seeded_threads: a.threads.iter().filter(|t| t.seeded).count(),
-            window_ns: a.window_ns,
-            thread_ns: a.thread_ns,
-            oncpu_ns: a.oncpu_ns,
-            cpu_ns: a.cpu_ns,
-            offcpu_ns: a.offcpu_ns,
-            unaccounted_ns: a.unaccounted_ns,
-            offcpu_recorded: a.offcpu_recorded,
-        }),
+        accounting: f.accounting.as_ref().map(accounting_totals),
         runq: f.runq.map(|r| Runq {
             waits: r.count,
             p50_ns: r.p50_ns,
@@ -260,6 +250,53 @@ mod tests {
                 .iter()
                 .map(|s| s.values[summary::main_value_index(&p)])
                 .sum::<i64>()
+        );
+    }
+
+    #[test]
+    fn accounting_has_threads_json_totals_with_its_threads_counted() {
+        use crate::profiles::accounting::ThreadAccount;
+        let (mut f, p) = facts_and_offcpu_profile();
+        let thread = |tid, seeded| ThreadAccount {
+            tid,
+            name: format!("t{tid}"),
+            alive_ns: 10,
+            oncpu_ns: 4,
+            cpu_ns: 3,
+            offcpu_ns: 6,
+            offcpu_by_class: Default::default(),
+            unaccounted_ns: 0,
+            seeded,
+            created: false,
+            exited: false,
+            incomplete: false,
+        };
+        f.accounting = Some(Accounting {
+            window_ns: 10,
+            threads: vec![thread(1, true), thread(2, false), thread(3, true)],
+            thread_ns: 30,
+            oncpu_ns: 12,
+            cpu_ns: 9,
+            offcpu_ns: 18,
+            unaccounted_ns: 0,
+            offcpu_recorded: true,
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&render(&f, std::slice::from_ref(&p))).unwrap();
+        let a = &v["accounting"];
+        assert_eq!(
+            (a["threads"].as_u64(), a["seeded_threads"].as_u64()),
+            (Some(3), Some(2))
+        );
+        let whole = serde_json::to_value(f.accounting.as_ref().unwrap()).unwrap();
+        for (k, want) in whole.as_object().unwrap() {
+            if k != "threads" {
+                assert_eq!(&a[k], want, "{k}");
+            }
+        }
+        assert_eq!(
+            a.as_object().unwrap().len(),
+            whole.as_object().unwrap().len() + 1
         );
     }
 }

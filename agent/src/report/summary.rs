@@ -466,9 +466,42 @@ fn map_full_hint(c: &Counters) -> Option<String> {
             "{} events found their aggregation map full and were dropped: raise --map-entries \
              (distinct stack, wait class and thread keys per profile and window; default {})",
             c.get(Counter::AggMapFull),
-            crate::kernel::DEFAULT_MAP_ENTRIES
+            stallscope_common::AGG_MAP_ENTRIES
         )
     })
+}
+
+/// `losses: ...`: every counter of something missing from the profiles (`Dropped` and
+/// `StackLost` in `stallscope_common::Counter`), from the one list of counters, so a new one
+/// is never left out: the non-zero ones by name, else `none`.
+pub fn losses_line(c: &Counters) -> String {
+    use stallscope_common::CounterGroup;
+    let losses: Vec<Counter> = Counter::ALL
+        .into_iter()
+        .filter(|k| {
+            matches!(
+                k.info().group,
+                CounterGroup::Dropped | CounterGroup::StackLost
+            )
+        })
+        .collect();
+    let named: Vec<String> = losses
+        .iter()
+        .filter(|k| c.get(**k) > 0)
+        .map(|k| format!("{} {}", k.info().name, c.get(*k)))
+        .collect();
+    if named.is_empty() {
+        format!(
+            "losses: none (all {} counters of dropped events and lost stacks are 0)",
+            losses.len()
+        )
+    } else {
+        format!(
+            "losses: {} (the other {} counters of dropped events and lost stacks are 0)",
+            named.join(", "),
+            losses.len() - named.len()
+        )
+    }
 }
 
 /// Accounting lines, also stored as pprof comments so the losses travel with the profile.
@@ -479,14 +512,7 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
             c.get(Counter::CpuSamples),
             c.get(Counter::CpuSamplesTarget)
         ),
-        format!(
-            "stacks lost: user {} (corrupt {}), kernel {}; stack map collisions {}; aggregation map full (samples dropped) {}",
-            c.get(Counter::UserStackLost) + c.get(Counter::UserStackCorrupt),
-            c.get(Counter::UserStackCorrupt),
-            c.get(Counter::KernelStackLost),
-            c.get(Counter::StackCollision),
-            c.get(Counter::AggMapFull)
-        ),
+        losses_line(c),
     ];
     if c.get(Counter::OffcpuSwitchOut) > 0 || c.get(Counter::BlockEventsSeen) > 0 {
         v.push(format!(
@@ -930,24 +956,7 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             human_ns(f.rates.block_rate_ns)
         );
     }
-    let _ = writeln!(
-        s,
-        "losses: stacks lost user {} (user-stack map full {}, corrupt {}) kernel {}; stack-map collisions {}; events dropped: map full {}, thread table full {}, histogram full {}, first-seen table full {}, exit table full {}; switches missed {}, program runs skipped by the kernel {}",
-        c.get(Counter::UserStackLost)
-            + c.get(Counter::UserStackMapFull)
-            + c.get(Counter::UserStackCorrupt),
-        c.get(Counter::UserStackMapFull),
-        c.get(Counter::UserStackCorrupt),
-        c.get(Counter::KernelStackLost),
-        c.get(Counter::StackCollision),
-        c.get(Counter::AggMapFull),
-        c.get(Counter::ThreadMapFull),
-        c.get(Counter::RunqHistFull),
-        c.get(Counter::FirstSeenFull),
-        c.get(Counter::ExitedFull),
-        c.get(Counter::SwitchMissed),
-        c.get(Counter::ProgRunsSkipped)
-    );
+    let _ = writeln!(s, "{}", losses_line(c));
     if let Some(hint) = map_full_hint(c) {
         let _ = writeln!(s, "{hint}");
     }
@@ -1348,7 +1357,26 @@ pub(crate) mod tests {
             s.contains("the process exited after 2.1 s of 10.0 s"),
             "{s}"
         );
-        assert!(s.contains("stacks lost user 3"), "{s}");
+        assert!(s.contains("losses: user_stack_lost 3 (the other "), "{s}");
+        // Every loss counter is in the line, the ones added after it was written too.
+        let mut all = Counters::default();
+        for k in Counter::ALL {
+            all.set(k, 1);
+        }
+        let line = losses_line(&all);
+        for k in [
+            Counter::UserStackCorrupt,
+            Counter::LockTableFull,
+            Counter::FollowMapFull,
+            Counter::ProgRunsSkipped,
+        ] {
+            assert!(line.contains(&format!("{} 1", k.info().name)), "{line}");
+        }
+        assert!(!line.contains("cpu_samples"), "{line}");
+        assert!(
+            losses_line(&Counters::default()).starts_with("losses: none"),
+            "nothing lost"
+        );
         assert!(s.contains("200 for the target"), "{s}");
         assert!(s.contains("go tool pprof -http=: out/cpu.pb.gz"), "{s}");
     }
