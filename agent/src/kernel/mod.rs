@@ -236,16 +236,12 @@ pub const FILL_MAPS: [&str; 8] = [
     maps::USER_STACKS::NAME,
 ];
 
-/// The kernel programs behind the off-CPU, block and mutex profiles, and the BTF tracepoint
-/// each attaches to. No syscall is hooked: enabling even one syscall tracepoint sends every
+/// The kernel programs behind the off-CPU, block and mutex profiles, each a BTF tracepoint
+/// program on the tracepoint of its own name. No syscall is hooked: enabling even one syscall tracepoint sends every
 /// syscall of every process on the machine through the kernel's tracing slow path (measured
 /// +70 ns per call on this project's machines), and fentry on `__x64_sys_*` is refused by
 /// kernels under lockdown (EPERM).
-const OFFCPU_PROGRAMS: [(&str, &str); 3] = [
-    ("sched_switch", "sched_switch"),
-    ("sched_waking", "sched_waking"),
-    ("sched_wakeup_new", "sched_wakeup_new"),
-];
+const OFFCPU_PROGRAMS: [&str; 3] = ["sched_switch", "sched_waking", "sched_wakeup_new"];
 
 /// The loaded BPF programs and their maps, plus the links of what is attached now.
 pub struct Collector {
@@ -257,6 +253,22 @@ pub struct Collector {
 }
 
 type UserStackCache = StdHashMap<u64, StackPart>;
+
+/// Loads (verifies) one program: the CPU sampler, or a BTF tracepoint program on the
+/// tracepoint of its own name (`btf`: the kernel's, needed for those).
+fn load_program(name: &str, prog: &mut Program, btf: Option<&Btf>) -> Result<(), Error> {
+    match prog {
+        Program::PerfEvent(p) => p.load().map_err(|e| Error::bpf_load(name, e)),
+        Program::BtfTracePoint(p) => {
+            let btf = btf.ok_or_else(|| Error::bug(format!("{name}: no kernel BTF read")))?;
+            p.load(name, btf)
+                .map_err(|e| Error::bpf_load(format!("{name} (BTF tracepoint)"), e))
+        }
+        _ => Err(Error::bug(format!(
+            "{name}: not a program type the agent loads"
+        ))),
+    }
+}
 
 /// The monotonic clock the BPF programs use (`bpf_ktime_get_ns`), in ns.
 pub fn ktime_now() -> u64 {
@@ -480,20 +492,34 @@ impl Collector {
     }
 
     /// Loads (verifies) the programs a capture needs, so attaching later is quick and the
-    /// capture window is not eaten by verification.
+    /// capture window is not eaten by verification. The programs are verified at once, one
+    /// thread each: the kernel verifies a privileged loader's programs in parallel, and the
+    /// scheduler programs' verification is most of the time from attach to the first sample.
     pub fn load_programs(&mut self, cpu: bool, offcpu: bool) -> Result<(), Error> {
-        if cpu {
-            let prog = self.perf_program()?;
-            if prog.fd().is_err() {
-                prog.load().map_err(|e| Error::bpf_load("cpu_sample", e))?;
-            }
+        if offcpu && self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| {
+                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
+            })?);
         }
-        if offcpu {
-            for (prog_name, tp) in OFFCPU_PROGRAMS {
-                self.load_hooked(prog_name, tp)?;
-            }
-        }
-        Ok(())
+        let btf = self.btf.as_ref();
+        let wanted = |name: &str| {
+            (cpu && name == "cpu_sample") || (offcpu && OFFCPU_PROGRAMS.contains(&name))
+        };
+        let jobs: Vec<(&str, &mut Program)> = self
+            .ebpf
+            .programs_mut()
+            .filter(|(name, prog)| wanted(name) && prog.fd().is_err())
+            .collect();
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = jobs
+                .into_iter()
+                .map(|(name, prog)| scope.spawn(move || load_program(name, prog, btf)))
+                .collect();
+            loads.into_iter().try_for_each(|l| {
+                l.join()
+                    .unwrap_or_else(|_| Err(Error::bug("a program's load thread panicked")))
+            })
+        })
     }
 
     fn perf_program(&mut self) -> Result<&mut PerfEvent, Error> {
@@ -551,18 +577,18 @@ impl Collector {
     /// tracepoints: no tracefs needed). What they record is chosen by [`Self::set_config`].
     pub fn start_offcpu(&mut self) -> Result<(), Error> {
         self.load_programs(false, true)?;
-        for (prog_name, tp) in OFFCPU_PROGRAMS {
-            self.attach_tp(prog_name, tp)?;
+        for prog_name in OFFCPU_PROGRAMS {
+            self.attach_tp(prog_name)?;
         }
         Ok(())
     }
 
     /// Attaches a loaded BTF tracepoint program; [`Collector::stop_offcpu`] detaches it.
-    fn attach_tp(&mut self, prog_name: &'static str, tp: &str) -> Result<(), Error> {
+    fn attach_tp(&mut self, prog_name: &'static str) -> Result<(), Error> {
         let attached = self.program(prog_name).and_then(|prog| match prog {
             Program::BtfTracePoint(p) => p
                 .attach()
-                .map_err(|e| Error::attach(format!("BTF tracepoint {tp}"), e)),
+                .map_err(|e| Error::attach(format!("BTF tracepoint {prog_name}"), e)),
             _ => Err(Error::bug(format!("{prog_name}: unexpected type"))),
         })?;
         self.tp_links.push((prog_name, attached));
@@ -573,8 +599,8 @@ impl Collector {
     /// forked by a target becomes one at its fork. Detached by [`Collector::stop_offcpu`].
     pub fn start_follow(&mut self) -> Result<(), Error> {
         const PROG: &str = "sched_process_fork";
-        self.load_hooked(PROG, PROG)?;
-        self.attach_tp(PROG, PROG)
+        self.load_hooked(PROG)?;
+        self.attach_tp(PROG)
     }
 
     /// Processes the fork follower made targets, child → parent, taken out of the map (each
@@ -591,31 +617,23 @@ impl Collector {
         Ok(out)
     }
 
-    /// Loads (verifies) one of [`OFFCPU_PROGRAMS`] against the kernel's BTF, unless loaded.
-    fn load_hooked(&mut self, prog_name: &'static str, tp: &'static str) -> Result<(), Error> {
+    /// Loads (verifies) a BTF tracepoint program (attached to the tracepoint of its own name)
+    /// unless it is loaded.
+    fn load_hooked(&mut self, prog_name: &'static str) -> Result<(), Error> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| {
                 Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
             })?);
         }
-        let btf = self.btf.as_ref().expect("set above");
+        let btf = self.btf.as_ref();
         let prog = self
             .ebpf
             .program_mut(prog_name)
             .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))?;
-        match prog {
-            Program::BtfTracePoint(p) => {
-                if p.fd().is_err() {
-                    p.load(tp, btf).map_err(|e| {
-                        Error::bpf_load(format!("{prog_name} (BTF tracepoint {tp})"), e)
-                    })?;
-                }
-                Ok(())
-            }
-            _ => Err(Error::bug(format!(
-                "{prog_name}: not a BTF tracepoint program"
-            ))),
+        if prog.fd().is_err() {
+            load_program(prog_name, prog, btf)?;
         }
+        Ok(())
     }
 
     fn program(&mut self, prog_name: &str) -> Result<&mut Program, Error> {

@@ -14,8 +14,8 @@ pub(super) struct AttachTimeline {
 }
 
 pub(super) struct Latency {
-    /// Per mode key: the runs.
-    pub(super) runs: Vec<(&'static str, Vec<AttachTimeline>)>,
+    /// Per (mode key, idle target): the runs.
+    pub(super) runs: Vec<(&'static str, bool, Vec<AttachTimeline>)>,
     /// `strace -T -e trace=bpf`: (bpf command, program name) -> (calls, seconds).
     pub(super) strace: Option<BTreeMap<(String, String), (u64, f64)>>,
 }
@@ -23,13 +23,16 @@ pub(super) struct Latency {
 pub(super) fn measure(ctx: &Ctx) -> Result<Latency> {
     let n = if ctx.quick { 3 } else { 5 };
     let mut runs = Vec::new();
-    for key in ["cpu", "all"] {
+    // On the busy ping-pong (the budget), then all profiles on a sleeping process: a machine
+    // whose CPUs are free for the verifier, which checks the programs in parallel.
+    for (key, idle) in [("cpu", false), ("all", false), ("all", true)] {
         let m = mode(key);
         let mut v = Vec::new();
         for i in 0..n {
-            let t = attach_timeline(ctx, m)?;
+            let t = attach_timeline(ctx, m, idle)?;
             println!(
-                "   {key}: run {}/{n}: {} programs loaded by {:.2} s, first sample at {:.2} s",
+                "   {key}{}: run {}/{n}: {} programs loaded by {:.2} s, first sample at {:.2} s",
+                if idle { " (idle target)" } else { "" },
                 i + 1,
                 t.progs.len(),
                 t.progs.last().map_or(0.0, |p| p.0),
@@ -37,7 +40,7 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Latency> {
             );
             v.push(t);
         }
-        runs.push((key, v));
+        runs.push((key, idle, v));
     }
     let strace = match find_in_path("strace") {
         Some(_) => Some(strace_bpf(ctx, mode("all"))?),
@@ -49,13 +52,22 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Latency> {
     Ok(Latency { runs, strace })
 }
 
-pub(super) fn attach_timeline(ctx: &Ctx, m: &Mode) -> Result<AttachTimeline> {
-    // A busy target (its switches and syscalls start the moment a program is attached).
-    let mut w = Workload::start(&Spec::new(&ctx.pingpong, &[100_000_000, 1, 0]))?;
-    w.go()?;
+/// One attach to a busy ping-pong (its switches start the moment a program is attached), or
+/// with `idle` to a sleeping process while nothing else runs (the first sample is then the
+/// CPU sampler's or the agent's own switch: every CPU is watched).
+pub(super) fn attach_timeline(ctx: &Ctx, m: &Mode, idle: bool) -> Result<AttachTimeline> {
+    // Both kept (and stopped on drop) until the attach is measured.
+    let (target, _busy, _sleeper) = if idle {
+        let c = spawn(Command::new("sleep").arg("600").stdin(Stdio::null()))?;
+        (c.id(), None, Some(super::redis::Reaped(c)))
+    } else {
+        let mut w = Workload::start(&Spec::new(&ctx.pingpong, &[100_000_000, 1, 0]))?;
+        w.go()?;
+        (w.pid(), Some(w), None)
+    };
     ctx.stats.set(true)?;
     let result = (|| {
-        let (mut tracer, _) = Tracer::agent(ctx, m, w.pid(), "latency")?;
+        let (mut tracer, _) = Tracer::agent(ctx, m, target, "latency")?;
         let pid = tracer.pid;
         let start = tracer.started;
         let mut maps: HashMap<String, ()> = HashMap::new();
@@ -201,7 +213,7 @@ impl Latency {
             s,
             "| profiles | maps created | programs loaded | attached (log line) | first sample |\n|---|---|---|---|---|"
         );
-        for (key, runs) in &l.runs {
+        for (key, idle, runs) in &l.runs {
             let med = |f: &dyn Fn(&AttachTimeline) -> Option<f64>| {
                 let v: Vec<f64> = runs.iter().filter_map(f).collect();
                 if v.is_empty() {
@@ -212,15 +224,20 @@ impl Latency {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | **{}** |",
+                "| {}{} | {} | {} | {} | **{}** |",
                 mode(key).label,
+                if *idle {
+                    ", idle target (a sleeping process, nothing else running)"
+                } else {
+                    ""
+                },
                 med(&|r| Some(r.maps_done_s)),
                 med(&|r| r.progs.last().map(|p| p.0)),
                 med(&|r| r.attached_s),
                 med(&|r| Some(r.first_sample_s))
             );
         }
-        if let Some((_, runs)) = l.runs.iter().find(|(k, _)| *k == "all")
+        if let Some((_, _, runs)) = l.runs.iter().find(|(k, idle, _)| *k == "all" && !idle)
             && let Some(r) = runs.first()
         {
             let _ = writeln!(

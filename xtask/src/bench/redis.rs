@@ -74,7 +74,7 @@ impl Redis {
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
-pub(super) struct Reaped(Child);
+pub(super) struct Reaped(pub(super) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {

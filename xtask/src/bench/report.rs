@@ -469,7 +469,7 @@ impl Report {
         row(
             "attach to first sample ≤1 s",
             self.latency.as_ref().and_then(|l| {
-                let (_, runs) = l.runs.iter().find(|(k, _)| *k == "all")?;
+                let (_, _, runs) = l.runs.iter().find(|(k, idle, _)| *k == "all" && !idle)?;
                 let v = median(&runs.iter().map(|r| r.first_sample_s).collect::<Vec<_>>());
                 Some((format!("{v:.2} s (all profiles, median)"), v <= 1.0))
             }),
