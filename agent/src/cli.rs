@@ -167,6 +167,11 @@ pub struct DumpArgs {
     /// Write the dump to DIR/dump.txt (or DIR/dump.json) instead of printing it.
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+
+    /// For a Go process: dump its OS threads, not its goroutines (the text dump of a Go
+    /// program shows its goroutines by default; the JSON dump is always of threads).
+    #[arg(long)]
+    pub threads: bool,
 }
 
 /// Which processes a command is about: one (`--pid`), or a group.

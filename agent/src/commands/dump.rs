@@ -5,7 +5,7 @@ use stallscope_common::KernelOffsets;
 
 use crate::{
     cli::DumpArgs,
-    dump::{Detail, extension, render, take_dump, write_into},
+    dump::{Detail, DumpFormat, extension, goroutines, render, take_dump, write_into},
     error::Error,
     kernel::Collector,
     symbolize::Symbolizer,
@@ -116,25 +116,42 @@ fn run_one(args: &DumpArgs, pid: u32) -> Result<String, Error> {
     // Only the task iterator is loaded, and it takes its offsets from `DUMP_CONFIG`: the
     // profiling programs' `KERNEL_OFFSETS` are never used here, so the kernel's BTF is not
     // parsed a second time for them.
+    let mut symbolizer = Symbolizer::new();
+    // A Go program: its goroutines, in Go's own format (read from its memory, not stopped).
+    let mut go_note = None;
+    if !args.threads
+        && args.format == DumpFormat::Text
+        && goroutines::is_go(std::path::Path::new(&format!("/proc/{pid}/exe")))
+    {
+        match goroutines::dump_text(pid, &maps, &mut symbolizer, args.debug == 1) {
+            Ok(out) => return deliver(args, out, "goroutines"),
+            Err(e) => {
+                go_note = Some(format!(
+                    "this is a Go program, but its goroutines could not be read: {e}; the dump \
+                     of its OS threads follows\n\n"
+                ))
+            }
+        }
+    }
     let mut collector =
         Collector::load(KernelOffsets::default(), stallscope_common::AGG_MAP_ENTRIES)?;
-    let mut symbolizer = Symbolizer::new();
     let dump = take_dump(&mut collector, pid, &maps, &mut symbolizer)?;
     let detail = if args.debug == 1 {
         Detail::Grouped
     } else {
         Detail::EveryThread
     };
-    let out = render(&dump, args.format, detail);
+    let out = go_note.unwrap_or_default() + &render(&dump, args.format, detail);
+    deliver(args, out, &format!("{} threads", dump.threads.len()))
+}
+
+/// The dump on stdout, or with `-o` written to DIR/dump.txt|json and where it was written.
+fn deliver(args: &DumpArgs, out: String, what: &str) -> Result<String, Error> {
     match &args.output {
         None => Ok(out),
         Some(dir) => {
             let path = write_into(dir, &format!("dump.{}", extension(args.format)), &out)?;
-            Ok(format!(
-                "wrote the dump of {} threads to {}\n",
-                dump.threads.len(),
-                path.display()
-            ))
+            Ok(format!("wrote the dump of {what} to {}\n", path.display()))
         }
     }
 }

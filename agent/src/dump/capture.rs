@@ -120,6 +120,27 @@ fn unwind_all(
     (stacks, mem)
 }
 
+/// Symbolizes stacks in one batch. The symbolizer works on profiles: one sample per stack,
+/// only the stacks matter (the goroutine dump uses this too).
+pub fn symbolize_stacks(
+    samples: Vec<RawSample>,
+    maps: &MapsCache,
+    symbolizer: &mut Symbolizer,
+) -> crate::model::Profile {
+    let raw = RawProfile {
+        kind: ProfileKind::Offcpu,
+        sample_types: vec![ValueType::new("stacks", "count")],
+        default_sample_type: None,
+        period_type: ValueType::new("stacks", "count"),
+        period: 1,
+        start: SystemTime::now(),
+        duration: std::time::Duration::ZERO,
+        samples,
+        comments: vec![],
+    };
+    symbolizer.symbolize(raw, maps)
+}
+
 /// Stacks of every task, symbolized in one batch: (user frames, kernel frames) per task.
 fn symbolize_all(
     pid: u32,
@@ -141,19 +162,7 @@ fn symbolize_all(
             labels: vec![],
         })
         .collect();
-    // The symbolizer works on profiles: one sample per thread, only its stacks matter.
-    let raw = RawProfile {
-        kind: ProfileKind::Offcpu,
-        sample_types: vec![ValueType::new("threads", "count")],
-        default_sample_type: None,
-        period_type: ValueType::new("threads", "count"),
-        period: 1,
-        start: SystemTime::now(),
-        duration: std::time::Duration::ZERO,
-        samples,
-        comments: vec![],
-    };
-    let profile = symbolizer.symbolize(raw, maps);
+    let profile = symbolize_stacks(samples, maps, symbolizer);
     let module = |loc: &crate::model::Location| {
         loc.mapping.map(|m| {
             let file = &profile.mappings[m].file;

@@ -1,0 +1,959 @@
+//! Goroutines of a running Go process, read from outside: no ptrace, no signal, nothing
+//! written. The runtime's own structures are read through `/proc/PID/mem`, laid out as the
+//! binary's DWARF says (every Go version moves fields):
+//!
+//! 1. The executable's ELF: `runtime.allgs` (the slice of every goroutine ever made) and
+//!    `runtime.waitReasonStrings` (the wait reasons' names, as this Go version spells them)
+//!    from `.symtab`; the offsets of `runtime.g`, `runtime.gobuf` and `runtime.m` fields from
+//!    `.debug_info` (zlib-compressed since Go 1.19, read with flate2 and gimli).
+//! 2. Each `g`: id, status, wait reason, `waitsince`, where it was created (`gopc`, and from
+//!    Go 1.21 its parent's id), its stack bounds, its saved registers (`sched`).
+//! 3. A parked goroutine's stack: from `sched.pc`, up the frame-pointer chain (Go keeps frame
+//!    pointers on amd64) inside the goroutine's own stack. A running one's stack is on its
+//!    thread, which this does not read: it is said, as Go says it.
+//! 4. Symbolized with the agent's symbolizer and printed in Go's own `debug=2` format, so
+//!    tools made for Go dumps read it; the runtime's internal frames and goroutines are left
+//!    out as Go leaves them out.
+//!
+//! A stripped binary (no `.symtab`, no DWARF: release builds, distro packages) cannot be read
+//! this way yet: [`GoProcess::open`] says so, and the dump of its threads is printed instead.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::stack::MemReader;
+
+/// Most goroutines read (Go's own dumps have no bound; this keeps a runaway slice finite).
+pub const MAX_GOROUTINES: usize = 1_000_000;
+/// Deepest goroutine stack walked.
+const MAX_FRAMES: usize = 128;
+
+/// Why a Go process's goroutines could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not an ELF file the agent reads (64-bit little-endian x86-64)")]
+    NotElf,
+    #[error(
+        "this Go binary is stripped (no {missing}): its goroutines cannot be read without a \
+         symbol table and DWARF yet; build it without -ldflags=-s -w to see them"
+    )]
+    Stripped { missing: &'static str },
+    #[error("its DWARF has no {0} (not a Go version this agent reads)")]
+    Layout(String),
+    #[error("reading its DWARF: {0}")]
+    Dwarf(#[from] gimli::Error),
+    #[error("reading the process's memory at {what}: it exited or the address is unmapped")]
+    Memory { what: &'static str },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The executable: sections, symbols, DWARF
+// ---------------------------------------------------------------------------------------------
+
+struct Section {
+    name: String,
+    flags: u64,
+    offset: u64,
+    size: u64,
+}
+
+const SHF_COMPRESSED: u64 = 0x800;
+const ELFCOMPRESS_ZLIB: u32 = 1;
+
+struct Elf {
+    file: File,
+    path: String,
+    sections: Vec<Section>,
+    /// Virtual address of the first loadable segment and its file offset (the load bias of a
+    /// position-independent binary is its mapping's start minus this).
+    first_load: (u64, u64),
+}
+
+// Little-endian integers at an offset; 0 past the end (a short read or a bad offset never
+// panics).
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    b.get(o..o + 2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_le_bytes)
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    b.get(o..o + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    b.get(o..o + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+impl Elf {
+    fn open(path: &Path) -> Result<Elf, GoError> {
+        let shown = path.display().to_string();
+        let io = |source| GoError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let mut h = [0u8; 64];
+        file.read_exact_at(&mut h, 0).map_err(io)?;
+        if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 || u16_at(&h, 18) != 62 {
+            return Err(GoError::NotElf);
+        }
+        let (phoff, shoff) = (u64_at(&h, 32), u64_at(&h, 40));
+        let (phnum, shnum, shstrndx) = (u16_at(&h, 56), u16_at(&h, 60), u16_at(&h, 62));
+        let mut ph = vec![0u8; phnum as usize * 56];
+        file.read_exact_at(&mut ph, phoff).map_err(io)?;
+        let first_load = ph
+            .chunks_exact(56)
+            .find(|p| u32_at(p, 0) == 1)
+            .map(|p| (u64_at(p, 16), u64_at(p, 8)))
+            .unwrap_or_default();
+        let mut sh = vec![0u8; shnum as usize * 64];
+        file.read_exact_at(&mut sh, shoff).map_err(io)?;
+        let raw: Vec<(u32, u64, u64, u64)> = sh
+            .chunks_exact(64)
+            .map(|s| (u32_at(s, 0), u64_at(s, 8), u64_at(s, 24), u64_at(s, 32)))
+            .collect();
+        let Some(&(_, _, stroff, strsize)) = raw.get(shstrndx as usize) else {
+            return Err(GoError::NotElf);
+        };
+        let mut names = vec![0u8; strsize.min(1 << 20) as usize];
+        file.read_exact_at(&mut names, stroff).map_err(io)?;
+        let name_at = |o: u32| {
+            let s = names.get(o as usize..).unwrap_or_default();
+            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).into_owned()
+        };
+        let sections = raw
+            .iter()
+            .map(|&(n, flags, offset, size)| Section {
+                name: name_at(n),
+                flags,
+                offset,
+                size,
+            })
+            .collect();
+        Ok(Elf {
+            file,
+            path: shown,
+            sections,
+            first_load,
+        })
+    }
+
+    fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// A section's bytes, decompressed when it is (`SHF_COMPRESSED`, zlib, as Go writes
+    /// DWARF); `None` when the binary has no such section.
+    fn data(&self, name: &str) -> Result<Option<Vec<u8>>, GoError> {
+        let Some(s) = self.section(name) else {
+            return Ok(None);
+        };
+        let io = |source| GoError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut b = vec![0u8; s.size as usize];
+        self.file.read_exact_at(&mut b, s.offset).map_err(io)?;
+        if s.flags & SHF_COMPRESSED == 0 {
+            return Ok(Some(b));
+        }
+        if b.len() < 24 || u32_at(&b, 0) != ELFCOMPRESS_ZLIB {
+            return Err(GoError::Layout(format!("{name} compressed with zlib")));
+        }
+        let size = u64_at(&b, 8) as usize;
+        let mut out = Vec::with_capacity(size);
+        flate2::read::ZlibDecoder::new(&b[24..])
+            .read_to_end(&mut out)
+            .map_err(io)?;
+        Ok(Some(out))
+    }
+
+    /// `(address, size)` of each of `names` in `.symtab`.
+    fn symbols(&self, names: &[&str]) -> Result<HashMap<String, (u64, u64)>, GoError> {
+        let (Some(symtab), Some(strtab)) = (self.data(".symtab")?, self.data(".strtab")?) else {
+            return Err(GoError::Stripped {
+                missing: "symbol table",
+            });
+        };
+        let mut out = HashMap::new();
+        for s in symtab.chunks_exact(24) {
+            let n = u32_at(s, 0) as usize;
+            let Some(rest) = strtab.get(n..) else {
+                continue;
+            };
+            let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+            let name = &rest[..end];
+            if let Some(w) = names.iter().find(|w| w.as_bytes() == name) {
+                out.insert((*w).to_string(), (u64_at(s, 8), u64_at(s, 16)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Member offsets (and sizes) of the runtime's structures, from DWARF.
+#[derive(Debug, Default)]
+struct Structs {
+    /// Struct name -> (byte size, member name -> offset).
+    by_name: HashMap<String, (u64, HashMap<String, u64>)>,
+}
+
+impl Structs {
+    fn read(elf: &Elf, wanted: &[&str]) -> Result<Structs, GoError> {
+        let mut sections: HashMap<&'static str, Vec<u8>> = HashMap::new();
+        // Every section a unit's header may point into (its line program too: gimli parses
+        // that header with the unit).
+        for id in [
+            gimli::SectionId::DebugAbbrev,
+            gimli::SectionId::DebugInfo,
+            gimli::SectionId::DebugLine,
+            gimli::SectionId::DebugRanges,
+            gimli::SectionId::DebugAddr,
+            gimli::SectionId::DebugStr,
+            gimli::SectionId::DebugLineStr,
+            gimli::SectionId::DebugStrOffsets,
+        ] {
+            if let Some(d) = elf.data(id.name())? {
+                sections.insert(id.name(), d);
+            }
+        }
+        if !sections.contains_key(".debug_info") {
+            return Err(GoError::Stripped { missing: "DWARF" });
+        }
+        let empty: &[u8] = &[];
+        let dwarf = gimli::Dwarf::load(|id| {
+            Ok::<_, gimli::Error>(gimli::EndianSlice::new(
+                sections.get(id.name()).map_or(empty, |v| v.as_slice()),
+                gimli::LittleEndian,
+            ))
+        })?;
+        let mut out = Structs::default();
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let unit = dwarf.unit(header)?;
+            let mut entries = unit.entries();
+            // The struct being read: (its depth, name).
+            let mut current: Option<(isize, String)> = None;
+            while let Some(e) = entries.next_dfs()? {
+                let depth = e.depth();
+                if current.as_ref().is_some_and(|(d, _)| depth <= *d) {
+                    current = None;
+                }
+                let name = || -> Option<String> {
+                    let v = e.attr_value(gimli::DW_AT_name)?;
+                    let s = dwarf.attr_string(&unit, v).ok()?;
+                    Some(String::from_utf8_lossy(s.slice()).into_owned())
+                };
+                if e.tag() == gimli::DW_TAG_structure_type {
+                    if let Some(n) = name()
+                        && wanted.contains(&n.as_str())
+                        && !out.by_name.contains_key(&n)
+                    {
+                        let size = e
+                            .attr_value(gimli::DW_AT_byte_size)
+                            .and_then(|v| v.udata_value())
+                            .unwrap_or(0);
+                        out.by_name.insert(n.clone(), (size, HashMap::new()));
+                        current = Some((depth, n));
+                    }
+                } else if e.tag() == gimli::DW_TAG_member
+                    && let Some((d, s)) = &current
+                    && depth == d + 1
+                    && let (Some(n), Some(off)) = (
+                        name(),
+                        e.attr_value(gimli::DW_AT_data_member_location)
+                            .and_then(|v| v.udata_value()),
+                    )
+                    && let Some((_, members)) = out.by_name.get_mut(s)
+                {
+                    members.insert(n, off);
+                }
+            }
+            if wanted.iter().all(|w| out.by_name.contains_key(*w)) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn member(&self, s: &str, m: &str) -> Result<u64, GoError> {
+        self.by_name
+            .get(s)
+            .and_then(|(_, ms)| ms.get(m).copied())
+            .ok_or_else(|| GoError::Layout(format!("{s}.{m}")))
+    }
+
+    fn size(&self, s: &str) -> Result<u64, GoError> {
+        self.by_name
+            .get(s)
+            .map(|(n, _)| *n)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| GoError::Layout(s.to_string()))
+    }
+}
+
+/// Where the fields of a `runtime.g` are, for this binary's Go version.
+#[derive(Debug, Clone)]
+struct GLayout {
+    size: u64,
+    stack_lo: u64,
+    stack_hi: u64,
+    m: u64,
+    sched_pc: u64,
+    sched_bp: u64,
+    status: u64,
+    goid: u64,
+    waitsince: u64,
+    waitreason: u64,
+    gopc: u64,
+    startpc: u64,
+    /// Go 1.21 and later.
+    parent_goid: Option<u64>,
+    /// `runtime.m.procid`: the thread id of an M.
+    m_procid: u64,
+}
+
+impl GLayout {
+    fn from(s: &Structs) -> Result<GLayout, GoError> {
+        let g = |m: &str| s.member("runtime.g", m);
+        let sched = g("sched")?;
+        let stack = g("stack")?;
+        Ok(GLayout {
+            size: s.size("runtime.g")?,
+            stack_lo: stack + s.member("runtime.stack", "lo")?,
+            stack_hi: stack + s.member("runtime.stack", "hi")?,
+            m: g("m")?,
+            sched_pc: sched + s.member("runtime.gobuf", "pc")?,
+            sched_bp: sched + s.member("runtime.gobuf", "bp")?,
+            status: g("atomicstatus")?,
+            goid: g("goid")?,
+            waitsince: g("waitsince")?,
+            waitreason: g("waitreason")?,
+            gopc: g("gopc")?,
+            startpc: g("startpc")?,
+            parent_goid: g("parentGoid").ok(),
+            m_procid: s.member("runtime.m", "procid")?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process
+// ---------------------------------------------------------------------------------------------
+
+/// What is needed to read one Go process's goroutines.
+pub struct GoProcess {
+    pid: u32,
+    layout: GLayout,
+    /// `runtime.allgs` in the process (load bias applied).
+    allgs: u64,
+    /// `runtime.waitReasonStrings`: address and number of entries.
+    wait_reasons: (u64, u64),
+    /// `runtime.buildVersion` (a Go string) when present.
+    build_version: Option<u64>,
+    bias: u64,
+}
+
+/// Whether the executable is a Go program (it has the sections every Go linker writes).
+pub fn is_go(exe: &Path) -> bool {
+    Elf::open(exe)
+        .is_ok_and(|e| e.section(".gopclntab").is_some() || e.section(".go.buildinfo").is_some())
+}
+
+/// The load bias of `exe` in process `pid`: where its first segment is mapped minus the
+/// address the file asks for (0 for Go's default, non-PIE, executables).
+fn load_bias(pid: u32, first_load: (u64, u64)) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    for l in maps.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || exe.as_deref().is_none_or(|e| Path::new(f[5]) != e) {
+            continue;
+        }
+        let (Some((lo, _)), Ok(off)) = (f[0].split_once('-'), u64::from_str_radix(f[2], 16)) else {
+            continue;
+        };
+        if off == first_load.1 & !0xfff
+            && let Ok(start) = u64::from_str_radix(lo, 16)
+        {
+            return start.wrapping_sub(first_load.0 & !0xfff);
+        }
+    }
+    0
+}
+
+impl GoProcess {
+    /// Reads the layout of process `pid`'s Go runtime from its executable.
+    pub fn open(pid: u32) -> Result<GoProcess, GoError> {
+        let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+        let elf = Elf::open(&exe)?;
+        let syms = elf.symbols(&[
+            "runtime.allgs",
+            "runtime.waitReasonStrings",
+            "runtime.buildVersion",
+        ])?;
+        let Some(&(allgs, _)) = syms.get("runtime.allgs") else {
+            return Err(GoError::Stripped {
+                missing: "runtime.allgs symbol",
+            });
+        };
+        let structs = Structs::read(
+            &elf,
+            &["runtime.g", "runtime.gobuf", "runtime.m", "runtime.stack"],
+        )?;
+        let layout = GLayout::from(&structs)?;
+        let bias = load_bias(pid, elf.first_load);
+        let wait_reasons = syms
+            .get("runtime.waitReasonStrings")
+            .map(|&(a, size)| (a.wrapping_add(bias), size / 16))
+            .unwrap_or_default();
+        Ok(GoProcess {
+            pid,
+            layout,
+            allgs: allgs.wrapping_add(bias),
+            wait_reasons,
+            build_version: syms
+                .get("runtime.buildVersion")
+                .map(|&(a, _)| a.wrapping_add(bias)),
+            bias,
+        })
+    }
+
+    /// The process's goroutines now (dead ones left out), each with its raw stack.
+    pub fn read(&self, mem: &MemReader) -> Result<GoSnapshot, GoError> {
+        let l = &self.layout;
+        let ptr = mem.read_u64(self.allgs).ok_or(GoError::Memory {
+            what: "runtime.allgs",
+        })?;
+        let len = mem.read_u64(self.allgs + 8).ok_or(GoError::Memory {
+            what: "runtime.allgs",
+        })? as usize;
+        let truncated = len > MAX_GOROUTINES;
+        let mut reasons = Vec::new();
+        for i in 0..self.wait_reasons.1.min(256) {
+            reasons.push(go_string(mem, self.wait_reasons.0 + i * 16).unwrap_or_default());
+        }
+        let mut goroutines = Vec::new();
+        for i in 0..len.min(MAX_GOROUTINES) {
+            let Some(gp) = mem.read_u64(ptr + 8 * i as u64) else {
+                continue;
+            };
+            let Some(b) = mem.read(gp, l.size as usize) else {
+                continue;
+            };
+            let at = |o: u64| u64_at(&b, o as usize);
+            let status = u32_at(&b, l.status as usize);
+            if status & !GSCAN == GDEAD {
+                continue;
+            }
+            let m = at(l.m);
+            let thread = (m != 0)
+                .then(|| mem.read_u64(m + l.m_procid))
+                .flatten()
+                .filter(|t| *t != 0)
+                .map(|t| t as u32);
+            let mut g = Goroutine {
+                goid: at(l.goid),
+                status,
+                wait_reason: b.get(l.waitreason as usize).copied().unwrap_or(0),
+                wait_since_ns: at(l.waitsince) as i64,
+                gopc: at(l.gopc),
+                startpc: at(l.startpc),
+                parent_goid: l.parent_goid.map(at),
+                thread,
+                pcs: Vec::new(),
+            };
+            if status & !GSCAN != GRUNNING {
+                g.pcs = walk(
+                    mem,
+                    at(l.sched_pc),
+                    at(l.sched_bp),
+                    (at(l.stack_lo), at(l.stack_hi)),
+                );
+            }
+            goroutines.push(g);
+        }
+        let version = self
+            .build_version
+            .and_then(|a| go_string(mem, a))
+            .filter(|v| !v.is_empty());
+        Ok(GoSnapshot {
+            pid: self.pid,
+            version,
+            goroutines,
+            wait_reasons: reasons,
+            allgs_len: len,
+            truncated,
+            bias: self.bias,
+        })
+    }
+}
+
+/// A Go string header (pointer, length) at `addr`, read as text.
+fn go_string(mem: &MemReader, addr: u64) -> Option<String> {
+    let p = mem.read_u64(addr)?;
+    let n = mem.read_u64(addr + 8)?;
+    if n == 0 {
+        return Some(String::new());
+    }
+    if n > 4096 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&mem.read(p, n as usize)?).into_owned())
+}
+
+/// Up the frame-pointer chain from a saved `pc`/`bp`, staying inside the goroutine's stack
+/// `[lo, hi)`: `[bp]` is the caller's frame pointer, `[bp+8]` the return address.
+fn walk(mem: &MemReader, pc: u64, mut bp: u64, (lo, hi): (u64, u64)) -> Vec<u64> {
+    let mut pcs = Vec::new();
+    if pc == 0 {
+        return pcs;
+    }
+    pcs.push(pc);
+    while pcs.len() < MAX_FRAMES && bp >= lo && bp + 16 <= hi && bp.is_multiple_of(8) {
+        let (Some(next), Some(ret)) = (mem.read_u64(bp), mem.read_u64(bp + 8)) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        pcs.push(ret);
+        if next <= bp {
+            break;
+        }
+        bp = next;
+    }
+    pcs
+}
+
+const GRUNNING: u32 = 2;
+const GSYSCALL: u32 = 3;
+const GWAITING: u32 = 4;
+const GDEAD: u32 = 6;
+const GSCAN: u32 = 0x1000;
+
+/// `runtime.gStatusStrings` (the same in every Go version since 1.14).
+const STATUS: [&str; 10] = [
+    "idle",
+    "runnable",
+    "running",
+    "syscall",
+    "waiting",
+    "moribund_unused",
+    "dead",
+    "enqueue_unused",
+    "copystack",
+    "preempted",
+];
+
+/// One goroutine as read.
+#[derive(Debug, Clone)]
+pub struct Goroutine {
+    pub goid: u64,
+    pub status: u32,
+    pub wait_reason: u8,
+    /// `g.waitsince`: the runtime's clock (CLOCK_MONOTONIC ns) when a GC first saw it blocked;
+    /// 0 until then.
+    pub wait_since_ns: i64,
+    pub gopc: u64,
+    pub startpc: u64,
+    pub parent_goid: Option<u64>,
+    /// The thread of the M it is on, if any.
+    pub thread: Option<u32>,
+    /// Its stack, innermost first (empty when it is running: the stack is the thread's).
+    pub pcs: Vec<u64>,
+}
+
+/// All goroutines of a process at one moment.
+#[derive(Debug, Clone)]
+pub struct GoSnapshot {
+    pub pid: u32,
+    pub version: Option<String>,
+    pub goroutines: Vec<Goroutine>,
+    pub wait_reasons: Vec<String>,
+    /// `len(runtime.allgs)`, dead goroutines included.
+    pub allgs_len: usize,
+    pub truncated: bool,
+    pub bias: u64,
+}
+
+impl GoSnapshot {
+    /// The state Go's own dump shows in brackets: the wait reason of a waiting goroutine
+    /// (from this binary's `waitReasonStrings`), else its status.
+    pub fn state(&self, g: &Goroutine) -> String {
+        let status = g.status & !GSCAN;
+        if status == GWAITING
+            && g.wait_reason != 0
+            && let Some(r) = self.wait_reasons.get(g.wait_reason as usize)
+            && !r.is_empty()
+        {
+            return r.clone();
+        }
+        STATUS
+            .get(status as usize)
+            .map_or_else(|| "???".to_string(), |s| (*s).to_string())
+    }
+
+    /// Whole minutes since `waitsince`, as Go shows them (`, 5 minutes`); `now_mono_ns` is
+    /// CLOCK_MONOTONIC now, the runtime's `nanotime`.
+    pub fn minutes(&self, g: &Goroutine, now_mono_ns: i64) -> Option<i64> {
+        let status = g.status & !GSCAN;
+        ((status == GWAITING || status == GSYSCALL) && g.wait_since_ns != 0)
+            .then(|| (now_mono_ns - g.wait_since_ns) / 60_000_000_000)
+            .filter(|m| *m >= 1)
+    }
+}
+
+/// A frame of a symbolized goroutine stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoFrame {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// Whether Go's own traceback shows a frame of `function` (`runtime.showfuncinfo` at the
+/// default GOTRACEBACK): the runtime's unexported functions are hidden.
+pub fn shown(function: &str) -> bool {
+    match function.strip_prefix("runtime.") {
+        Some(rest) => rest.chars().next().is_some_and(|c| c.is_ascii_uppercase()),
+        None => function.contains('.'),
+    }
+}
+
+/// Whether a goroutine started at `start` (its function's name) is one of the runtime's own
+/// (Go's `isSystemGoroutine`: it leaves them out of its dumps and of `NumGoroutine`).
+pub fn is_system(start: &str) -> bool {
+    start.starts_with("runtime.") && start != "runtime.main"
+}
+
+/// One goroutine in Go's `debug=2` text.
+pub fn render_goroutine(
+    snap: &GoSnapshot,
+    g: &Goroutine,
+    frames: &[GoFrame],
+    created_by: Option<&GoFrame>,
+    now_mono_ns: i64,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("goroutine {} [{}", g.goid, snap.state(g));
+    if g.status & GSCAN != 0 {
+        s.push_str(" (scan)");
+    }
+    if let Some(m) = snap.minutes(g, now_mono_ns) {
+        let _ = write!(s, ", {m} minutes");
+    }
+    s.push_str("]:\n");
+    if g.status & !GSCAN == GRUNNING {
+        s.push_str("\tgoroutine running on other thread; stack unavailable\n");
+    }
+    let visible: Vec<&GoFrame> = frames.iter().filter(|f| shown(&f.function)).collect();
+    let frames: Vec<&GoFrame> = if visible.is_empty() {
+        frames.iter().collect()
+    } else {
+        visible
+    };
+    for f in frames {
+        let _ = writeln!(s, "{}(...)", f.function);
+        let _ = writeln!(
+            s,
+            "\t{}:{}",
+            f.file.as_deref().unwrap_or("?"),
+            f.line.unwrap_or(0)
+        );
+    }
+    if let Some(c) = created_by
+        && g.goid != 1
+    {
+        let _ = write!(s, "created by {}", c.function);
+        if let Some(p) = g.parent_goid {
+            let _ = write!(s, " in goroutine {p}");
+        }
+        let _ = writeln!(
+            s,
+            "\n\t{}:{}",
+            c.file.as_deref().unwrap_or("?"),
+            c.line.unwrap_or(0)
+        );
+    }
+    s
+}
+
+/// CLOCK_MONOTONIC now, in ns: the Go runtime's `nanotime`.
+fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Symbolizes stacks of one process in one batch: per stack, its frames (inlined ones
+/// included, innermost first). Frame 0 of a stack is an exact address, the others return
+/// addresses.
+fn symbolize(
+    pid: u32,
+    stacks: Vec<Vec<u64>>,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+) -> Vec<Vec<GoFrame>> {
+    use crate::model::{RawSample, RawStack};
+    let samples = stacks
+        .into_iter()
+        .map(|user| RawSample {
+            pid,
+            stack: RawStack {
+                user,
+                kernel: vec![],
+            },
+            values: vec![1],
+            labels: vec![],
+        })
+        .collect();
+    let p = super::capture::symbolize_stacks(samples, maps, symbolizer);
+    p.samples
+        .iter()
+        .map(|s| {
+            s.locations
+                .iter()
+                .flat_map(|&li| p.locations[li].lines.iter())
+                .map(|l| GoFrame {
+                    function: l.function.clone(),
+                    file: l.file.clone(),
+                    line: l.line,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The goroutine dump of Go process `pid` in Go's `debug=2` text (with `grouped`, its
+/// `debug=1` text: goroutines with the same stack counted once), after a header line that
+/// counts its goroutines by state. `maps` must have been refreshed for `pid`.
+pub fn dump_text(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+    grouped: bool,
+) -> Result<String, GoError> {
+    use std::fmt::Write as _;
+    let go = GoProcess::open(pid)?;
+    let mem = MemReader::open(pid).map_err(|source| GoError::Io {
+        path: format!("/proc/{pid}/mem"),
+        source,
+    })?;
+    let snap = go.read(&mem)?;
+    let now = monotonic_ns();
+    // One batch: each goroutine's stack, the function it started in, where it was created
+    // (the call's return address less one, as Go's traceback looks it up).
+    let n = snap.goroutines.len();
+    let mut stacks: Vec<Vec<u64>> = snap.goroutines.iter().map(|g| g.pcs.clone()).collect();
+    stacks.extend(snap.goroutines.iter().map(|g| vec![g.startpc]));
+    stacks.extend(
+        snap.goroutines
+            .iter()
+            .map(|g| vec![g.gopc.saturating_sub(1)]),
+    );
+    let frames = symbolize(pid, stacks, maps, symbolizer);
+    let (stacks, rest) = frames.split_at(n);
+    let (starts, creators) = rest.split_at(n);
+    let mut shown: Vec<usize> = (0..n)
+        .filter(|&i| {
+            let start = starts[i].last().map_or("", |f| f.function.as_str());
+            !is_system(start)
+        })
+        .collect();
+    shown.sort_by_key(|&i| snap.goroutines[i].goid);
+    let mut by_state: HashMap<String, usize> = HashMap::new();
+    for &i in &shown {
+        *by_state.entry(snap.state(&snap.goroutines[i])).or_default() += 1;
+    }
+    let mut states: Vec<(String, usize)> = by_state.into_iter().collect();
+    states.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut s = format!(
+        "goroutines of process {pid}{}: {} ({}; {} of the runtime's own left out, as Go \
+         leaves them out)\n",
+        snap.version
+            .as_deref()
+            .map(|v| format!(" ({v})"))
+            .unwrap_or_default(),
+        shown.len(),
+        states
+            .iter()
+            .map(|(st, c)| format!("{c} {st}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        n - shown.len()
+    );
+    if snap.truncated {
+        let _ = writeln!(
+            s,
+            "only the first {MAX_GOROUTINES} of {} goroutine slots were read",
+            snap.allgs_len
+        );
+    }
+    let _ = writeln!(
+        s,
+        "read from outside, not stopped (its OS threads: agent dump --pid {pid} --threads)"
+    );
+    if grouped {
+        s.push('\n');
+        s.push_str(&render_grouped(&snap, &shown, stacks));
+        return Ok(s);
+    }
+    for &i in &shown {
+        let g = &snap.goroutines[i];
+        let creator = creators[i].last();
+        s.push('\n');
+        s.push_str(&render_goroutine(&snap, g, &stacks[i], creator, now));
+    }
+    Ok(s)
+}
+
+/// Go's `debug=1` goroutine profile text: `goroutine profile: total N`, then per distinct
+/// stack its count and addresses (`N @ 0x... 0x...`) and a `#` line per frame, most first.
+fn render_grouped(snap: &GoSnapshot, shown: &[usize], stacks: &[Vec<GoFrame>]) -> String {
+    use std::fmt::Write as _;
+    let mut groups: Vec<(&[u64], usize, usize)> = Vec::new();
+    for &i in shown {
+        let pcs = snap.goroutines[i].pcs.as_slice();
+        match groups.iter_mut().find(|(p, _, _)| *p == pcs) {
+            Some(g) => g.1 += 1,
+            None => groups.push((pcs, 1, i)),
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
+    let mut s = format!("goroutine profile: total {}\n", shown.len());
+    for (pcs, count, first) in groups {
+        let addrs: Vec<String> = pcs.iter().map(|p| format!("{p:#x}")).collect();
+        let _ = writeln!(s, "{count} @ {}", addrs.join(" "));
+        for f in stacks[first].iter().filter(|f| shown_frame(f)) {
+            let _ = writeln!(
+                s,
+                "#\t{}\t{}:{}",
+                f.function,
+                f.file.as_deref().unwrap_or("?"),
+                f.line.unwrap_or(0)
+            );
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn shown_frame(f: &GoFrame) -> bool {
+    shown(&f.function)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(reasons: &[&str]) -> GoSnapshot {
+        GoSnapshot {
+            pid: 1,
+            version: Some("go1.21.13".into()),
+            goroutines: vec![],
+            wait_reasons: reasons.iter().map(|s| s.to_string()).collect(),
+            allgs_len: 0,
+            truncated: false,
+            bias: 0,
+        }
+    }
+
+    fn g(goid: u64, status: u32, reason: u8) -> Goroutine {
+        Goroutine {
+            goid,
+            status,
+            wait_reason: reason,
+            wait_since_ns: 0,
+            gopc: 0,
+            startpc: 0,
+            parent_goid: Some(1),
+            thread: None,
+            pcs: vec![],
+        }
+    }
+
+    #[test]
+    fn the_state_is_the_binarys_wait_reason_else_the_status() {
+        let s = snap(&["", "GC assist marking", "chan receive"]);
+        assert_eq!(s.state(&g(5, GWAITING, 2)), "chan receive");
+        assert_eq!(s.state(&g(5, GWAITING, 0)), "waiting");
+        assert_eq!(s.state(&g(5, GWAITING | GSCAN, 2)), "chan receive");
+        assert_eq!(s.state(&g(5, 1, 0)), "runnable");
+        assert_eq!(s.state(&g(5, 77, 0)), "???");
+        // A reason past the binary's table falls back to the status.
+        assert_eq!(s.state(&g(5, GWAITING, 9)), "waiting");
+    }
+
+    #[test]
+    fn minutes_count_from_waitsince_only_when_waiting() {
+        let s = snap(&[]);
+        let mut w = g(5, GWAITING, 0);
+        w.wait_since_ns = 1_000;
+        assert_eq!(s.minutes(&w, 1_000 + 5 * 60_000_000_000 + 7), Some(5));
+        assert_eq!(
+            s.minutes(&w, 1_000 + 59_000_000_000),
+            None,
+            "under a minute"
+        );
+        let mut r = g(5, GRUNNING, 0);
+        r.wait_since_ns = 1_000;
+        assert_eq!(s.minutes(&r, i64::MAX), None);
+    }
+
+    #[test]
+    fn the_runtimes_own_frames_and_goroutines_are_left_out_as_go_does() {
+        assert!(!shown("runtime.gopark"));
+        assert!(!shown("runtime.chanrecv1"));
+        assert!(shown("runtime.Gosched"));
+        assert!(shown("main.leakedReceiver"));
+        assert!(shown("sync.(*Mutex).Lock"));
+        assert!(is_system("runtime.bgsweep"));
+        assert!(!is_system("runtime.main"));
+        assert!(!is_system("main.worker"));
+    }
+
+    #[test]
+    fn a_goroutine_prints_as_go_prints_it() {
+        let s = snap(&["", "chan receive"]);
+        let f = |n: &str, l| GoFrame {
+            function: n.into(),
+            file: Some("/src/app/main.go".into()),
+            line: Some(l),
+        };
+        let text = render_goroutine(
+            &s,
+            &g(42, GWAITING, 1),
+            &[f("runtime.gopark", 1), f("main.leakedReceiver", 27)],
+            Some(&f("main.main", 41)),
+            0,
+        );
+        assert_eq!(
+            text,
+            "goroutine 42 [chan receive]:\nmain.leakedReceiver(...)\n\t/src/app/main.go:27\n\
+             created by main.main in goroutine 1\n\t/src/app/main.go:41\n"
+        );
+        let running = render_goroutine(&s, &g(1, GRUNNING, 0), &[], None, 0);
+        assert_eq!(
+            running,
+            "goroutine 1 [running]:\n\tgoroutine running on other thread; stack unavailable\n"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Root tests of `agent dump --pid N` on a Go program (`tests/workloads/goleak`, built with
+//! Debian's Go): its goroutines, read from its memory without stopping it, in Go's own dump
+//! format, against what the program knows of itself (`runtime.NumGoroutine`, the lines of its
+//! source).
+//!
+//! Run: `cargo test --release -p stallscope-tests --test goroutines -- --test-threads=1` as root.
+
+use stallscope_tests::*;
+
+/// The line of `tests/workloads/goleak/main.go` that carries `marker`.
+fn line_of(marker: &str) -> u32 {
+    let src = std::fs::read_to_string(workloads_src().join("goleak/main.go")).unwrap();
+    src.lines()
+        .position(|l| l.contains(marker))
+        .map(|i| i as u32 + 1)
+        .unwrap_or_else(|| panic!("no {marker} in goleak/main.go"))
+}
+
+/// One goroutine of a `debug=2` text: its header's id and state, its frames (function, file,
+/// line) and its `created by` line.
+#[derive(Debug)]
+struct G {
+    id: u64,
+    state: String,
+    frames: Vec<(String, String)>,
+    created_by: Option<String>,
+}
+
+/// Parses Go's `debug=2` goroutine text as Go's own dump readers do: a `goroutine N [state]:`
+/// header, then pairs of `function(args)` and `\tfile:line` lines, then `created by ...`.
+fn parse(text: &str) -> Vec<G> {
+    let mut out: Vec<G> = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        if let Some(rest) = l.strip_prefix("goroutine ")
+            && let Some((id, state)) = rest.split_once(" [")
+            && let Ok(id) = id.parse()
+        {
+            let state = state
+                .strip_suffix("]:")
+                .unwrap_or_else(|| panic!("header {l:?} does not end in ]:"));
+            out.push(G {
+                id,
+                state: state.split(", ").next().unwrap().to_string(),
+                frames: vec![],
+                created_by: None,
+            });
+            continue;
+        }
+        let Some(g) = out.last_mut() else { continue };
+        if let Some(c) = l.strip_prefix("created by ") {
+            let at = lines.next().unwrap_or_default();
+            assert!(
+                at.starts_with('\t'),
+                "created by without a location: {at:?}"
+            );
+            g.created_by = Some(c.to_string());
+        } else if let Some(f) = l.strip_suffix(')').and_then(|f| f.rsplit_once('(')) {
+            let at = lines.next().unwrap_or_default();
+            let at = at
+                .strip_prefix('\t')
+                .unwrap_or_else(|| panic!("frame {l:?} without a \\tfile:line"));
+            g.frames.push((f.0.to_string(), at.to_string()));
+        }
+    }
+    out
+}
+
+fn dump_text(w: &Workload, extra: &[&str]) -> String {
+    let pid = w.pid_str();
+    let mut args = vec!["dump", "--pid", pid.as_str()];
+    args.extend_from_slice(extra);
+    let run = run_agent(&args);
+    run.assert_success();
+    std::fs::read_to_string(run.file("dump.txt")).unwrap()
+}
+
+/// 105 goroutines: the dump has as many as the program counts (±2: Go's own count leaves out
+/// a finalizer goroutine that runs none), the 100 leaked ones at the receive's line, created by
+/// main.main, the 3 mutex waiters in sync.Mutex.Lock, the sleeper in sleep; `--debug 1` groups
+/// the 100 as one; the program kept running (it was not stopped) and `--threads` still gives
+/// its OS threads.
+#[test]
+fn a_go_programs_dump_shows_its_goroutines_in_gos_format() {
+    require_root();
+    let w = Workload::spawn("goleak", &[]);
+    let own: usize = w
+        .stdout_lines()
+        .iter()
+        .find_map(|l| l.strip_prefix("goroutines ")?.parse().ok())
+        .expect("goleak prints its goroutine count");
+    assert_eq!(own, 105, "goleak's own count");
+    let text = dump_text(&w, &[]);
+    eprintln!("{}", &text[..text.len().min(3000)]);
+    let gs = parse(&text);
+    assert!(
+        gs.len().abs_diff(own) <= 2,
+        "{} goroutines in the dump, the program counts {own}",
+        gs.len()
+    );
+    let mut ids: Vec<u64> = gs.iter().map(|g| g.id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), gs.len(), "each goroutine once, in id order");
+    assert!(
+        text.starts_with(&format!("goroutines of process {}", w.pid())),
+        "{text:.200}"
+    );
+
+    let leak_at = format!("goleak/main.go:{}", line_of("LEAK_LINE"));
+    let leaked: Vec<&G> = gs
+        .iter()
+        .filter(|g| {
+            g.frames
+                .first()
+                .is_some_and(|f| f.0 == "main.leakedReceiver")
+        })
+        .collect();
+    assert_eq!(leaked.len(), 100, "leaked receivers");
+    for g in &leaked {
+        assert_eq!(g.state, "chan receive", "{g:?}");
+        assert!(g.frames[0].1.ends_with(&leak_at), "{g:?} not at {leak_at}");
+        let by = g.created_by.as_deref().unwrap_or_default();
+        assert!(
+            by == "main.main" || by == "main.main in goroutine 1",
+            "{g:?}"
+        );
+    }
+
+    let lock_at = format!("goleak/main.go:{}", line_of("LOCK_LINE"));
+    let waiters: Vec<&G> = gs
+        .iter()
+        .filter(|g| g.frames.iter().any(|f| f.0 == "main.lockWorker"))
+        .collect();
+    assert_eq!(waiters.len(), 3, "mutex waiters");
+    for g in &waiters {
+        // Go 1.19 calls the wait "semacquire"; Go 1.20 and later "sync.Mutex.Lock".
+        assert!(
+            g.state == "semacquire" || g.state == "sync.Mutex.Lock",
+            "{g:?}"
+        );
+        let at = g.frames.iter().find(|f| f.0 == "main.lockWorker").unwrap();
+        assert!(at.1.ends_with(&lock_at), "{g:?} not at {lock_at}");
+        assert!(
+            g.frames.iter().any(|f| f.0.contains("sync.(*Mutex)")),
+            "{g:?}: no sync.Mutex frame"
+        );
+    }
+    let sleeper = gs
+        .iter()
+        .find(|g| g.frames.iter().any(|f| f.0 == "main.sleeper"))
+        .expect("the sleeper");
+    assert_eq!(sleeper.state, "sleep", "{sleeper:?}");
+    let main = gs.iter().find(|g| g.id == 1).expect("goroutine 1");
+    assert!(main.state.starts_with("select"), "{main:?}");
+    assert!(main.frames.iter().any(|f| f.0 == "main.main"), "{main:?}");
+    // The runtime's internal frames are left out, as Go leaves them out.
+    assert!(!text.contains("runtime.gopark("), "{text:.2000}");
+
+    // Grouped: Go's debug=1 text.
+    let grouped = dump_text(&w, &["--debug", "1"]);
+    assert!(
+        grouped.contains(&format!("goroutine profile: total {}", gs.len())),
+        "{grouped:.500}"
+    );
+    assert!(
+        grouped.lines().any(|l| l.starts_with("100 @ 0x")),
+        "the 100 leaked goroutines are one group: {grouped:.1500}"
+    );
+
+    // Not stopped: the program is still there and not traced.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{status}");
+    assert!(w.exit_status().is_none(), "goleak exited");
+
+    // Its OS threads on request.
+    let threads = dump_text(&w, &["--threads"]);
+    assert!(!threads.contains("goroutine profile"), "{threads:.300}");
+    assert!(
+        threads.contains(&format!("{}", w.pid())) && !threads.starts_with("goroutines of"),
+        "{threads:.500}"
+    );
+}

@@ -1,0 +1,50 @@
+// goleak has known goroutine populations, for the goroutine dump tests: 100 goroutines leaked
+// in a channel receive, 3 waiting for a sync.Mutex that main holds, one in time.Sleep, and
+// main blocked in an empty select. Once they are all parked it prints its own count
+// (runtime.NumGoroutine) and "ready".
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+)
+
+var mu sync.Mutex
+
+//go:noinline
+func leakedReceiver(ch chan int) {
+	<-ch // LEAK_LINE
+}
+
+//go:noinline
+func lockWorker(wg *sync.WaitGroup) {
+	wg.Done()
+	mu.Lock() // LOCK_LINE
+	mu.Unlock()
+}
+
+//go:noinline
+func sleeper() {
+	time.Sleep(time.Hour) // SLEEP_LINE
+}
+
+func main() {
+	ch := make(chan int)
+	for i := 0; i < 100; i++ {
+		go leakedReceiver(ch)
+	}
+	mu.Lock()
+	var wg sync.WaitGroup
+	wg.Add(3)
+	for i := 0; i < 3; i++ {
+		go lockWorker(&wg)
+	}
+	wg.Wait()
+	go sleeper()
+	// Let every goroutine park before counting.
+	time.Sleep(300 * time.Millisecond)
+	fmt.Printf("goroutines %d\nready\n", runtime.NumGoroutine())
+	select {}
+}
