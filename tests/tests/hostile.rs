@@ -543,6 +543,14 @@ fn cli_rows(tmp: &Path, live_pid: u32) -> Vec<CliRow> {
         "is not in 1..=2",
     ));
     path_rows(&mut rows, &dump, "--output");
+    // --threads (a Go program's OS threads instead of its goroutines): a switch; on a
+    // process that is not there, the same error as without it.
+    switch_row(&mut rows, &dump, "--threads");
+    rows.push(plain(
+        &["dump", "--pid", NO_PID, "--threads"],
+        1,
+        NO_PROCESS,
+    ));
     rows.push(CliRow {
         args: ["dump", "--pid", &live, "-o", &long_dir]
             .iter()
