@@ -8,7 +8,8 @@
 //! - [`kernel`]: the only module that touches aya: loads the BPF programs, reads their maps into
 //!   plain records, runs the task iterator;
 //! - [`unwind`]: the target's mappings and the CFI tables the BPF unwinder searches;
-//! - [`symbolize`]: addresses to functions, files and lines (blazesym);
+//! - [`gopclntab`]: a Go binary's own function and line table, for stripped Go binaries;
+//! - [`symbolize`]: addresses to functions, files and lines (blazesym, then `gopclntab`);
 //! - [`dump`]: thread dumps: every thread's state, stack and wait object;
 //! - [`profiles`]: records to profiles by kind, the thread-seconds accounting, lock analysis;
 //! - [`export`]: pprof, folded stacks, the top table;
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod dump;
 pub mod error;
 pub mod export;
+pub mod gopclntab;
 pub mod identity;
 pub mod kernel;
 pub mod model;

@@ -58,6 +58,9 @@ pub struct Symbolizer {
     /// Function starts per cached file ([`CachedMapping::file_id`]), built the first time an
     /// address of the file has no symbol; dropped with the file.
     func_starts: HashMap<u64, FuncStarts>,
+    /// Per cached file: its Go function table (`None`: not a Go binary), read the first time
+    /// the file has an address without a symbol.
+    go_tables: HashMap<u64, Option<crate::gopclntab::PcLnTab>>,
     /// Start of this process's own vDSO: the vDSO is the same image in every process, so target
     /// vDSO addresses are symbolized at the same offset in ours.
     own_vdso: Option<u64>,
@@ -97,6 +100,7 @@ impl Symbolizer {
             inner,
             used_files: HashMap::new(),
             func_starts: HashMap::new(),
+            go_tables: HashMap::new(),
             own_vdso: own_vdso_start(),
             kernel_build_id: kernel_build_id(),
             kernel_warned: false,
@@ -391,6 +395,21 @@ impl Symbolizer {
             .zip(offsets)
             .map(|(lines, &off)| {
                 lines.unwrap_or_else(|| {
+                    // A stripped Go binary: the runtime's own table names its functions.
+                    let go = self
+                        .go_tables
+                        .entry(file_id)
+                        .or_insert_with(|| crate::gopclntab::PcLnTab::open(path));
+                    if let Some((function, file, line)) =
+                        go.as_ref().and_then(|t| t.lookup(t.vaddr(off)?))
+                    {
+                        return vec![Line {
+                            function,
+                            system_name: None,
+                            file,
+                            line,
+                        }];
+                    }
                     let starts = self
                         .func_starts
                         .entry(file_id)
@@ -449,6 +468,7 @@ impl Symbolizer {
             .map(|(p, _)| p.clone())
             .collect();
         self.func_starts.retain(|&id, _| maps.file_alive(id));
+        self.go_tables.retain(|&id, _| maps.file_alive(id));
         for path in stale {
             self.used_files.remove(&path);
             let evict = blazesym::symbolize::evict::Evict::Elf(

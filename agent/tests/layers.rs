@@ -13,6 +13,7 @@ const ORDER: &[&[&str]] = &[
     ],
     &["kernel"],
     &["unwind"],
+    &["gopclntab"],
     &["symbolize"],
     &["dump"],
     &["profiles"],

@@ -291,6 +291,11 @@ impl Prometheus {
         p
     }
 
+    /// The Prometheus server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An instant query; panics on a parse or evaluation error. Returns the result vector.
     pub fn query(&self, q: &str) -> Vec<serde_json::Value> {
         let r = http_get(

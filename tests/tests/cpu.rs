@@ -207,6 +207,51 @@ fn go_hot_function_first() {
     assert!(first.flat_pct >= 80.0, "go tool pprof -top: {rows:?}");
 }
 
+/// The same program built as releases and distribution packages are (`-ldflags=-s -w`: no
+/// symbol table, no DWARF): its frames are named from Go's own `.gopclntab`, with file:line,
+/// in the agent's profile and for `go tool pprof`.
+#[test]
+fn a_stripped_go_binary_is_symbolized_from_its_pclntab() {
+    require_root();
+    let bin = stallscope_testkit::workloads::build_go_stripped("gohot")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = std::process::Command::new("readelf")
+        .arg("-S")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let sections = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !sections.contains(".symtab") && !sections.contains(".debug_info"),
+        "not stripped: {sections}"
+    );
+    let w = Workload::spawn_command(
+        "gohot-stripped",
+        std::process::Command::new(&bin),
+        Some("ready"),
+        std::time::Duration::from_secs(10),
+    );
+    let run = attach_ok(&w, "3s", "cpu", &[]);
+    let p = read_profile(run.file("cpu.pb.gz"));
+    let samples = total(&p, "samples");
+    let top = top_flat(&p, "samples");
+    let (name, n) = &top[0];
+    assert_eq!(name, "main.hotLoop", "top flat functions: {top:?}");
+    assert!(*n as f64 >= 0.8 * samples as f64, "{top:?}");
+    check_lines_inside(&p, "main.hotLoop", "gohot/main.go", "func hotLoop(");
+    let cum = cum_by_function(&p, "samples");
+    assert!(
+        *cum.get("runtime.main").unwrap_or(&0) as f64 >= 0.95 * *n as f64,
+        "runtime.main named too: {cum:?}"
+    );
+    let rows = parse_pprof_top(&go_pprof_top(run.file("cpu.pb.gz")));
+    assert_eq!(
+        rows.first().map(|r| r.name.as_str()),
+        Some("main.hotLoop"),
+        "{rows:?}"
+    );
+}
+
 #[test]
 fn thread_created_after_attach_is_counted() {
     require_root();

@@ -201,3 +201,32 @@ fn check_dump(w: &Workload, go: &str) {
         "{threads:.500}"
     );
 }
+
+/// A stripped build (`-ldflags=-s -w`) has no symbol table or DWARF to find and lay out the
+/// goroutines with: the dump says so, why, and what to do, and shows the OS threads, named
+/// from Go's own `.gopclntab`.
+#[test]
+fn a_stripped_go_programs_dump_says_why_and_shows_its_threads() {
+    require_root();
+    let bin = stallscope_testkit::workloads::build_go_stripped("goleak")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let w = Workload::spawn_command(
+        "goleak-stripped",
+        std::process::Command::new(&bin),
+        Some("ready"),
+        std::time::Duration::from_secs(10),
+    );
+    let text = dump_text(&w, &[]);
+    assert!(
+        text.starts_with("this is a Go program, but its goroutines could not be read")
+            && text.contains("stripped")
+            && text.contains("-ldflags=-s -w"),
+        "{text:.600}"
+    );
+    assert!(
+        text.contains(&format!("thread dump of process {}", w.pid())),
+        "{text:.600}"
+    );
+    // Its threads' Go frames have names (runtime.futex, runtime.mPark...), not addresses.
+    assert!(text.contains("runtime.futex("), "{text:.3000}");
+}

@@ -1133,3 +1133,68 @@ fn postgres_backends_forked_after_attach_are_profiled_by_process_tree() {
     let th = read_threads(dir.join("threads.json"));
     th.assert_invariant();
 }
+
+/// Debian's Prometheus is a stripped Go 1.19 binary (no symbol table, no DWARF): its CPU
+/// profile, while it answers queries, names its frames from Go's own `.gopclntab` (before, every
+/// frame was `prometheus+0x...`), with the handlers' packages in the stacks.
+#[test]
+fn prometheus_stripped_go_binary_is_profiled_with_function_names() {
+    use stallscope_tests::serve_kit::Prometheus;
+    require_root();
+    // Nothing to scrape (a closed port): the queries below are its work.
+    let prom = Prometheus::start("127.0.0.1:9".parse().unwrap(), None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, addr) = (Arc::clone(&stop), prom.addr);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = stallscope_testkit::http::get(
+                    addr,
+                    "/api/v1/query?query=rate(prometheus_http_requests_total%5B1m%5D)",
+                    b"",
+                    Duration::from_secs(5),
+                );
+            }
+        })
+    };
+    let run = attach_pid_ok(prom.pid(), "4s", "cpu", &[]);
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    let p = read_profile(run.file("cpu.pb.gz"));
+    let samples = total(&p, "samples");
+    assert!(samples >= 20, "only {samples} samples of a busy Prometheus");
+    // Every frame of the prometheus binary has a name: no `prometheus+0x...` placeholders.
+    let flat = flat_by_function(&p, "samples");
+    let placeholders: i64 = flat
+        .iter()
+        .filter(|(f, _)| f.starts_with("prometheus+0x"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        placeholders * 50 <= samples,
+        "{placeholders} of {samples} samples still unnamed: {:?}",
+        top_flat(&p, "samples")
+    );
+    let cum = cum_by_function(&p, "samples");
+    let handlers: i64 = cum
+        .iter()
+        .filter(|(f, _)| f.starts_with("net/http.") || f.contains("github.com/prometheus/"))
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        handlers * 4 >= samples,
+        "the HTTP handlers' frames are in under a quarter of the samples: {:?}",
+        top_flat(&p, "samples")
+    );
+    // file:line too, from the same table.
+    assert!(
+        !source_lines(&p, "runtime.mallocgc", "malloc.go").is_empty()
+            || p.locations.iter().flat_map(|l| &l.lines).any(|l| l
+                .file
+                .as_deref()
+                .is_some_and(|f| f.ends_with(".go"))
+                && l.line.is_some()),
+        "no Go file:line in the profile"
+    );
+}

@@ -145,6 +145,36 @@ pub fn build_go_with(name: &str, version: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds the Go workload `tests/workloads/<name>/` with Debian's `go` as a release build is
+/// made, stripped (`-ldflags=-s -w`: no symbol table, no DWARF, only Go's own `.gopclntab`),
+/// into `target/workloads/<name>-stripped`.
+pub fn build_go_stripped(name: &str) -> Result<PathBuf> {
+    let dir = sources().join(name);
+    let bin = out_dir().join(format!("{name}-stripped"));
+    let inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "go" || x == "mod"))
+        .collect();
+    if up_to_date(&bin, &inputs) {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(out_dir())
+        .with_context(|| format!("creating {}", out_dir().display()))?;
+    let tmp = out_dir().join(format!(".{name}-stripped.tmp{}", std::process::id()));
+    run_build(
+        go()?
+            .current_dir(&dir)
+            .args(["build", "-ldflags=-s -w", "-o"])
+            .arg(&tmp)
+            .arg("."),
+        &format!("{name}, stripped"),
+    )?;
+    std::fs::rename(&tmp, &bin)
+        .with_context(|| format!("{} -> {}", tmp.display(), bin.display()))?;
+    Ok(bin)
+}
+
 /// `go`, with the environment of every Go build and tool here, or an error saying how to
 /// install it.
 pub fn go() -> Result<Command> {

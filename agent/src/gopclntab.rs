@@ -1,0 +1,278 @@
+//! Function names and file:line of a Go binary from its `.gopclntab`, the table the Go runtime
+//! itself symbolizes tracebacks with. Release builds and distribution packages are stripped
+//! (`-ldflags=-s -w`: no `.symtab`, no DWARF), but every Go binary keeps this table, so their
+//! frames get names where blazesym finds none. Part of the symbolize stage; pure (a file's
+//! bytes in, lines out), unit-tested on a Go binary built for the test.
+//!
+//! The layout is Go 1.18's and later (`runtime/symtab.go`, `pcHeader`, `_func`): header magic
+//! `0xfffffff0` (1.18, 1.19) or `0xfffffff1` (1.20 and later, whose `_func` adds `startLine`
+//! after the fields read here).
+//! Inlined frames (the `InlTree` funcdata) are not expanded: a frame is named by the function
+//! whose code it is in.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const MAGIC_118: u32 = 0xffff_fff0;
+const MAGIC_120: u32 = 0xffff_fff1;
+
+/// A parsed `.gopclntab`, with what is needed to turn file offsets into its addresses.
+pub struct PcLnTab {
+    data: Vec<u8>,
+    min_lc: u64,
+    nfunc: usize,
+    text_start: u64,
+    funcname: usize,
+    cutab: usize,
+    filetab: usize,
+    pctab: usize,
+    functab: usize,
+    /// `(file offset, size, virtual address)` of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
+
+fn cstr(b: &[u8], o: usize) -> Option<String> {
+    let s = b.get(o..)?;
+    let end = s.iter().position(|&c| c == 0)?;
+    Some(String::from_utf8_lossy(&s[..end]).into_owned())
+}
+
+/// An unsigned LEB128 varint at `*p`, advancing it.
+fn uvarint(b: &[u8], p: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(*p)?;
+        *p += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+impl PcLnTab {
+    /// The table of the ELF file at `path`; `None` when it is not a Go binary of a layout
+    /// this reads.
+    pub fn open(path: &Path) -> Option<PcLnTab> {
+        let f = File::open(path).ok()?;
+        let mut h = [0u8; 64];
+        f.read_exact_at(&mut h, 0).ok()?;
+        if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+            return None;
+        }
+        let (phoff, shoff) = (u64_at(&h, 32)?, u64_at(&h, 40)?);
+        let phnum = u16::from_le_bytes([h[56], h[57]]) as usize;
+        let shnum = u16::from_le_bytes([h[60], h[61]]) as usize;
+        let shstrndx = u16::from_le_bytes([h[62], h[63]]) as usize;
+        let mut ph = vec![0u8; phnum * 56];
+        f.read_exact_at(&mut ph, phoff).ok()?;
+        let segments = ph
+            .chunks_exact(56)
+            .filter(|p| u32_at(p, 0) == Some(1))
+            .filter_map(|p| Some((u64_at(p, 8)?, u64_at(p, 32)?, u64_at(p, 16)?)))
+            .collect();
+        let mut sh = vec![0u8; shnum * 64];
+        f.read_exact_at(&mut sh, shoff).ok()?;
+        let hdr = |i: usize| sh.get(i * 64..i * 64 + 64);
+        let strs = hdr(shstrndx)?;
+        let mut names = vec![0u8; u64_at(strs, 32)?.min(1 << 20) as usize];
+        f.read_exact_at(&mut names, u64_at(strs, 24)?).ok()?;
+        let pcln = (0..shnum).find_map(|i| {
+            let s = hdr(i)?;
+            (cstr(&names, u32_at(s, 0)? as usize)? == ".gopclntab")
+                .then(|| Some((u64_at(s, 24)?, u64_at(s, 32)?)))?
+        })?;
+        let mut data = vec![0u8; pcln.1 as usize];
+        f.read_exact_at(&mut data, pcln.0).ok()?;
+        Self::parse(data, segments)
+    }
+
+    fn parse(data: Vec<u8>, segments: Vec<(u64, u64, u64)>) -> Option<PcLnTab> {
+        let magic = u32_at(&data, 0)?;
+        if magic != MAGIC_118 && magic != MAGIC_120 {
+            return None;
+        }
+        if data.get(7) != Some(&8) {
+            return None;
+        }
+        let word = |i: usize| u64_at(&data, 8 + 8 * i).map(|v| v as usize);
+        let t = PcLnTab {
+            min_lc: u64::from(*data.get(6)?).max(1),
+            nfunc: word(0)?,
+            text_start: word(2)? as u64,
+            funcname: word(3)?,
+            cutab: word(4)?,
+            filetab: word(5)?,
+            pctab: word(6)?,
+            functab: word(7)?,
+            segments,
+            data,
+        };
+        (t.functab < t.data.len()).then_some(t)
+    }
+
+    /// The virtual address at file offset `off` (through the loadable segments).
+    pub fn vaddr(&self, off: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(o, size, _)| off >= *o && off < o + size)
+            .map(|(o, _, v)| v + (off - o))
+    }
+
+    /// `(entry offset from textStart, _func offset)` of functab entry `i`.
+    fn ftab(&self, i: usize) -> Option<(u32, u32)> {
+        let o = self.functab + 8 * i;
+        Some((u32_at(&self.data, o)?, u32_at(&self.data, o + 4)?))
+    }
+
+    /// The value of the pc-value table at `off` (relative to pctab) for `pc`, in a function
+    /// starting at `entry`.
+    fn pcvalue(&self, off: u32, entry: u64, pc: u64) -> Option<i64> {
+        if off == 0 {
+            return None;
+        }
+        let mut p = self.pctab + off as usize;
+        let (mut val, mut at) = (-1i64, entry);
+        let mut first = true;
+        loop {
+            let uv = uvarint(&self.data, &mut p)?;
+            if uv == 0 && !first {
+                return None;
+            }
+            first = false;
+            let delta = ((uv >> 1) as i64) ^ -((uv & 1) as i64);
+            val = val.wrapping_add(delta);
+            at += uvarint(&self.data, &mut p)? * self.min_lc;
+            if pc < at {
+                return Some(val);
+            }
+        }
+    }
+
+    /// The function, file and line of virtual address `pc`.
+    pub fn lookup(&self, pc: u64) -> Option<(String, Option<String>, Option<u32>)> {
+        let rel = pc.checked_sub(self.text_start)?;
+        if self.nfunc == 0 || rel >= u64::from(self.ftab(self.nfunc)?.0) {
+            return None;
+        }
+        // The last entry at or below `rel`.
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if u64::from(self.ftab(mid)?.0) <= rel {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let (entry_off, func_off) = self.ftab(lo)?;
+        let f = self.functab + func_off as usize;
+        let field = |i: usize| u32_at(&self.data, f + 4 * i);
+        let name = cstr(&self.data, self.funcname + field(1)? as usize)?;
+        let entry = self.text_start + u64::from(entry_off);
+        let (pcfile, pcln, cu) = (field(5)?, field(6)?, field(8)?);
+        let line = self
+            .pcvalue(pcln, entry, pc)
+            .and_then(|l| u32::try_from(l).ok());
+        let file = self.pcvalue(pcfile, entry, pc).and_then(|i| {
+            let i = usize::try_from(i).ok()?;
+            let off = u32_at(&self.data, self.cutab + 4 * (cu as usize + i))?;
+            (off != u32::MAX).then(|| cstr(&self.data, self.filetab + off as usize))?
+        });
+        Some((name, file, line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_zigzag_deltas_decode_as_go_writes_them() {
+        let b = [0x96, 0x01, 0x05];
+        let mut p = 0;
+        assert_eq!(uvarint(&b, &mut p), Some(150));
+        assert_eq!(uvarint(&b, &mut p), Some(5));
+        assert_eq!(uvarint(&b, &mut p), None, "past the end");
+    }
+
+    /// A hand-made table: two functions, a pc-line table for the first.
+    #[test]
+    fn a_pc_finds_its_function_file_and_line() {
+        // Header: magic, pad, pad, minLC 1, ptrSize 8; then nfunc, nfiles, textStart,
+        // funcnameOffset, cuOffset, filetabOffset, pctabOffset, funcdataOffset.
+        let mut d = Vec::new();
+        d.extend_from_slice(&MAGIC_120.to_le_bytes());
+        d.extend_from_slice(&[0, 0, 1, 8]);
+        let words_at = d.len();
+        d.resize(words_at + 8 * 8, 0);
+        let funcname = d.len();
+        d.extend_from_slice(b"main.f\0main.g\0");
+        let cutab = d.len();
+        d.extend_from_slice(&0u32.to_le_bytes()); // file 0 of CU 0 at filetab + 0
+        let filetab = d.len();
+        d.extend_from_slice(b"/src/a.go\0");
+        let pctab = d.len();
+        d.push(0); // offset 0 means "no table"
+        // Line table of main.f: line 10 for pc [0x1000, 0x1010), 12 for [0x1010, 0x1020).
+        // Start at -1: +11 -> 10 (zigzag 22), pc +0x10; +2 -> 12 (zigzag 4), pc +0x10; end.
+        let lines_off = d.len() - pctab;
+        d.extend_from_slice(&[22, 0x10, 4, 0x10, 0]);
+        // File table: index 0 over the whole function (-1 +1: zigzag 2).
+        let files_off = d.len() - pctab;
+        d.extend_from_slice(&[2, 0x20, 0]);
+        let functab = d.len();
+        // functab: (entry 0, func at 24), (entry 0x20, func at 24 + 48), end 0x40.
+        for (e, fo) in [(0u32, 24u32), (0x20, 72), (0x40, 0)] {
+            d.extend_from_slice(&e.to_le_bytes());
+            d.extend_from_slice(&fo.to_le_bytes());
+        }
+        let func = |name: u32, pcfile: u32, pcln: u32| {
+            let mut f = vec![0u8; 48];
+            f[4..8].copy_from_slice(&name.to_le_bytes());
+            f[20..24].copy_from_slice(&pcfile.to_le_bytes());
+            f[24..28].copy_from_slice(&pcln.to_le_bytes());
+            f
+        };
+        d.extend(func(0, files_off as u32, lines_off as u32));
+        d.extend(func(7, 0, 0));
+        for (i, v) in [
+            2u64,
+            1,
+            0x1000,
+            funcname as u64,
+            cutab as u64,
+            filetab as u64,
+        ]
+        .into_iter()
+        .chain([pctab as u64, functab as u64])
+        .enumerate()
+        {
+            d[words_at + 8 * i..words_at + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let t = PcLnTab::parse(d, vec![(0, 0x10000, 0)]).expect("parses");
+        assert_eq!(
+            t.lookup(0x1004),
+            Some(("main.f".into(), Some("/src/a.go".into()), Some(10)))
+        );
+        assert_eq!(t.lookup(0x1018).unwrap().2, Some(12));
+        assert_eq!(t.lookup(0x1030), Some(("main.g".into(), None, None)));
+        assert_eq!(t.lookup(0x1040), None, "past the last function");
+        assert_eq!(t.lookup(0xfff), None, "before the text");
+        assert_eq!(t.vaddr(0x1234), Some(0x1234));
+    }
+}
