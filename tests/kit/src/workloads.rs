@@ -117,58 +117,55 @@ pub fn build_go_with(name: &str, version: &str) -> Result<PathBuf> {
             go_bin.display()
         );
     }
-    let dir = sources().join(name);
-    let bin = out_dir().join(format!("{name}-go{version}"));
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "go" || x == "mod"))
-        .collect();
-    inputs.push(go_bin.clone());
-    if up_to_date(&bin, &inputs) {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(out_dir())
-        .with_context(|| format!("creating {}", out_dir().display()))?;
-    let tmp = out_dir().join(format!(".{name}-go{version}.tmp{}", std::process::id()));
-    let mut cmd = Command::new(&go_bin);
-    go_env(&mut cmd);
-    run_build(
-        cmd.current_dir(&dir)
-            .args(["build", "-o"])
-            .arg(&tmp)
-            .arg("."),
-        &format!("{name} with Go {version}"),
-    )?;
-    std::fs::rename(&tmp, &bin)
-        .with_context(|| format!("{} -> {}", tmp.display(), bin.display()))?;
-    Ok(bin)
+    let mut go = Command::new(&go_bin);
+    go_env(&mut go);
+    go_build(name, go, &format!("{name}-go{version}"), &[], &[go_bin])
 }
 
 /// Builds the Go workload `tests/workloads/<name>/` with Debian's `go` as a release build is
 /// made, stripped (`-ldflags=-s -w`: no symbol table, no DWARF, only Go's own `.gopclntab`),
 /// into `target/workloads/<name>-stripped`.
 pub fn build_go_stripped(name: &str) -> Result<PathBuf> {
+    go_build(
+        name,
+        go()?,
+        &format!("{name}-stripped"),
+        &["-ldflags=-s -w"],
+        &[],
+    )
+}
+
+/// `go build <args>` of the module `tests/workloads/<name>/` into `target/workloads/<out>`,
+/// unless that is newer than its `.go` and `go.mod` files and `also` (the toolchain).
+fn go_build(
+    name: &str,
+    mut go: Command,
+    out: &str,
+    args: &[&str],
+    also: &[PathBuf],
+) -> Result<PathBuf> {
     let dir = sources().join(name);
-    let bin = out_dir().join(format!("{name}-stripped"));
-    let inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let bin = out_dir().join(out);
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "go" || x == "mod"))
         .collect();
+    inputs.extend_from_slice(also);
     if up_to_date(&bin, &inputs) {
         return Ok(bin);
     }
     std::fs::create_dir_all(out_dir())
         .with_context(|| format!("creating {}", out_dir().display()))?;
-    let tmp = out_dir().join(format!(".{name}-stripped.tmp{}", std::process::id()));
+    let tmp = out_dir().join(format!(".{out}.tmp{}", std::process::id()));
     run_build(
-        go()?
-            .current_dir(&dir)
-            .args(["build", "-ldflags=-s -w", "-o"])
+        go.current_dir(&dir)
+            .arg("build")
+            .args(args)
+            .arg("-o")
             .arg(&tmp)
             .arg("."),
-        &format!("{name}, stripped"),
+        out,
     )?;
     std::fs::rename(&tmp, &bin)
         .with_context(|| format!("{} -> {}", tmp.display(), bin.display()))?;
@@ -217,27 +214,7 @@ pub fn build(name: &str) -> Result<PathBuf> {
         headers.sort();
         build_c(&c_src, &bin, &[], &headers)?;
     } else if go_dir.join("go.mod").is_file() {
-        let mut inputs: Vec<PathBuf> = std::fs::read_dir(&go_dir)
-            .with_context(|| format!("reading {}", go_dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "go" || x == "mod"))
-            .collect();
-        inputs.sort();
-        if !up_to_date(&bin, &inputs) {
-            let mut go = go()?;
-            std::fs::create_dir_all(out_dir())
-                .with_context(|| format!("creating {}", out_dir().display()))?;
-            let tmp = out_dir().join(format!(".{name}.tmp{}", std::process::id()));
-            run_build(
-                go.current_dir(&go_dir)
-                    .args(["build", "-o"])
-                    .arg(&tmp)
-                    .arg("."),
-                name,
-            )?;
-            std::fs::rename(&tmp, &bin)
-                .with_context(|| format!("{} -> {}", tmp.display(), bin.display()))?;
-        }
+        return go_build(name, go()?, name, &[], &[]);
     } else {
         bail!(
             "no workload {name:?}: neither {} nor {}/go.mod exists",
