@@ -230,3 +230,47 @@ fn a_stripped_go_programs_dump_says_why_and_shows_its_threads() {
     // Its threads' Go frames have names (runtime.futex, runtime.mPark...), not addresses.
     assert!(text.contains("runtime.futex("), "{text:.3000}");
 }
+
+/// `agent serve`'s `/debug/pprof/goroutine?pid=N&debug=2|1`: the goroutine text of a Go
+/// program, as its own `net/http/pprof` would serve it; `/debug/pprof/threads` its threads.
+#[test]
+fn serve_answers_the_goroutine_route_with_goroutines() {
+    use stallscope_tests::serve_kit::Serve;
+    require_root();
+    let w = Workload::spawn("goleak", &[]);
+    let serve = Serve::start(&[], false);
+    let r = serve.get(&format!("/debug/pprof/goroutine?pid={}&debug=2", w.pid()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let gs = parse(&r.body);
+    assert!(
+        gs.len().abs_diff(105) <= 2,
+        "{} goroutines: {:.500}",
+        gs.len(),
+        r.body
+    );
+    assert_eq!(
+        gs.iter()
+            .filter(|g| g
+                .frames
+                .first()
+                .is_some_and(|f| f.0 == "main.leakedReceiver"))
+            .count(),
+        100
+    );
+    let r = serve.get(&format!("/debug/pprof/goroutine?pid={}&debug=1", w.pid()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.lines().any(|l| l.starts_with("100 @ 0x")),
+        "{:.800}",
+        r.body
+    );
+    let r = serve.get(&format!("/debug/pprof/threads?pid={}", w.pid()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body
+            .contains(&format!("thread dump of process {}", w.pid()))
+            && !r.body.contains("goroutine 1 ["),
+        "{:.500}",
+        r.body
+    );
+}

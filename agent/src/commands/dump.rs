@@ -119,18 +119,11 @@ fn run_one(args: &DumpArgs, pid: u32) -> Result<String, Error> {
     let mut symbolizer = Symbolizer::new();
     // A Go program: its goroutines, in Go's own format (read from its memory, not stopped).
     let mut go_note = None;
-    if !args.threads
-        && args.format == DumpFormat::Text
-        && goroutines::is_go(std::path::Path::new(&format!("/proc/{pid}/exe")))
-    {
-        match goroutines::dump_text(pid, &maps, &mut symbolizer, args.debug == 1) {
-            Ok(out) => return deliver(args, out, "goroutines"),
-            Err(e) => {
-                go_note = Some(format!(
-                    "this is a Go program, but its goroutines could not be read: {e}; the dump \
-                     of its OS threads follows\n\n"
-                ))
-            }
+    if !args.threads && args.format == DumpFormat::Text {
+        match goroutines::try_dump(pid, &maps, &mut symbolizer, args.debug == 1) {
+            Some(Ok(out)) => return deliver(args, out, "goroutines"),
+            Some(Err(why)) => go_note = Some(why),
+            None => {}
         }
     }
     let mut collector =

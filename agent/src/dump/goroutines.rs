@@ -825,6 +825,26 @@ pub fn dump_text(
     Ok(s)
 }
 
+/// What `agent dump` and serve's `/debug/pprof/goroutine` show of process `pid`: `None` when
+/// it is not a Go program; else its goroutine text ([`dump_text`]), or why that could not be
+/// read, as a line to print before the dump of its threads.
+pub fn try_dump(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+    grouped: bool,
+) -> Option<Result<String, String>> {
+    if !is_go(Path::new(&format!("/proc/{pid}/exe"))) {
+        return None;
+    }
+    Some(dump_text(pid, maps, symbolizer, grouped).map_err(|e| {
+        format!(
+            "this is a Go program, but its goroutines could not be read: {e}; the dump of its \
+             OS threads follows\n\n"
+        )
+    }))
+}
+
 /// Go's `debug=1` goroutine profile text: `goroutine profile: total N`, then per distinct
 /// stack its count and addresses (`N @ 0x... 0x...`) and a `#` line per frame, most first.
 fn render_grouped(snap: &GoSnapshot, shown: &[usize], stacks: &[Vec<GoFrame>]) -> String {

@@ -279,7 +279,8 @@ async fn index(State(s): State<Arc<Shared>>) -> Response {
          /debug/pprof/offcpu?pid=N&seconds=S    off-CPU time by wait class\n  \
          /debug/pprof/block?pid=N&seconds=S     time blocked on futexes (Go block profile)\n  \
          /debug/pprof/mutex?pid=N&seconds=S     lock delay charged to the holder (Go mutex profile)\n  \
-         /debug/pprof/threads?pid=N&debug=1|2   thread dump (1: grouped, 2: every thread)\n\n\
+         /debug/pprof/threads?pid=N&debug=1|2   thread dump (1: grouped, 2: every thread)\n  \
+         /debug/pprof/goroutine?pid=N&debug=1|2 a Go program's goroutines, in Go's text (else threads)\n\n\
          in place of pid=N: pid=N&children=1 (and its descendants), container=ID,\n  \
          pod=UID or pod=NAMESPACE/NAME, cgroup=PATH; samples carry pid and comm labels\n\n\
          e.g. go tool pprof http://HOST/debug/pprof/block?pid=N&seconds=10\n\n\
@@ -537,7 +538,11 @@ async fn pprof(
             text(code, m)
         }
         Ok(q) => match kind {
-            None => match s.profiler.dump(q.target, q.debug).await {
+            None => match s
+                .profiler
+                .dump(q.target, q.debug, name == "goroutine")
+                .await
+            {
                 Ok(body) => text(StatusCode::OK, body),
                 Err(e) => error_response(&s, e),
             },

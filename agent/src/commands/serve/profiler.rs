@@ -49,6 +49,8 @@ enum Job {
     Dump {
         selector: Selector,
         debug: u8,
+        /// A Go program's goroutines where it is one (`/debug/pprof/goroutine`).
+        goroutines: bool,
         reply: oneshot::Sender<Result<String, Error>>,
     },
 }
@@ -276,8 +278,14 @@ impl Profiler {
             .map_err(ProfileError::Internal)
     }
 
-    /// A thread dump of `selector`'s processes as text (`debug` 1: grouped, 2: every thread).
-    pub async fn dump(&self, selector: Selector, debug: u8) -> Result<String, ProfileError> {
+    /// A thread dump of `selector`'s processes as text (`debug` 1: grouped, 2: every thread);
+    /// with `goroutines`, a Go program's goroutines instead (`/debug/pprof/goroutine`).
+    pub async fn dump(
+        &self,
+        selector: Selector,
+        debug: u8,
+        goroutines: bool,
+    ) -> Result<String, ProfileError> {
         let s = selector.clone();
         tokio::task::spawn_blocking(move || window::check_selector(&s))
             .await
@@ -286,6 +294,7 @@ impl Profiler {
         self.send(Job::Dump {
             selector,
             debug,
+            goroutines,
             reply,
         })?;
         Ok(rx
@@ -326,6 +335,7 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
             Job::Dump {
                 selector,
                 debug,
+                goroutines,
                 reply,
             } => {
                 let out = (|| {
@@ -354,6 +364,22 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
                                 return Err(Error::proc_read(pid, "maps", &e));
                             }
                             continue; // exited since the group was listed
+                        }
+                        if goroutines {
+                            match dump::goroutines::try_dump(
+                                pid,
+                                &maps,
+                                &mut symbolizer,
+                                debug == 1,
+                            ) {
+                                Some(Ok(g)) => {
+                                    text.push_str(&g);
+                                    dumped += 1;
+                                    continue;
+                                }
+                                Some(Err(why)) => text.push_str(&why),
+                                None => {}
+                            }
                         }
                         match dump::take_dump(collector, pid, &maps, &mut symbolizer) {
                             Ok(d) => {
