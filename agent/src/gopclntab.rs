@@ -10,9 +10,10 @@
 //! Inlined frames (the `InlTree` funcdata) are not expanded: a frame is named by the function
 //! whose code it is in.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use crate::unwind::tables::Segment;
 
 const MAGIC_118: u32 = 0xffff_fff0;
 const MAGIC_120: u32 = 0xffff_fff1;
@@ -28,8 +29,8 @@ pub struct PcLnTab {
     filetab: usize,
     pctab: usize,
     functab: usize,
-    /// `(file offset, size, virtual address)` of each loadable segment.
-    segments: Vec<(u64, u64, u64)>,
+    /// The loadable segments, to turn a file offset into an address.
+    segments: Vec<Segment>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -68,40 +69,14 @@ impl PcLnTab {
     /// The table of the ELF file at `path`; `None` when it is not a Go binary of a layout
     /// this reads.
     pub fn open(path: &Path) -> Option<PcLnTab> {
-        let f = File::open(path).ok()?;
-        let mut h = [0u8; 64];
-        f.read_exact_at(&mut h, 0).ok()?;
-        if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
-            return None;
-        }
-        let (phoff, shoff) = (u64_at(&h, 32)?, u64_at(&h, 40)?);
-        let phnum = u16::from_le_bytes([h[56], h[57]]) as usize;
-        let shnum = u16::from_le_bytes([h[60], h[61]]) as usize;
-        let shstrndx = u16::from_le_bytes([h[62], h[63]]) as usize;
-        let mut ph = vec![0u8; phnum * 56];
-        f.read_exact_at(&mut ph, phoff).ok()?;
-        let segments = ph
-            .chunks_exact(56)
-            .filter(|p| u32_at(p, 0) == Some(1))
-            .filter_map(|p| Some((u64_at(p, 8)?, u64_at(p, 32)?, u64_at(p, 16)?)))
-            .collect();
-        let mut sh = vec![0u8; shnum * 64];
-        f.read_exact_at(&mut sh, shoff).ok()?;
-        let hdr = |i: usize| sh.get(i * 64..i * 64 + 64);
-        let strs = hdr(shstrndx)?;
-        let mut names = vec![0u8; u64_at(strs, 32)?.min(1 << 20) as usize];
-        f.read_exact_at(&mut names, u64_at(strs, 24)?).ok()?;
-        let pcln = (0..shnum).find_map(|i| {
-            let s = hdr(i)?;
-            (cstr(&names, u32_at(s, 0)? as usize)? == ".gopclntab")
-                .then(|| Some((u64_at(s, 24)?, u64_at(s, 32)?)))?
-        })?;
-        let mut data = vec![0u8; pcln.1 as usize];
-        f.read_exact_at(&mut data, pcln.0).ok()?;
-        Self::parse(data, segments)
+        let (file, sections) = crate::unwind::cfi::elf_sections(path).ok()?;
+        let s = sections.iter().find(|s| s.name == ".gopclntab")?;
+        let mut data = vec![0u8; s.size as usize];
+        file.read_exact_at(&mut data, s.offset).ok()?;
+        Self::parse(data, crate::unwind::tables::load_segments(path).ok()?)
     }
 
-    fn parse(data: Vec<u8>, segments: Vec<(u64, u64, u64)>) -> Option<PcLnTab> {
+    fn parse(data: Vec<u8>, segments: Vec<Segment>) -> Option<PcLnTab> {
         let magic = u32_at(&data, 0)?;
         if magic != MAGIC_118 && magic != MAGIC_120 {
             return None;
@@ -129,8 +104,8 @@ impl PcLnTab {
     pub fn vaddr(&self, off: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(o, size, _)| off >= *o && off < o + size)
-            .map(|(o, _, v)| v + (off - o))
+            .find(|s| off >= s.offset && off < s.offset + s.filesz)
+            .map(|s| s.vaddr + (off - s.offset))
     }
 
     /// `(entry offset from textStart, _func offset)` of functab entry `i`.
@@ -264,7 +239,13 @@ mod tests {
         {
             d[words_at + 8 * i..words_at + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
         }
-        let t = PcLnTab::parse(d, vec![(0, 0x10000, 0)]).expect("parses");
+        let text = Segment {
+            offset: 0,
+            vaddr: 0,
+            filesz: 0x10000,
+            memsz: 0x10000,
+        };
+        let t = PcLnTab::parse(d, vec![text]).expect("parses");
         assert_eq!(
             t.lookup(0x1004),
             Some(("main.f".into(), Some("/src/a.go".into()), Some(10)))

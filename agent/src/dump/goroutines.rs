@@ -25,6 +25,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::stack::MemReader;
+use crate::unwind::cfi::{Section, elf_sections};
+use crate::unwind::tables::{Segment, load_segments, mapping_bias};
 
 /// Most goroutines read (Go's own dumps have no bound; this keeps a runaway slice finite).
 pub const MAX_GOROUTINES: usize = 1_000_000;
@@ -40,8 +42,8 @@ pub enum GoError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not an ELF file the agent reads (64-bit little-endian x86-64)")]
-    NotElf,
+    #[error("{0}")]
+    Elf(#[from] crate::unwind::cfi::UnwindError),
     #[error(
         "this Go binary is stripped (no {missing}): its goroutines cannot be read without a \
          symbol table and DWARF yet; build it without -ldflags=-s -w to see them"
@@ -59,32 +61,19 @@ pub enum GoError {
 // The executable: sections, symbols, DWARF
 // ---------------------------------------------------------------------------------------------
 
-struct Section {
-    name: String,
-    flags: u64,
-    offset: u64,
-    size: u64,
-}
-
 const SHF_COMPRESSED: u64 = 0x800;
 const ELFCOMPRESS_ZLIB: u32 = 1;
 
+/// The executable, its sections (read as the unwinder reads them) and its loadable segments.
 struct Elf {
     file: File,
     path: String,
     sections: Vec<Section>,
-    /// Virtual address of the first loadable segment and its file offset (the load bias of a
-    /// position-independent binary is its mapping's start minus this).
-    first_load: (u64, u64),
+    segments: Vec<Segment>,
 }
 
 // Little-endian integers at an offset; 0 past the end (a short read or a bad offset never
 // panics).
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u16::from_le_bytes)
-}
 fn u32_at(b: &[u8], o: usize) -> u32 {
     b.get(o..o + 4)
         .and_then(|s| s.try_into().ok())
@@ -98,56 +87,16 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 impl Elf {
     fn open(path: &Path) -> Result<Elf, GoError> {
-        let shown = path.display().to_string();
-        let io = |source| GoError::Io {
-            path: shown.clone(),
+        let (file, sections) = elf_sections(path)?;
+        let segments = load_segments(path).map_err(|source| GoError::Io {
+            path: path.display().to_string(),
             source,
-        };
-        let file = File::open(path).map_err(io)?;
-        let mut h = [0u8; 64];
-        file.read_exact_at(&mut h, 0).map_err(io)?;
-        if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 || u16_at(&h, 18) != 62 {
-            return Err(GoError::NotElf);
-        }
-        let (phoff, shoff) = (u64_at(&h, 32), u64_at(&h, 40));
-        let (phnum, shnum, shstrndx) = (u16_at(&h, 56), u16_at(&h, 60), u16_at(&h, 62));
-        let mut ph = vec![0u8; phnum as usize * 56];
-        file.read_exact_at(&mut ph, phoff).map_err(io)?;
-        let first_load = ph
-            .chunks_exact(56)
-            .find(|p| u32_at(p, 0) == 1)
-            .map(|p| (u64_at(p, 16), u64_at(p, 8)))
-            .unwrap_or_default();
-        let mut sh = vec![0u8; shnum as usize * 64];
-        file.read_exact_at(&mut sh, shoff).map_err(io)?;
-        let raw: Vec<(u32, u64, u64, u64)> = sh
-            .chunks_exact(64)
-            .map(|s| (u32_at(s, 0), u64_at(s, 8), u64_at(s, 24), u64_at(s, 32)))
-            .collect();
-        let Some(&(_, _, stroff, strsize)) = raw.get(shstrndx as usize) else {
-            return Err(GoError::NotElf);
-        };
-        let mut names = vec![0u8; strsize.min(1 << 20) as usize];
-        file.read_exact_at(&mut names, stroff).map_err(io)?;
-        let name_at = |o: u32| {
-            let s = names.get(o as usize..).unwrap_or_default();
-            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-            String::from_utf8_lossy(&s[..end]).into_owned()
-        };
-        let sections = raw
-            .iter()
-            .map(|&(n, flags, offset, size)| Section {
-                name: name_at(n),
-                flags,
-                offset,
-                size,
-            })
-            .collect();
+        })?;
         Ok(Elf {
             file,
-            path: shown,
+            path: path.display().to_string(),
             sections,
-            first_load,
+            segments,
         })
     }
 
@@ -373,26 +322,22 @@ pub fn is_go(exe: &Path) -> bool {
         .is_ok_and(|e| e.section(".gopclntab").is_some() || e.section(".go.buildinfo").is_some())
 }
 
-/// The load bias of `exe` in process `pid`: where its first segment is mapped minus the
-/// address the file asks for (0 for Go's default, non-PIE, executables).
-fn load_bias(pid: u32, first_load: (u64, u64)) -> u64 {
+/// The load bias of the executable of process `pid` (0 for Go's default, non-PIE,
+/// executables): from its first mapping in `/proc/PID/maps`, as the unwinder computes it.
+fn load_bias(pid: u32, segments: &[Segment]) -> u64 {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    for l in maps.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 6 || exe.as_deref().is_none_or(|e| Path::new(f[5]) != e) {
-            continue;
-        }
-        let (Some((lo, _)), Ok(off)) = (f[0].split_once('-'), u64::from_str_radix(f[2], 16)) else {
-            continue;
-        };
-        if off == first_load.1 & !0xfff
-            && let Ok(start) = u64::from_str_radix(lo, 16)
-        {
-            return start.wrapping_sub(first_load.0 & !0xfff);
-        }
-    }
-    0
+    maps.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 6 || exe.as_deref().is_none_or(|e| Path::new(f[5]) != e) {
+                return None;
+            }
+            let start = u64::from_str_radix(f[0].split_once('-')?.0, 16).ok()?;
+            let offset = u64::from_str_radix(f[2], 16).ok()?;
+            mapping_bias(segments, start, offset)
+        })
+        .unwrap_or(0)
 }
 
 impl GoProcess {
@@ -415,7 +360,7 @@ impl GoProcess {
             &["runtime.g", "runtime.gobuf", "runtime.m", "runtime.stack"],
         )?;
         let layout = GLayout::from(&structs)?;
-        let bias = load_bias(pid, elf.first_load);
+        let bias = load_bias(pid, &elf.segments);
         let wait_reasons = syms
             .get("runtime.waitReasonStrings")
             .map(|&(a, size)| (a.wrapping_add(bias), size / 16))

@@ -496,10 +496,8 @@ impl Collector {
     /// thread each: the kernel verifies a privileged loader's programs in parallel, and the
     /// scheduler programs' verification is most of the time from attach to the first sample.
     pub fn load_programs(&mut self, cpu: bool, offcpu: bool) -> Result<(), Error> {
-        if offcpu && self.btf.is_none() {
-            self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
-            })?);
+        if offcpu {
+            self.read_btf()?;
         }
         let btf = self.btf.as_ref();
         let wanted = |name: &str| {
@@ -620,11 +618,7 @@ impl Collector {
     /// Loads (verifies) a BTF tracepoint program (attached to the tracepoint of its own name)
     /// unless it is loaded.
     fn load_hooked(&mut self, prog_name: &'static str) -> Result<(), Error> {
-        if self.btf.is_none() {
-            self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
-            })?);
-        }
+        self.read_btf()?;
         let btf = self.btf.as_ref();
         let prog = self
             .ebpf
@@ -632,6 +626,17 @@ impl Collector {
             .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))?;
         if prog.fd().is_err() {
             load_program(prog_name, prog, btf)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the kernel's BTF (once per collector): BTF tracepoint programs and the task
+    /// iterator are loaded against it.
+    fn read_btf(&mut self) -> Result<(), Error> {
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| {
+                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
+            })?);
         }
         Ok(())
     }

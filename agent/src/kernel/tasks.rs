@@ -4,7 +4,7 @@
 
 use std::io::Read as _;
 
-use aya::{Btf, programs::Iter};
+use aya::programs::Iter;
 use stallscope_common::dump::{DumpConfig, DumpOffsets, DumpTask};
 
 use stallscope_common::maps;
@@ -46,11 +46,7 @@ impl Collector {
     }
 
     fn dump_program(&mut self) -> Result<&mut Iter, Error> {
-        if self.btf.is_none() {
-            self.btf = Some(Btf::from_sys_fs().map_err(|e| {
-                Error::bpf_load("reading the kernel BTF /sys/kernel/btf/vmlinux", e)
-            })?);
-        }
+        self.read_btf()?;
         let btf = self.btf.as_ref().expect("set above");
         let prog: &mut Iter = self
             .ebpf

@@ -194,6 +194,16 @@ pub fn compile_file(path: &Path) -> Result<UnwindTable, UnwindError> {
     compile_sections(&sections, &mut read)
 }
 
+/// The ELF file at `path`, open, with its section headers and their names, checked as the
+/// unwinder checks them (64-bit little-endian x86-64, extended numbering). The Go readers
+/// (`gopclntab`, the goroutine dump) find their sections with this; `tables::load_segments`
+/// reads the program headers.
+pub fn elf_sections(path: &Path) -> Result<(File, Vec<Section>), UnwindError> {
+    let (file, len) = open_elf(path)?;
+    let sections = read_sections(&mut file_reader(path, &file, len))?;
+    Ok((file, sections))
+}
+
 /// Opens the file at `path` and returns it with its length.
 fn open_elf(path: &Path) -> Result<(File, u64), UnwindError> {
     let io_err = |source| UnwindError::Io {
@@ -343,15 +353,16 @@ const MAX_SHSTRTAB: u64 = 64 << 20;
 const MAX_EH_FRAME: u64 = 1 << 30;
 
 #[derive(Clone, Debug)]
-struct Section {
-    name: String,
-    sh_type: u32,
-    flags: u64,
-    addr: u64,
-    offset: u64,
-    size: u64,
+/// A section header of an ELF file, with its name.
+pub struct Section {
+    pub name: String,
+    pub sh_type: u32,
+    pub flags: u64,
+    pub addr: u64,
+    pub offset: u64,
+    pub size: u64,
     #[cfg_attr(not(test), allow(dead_code))]
-    link: u32,
+    pub link: u32,
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
