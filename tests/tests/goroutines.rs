@@ -274,3 +274,127 @@ fn serve_answers_the_goroutine_route_with_goroutines() {
         r.body
     );
 }
+
+/// Sum of `value_type` over the samples whose stack has `function`.
+fn delay_under(p: &agent::model::Profile, function: &str) -> i64 {
+    let i = value_index(p, "delay");
+    p.samples
+        .iter()
+        .filter(|s| stack_has(p, s, function))
+        .map(|s| s.values[i])
+        .sum()
+}
+
+/// The goroutine-level block profile of an unmodified Go program agrees with the program's
+/// own (`runtime/pprof`, `SetBlockProfileRate(1)`, the difference of two snapshots around the
+/// agent's window), built by each Go version: the same top function (the blocking call,
+/// `runtime.chanrecv1`) with its share within ±20%; each of the two blocking functions'
+/// goroutine-seconds blocked per second within ±20%; the Go runtime's parking of its threads
+/// (`runtime.futex`) left out and said; every sample a goroutine's, with its wait reason.
+#[test]
+fn a_go_programs_block_profile_is_its_goroutines_and_agrees_with_gos_own() {
+    require_root();
+    let mut builds = vec![("Debian's go".to_string(), workload_path("goblock"))];
+    for v in stallscope_testkit::workloads::GO_TOOLCHAINS {
+        let bin = stallscope_testkit::workloads::build_go_with("goblock", v)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        builds.push((format!("Go {v}"), bin));
+    }
+    for (go, bin) in &builds {
+        eprintln!("== goblock built by {go}");
+        let dir = TempDir::new("goblock");
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(dir.path());
+        let w = Workload::spawn_command(
+            "goblock",
+            cmd,
+            Some("ready"),
+            std::time::Duration::from_secs(20),
+        );
+        let snapshot = |n: u32| {
+            let path = dir.path().join(format!("block-{n}.pb.gz"));
+            // SAFETY: kill(2) on the workload's pid.
+            assert_eq!(unsafe { libc::kill(w.pid() as i32, libc::SIGUSR1) }, 0);
+            let asked = std::time::Instant::now();
+            while !path.is_file() {
+                assert!(
+                    asked.elapsed() < std::time::Duration::from_secs(10),
+                    "{go}: goblock wrote no {}",
+                    path.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (read_profile(&path), std::time::Instant::now())
+        };
+        let (before, t0) = snapshot(0);
+        let run = attach_pid_ok(w.pid(), "3s", "block", &[]);
+        let (after, t1) = snapshot(1);
+        let p = read_profile(run.file("block.pb.gz"));
+        let secs = p.duration.as_secs_f64();
+        let own_secs = (t1 - t0).as_secs_f64();
+
+        // Every sample is a goroutine's wait, labelled with Go's reason; the runtime's own
+        // futex waits are left out, and the profile says so.
+        assert!(!p.samples.is_empty(), "{go}: empty block profile");
+        for s in &p.samples {
+            assert!(
+                sample_label(s, "wait_reason").is_some(),
+                "{go}: a sample without a goroutine's wait reason: {}",
+                stack_text(&p, s)
+            );
+            assert_ne!(leaf_function(&p, s), "runtime.futex", "{go}");
+        }
+        assert!(
+            p.comments
+                .iter()
+                .any(|c| c.contains("of the Go runtime parking its threads")),
+            "{go}: {:?}",
+            p.comments
+        );
+        let seen = counter(&run, "go_block_events_seen");
+        let recorded = counter(&run, "go_block_events_recorded");
+        assert!(seen > 0 && recorded <= seen, "{go}: {recorded} of {seen}");
+        assert_eq!(counter(&run, "go_parked_full"), 0, "{go}");
+
+        // Go's own, over its snapshots' window.
+        let own_top = {
+            let (b, a) = (
+                flat_by_function(&before, "delay"),
+                flat_by_function(&after, "delay"),
+            );
+            let mut v: Vec<(String, i64)> = a
+                .into_iter()
+                .map(|(f, n)| {
+                    let base = b.get(&f).copied().unwrap_or(0);
+                    (f, n - base)
+                })
+                .collect();
+            v.sort_by_key(|x| std::cmp::Reverse(x.1));
+            v
+        };
+        let own_total: i64 = own_top.iter().map(|x| x.1).sum();
+        let ours = top_flat(&p, "delay");
+        let our_total = total(&p, "delay");
+        eprintln!("{go}: ours over {secs:.2} s {ours:?}; Go's over {own_secs:.2} s {own_top:?}");
+        assert_eq!(ours[0].0, own_top[0].0, "{go}: top function");
+        let (our_share, own_share) = (
+            ours[0].1 as f64 / our_total as f64,
+            own_top[0].1 as f64 / own_total as f64,
+        );
+        assert!(
+            (our_share - own_share).abs() <= 0.2 * own_share,
+            "{go}: {} is {our_share:.3} of ours, {own_share:.3} of Go's",
+            ours[0].0
+        );
+        for f in ["main.recvSlow", "main.lockWait"] {
+            let our_rate = delay_under(&p, f) as f64 / 1e9 / secs;
+            let own_rate =
+                (delay_under(&after, f) - delay_under(&before, f)) as f64 / 1e9 / own_secs;
+            eprintln!("{go}: {f}: {our_rate:.3} goroutine-s/s, Go's {own_rate:.3}");
+            assert!(
+                own_rate > 0.3 && (our_rate - own_rate).abs() <= 0.2 * own_rate,
+                "{go}: {f} blocked {our_rate:.3} goroutine-seconds per second, Go's own {own_rate:.3}"
+            );
+        }
+    }
+}

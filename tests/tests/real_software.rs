@@ -1139,27 +1139,13 @@ fn postgres_backends_forked_after_attach_are_profiled_by_process_tree() {
 /// frame was `prometheus+0x...`), with the handlers' packages in the stacks.
 #[test]
 fn prometheus_stripped_go_binary_is_profiled_with_function_names() {
-    use stallscope_tests::serve_kit::Prometheus;
     require_root();
-    // Nothing to scrape (a closed port): the queries below are its work.
-    let prom = Prometheus::start("127.0.0.1:9".parse().unwrap(), None);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, addr) = (Arc::clone(&stop), prom.addr);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = stallscope_testkit::http::get(
-                    addr,
-                    "/api/v1/query?query=rate(prometheus_http_requests_total%5B1m%5D)",
-                    b"",
-                    Duration::from_secs(5),
-                );
-            }
-        })
-    };
-    let run = attach_pid_ok(prom.pid(), "4s", "cpu", &[]);
-    stop.store(true, Ordering::Relaxed);
-    let _ = load.join();
+    // Nothing to scrape (a closed port): the queries are its work.
+    let run = attach_to_queried_prometheus(
+        "/api/v1/query?query=rate(prometheus_http_requests_total%5B1m%5D)",
+        "4s",
+        "cpu",
+    );
     let p = read_profile(run.file("cpu.pb.gz"));
     let samples = total(&p, "samples");
     assert!(samples >= 20, "only {samples} samples of a busy Prometheus");
@@ -1197,4 +1183,66 @@ fn prometheus_stripped_go_binary_is_profiled_with_function_names() {
                 && l.line.is_some()),
         "no Go file:line in the profile"
     );
+}
+
+/// `agent attach` to Debian's Prometheus (nothing to scrape: a closed port) while a thread
+/// sends it `query` over and over.
+fn attach_to_queried_prometheus(query: &'static str, duration: &str, profiles: &str) -> AgentRun {
+    use stallscope_tests::serve_kit::Prometheus;
+    let prom = Prometheus::start("127.0.0.1:9".parse().unwrap(), None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, addr) = (Arc::clone(&stop), prom.addr);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = stallscope_testkit::http::get(addr, query, b"", Duration::from_secs(5));
+            }
+        })
+    };
+    let run = attach_pid_ok(prom.pid(), duration, profiles, &[]);
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    run
+}
+
+/// Debian's Prometheus (stripped Go) under queries, block and mutex profiles: the Go runtime
+/// parking its threads (`runtime.futex` in `notesleep`, `runtime.lock`) is not reported as
+/// blocking or lock contention (it was 22 s of "contention" in 5 s before), the profiles say
+/// what they left out, and, the binary being stripped, that its goroutines were not followed.
+#[test]
+fn prometheus_block_and_mutex_profiles_leave_out_the_go_runtimes_thread_parking() {
+    require_root();
+    let run = attach_to_queried_prometheus("/api/v1/query?query=up", "3s", "block,mutex");
+    let block = read_profile(run.file("block.pb.gz"));
+    let mutex = read_profile(run.file("mutex.pb.gz"));
+    for p in [&block, &mutex] {
+        for s in &p.samples {
+            assert!(
+                !stack_has(p, s, "runtime.futex"),
+                "{:?}: the runtime's own futex wait is in: {}",
+                p.kind,
+                stack_text(p, s)
+            );
+        }
+    }
+    let said =
+        |p: &agent::model::Profile, needle: &str| p.comments.iter().any(|c| c.contains(needle));
+    assert!(
+        said(&block, "of the Go runtime parking its threads"),
+        "{:?}",
+        block.comments
+    );
+    assert!(
+        said(&block, "not followed by the block profile") && said(&block, "stripped"),
+        "{:?}",
+        block.comments
+    );
+    // The summary says it too, in place of the contention that was not.
+    let out = run.output();
+    assert!(
+        out.contains("of the Go runtime parking its threads"),
+        "{out}"
+    );
+    // The runtime parked its idle threads in the window: something was left out.
+    assert!(counter(&run, "block_events_seen") > 0, "{out}");
 }

@@ -447,6 +447,115 @@ impl GoProcess {
     }
 }
 
+/// The wait reasons whose waits Go's own block profile records (`runtime.blockevent` after
+/// the park): channel operations, a select with cases, and the sync package's waits. Matched
+/// against the binary's own `waitReasonStrings` (the numbers move between versions). Go 1.19
+/// names every semaphore wait `semacquire` (its runtime-internal ones, which Go does not
+/// record, too).
+const BLOCK_PROFILE_REASONS: &[&str] = &[
+    "chan receive",
+    "chan send",
+    "select",
+    "sync.Cond.Wait",
+    "semacquire",
+    "sync.Mutex.Lock",
+    "sync.RWMutex.RLock",
+    "sync.RWMutex.Lock",
+    "sync.WaitGroup.Wait",
+];
+
+/// The goroutine block probes of one Go process ([`crate::kernel::Collector::attach_go_block`])
+/// and the names of the wait reasons they report.
+#[derive(Debug, Clone)]
+pub struct GoBlockProbes {
+    pub probes: crate::kernel::GoProbes,
+    /// The binary's wait reasons by number (labels of the block profile's samples).
+    pub wait_reasons: Vec<String>,
+}
+
+/// The file offset of virtual address `vaddr` of the executable.
+fn file_offset(segments: &[Segment], vaddr: u64) -> Option<u64> {
+    segments
+        .iter()
+        .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.filesz)
+        .map(|s| vaddr - s.vaddr + s.offset)
+}
+
+/// The bit mask (of `GoProc::block_reasons`) of the reasons in [`BLOCK_PROFILE_REASONS`].
+fn block_reason_mask(reasons: &[String]) -> [u64; 4] {
+    let mut mask = [0u64; 4];
+    for (i, r) in reasons.iter().enumerate().take(256) {
+        if BLOCK_PROFILE_REASONS.contains(&r.as_str()) {
+            mask[i / 64] |= 1 << (i % 64);
+        }
+    }
+    mask
+}
+
+/// Reads what the goroutine block probes of Go process `pid` need from its executable (the
+/// symbols of `runtime.gopark`, `runtime.ready` and `runtime.waitReasonStrings`, the layout
+/// of `runtime.g` from DWARF) and its memory (the wait reasons' names).
+pub fn block_probes(pid: u32) -> Result<GoBlockProbes, GoError> {
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let elf = Elf::open(&exe)?;
+    let syms = elf.symbols(&[
+        "runtime.gopark",
+        "runtime.ready",
+        "runtime.waitReasonStrings",
+    ])?;
+    let sym = |name: &'static str| {
+        syms.get(name).map(|s| s.0).ok_or(GoError::Stripped {
+            missing: "runtime.gopark and runtime.ready symbols",
+        })
+    };
+    let (gopark, ready, reasons_at) = (
+        sym("runtime.gopark")?,
+        sym("runtime.ready")?,
+        syms.get("runtime.waitReasonStrings").copied(),
+    );
+    let offset = |vaddr: u64, what: &'static str| {
+        file_offset(&elf.segments, vaddr).ok_or(GoError::Layout(format!("{what} in a segment")))
+    };
+    let structs = Structs::read(&elf, &["runtime.g", "runtime.gobuf"])?;
+    let sched = structs.member("runtime.g", "sched")?;
+    let field = |m: &str| -> Result<u32, GoError> {
+        Ok((sched + structs.member("runtime.gobuf", m)?) as u32)
+    };
+    let Some((reasons_addr, reasons_size)) = reasons_at else {
+        return Err(GoError::Stripped {
+            missing: "runtime.waitReasonStrings symbol",
+        });
+    };
+    let bias = load_bias(pid, &elf.segments);
+    let mem = MemReader::open(pid).map_err(|source| GoError::Io {
+        path: format!("/proc/{pid}/mem"),
+        source,
+    })?;
+    let wait_reasons: Vec<String> = (0..(reasons_size / 16).min(256))
+        .map(|i| go_string(&mem, reasons_addr.wrapping_add(bias) + i * 16).unwrap_or_default())
+        .collect();
+    if wait_reasons.iter().all(String::is_empty) {
+        return Err(GoError::Memory {
+            what: "runtime.waitReasonStrings",
+        });
+    }
+    Ok(GoBlockProbes {
+        probes: crate::kernel::GoProbes {
+            gopark_offset: offset(gopark, "runtime.gopark")?,
+            ready_offset: offset(ready, "runtime.ready")?,
+            proc: stallscope_common::GoProc {
+                sched_pc: field("pc")?,
+                sched_sp: field("sp")?,
+                sched_bp: field("bp")?,
+                _pad: 0,
+                block_reasons: block_reason_mask(&wait_reasons),
+            },
+            exe,
+        },
+        wait_reasons,
+    })
+}
+
 /// A Go string header (pointer, length) at `addr`, read as text.
 fn go_string(mem: &MemReader, addr: u64) -> Option<String> {
     let p = mem.read_u64(addr)?;
@@ -853,6 +962,33 @@ mod tests {
             thread: None,
             pcs: vec![],
         }
+    }
+
+    #[test]
+    fn the_block_probes_follow_the_reasons_gos_block_profile_records() {
+        let reasons: Vec<String> = ["", "GC assist marking", "chan receive", "select", "sleep"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain((5..70).map(|i| {
+                if i == 66 {
+                    "sync.Mutex.Lock".into()
+                } else {
+                    format!("r{i}")
+                }
+            }))
+            .collect();
+        let m = block_reason_mask(&reasons);
+        assert_eq!(m[0], (1 << 2) | (1 << 3));
+        assert_eq!(m[1], 1 << 2);
+        assert_eq!((m[2], m[3]), (0, 0));
+        let segs = [Segment {
+            offset: 0x1000,
+            vaddr: 0x401000,
+            filesz: 0x2000,
+            memsz: 0x2000,
+        }];
+        assert_eq!(file_offset(&segs, 0x401234), Some(0x1234));
+        assert_eq!(file_offset(&segs, 0x403000), None);
     }
 
     #[test]

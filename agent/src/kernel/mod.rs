@@ -17,6 +17,7 @@ use aya::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
         tp_btf::BtfTracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
     },
     util::online_cpus,
 };
@@ -243,11 +244,28 @@ pub const FILL_MAPS: [&str; 8] = [
 /// kernels under lockdown (EPERM).
 const OFFCPU_PROGRAMS: [&str; 3] = ["sched_switch", "sched_waking", "sched_wakeup_new"];
 
+/// The Go runtime's uprobes: `runtime.gopark`'s entry, `runtime.ready`'s entry.
+const GO_PROGRAMS: [&str; 2] = ["go_gopark", "go_ready"];
+
+/// Where the goroutine block probes of one Go process go (read from its executable by
+/// `dump::goroutines::block_probes`).
+#[derive(Debug, Clone)]
+pub struct GoProbes {
+    /// The executable to probe (`/proc/PID/exe`).
+    pub exe: std::path::PathBuf,
+    /// File offsets of `runtime.gopark` and `runtime.ready`.
+    pub gopark_offset: u64,
+    pub ready_offset: u64,
+    pub proc: stallscope_common::GoProc,
+}
+
 /// The loaded BPF programs and their maps, plus the links of what is attached now.
 pub struct Collector {
     ebpf: Ebpf,
     cpu_links: Vec<PerfEventLinkId>,
     tp_links: Vec<(&'static str, BtfTracePointLinkId)>,
+    /// The Go runtime's uprobes, per process followed.
+    go_links: Vec<(&'static str, UProbeLinkId)>,
     stacks: StackTraceMap<MapData>,
     btf: Option<Btf>,
 }
@@ -259,6 +277,9 @@ type UserStackCache = StdHashMap<u64, StackPart>;
 fn load_program(name: &str, prog: &mut Program, btf: Option<&Btf>) -> Result<(), Error> {
     match prog {
         Program::PerfEvent(p) => p.load().map_err(|e| Error::bpf_load(name, e)),
+        Program::UProbe(p) => p
+            .load()
+            .map_err(|e| Error::bpf_load(format!("{name} (uprobe)"), e)),
         Program::BtfTracePoint(p) => {
             let btf = btf.ok_or_else(|| Error::bug(format!("{name}: no kernel BTF read")))?;
             p.load(name, btf)
@@ -333,6 +354,7 @@ impl Collector {
             ebpf,
             cpu_links: Vec::new(),
             tp_links: Vec::new(),
+            go_links: Vec::new(),
             stacks,
             btf: None,
         })
@@ -645,6 +667,63 @@ impl Collector {
         self.ebpf
             .program_mut(prog_name)
             .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))
+    }
+
+    /// Follows the goroutines of Go process `pid` for the block profile: its `GO_PROCS` entry,
+    /// and the uprobes `go_gopark` and `go_ready` on its executable, firing for that process
+    /// only. They record while `CONFIG_BLOCK` is set; [`Collector::stop_go`] detaches them.
+    pub fn attach_go_block(&mut self, pid: u32, probes: &GoProbes) -> Result<(), Error> {
+        for name in GO_PROGRAMS {
+            let prog = self.program(name)?;
+            if prog.fd().is_err() {
+                load_program(name, prog, None)?;
+            }
+        }
+        self.hash_mut::<maps::GO_PROCS>()?
+            .insert(pid, probes.proc, 0)
+            .map_err(|e| Error::internal("writing GO_PROCS", e))?;
+        let scope = std::num::NonZeroU32::new(pid)
+            .map(UProbeScope::OneProcess)
+            .ok_or_else(|| Error::bug("pid 0"))?;
+        for (name, offset) in [
+            (GO_PROGRAMS[0], probes.gopark_offset),
+            (GO_PROGRAMS[1], probes.ready_offset),
+        ] {
+            let link = match self.program(name)? {
+                Program::UProbe(p) => p
+                    .attach(offset, &probes.exe, scope)
+                    .map_err(|e| Error::attach(format!("uprobe {name} on process {pid}"), e))?,
+                _ => return Err(Error::bug(format!("{name}: not a uprobe"))),
+            };
+            self.go_links.push((name, link));
+        }
+        Ok(())
+    }
+
+    /// Detaches the Go runtime's uprobes and forgets the processes and goroutines they
+    /// followed (idempotent). What they recorded stays in `BLOCK`.
+    pub fn stop_go(&mut self) {
+        for (name, link) in self.go_links.drain(..) {
+            if let Some(Program::UProbe(p)) = self.ebpf.program_mut(name)
+                && let Err(e) = p.detach(link)
+            {
+                tracing::warn!("detaching {name}: {e}");
+            }
+        }
+        fn clear<M: MapSpec>(c: &mut Collector)
+        where
+            M::Key: aya::Pod,
+            M::Value: aya::Pod,
+        {
+            if let Ok(mut map) = c.hash_mut::<M>() {
+                let keys: Vec<M::Key> = map.keys().filter_map(Result::ok).collect();
+                for k in keys {
+                    let _ = map.remove(&k);
+                }
+            }
+        }
+        clear::<maps::GO_PROCS>(self);
+        clear::<maps::GO_PARKED>(self);
     }
 
     /// Detaches the off-CPU/block/mutex programs and the fork follower (idempotent). Recorded data stays readable.

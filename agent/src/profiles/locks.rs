@@ -103,6 +103,9 @@ pub fn classify_futex_waits(p: &mut Profile) {
         .samples
         .iter()
         .map(|s| {
+            if is_goroutine_event(s) {
+                return None;
+            }
             let class = s.labels.iter().find_map(|l| match l {
                 Label::Str(k, v) if k == "wait_class" => Some(v.as_str()),
                 _ => None,
@@ -132,6 +135,115 @@ pub fn classify_futex_waits(p: &mut Profile) {
             "wait_object".into(),
             wait_object_label(o).into(),
         ));
+    }
+}
+
+/// The Go runtime's frames between a blocking call and the park (`runtime.gopark`), left out
+/// of a goroutine's block-profile stack as Go's own skip count leaves them out: Go's stacks
+/// start at `runtime.chanrecv1`, `runtime.selectgo`, `sync.(*Mutex).Lock`,
+/// `sync.(*WaitGroup).Wait`, `sync.(*Cond).Wait`.
+const GO_PARK_FRAMES: &[&str] = &[
+    "runtime.gopark",
+    "runtime.goparkunlock",
+    "runtime.chanrecv",
+    "runtime.chansend",
+    "runtime.semacquire1",
+    "runtime.notifyListWait",
+    "sync.runtime_notifyListWait",
+    "sync.runtime_Semacquire",
+    "sync.runtime_SemacquireMutex",
+    "sync.runtime_SemacquireRWMutex",
+    "sync.runtime_SemacquireRWMutexR",
+    "sync.runtime_SemacquireWaitGroup",
+    "sync.(*Mutex).lockSlow",
+    "internal/sync.runtime_SemacquireMutex",
+    "internal/sync.(*Mutex).lockSlow",
+    // Go 1.24 and later: sync.Mutex is internal/sync's, whose Lock Go's stacks skip too.
+    "internal/sync.(*Mutex).Lock",
+];
+
+/// Whether a sample is a goroutine's block event (labelled with Go's `wait_reason`), not a
+/// thread's futex wait.
+pub fn is_goroutine_event(s: &Sample) -> bool {
+    s.labels
+        .iter()
+        .any(|l| matches!(l, Label::Str(k, _) if k == "wait_reason"))
+}
+
+/// Goroutine samples start at the blocking call, as in Go's own block profile
+/// ([`GO_PARK_FRAMES`] left out; a location with an inlined frame of another function stays).
+pub fn trim_go_park_frames(p: &mut Profile) {
+    let park_only: Vec<bool> = p
+        .locations
+        .iter()
+        .map(|l| {
+            !l.lines.is_empty()
+                && l.lines
+                    .iter()
+                    .all(|line| GO_PARK_FRAMES.contains(&line.function.as_str()))
+        })
+        .collect();
+    for s in p.samples.iter_mut().filter(|s| is_goroutine_event(s)) {
+        let skip = s
+            .locations
+            .iter()
+            .take_while(|&&l| park_only.get(l).copied().unwrap_or(false))
+            .count();
+        if skip < s.locations.len() {
+            s.locations.drain(..skip);
+        }
+    }
+}
+
+/// Leaves out a Go program's threads waiting in the runtime's own futex calls
+/// (`runtime.futex`: an idle M parked in `notesleep`, a `runtime.lock`): the Go runtime
+/// parking its threads, not goroutines blocking. Go's own block and mutex profiles never show
+/// them, and the goroutines' waits are followed apart (`wait_reason` samples). Returns how
+/// many events and how much of the main value were left out (also said in a comment).
+pub fn drop_go_runtime_futex(p: &mut Profile) -> (i64, i64) {
+    if !matches!(p.kind, ProfileKind::Block | ProfileKind::Mutex) {
+        return (0, 0);
+    }
+    let ci = p.value_index("contentions").unwrap_or(0);
+    let vi = p.value_index("delay").unwrap_or(p.sample_types.len() - 1);
+    let runtime_futex: Vec<bool> = p
+        .samples
+        .iter()
+        .map(|s| {
+            !is_goroutine_event(s)
+                && s.locations
+                    .iter()
+                    .flat_map(|&l| p.locations[l].lines.iter())
+                    .next()
+                    .is_some_and(|l| l.function == "runtime.futex")
+        })
+        .collect();
+    let (mut n, mut v) = (0, 0);
+    let mut keep = runtime_futex.iter();
+    p.samples.retain(|s| {
+        let drop = *keep.next().unwrap_or(&false);
+        if drop {
+            n += s.values[ci];
+            v += s.values[vi];
+        }
+        !drop
+    });
+    if n > 0 {
+        p.comments.push(format!(
+            "{n} futex waits ({:.3} s) of the Go runtime parking its threads (runtime.futex: idle Ms, runtime.lock) left out: not goroutine blocking, which Go's own profiles show and this one follows by goroutine",
+            v as f64 / 1e9
+        ));
+    }
+    (n, v)
+}
+
+/// A block or mutex profile of Go programs made to read as Go's own: the runtime's thread
+/// parking left out ([`drop_go_runtime_futex`]), goroutine stacks starting at the blocking
+/// call ([`trim_go_park_frames`]).
+pub fn prepare_go(p: &mut Profile) {
+    drop_go_runtime_futex(p);
+    if p.kind == ProfileKind::Block {
+        trim_go_park_frames(p);
     }
 }
 
@@ -291,6 +403,62 @@ mod tests {
             mappings: vec![],
             comments: vec![],
         }
+    }
+
+    #[test]
+    fn a_go_block_profile_reads_as_gos_own() {
+        // Locations 0..6: one per function, in this order.
+        let mut p = profile(vec![
+            (0, "runtime.gopark", 1),
+            (0, "runtime.chanrecv", 1),
+            (0, "runtime.chanrecv1", 1),
+            (0, "main.recv", 1),
+            (0, "runtime.futex", 1),
+            (0, "runtime.notesleep", 1),
+            (0, "pthread_mutex_lock", 1),
+        ]);
+        p.kind = ProfileKind::Block;
+        let reason = || Label::Str("wait_reason".into(), "chan receive".into());
+        p.samples.truncate(3);
+        // A goroutine's wait, a thread parked by Go's runtime, a cgo thread's futex wait.
+        p.samples[0].locations = vec![0, 1, 2, 3];
+        p.samples[0].labels = vec![reason()];
+        p.samples[1].locations = vec![4, 5];
+        p.samples[1].values = vec![3, 30];
+        p.samples[2].locations = vec![6, 3];
+        // A goroutine stack of park frames only is kept whole.
+        p.samples.push(Sample {
+            locations: vec![0, 1],
+            values: vec![1, 1],
+            labels: vec![reason()],
+        });
+        prepare_go(&mut p);
+        assert_eq!(p.samples.len(), 3, "the runtime's futex wait is left out");
+        assert_eq!(
+            p.samples[0].locations,
+            vec![2, 3],
+            "starts at runtime.chanrecv1"
+        );
+        assert_eq!(
+            p.samples[1].locations,
+            vec![6, 3],
+            "a thread's stack is not trimmed"
+        );
+        assert_eq!(p.samples[2].locations, vec![0, 1]);
+        assert!(
+            p.comments[0].starts_with("3 futex waits (0.000 s) of the Go runtime parking"),
+            "{:?}",
+            p.comments
+        );
+        // A goroutine's wait is no futex wait: no wait_object.
+        classify_futex_waits(&mut p);
+        assert_eq!(p.samples[0].labels, vec![reason()]);
+        assert!(
+            p.samples[1]
+                .labels
+                .iter()
+                .any(|l| matches!(l, Label::Str(k, _) if k == "wait_object"))
+        );
     }
 
     #[test]

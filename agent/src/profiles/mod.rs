@@ -12,7 +12,7 @@ pub mod locks;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use stallscope_common::{BLOCK_COUNT_SCALE, wait_class};
+use stallscope_common::{BLOCK_COUNT_SCALE, GOROUTINE_TID, wait_class};
 
 use crate::{
     kernel::{
@@ -86,6 +86,9 @@ pub struct Window {
     /// `namespace` when it runs in one ([`process_labels`]), and in a group's window its
     /// `pid` and `comm`.
     pub process: HashMap<u32, Vec<Label>>,
+    /// The wait reasons' names of each Go process whose goroutines the block profile
+    /// followed (by pid; index: `runtime.waitReason`).
+    pub go_wait_reasons: HashMap<u32, Vec<String>>,
 }
 
 /// The labels a process's samples carry for its place on the node (none outside a container),
@@ -106,6 +109,25 @@ pub fn process_labels(id: &crate::identity::Identity) -> Vec<Label> {
 }
 
 impl Window {
+    /// The labels of a block-profile sample of `tid`: a goroutine's (`GOROUTINE_TID` and its
+    /// wait reason: `wait_reason`, as Go names it) or a thread's.
+    fn block_labels(&self, tgid: u32, tid: u32) -> Vec<Label> {
+        if tid & GOROUTINE_TID == 0 {
+            return self.thread_labels(tgid, tid);
+        }
+        let reason = (tid & 0xff) as usize;
+        let name = self
+            .go_wait_reasons
+            .get(&tgid)
+            .and_then(|r| r.get(reason))
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("wait reason {reason}"));
+        let mut l = vec![Label::Str("wait_reason".into(), name)];
+        l.extend(self.thread_labels(tgid, 0));
+        l
+    }
+
     /// The `thread` and `tid` labels of a sample of thread `tid` (none for tid 0: unknown),
     /// then those of its process `tgid`.
     pub fn thread_labels(&self, tgid: u32, tid: u32) -> Vec<Label> {
@@ -238,7 +260,7 @@ pub fn block_profile(records: &[BlockRecord], rate_ns: u64, w: &Window) -> RawPr
         .iter()
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
-            labels.extend(w.thread_labels(r.tgid, r.tid));
+            labels.extend(w.block_labels(r.tgid, r.tid));
             let count = (r.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE;
             RawSample {
                 pid: r.tgid,
@@ -362,7 +384,33 @@ mod tests {
             threads: HashMap::from([(5, "worker".to_string())]),
             tid_labels: true,
             process: HashMap::new(),
+            go_wait_reasons: HashMap::from([(9, vec!["".to_string(), "chan receive".to_string()])]),
         }
+    }
+
+    #[test]
+    fn a_goroutines_block_event_is_labelled_with_its_wait_reason_not_a_thread() {
+        let rec = |tgid, reason| BlockRecord {
+            tgid,
+            tid: GOROUTINE_TID | reason,
+            user: StackPart::Frames(vec![1]),
+            count_scaled: 1000,
+            delay_ns: 5,
+        };
+        let p = block_profile(&[rec(9, 1), rec(9, 7), rec(1, 1)], 1, &w());
+        let labels: Vec<&Vec<Label>> = p.samples.iter().map(|s| &s.labels).collect();
+        assert_eq!(
+            labels[0],
+            &vec![Label::Str("wait_reason".into(), "chan receive".into())]
+        );
+        assert_eq!(
+            labels[1],
+            &vec![Label::Str("wait_reason".into(), "wait reason 7".into())]
+        );
+        assert_eq!(
+            labels[2],
+            &vec![Label::Str("wait_reason".into(), "wait reason 1".into())]
+        );
     }
 
     #[test]

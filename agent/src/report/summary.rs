@@ -436,6 +436,9 @@ fn brief_row(s: &mut String, indent: &str, v: i64, brief: &str, tag: &str) {
 /// Whether a futex wait (off-CPU or block sample) waits for a lock (`Some(true)`: contention),
 /// for an event (`Some(false)`: condition variable, semaphore, join: idle), or is no futex wait.
 pub fn is_lock_wait(p: &Profile, s: &Sample) -> Option<bool> {
+    if crate::profiles::locks::is_goroutine_event(s) {
+        return None;
+    }
     match wait_class_of(s).as_deref() {
         Some("lock") => return Some(true),
         Some("futex") | None => {}
@@ -520,9 +523,12 @@ pub fn counter_comments(c: &Counters) -> Vec<String> {
             c.get(Counter::OffcpuSwitchOut), c.get(Counter::OffcpuRecorded), c.get(Counter::OffcpuSampledOut), c.get(Counter::OffcpuBelowMin), c.get(Counter::ThreadMapFull), c.get(Counter::RunqHistFull), c.get(Counter::FirstSeenFull), c.get(Counter::ExitedFull), c.get(Counter::SwitchMissed), c.get(Counter::ProgRunsSkipped)
         ));
         v.push(format!(
-            "block: {} futex waits seen, {} recorded after in-kernel rate sampling",
+            "block: {} futex waits seen, {} recorded after in-kernel rate sampling; {} goroutine waits seen, {} recorded; goroutine park table full {}",
             c.get(Counter::BlockEventsSeen),
-            c.get(Counter::BlockEventsRecorded)
+            c.get(Counter::BlockEventsRecorded),
+            c.get(Counter::GoBlockEventsSeen),
+            c.get(Counter::GoBlockEventsRecorded),
+            c.get(Counter::GoParkedFull)
         ));
     }
     v.extend(map_full_hint(c));
@@ -652,20 +658,54 @@ pub fn profile_section(p: &Profile, top_n: usize) -> String {
                 .map(|i| p.total(i))
                 .unwrap_or(0);
             let (mut lock, mut idle) = (0i64, 0i64);
+            let mut by_reason: BTreeMap<String, i64> = BTreeMap::new();
             for smp in &p.samples {
+                if let Some(r) = label_of(smp, "wait_reason") {
+                    *by_reason.entry(r).or_default() += smp.values[vi];
+                    continue;
+                }
                 match is_lock_wait(p, smp) {
                     Some(true) => lock += smp.values[vi],
                     Some(false) => idle += smp.values[vi],
                     None => {}
                 }
             }
+            let goroutines: i64 = by_reason.values().sum();
             let _ = writeln!(
                 s,
                 "Block profile: {n} contentions (estimated), {} blocked on futexes: {} waiting for locks (contention), {} on condition variables, semaphores, joins (idle waits)",
-                human_ns(total.max(0) as u64),
+                human_ns((total - goroutines).max(0) as u64),
                 human_ns(lock.max(0) as u64),
                 human_ns(idle.max(0) as u64)
             );
+            if !by_reason.is_empty() {
+                let mut reasons: Vec<(String, i64)> = by_reason.into_iter().collect();
+                reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+                let list: Vec<String> = reasons
+                    .iter()
+                    .map(|(r, v)| format!("{r} {}", human_ns(*v as u64)))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  goroutines blocked (Go's block profile, by wait reason): {} in all: {}",
+                    human_ns(goroutines as u64),
+                    list.join(", ")
+                );
+            }
+            if let Some(c) = p
+                .comments
+                .iter()
+                .find(|c| c.contains("of the Go runtime parking"))
+            {
+                let _ = writeln!(s, "  {c}");
+            }
+            let rows = top_briefs(p, vi, 3, crate::profiles::locks::is_goroutine_event);
+            if !rows.is_empty() {
+                let _ = writeln!(s, "  top goroutine waits:");
+                for (v, brief, tag) in rows {
+                    brief_row(&mut s, "    ", v, &brief, &tag);
+                }
+            }
             for (want, head) in [
                 (true, "top lock waits (contention):"),
                 (
@@ -693,6 +733,13 @@ pub fn profile_section(p: &Profile, top_n: usize) -> String {
                 "Mutex profile: {n} contentions, {} of waiting caused, charged to the lock holders' stacks (where they released the lock)",
                 human_ns(total.max(0) as u64)
             );
+            if let Some(c) = p
+                .comments
+                .iter()
+                .find(|c| c.contains("of the Go runtime parking"))
+            {
+                let _ = writeln!(s, "  {c}");
+            }
             if let Some((removed, note)) = left_out_note(p).filter(|(n, _)| *n > 0) {
                 if p.samples.is_empty() || total == 0 {
                     let _ = writeln!(
@@ -955,6 +1002,16 @@ pub fn render_summary(f: &CaptureFacts, sections: &[String], files: &[PathBuf]) 
             c.get(Counter::BlockEventsRecorded),
             human_ns(f.rates.block_rate_ns)
         );
+        if c.get(Counter::GoBlockEventsSeen) > 0 || c.get(Counter::GoParkedFull) > 0 {
+            let _ = writeln!(
+                s,
+                "accounting: {} goroutine waits seen, {} recorded (block rate {}); goroutine park table full {}",
+                c.get(Counter::GoBlockEventsSeen),
+                c.get(Counter::GoBlockEventsRecorded),
+                human_ns(f.rates.block_rate_ns),
+                c.get(Counter::GoParkedFull)
+            );
+        }
     }
     let _ = writeln!(s, "{}", losses_line(c));
     if let Some(hint) = map_full_hint(c) {

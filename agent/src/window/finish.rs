@@ -55,10 +55,15 @@ pub fn write_profiles(
         sections: Vec::new(),
         profiles: Vec::new(),
     };
-    let waiters = lock_waiters.map(|w| symbolizer.symbolize(w, maps));
+    let waiters = lock_waiters.map(|w| {
+        let mut w = symbolizer.symbolize(w, maps);
+        locks::drop_go_runtime_futex(&mut w);
+        w
+    });
     for raw in raws {
         let kind = raw.kind;
         let mut profile = symbolizer.symbolize(raw, maps);
+        locks::prepare_go(&mut profile);
         locks::classify_futex_waits(&mut profile);
         let mut lock_section = None;
         if let (ProfileKind::Mutex, Some(waiters)) = (kind, &waiters) {

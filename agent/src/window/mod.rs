@@ -245,6 +245,7 @@ pub async fn capture_with(
     let _ = collector.set_config(Config::default());
     collector.stop_cpu();
     collector.stop_offcpu();
+    collector.stop_go();
     for pid in members.by_pid.keys() {
         let _ = collector.remove_target(*pid);
     }
@@ -258,6 +259,10 @@ pub async fn capture_with(
 #[derive(Default)]
 pub(crate) struct Members {
     by_pid: BTreeMap<u32, Member>,
+    /// Go processes whose goroutines the block profile follows: their wait reasons' names.
+    go: BTreeMap<u32, Vec<String>>,
+    /// Why a Go member's goroutines are not followed (a stripped binary...), for the profile.
+    go_notes: Vec<String>,
 }
 
 impl Members {
@@ -299,6 +304,37 @@ impl Members {
             },
         );
         Ok(true)
+    }
+
+    /// Follows the goroutines of every live Go member for the block profile (uprobes on its
+    /// runtime's `gopark` and `ready`). A Go member that cannot be followed is noted, not an
+    /// error: its thread-level profile still is.
+    fn follow_goroutines(&mut self, collector: &mut Collector) {
+        let pids: Vec<u32> = self.live().filter(|p| !self.go.contains_key(p)).collect();
+        for pid in pids {
+            if !crate::dump::goroutines::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
+                continue;
+            }
+            let followed = crate::dump::goroutines::block_probes(pid)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    collector
+                        .attach_go_block(pid, &p.probes)
+                        .map(|()| p.wait_reasons)
+                        .map_err(|e| e.to_string())
+                });
+            match followed {
+                Ok(reasons) => {
+                    self.go.insert(pid, reasons);
+                }
+                Err(e) => {
+                    tracing::warn!("goroutines of Go process {pid} not followed: {e}");
+                    self.go_notes.push(format!(
+                        "goroutines of Go process {pid} not followed by the block profile: {e}"
+                    ));
+                }
+            }
+        }
     }
 
     /// Marks members that exited and stops recording them (their pid could be reused).
@@ -376,6 +412,9 @@ async fn window(
     }
     if flags != 0 {
         collector.start_offcpu()?;
+    }
+    if wants(ProfileKind::Block) {
+        members.follow_goroutines(collector);
     }
     // Every thread as it is now, probes recording: those already off CPU get their waits
     // seeded from here (profiles::accounting), and everyone's CPU time starts here.
@@ -700,6 +739,7 @@ pub(crate) fn assemble(
                 (m.pid, labels)
             })
             .collect(),
+        go_wait_reasons: members.go.iter().map(|(p, r)| (*p, r.clone())).collect(),
     };
     let mut raws = Vec::new();
     if wants(ProfileKind::Cpu) {
@@ -715,11 +755,15 @@ pub(crate) fn assemble(
         runq_stats = profiles::runq_stats(&runq);
     }
     if wants(ProfileKind::Block) {
-        raws.push(profiles::block_profile(
-            &block,
-            spec.rates.block_rate_ns,
-            &window,
-        ));
+        let mut p = profiles::block_profile(&block, spec.rates.block_rate_ns, &window);
+        p.comments.extend(members.go_notes.iter().cloned());
+        if !members.go.is_empty() {
+            p.comments.push(format!(
+                "goroutines followed (Go's block profile: channel operations, select, sync waits, from runtime.gopark to runtime.ready): process {}",
+                members.go.keys().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        raws.push(p);
     }
     let mut lock_waiters = None;
     if wants(ProfileKind::Mutex) {

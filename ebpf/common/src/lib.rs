@@ -93,6 +93,9 @@ pub enum Counter {
     ProgRunsSkipped = 29,
     ProcessesFollowed = 30,
     FollowMapFull = 31,
+    GoBlockEventsSeen = 32,
+    GoBlockEventsRecorded = 33,
+    GoParkedFull = 34,
 }
 
 /// What a counter counts, for `/metrics` (one family per group) and the summary.
@@ -121,7 +124,7 @@ pub struct CounterInfo {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 33] = [
         Counter::CpuSamples,
         Counter::CpuSamplesTarget,
         Counter::UserStackLost,
@@ -152,6 +155,9 @@ impl Counter {
         Counter::ProgRunsSkipped,
         Counter::ProcessesFollowed,
         Counter::FollowMapFull,
+        Counter::GoBlockEventsSeen,
+        Counter::GoBlockEventsRecorded,
+        Counter::GoParkedFull,
     ];
 
     pub const fn info(self) -> CounterInfo {
@@ -206,6 +212,21 @@ impl Counter {
                 "thread_map_full",
                 Dropped,
                 "Events lost because the per-thread state table was full.",
+            ),
+            Counter::GoBlockEventsSeen => (
+                "go_block_events_seen",
+                Event,
+                "Goroutine waits of a Go program that ended (runtime.ready after runtime.gopark, for a wait reason Go's block profile records).",
+            ),
+            Counter::GoBlockEventsRecorded => (
+                "go_block_events_recorded",
+                Event,
+                "Goroutine waits kept by the block-rate sampling and recorded.",
+            ),
+            Counter::GoParkedFull => (
+                "go_parked_full",
+                Dropped,
+                "Goroutine parks not followed: the table of parked goroutines was full (their waits are missing from the block profile).",
             ),
             Counter::BlockEventsSeen => (
                 "block_events_seen",
@@ -332,7 +353,7 @@ impl Counter {
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
 pub const COUNTER_SLOTS: u32 = 64;
 
-const _: () = assert!((Counter::FollowMapFull as u32) < COUNTER_SLOTS);
+const _: () = assert!((Counter::GoParkedFull as u32) < COUNTER_SLOTS);
 
 shared! {
     /// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
@@ -499,6 +520,50 @@ shared! {
         pub user_stack: u64,
     }
 }
+
+/// `BlockKey::tid` of a goroutine's block event (a Go program's `gopark` → `ready`), with the
+/// goroutine's wait reason (`runtime.waitReason`) in the low byte. Thread ids are below
+/// 2^22 (`pid_max`), so the bit never names a thread.
+pub const GOROUTINE_TID: u32 = 0x8000_0000;
+
+shared! {
+    /// A Go program whose goroutines the block profile follows (`GO_PROCS`, by tgid): where
+    /// `runtime.g` keeps its saved registers, and which wait reasons Go's own block profile
+    /// records (bit `reason % 64` of word `reason / 64`), for this binary's Go version.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GoProc {
+        /// Offsets in `runtime.g` of `sched.pc`, `sched.sp`, `sched.bp`.
+        pub sched_pc: u32,
+        pub sched_sp: u32,
+        pub sched_bp: u32,
+        pub _pad: u32,
+        pub block_reasons: [u64; 4],
+    }
+}
+
+shared! {
+    /// A parked goroutine (`GO_PARKED`): its process and its `g`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct GoParkKey {
+        pub tgid: u32,
+        pub _pad: u32,
+        pub g: u64,
+    }
+}
+
+shared! {
+    /// When a goroutine parked (ktime) and why (`runtime.waitReason`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GoParked {
+        pub ts: u64,
+        pub reason: u64,
+    }
+}
+
+/// Goroutines parked at once that the block profile can follow.
+pub const GO_PARKED_ENTRIES: u32 = 65536;
+/// Go programs followed at once.
+pub const GO_PROCS_ENTRIES: u32 = 256;
 
 shared! {
     /// Block-profile values with Go's sampling already applied: `count_milli` is the estimated
@@ -874,6 +939,9 @@ mod pod {
     unsafe impl aya::Pod for MutexValue {}
     unsafe impl aya::Pod for FirstSeen {}
     unsafe impl aya::Pod for ThreadExit {}
+    unsafe impl aya::Pod for GoProc {}
+    unsafe impl aya::Pod for GoParkKey {}
+    unsafe impl aya::Pod for GoParked {}
 }
 
 #[cfg(test)]
@@ -893,7 +961,7 @@ mod tests {
             assert!(i.help.ends_with('.') && !i.help.is_empty(), "{c:?}'s help");
         }
         // The last variant is in ALL (a new one added at the end must be listed).
-        assert_eq!(Counter::ALL.last(), Some(&Counter::FollowMapFull));
+        assert_eq!(Counter::ALL.last(), Some(&Counter::GoParkedFull));
     }
 
     use super::*;

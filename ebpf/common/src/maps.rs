@@ -6,9 +6,9 @@
 //! whenever the agent opens a map.
 
 use crate::{
-    BlockKey, BlockValue, Config, CpuKey, FirstSeen, LockKey, LockState, MutexKey, MutexValue,
-    OffcpuKey, OffcpuValue, ProcMappings, RunqKey, ThreadExit, ThreadState, UnwindRow, UserStack,
-    WalkCacheEntry, WalkCacheKey, dump::DumpConfig,
+    BlockKey, BlockValue, Config, CpuKey, FirstSeen, GoParkKey, GoParked, GoProc, LockKey,
+    LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, ThreadExit,
+    ThreadState, UnwindRow, UserStack, WalkCacheEntry, WalkCacheKey, dump::DumpConfig,
 };
 
 /// A map shared with the agent: its name, key and value.
@@ -83,4 +83,8 @@ maps! {
     DUMP_CONFIG: u32 => DumpConfig;
     /// Processes forked by a target (`CONFIG_FOLLOW`): child tgid → parent tgid.
     FOLLOWED: u32 => u32;
+    /// Go programs whose goroutines the block profile follows, by tgid.
+    GO_PROCS: u32 => GoProc;
+    /// Parked goroutines (`gopark`) awaiting their `ready`.
+    GO_PARKED: GoParkKey => GoParked;
 }

@@ -8,6 +8,7 @@
 mod cpu;
 mod dump;
 mod follow;
+mod goroutine;
 mod mutex;
 mod offcpu;
 mod shared;

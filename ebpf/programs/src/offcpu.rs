@@ -65,7 +65,7 @@ static OFFCPU: HashMap<Key<maps::OFFCPU>, Value<maps::OFFCPU>> =
     HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[map]
-static BLOCK: HashMap<Key<maps::BLOCK>, Value<maps::BLOCK>> =
+pub(crate) static BLOCK: HashMap<Key<maps::BLOCK>, Value<maps::BLOCK>> =
     HashMap::with_max_entries(AGG_MAP_ENTRIES, 0);
 
 #[map]

@@ -42,11 +42,14 @@ static USER_STACKS: HashMap<Key<maps::USER_STACKS>, Value<maps::USER_STACKS>> =
 /// Per-CPU scratch slots: one for the tracepoint programs, one for the CPU sampler. The sampler
 /// runs from a timer interrupt and can interrupt a tracepoint program's walk on the same CPU;
 /// sharing one slot, it would overwrite the walk in progress (frames stored under a wrong hash).
-const SLOTS: u32 = 2;
-/// The slot of the tracepoint programs (`sched_switch`, `futex_enter`, `futex_exit`).
+const SLOTS: u32 = 3;
+/// The slot of the tracepoint programs (`sched_switch`, `sched_waking`).
 pub const SLOT_TRACEPOINT: u32 = 0;
 /// The slot of the CPU sampler (`cpu_sample`, interrupt context).
 pub const SLOT_PERF: u32 = 1;
+/// The slot of the Go runtime's uprobes (`go_ready`: process context, preemptible, so a
+/// scheduler tracepoint can run on its CPU in the middle of its walk).
+pub const SLOT_UPROBE: u32 = 2;
 
 /// Scratch space for the stack being built (too big for the 512-byte BPF stack).
 #[map]
@@ -445,6 +448,26 @@ pub fn user_stack_handle<const S: u32>(tgid: u32) -> u64 {
         count(Counter::UserStackCacheHit);
         return handle;
     }
+    walk_from::<S>(tgid, ip, sp, bp, Some(&key))
+}
+
+/// Unwinds a user stack of process `tgid` (the current task's address space) from saved
+/// registers that are not the current task's own: a parked goroutine's `g.sched`. Not cached
+/// (the walk cache is keyed by thread).
+#[inline(always)]
+pub fn user_stack_handle_at<const S: u32>(tgid: u32, ip: u64, sp: u64, bp: u64) -> u64 {
+    walk_from::<S>(tgid, ip, sp, bp, None)
+}
+
+/// Walks from (ip, sp, bp), stores the stack and, with a cache key, caches the walk.
+#[inline(always)]
+fn walk_from<const S: u32>(
+    tgid: u32,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    cache_key: Option<&WalkCacheKey>,
+) -> u64 {
     count(Counter::UserStackWalked);
     let Some(log) = walk_log::<S>() else {
         return USER_STACK_LOST;
@@ -491,7 +514,8 @@ pub fn user_stack_handle<const S: u32>(tgid: u32) -> u64 {
         count(Counter::UserStackMapFull);
         return USER_STACK_LOST;
     }
-    if let Some(log) = walk_log::<S>()
+    if let Some(key) = cache_key
+        && let Some(log) = walk_log::<S>()
         && log.walk_state & WALK_UNCACHEABLE == 0
         && log.span > 0
     {

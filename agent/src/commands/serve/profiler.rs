@@ -415,11 +415,13 @@ fn symbolize_one(
     comments: Vec<String>,
 ) -> Result<Vec<u8>, String> {
     let mut profile = symbolizer.symbolize(raw, maps);
+    crate::profiles::locks::prepare_go(&mut profile);
     crate::profiles::locks::classify_futex_waits(&mut profile);
     if kind == ProfileKind::Mutex
         && let Some(w) = waiters
     {
-        let waiters = symbolizer.symbolize(w, maps);
+        let mut waiters = symbolizer.symbolize(w, maps);
+        crate::profiles::locks::drop_go_runtime_futex(&mut waiters);
         window::finish::prepare_mutex(&mut profile, &waiters, symbolizer, maps, pid, 0);
     }
     profile.comments.extend(comments);
