@@ -285,14 +285,78 @@ fn delay_under(p: &agent::model::Profile, function: &str) -> i64 {
         .sum()
 }
 
-/// The goroutine-level block profile of an unmodified Go program agrees with the program's
-/// own (`runtime/pprof`, `SetBlockProfileRate(1)`, the difference of two snapshots around the
-/// agent's window), built by each Go version: the same top function (the blocking call,
-/// `runtime.chanrecv1`) with its share within ±20%; each of the two blocking functions'
-/// goroutine-seconds blocked per second within ±20%; the Go runtime's parking of its threads
-/// (`runtime.futex`) left out and said; every sample a goroutine's, with its wait reason.
+/// Go's own profile `kind` (`block`, `mutex`) over the window between two snapshots: the
+/// difference of each leaf function's delay, largest first.
+fn own_top(before: &agent::model::Profile, after: &agent::model::Profile) -> Vec<(String, i64)> {
+    let (b, a) = (
+        flat_by_function(before, "delay"),
+        flat_by_function(after, "delay"),
+    );
+    let mut v: Vec<(String, i64)> = a
+        .into_iter()
+        .map(|(f, n)| {
+            let base = b.get(&f).copied().unwrap_or(0);
+            (f, n - base)
+        })
+        .collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.1));
+    v
+}
+
+/// Our profile `p` (over its own duration) against Go's own over `own_secs`: the same top
+/// function with its share within ±20%, and each of `functions`' goroutine-seconds per second
+/// within ±20%.
+fn agrees_with_gos_own(
+    go: &str,
+    p: &agent::model::Profile,
+    (before, after): (&agent::model::Profile, &agent::model::Profile),
+    own_secs: f64,
+    functions: &[&str],
+) {
+    let secs = p.duration.as_secs_f64();
+    let own = own_top(before, after);
+    let own_total: i64 = own.iter().map(|x| x.1).sum();
+    let ours = top_flat(p, "delay");
+    let our_total = total(p, "delay");
+    eprintln!(
+        "{go} {:?}: ours over {secs:.2} s {ours:?}; Go's over {own_secs:.2} s {own:?}",
+        p.kind
+    );
+    assert_eq!(ours[0].0, own[0].0, "{go} {:?}: top function", p.kind);
+    let (our_share, own_share) = (
+        ours[0].1 as f64 / our_total as f64,
+        own[0].1 as f64 / own_total as f64,
+    );
+    assert!(
+        (our_share - own_share).abs() <= 0.2 * own_share,
+        "{go} {:?}: {} is {our_share:.3} of ours, {own_share:.3} of Go's",
+        p.kind,
+        ours[0].0
+    );
+    for f in functions {
+        let our_rate = delay_under(p, f) as f64 / 1e9 / secs;
+        let own_rate = (delay_under(after, f) - delay_under(before, f)) as f64 / 1e9 / own_secs;
+        eprintln!(
+            "{go} {:?}: {f}: {our_rate:.3} goroutine-s/s, Go's {own_rate:.3}",
+            p.kind
+        );
+        assert!(
+            own_rate > 0.3 && (our_rate - own_rate).abs() <= 0.2 * own_rate,
+            "{go} {:?}: {f} {our_rate:.3} goroutine-seconds per second, Go's own {own_rate:.3}",
+            p.kind
+        );
+    }
+}
+
+/// The goroutine-level block and mutex profiles of an unmodified Go program agree with the
+/// program's own (`runtime/pprof`, block rate and mutex fraction 1, the difference of two
+/// snapshots around the agent's window), built by each Go version: the same top function (the
+/// blocking call, `runtime.chanrecv1`; the release, `sync.(*Mutex).Unlock`) with its share
+/// within ±20%, the blocking functions' goroutine-seconds per second within ±20%; the Go
+/// runtime's parking of its threads (`runtime.futex`) left out and said; every sample a
+/// goroutine's, with its wait reason; the contended lock named after its variable.
 #[test]
-fn a_go_programs_block_profile_is_its_goroutines_and_agrees_with_gos_own() {
+fn a_go_programs_block_and_mutex_profiles_are_its_goroutines_and_agree_with_gos_own() {
     require_root();
     let mut builds = vec![("Debian's go".to_string(), workload_path("goblock"))];
     for v in stallscope_testkit::workloads::GO_TOOLCHAINS {
@@ -311,90 +375,84 @@ fn a_go_programs_block_profile_is_its_goroutines_and_agrees_with_gos_own() {
             Some("ready"),
             std::time::Duration::from_secs(20),
         );
+        // Both of Go's own profiles at snapshot `n` (the block one is written last).
         let snapshot = |n: u32| {
-            let path = dir.path().join(format!("block-{n}.pb.gz"));
+            let file = |kind: &str| dir.path().join(format!("{kind}-{n}.pb.gz"));
             // SAFETY: kill(2) on the workload's pid.
             assert_eq!(unsafe { libc::kill(w.pid() as i32, libc::SIGUSR1) }, 0);
             let asked = std::time::Instant::now();
-            while !path.is_file() {
+            while !file("block").is_file() {
                 assert!(
                     asked.elapsed() < std::time::Duration::from_secs(10),
-                    "{go}: goblock wrote no {}",
-                    path.display()
+                    "{go}: goblock wrote no snapshot {n}"
                 );
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            (read_profile(&path), std::time::Instant::now())
+            (
+                read_profile(file("block")),
+                read_profile(file("mutex")),
+                std::time::Instant::now(),
+            )
         };
-        let (before, t0) = snapshot(0);
-        let run = attach_pid_ok(w.pid(), "3s", "block", &[]);
-        let (after, t1) = snapshot(1);
-        let p = read_profile(run.file("block.pb.gz"));
-        let secs = p.duration.as_secs_f64();
+        let (block0, mutex0, t0) = snapshot(0);
+        let run = attach_pid_ok(w.pid(), "3s", "block,mutex", &[]);
+        let (block1, mutex1, t1) = snapshot(1);
         let own_secs = (t1 - t0).as_secs_f64();
+        let block = read_profile(run.file("block.pb.gz"));
+        let mutex = read_profile(run.file("mutex.pb.gz"));
 
-        // Every sample is a goroutine's wait, labelled with Go's reason; the runtime's own
-        // futex waits are left out, and the profile says so.
-        assert!(!p.samples.is_empty(), "{go}: empty block profile");
-        for s in &p.samples {
+        // Every sample is a goroutine's, labelled with Go's reason; the runtime's own futex
+        // waits are left out, and the profiles say so.
+        for p in [&block, &mutex] {
+            assert!(!p.samples.is_empty(), "{go}: empty {:?} profile", p.kind);
+            for s in &p.samples {
+                assert!(
+                    sample_label(s, "wait_reason").is_some(),
+                    "{go} {:?}: a sample without a goroutine's wait reason: {}",
+                    p.kind,
+                    stack_text(p, s)
+                );
+                assert!(
+                    !stack_has(p, s, "runtime.futex"),
+                    "{go}: {}",
+                    stack_text(p, s)
+                );
+            }
             assert!(
-                sample_label(s, "wait_reason").is_some(),
-                "{go}: a sample without a goroutine's wait reason: {}",
-                stack_text(&p, s)
+                p.comments
+                    .iter()
+                    .any(|c| c.contains("of the Go runtime parking its threads")),
+                "{go} {:?}: {:?}",
+                p.kind,
+                p.comments
             );
-            assert_ne!(leaf_function(&p, s), "runtime.futex", "{go}");
         }
-        assert!(
-            p.comments
-                .iter()
-                .any(|c| c.contains("of the Go runtime parking its threads")),
-            "{go}: {:?}",
-            p.comments
-        );
         let seen = counter(&run, "go_block_events_seen");
         let recorded = counter(&run, "go_block_events_recorded");
         assert!(seen > 0 && recorded <= seen, "{go}: {recorded} of {seen}");
         assert_eq!(counter(&run, "go_parked_full"), 0, "{go}");
-
-        // Go's own, over its snapshots' window.
-        let own_top = {
-            let (b, a) = (
-                flat_by_function(&before, "delay"),
-                flat_by_function(&after, "delay"),
-            );
-            let mut v: Vec<(String, i64)> = a
-                .into_iter()
-                .map(|(f, n)| {
-                    let base = b.get(&f).copied().unwrap_or(0);
-                    (f, n - base)
-                })
-                .collect();
-            v.sort_by_key(|x| std::cmp::Reverse(x.1));
-            v
-        };
-        let own_total: i64 = own_top.iter().map(|x| x.1).sum();
-        let ours = top_flat(&p, "delay");
-        let our_total = total(&p, "delay");
-        eprintln!("{go}: ours over {secs:.2} s {ours:?}; Go's over {own_secs:.2} s {own_top:?}");
-        assert_eq!(ours[0].0, own_top[0].0, "{go}: top function");
-        let (our_share, own_share) = (
-            ours[0].1 as f64 / our_total as f64,
-            own_top[0].1 as f64 / own_total as f64,
-        );
+        assert!(counter(&run, "mutex_events_recorded") > 0, "{go}");
+        // The lock is the program's `mu` (its semaphore, 4 bytes in).
         assert!(
-            (our_share - own_share).abs() <= 0.2 * own_share,
-            "{go}: {} is {our_share:.3} of ours, {own_share:.3} of Go's",
-            ours[0].0
+            mutex
+                .samples
+                .iter()
+                .all(|s| sample_label(s, "lock_name").is_some_and(|n| n.starts_with("main.mu"))),
+            "{go}: {:?}",
+            mutex
+                .samples
+                .iter()
+                .map(|s| sample_label(s, "lock_name"))
+                .collect::<Vec<_>>()
         );
-        for f in ["main.recvSlow", "main.lockWait"] {
-            let our_rate = delay_under(&p, f) as f64 / 1e9 / secs;
-            let own_rate =
-                (delay_under(&after, f) - delay_under(&before, f)) as f64 / 1e9 / own_secs;
-            eprintln!("{go}: {f}: {our_rate:.3} goroutine-s/s, Go's {own_rate:.3}");
-            assert!(
-                own_rate > 0.3 && (our_rate - own_rate).abs() <= 0.2 * own_rate,
-                "{go}: {f} blocked {our_rate:.3} goroutine-seconds per second, Go's own {own_rate:.3}"
-            );
-        }
+
+        agrees_with_gos_own(
+            go,
+            &block,
+            (&block0, &block1),
+            own_secs,
+            &["main.recvSlow", "main.lockWait"],
+        );
+        agrees_with_gos_own(go, &mutex, (&mutex0, &mutex1), own_secs, &["main.lockWait"]);
     }
 }

@@ -1233,7 +1233,7 @@ fn prometheus_block_and_mutex_profiles_leave_out_the_go_runtimes_thread_parking(
         block.comments
     );
     assert!(
-        said(&block, "not followed by the block profile") && said(&block, "stripped"),
+        said(&block, "not followed by the block and mutex profiles") && said(&block, "stripped"),
         "{:?}",
         block.comments
     );

@@ -464,10 +464,26 @@ const BLOCK_PROFILE_REASONS: &[&str] = &[
     "sync.WaitGroup.Wait",
 ];
 
-/// The goroutine block probes of one Go process ([`crate::kernel::Collector::attach_go_block`])
-/// and the names of the wait reasons they report.
+/// The wait reasons of a goroutine waiting for a `sync.Mutex` or `sync.RWMutex` (Go's mutex
+/// profile), once `runtime_SemacquireMutex` named the lock. Go 1.19 calls every semaphore wait
+/// `semacquire`; from 1.20 a lock's has its own name, and `semacquire` (a `WaitGroup`, the
+/// runtime's own) is left out.
+const MUTEX_PROFILE_REASONS: &[&str] =
+    &["sync.Mutex.Lock", "sync.RWMutex.Lock", "sync.RWMutex.RLock"];
+
+/// The functions a goroutine calls to wait for a lock's semaphore (address in the first
+/// argument), by Go version; a binary has those its program uses.
+const SEMACQUIRE_MUTEX: &[&str] = &[
+    "sync.runtime_SemacquireMutex",
+    "sync.runtime_SemacquireRWMutex",
+    "sync.runtime_SemacquireRWMutexR",
+    "internal/sync.runtime_SemacquireMutex",
+];
+
+/// The goroutine probes of one Go process ([`crate::kernel::Collector::attach_go`]) and the
+/// names of the wait reasons they report.
 #[derive(Debug, Clone)]
-pub struct GoBlockProbes {
+pub struct GoRuntimeProbes {
     pub probes: crate::kernel::GoProbes,
     /// The binary's wait reasons by number (labels of the block profile's samples).
     pub wait_reasons: Vec<String>,
@@ -481,28 +497,42 @@ fn file_offset(segments: &[Segment], vaddr: u64) -> Option<u64> {
         .map(|s| vaddr - s.vaddr + s.offset)
 }
 
-/// The bit mask (of `GoProc::block_reasons`) of the reasons in [`BLOCK_PROFILE_REASONS`].
-fn block_reason_mask(reasons: &[String]) -> [u64; 4] {
+/// The bit mask (of `GoProc::block_reasons`, `mutex_reasons`) of the reasons in `names`.
+fn reason_mask(reasons: &[String], names: &[&str]) -> [u64; 4] {
     let mut mask = [0u64; 4];
     for (i, r) in reasons.iter().enumerate().take(256) {
-        if BLOCK_PROFILE_REASONS.contains(&r.as_str()) {
+        if names.contains(&r.as_str()) {
             mask[i / 64] |= 1 << (i % 64);
         }
     }
     mask
 }
 
-/// Reads what the goroutine block probes of Go process `pid` need from its executable (the
-/// symbols of `runtime.gopark`, `runtime.ready` and `runtime.waitReasonStrings`, the layout
-/// of `runtime.g` from DWARF) and its memory (the wait reasons' names).
-pub fn block_probes(pid: u32) -> Result<GoBlockProbes, GoError> {
+/// The reasons of a lock wait for this binary's Go version ([`MUTEX_PROFILE_REASONS`], and
+/// `semacquire` where it is all there is: Go 1.19).
+fn mutex_reason_mask(reasons: &[String]) -> [u64; 4] {
+    let named = reasons.iter().any(|r| r == "sync.Mutex.Lock");
+    if named {
+        reason_mask(reasons, MUTEX_PROFILE_REASONS)
+    } else {
+        reason_mask(reasons, &["semacquire"])
+    }
+}
+
+/// Reads what the goroutine probes of Go process `pid` need from its executable (the symbols
+/// of `runtime.gopark`, `runtime.ready`, the lock-wait entries and
+/// `runtime.waitReasonStrings`, the layout of `runtime.g` and `runtime.m` from DWARF) and its
+/// memory (the wait reasons' names).
+pub fn runtime_probes(pid: u32) -> Result<GoRuntimeProbes, GoError> {
     let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
     let elf = Elf::open(&exe)?;
-    let syms = elf.symbols(&[
+    let mut wanted = vec![
         "runtime.gopark",
         "runtime.ready",
         "runtime.waitReasonStrings",
-    ])?;
+    ];
+    wanted.extend_from_slice(SEMACQUIRE_MUTEX);
+    let syms = elf.symbols(&wanted)?;
     let sym = |name: &'static str| {
         syms.get(name).map(|s| s.0).ok_or(GoError::Stripped {
             missing: "runtime.gopark and runtime.ready symbols",
@@ -516,7 +546,7 @@ pub fn block_probes(pid: u32) -> Result<GoBlockProbes, GoError> {
     let offset = |vaddr: u64, what: &'static str| {
         file_offset(&elf.segments, vaddr).ok_or(GoError::Layout(format!("{what} in a segment")))
     };
-    let structs = Structs::read(&elf, &["runtime.g", "runtime.gobuf"])?;
+    let structs = Structs::read(&elf, &["runtime.g", "runtime.gobuf", "runtime.m"])?;
     let sched = structs.member("runtime.g", "sched")?;
     let field = |m: &str| -> Result<u32, GoError> {
         Ok((sched + structs.member("runtime.gobuf", m)?) as u32)
@@ -539,16 +569,25 @@ pub fn block_probes(pid: u32) -> Result<GoBlockProbes, GoError> {
             what: "runtime.waitReasonStrings",
         });
     }
-    Ok(GoBlockProbes {
+    let semacquire_offsets = SEMACQUIRE_MUTEX
+        .iter()
+        .filter_map(|n| syms.get(*n))
+        .filter_map(|&(vaddr, _)| file_offset(&elf.segments, vaddr))
+        .collect();
+    Ok(GoRuntimeProbes {
         probes: crate::kernel::GoProbes {
             gopark_offset: offset(gopark, "runtime.gopark")?,
             ready_offset: offset(ready, "runtime.ready")?,
+            semacquire_offsets,
             proc: stallscope_common::GoProc {
                 sched_pc: field("pc")?,
                 sched_sp: field("sp")?,
                 sched_bp: field("bp")?,
+                g_m: structs.member("runtime.g", "m")? as u32,
+                m_curg: structs.member("runtime.m", "curg")? as u32,
                 _pad: 0,
-                block_reasons: block_reason_mask(&wait_reasons),
+                block_reasons: reason_mask(&wait_reasons, BLOCK_PROFILE_REASONS),
+                mutex_reasons: mutex_reason_mask(&wait_reasons),
             },
             exe,
         },
@@ -965,7 +1004,7 @@ mod tests {
     }
 
     #[test]
-    fn the_block_probes_follow_the_reasons_gos_block_profile_records() {
+    fn the_probes_follow_the_reasons_gos_block_and_mutex_profiles_record() {
         let reasons: Vec<String> = ["", "GC assist marking", "chan receive", "select", "sleep"]
             .iter()
             .map(|s| s.to_string())
@@ -977,10 +1016,17 @@ mod tests {
                 }
             }))
             .collect();
-        let m = block_reason_mask(&reasons);
+        let m = reason_mask(&reasons, BLOCK_PROFILE_REASONS);
         assert_eq!(m[0], (1 << 2) | (1 << 3));
         assert_eq!(m[1], 1 << 2);
         assert_eq!((m[2], m[3]), (0, 0));
+        assert_eq!(mutex_reason_mask(&reasons), [0, 1 << 2, 0, 0]);
+        // Go 1.19: every semaphore wait is `semacquire`.
+        let old: Vec<String> = ["", "semacquire", "chan send"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(mutex_reason_mask(&old), [1 << 1, 0, 0, 0]);
         let segs = [Segment {
             offset: 0x1000,
             vaddr: 0x401000,

@@ -244,11 +244,12 @@ pub const FILL_MAPS: [&str; 8] = [
 /// kernels under lockdown (EPERM).
 const OFFCPU_PROGRAMS: [&str; 3] = ["sched_switch", "sched_waking", "sched_wakeup_new"];
 
-/// The Go runtime's uprobes: `runtime.gopark`'s entry, `runtime.ready`'s entry.
-const GO_PROGRAMS: [&str; 2] = ["go_gopark", "go_ready"];
+/// The Go runtime's uprobes: `runtime.gopark`'s entry, `runtime.ready`'s entry, the entries
+/// of its lock waits (`runtime_SemacquireMutex`).
+const GO_PROGRAMS: [&str; 3] = ["go_gopark", "go_ready", "go_semacquire"];
 
-/// Where the goroutine block probes of one Go process go (read from its executable by
-/// `dump::goroutines::block_probes`).
+/// Where the goroutine probes of one Go process go (read from its executable by
+/// `dump::goroutines::runtime_probes`).
 #[derive(Debug, Clone)]
 pub struct GoProbes {
     /// The executable to probe (`/proc/PID/exe`).
@@ -256,6 +257,8 @@ pub struct GoProbes {
     /// File offsets of `runtime.gopark` and `runtime.ready`.
     pub gopark_offset: u64,
     pub ready_offset: u64,
+    /// File offsets of the `runtime_SemacquireMutex` variants the binary has.
+    pub semacquire_offsets: Vec<u64>,
     pub proc: stallscope_common::GoProc,
 }
 
@@ -669,10 +672,11 @@ impl Collector {
             .ok_or_else(|| Error::bug(format!("{prog_name} program missing")))
     }
 
-    /// Follows the goroutines of Go process `pid` for the block profile: its `GO_PROCS` entry,
-    /// and the uprobes `go_gopark` and `go_ready` on its executable, firing for that process
-    /// only. They record while `CONFIG_BLOCK` is set; [`Collector::stop_go`] detaches them.
-    pub fn attach_go_block(&mut self, pid: u32, probes: &GoProbes) -> Result<(), Error> {
+    /// Follows the goroutines of Go process `pid` for the block and mutex profiles: its
+    /// `GO_PROCS` entry, and the uprobes of [`GO_PROGRAMS`] on its executable, firing for that
+    /// process only. They record while `CONFIG_BLOCK` or `CONFIG_MUTEX` is set;
+    /// [`Collector::stop_go`] detaches them.
+    pub fn attach_go(&mut self, pid: u32, probes: &GoProbes) -> Result<(), Error> {
         for name in GO_PROGRAMS {
             let prog = self.program(name)?;
             if prog.fd().is_err() {
@@ -685,10 +689,18 @@ impl Collector {
         let scope = std::num::NonZeroU32::new(pid)
             .map(UProbeScope::OneProcess)
             .ok_or_else(|| Error::bug("pid 0"))?;
-        for (name, offset) in [
+        let points = [
             (GO_PROGRAMS[0], probes.gopark_offset),
             (GO_PROGRAMS[1], probes.ready_offset),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            probes
+                .semacquire_offsets
+                .iter()
+                .map(|o| (GO_PROGRAMS[2], *o)),
+        );
+        for (name, offset) in points {
             let link = match self.program(name)? {
                 Program::UProbe(p) => p
                     .attach(offset, &probes.exe, scope)
@@ -724,6 +736,7 @@ impl Collector {
         }
         clear::<maps::GO_PROCS>(self);
         clear::<maps::GO_PARKED>(self);
+        clear::<maps::GO_SEMA>(self);
     }
 
     /// Detaches the off-CPU/block/mutex programs and the fork follower (idempotent). Recorded data stays readable.

@@ -162,6 +162,24 @@ const GO_PARK_FRAMES: &[&str] = &[
     "internal/sync.(*Mutex).Lock",
 ];
 
+/// The Go runtime's frames between a lock's release and the wake-up of its waiter
+/// (`runtime.ready`, reached through `systemstack`), left out of a goroutine's mutex-profile
+/// stack as Go's skip count leaves them out: Go's stacks start at `sync.(*Mutex).Unlock`,
+/// `sync.(*RWMutex).Unlock`.
+const GO_UNLOCK_FRAMES: &[&str] = &[
+    "runtime.systemstack_switch",
+    "runtime.systemstack_switch.abi0",
+    "runtime.goready",
+    "runtime.goready.func1",
+    "runtime.readyWithTime",
+    "runtime.semrelease1",
+    "sync.runtime_Semrelease",
+    "sync.(*Mutex).unlockSlow",
+    "internal/sync.runtime_Semrelease",
+    "internal/sync.(*Mutex).unlockSlow",
+    "internal/sync.(*Mutex).Unlock",
+];
+
 /// Whether a sample is a goroutine's block event (labelled with Go's `wait_reason`), not a
 /// thread's futex wait.
 pub fn is_goroutine_event(s: &Sample) -> bool {
@@ -171,27 +189,49 @@ pub fn is_goroutine_event(s: &Sample) -> bool {
 }
 
 /// Goroutine samples start at the blocking call, as in Go's own block profile
-/// ([`GO_PARK_FRAMES`] left out; a location with an inlined frame of another function stays).
-pub fn trim_go_park_frames(p: &mut Profile) {
-    let park_only: Vec<bool> = p
+/// ([`GO_PARK_FRAMES`] left out), or at the release, as in its mutex profile
+/// ([`GO_UNLOCK_FRAMES`]); a location with an inlined frame of another function stays.
+pub fn trim_go_runtime_frames(p: &mut Profile) {
+    let frames = match p.kind {
+        ProfileKind::Block => GO_PARK_FRAMES,
+        ProfileKind::Mutex => GO_UNLOCK_FRAMES,
+        _ => return,
+    };
+    let runtime = |line: &crate::model::Line| frames.contains(&line.function.as_str());
+    // Per location: how many of its innermost (inlined) lines are the runtime's.
+    let inner: Vec<usize> = p
         .locations
         .iter()
-        .map(|l| {
-            !l.lines.is_empty()
-                && l.lines
-                    .iter()
-                    .all(|line| GO_PARK_FRAMES.contains(&line.function.as_str()))
-        })
+        .map(|l| l.lines.iter().take_while(|line| runtime(line)).count())
         .collect();
-    for s in p.samples.iter_mut().filter(|s| is_goroutine_event(s)) {
-        let skip = s
-            .locations
-            .iter()
-            .take_while(|&&l| park_only.get(l).copied().unwrap_or(false))
-            .count();
-        if skip < s.locations.len() {
-            s.locations.drain(..skip);
+    // A location whose innermost lines are the runtime's, with those lines left out (a new
+    // location: another sample may keep the whole one).
+    let mut trimmed: HashMap<usize, usize> = HashMap::new();
+    for i in 0..p.samples.len() {
+        if !is_goroutine_event(&p.samples[i]) {
+            continue;
         }
+        let locs = &p.samples[i].locations;
+        let skip = locs
+            .iter()
+            .take_while(|&&l| inner[l] == p.locations[l].lines.len() && inner[l] > 0)
+            .count();
+        if skip == locs.len() {
+            continue;
+        }
+        let first = locs[skip];
+        let mut kept: Vec<usize> = locs[skip..].to_vec();
+        if inner[first] > 0 {
+            let n = p.locations.len();
+            let new = *trimmed.entry(first).or_insert(n);
+            if new == n {
+                let mut loc = p.locations[first].clone();
+                loc.lines.drain(..inner[first]);
+                p.locations.push(loc);
+            }
+            kept[0] = new;
+        }
+        p.samples[i].locations = kept;
     }
 }
 
@@ -239,12 +279,10 @@ pub fn drop_go_runtime_futex(p: &mut Profile) -> (i64, i64) {
 
 /// A block or mutex profile of Go programs made to read as Go's own: the runtime's thread
 /// parking left out ([`drop_go_runtime_futex`]), goroutine stacks starting at the blocking
-/// call ([`trim_go_park_frames`]).
+/// call or the release ([`trim_go_runtime_frames`]).
 pub fn prepare_go(p: &mut Profile) {
     drop_go_runtime_futex(p);
-    if p.kind == ProfileKind::Block {
-        trim_go_park_frames(p);
-    }
+    trim_go_runtime_frames(p);
 }
 
 /// The `lock` label of a sample: its futex word's address.

@@ -87,7 +87,7 @@ pub struct Window {
     /// `pid` and `comm`.
     pub process: HashMap<u32, Vec<Label>>,
     /// The wait reasons' names of each Go process whose goroutines the block profile
-    /// followed (by pid; index: `runtime.waitReason`).
+    /// and mutex profiles followed (by pid; index: `runtime.waitReason`).
     pub go_wait_reasons: HashMap<u32, Vec<String>>,
 }
 
@@ -109,9 +109,9 @@ pub fn process_labels(id: &crate::identity::Identity) -> Vec<Label> {
 }
 
 impl Window {
-    /// The labels of a block-profile sample of `tid`: a goroutine's (`GOROUTINE_TID` and its
-    /// wait reason: `wait_reason`, as Go names it) or a thread's.
-    fn block_labels(&self, tgid: u32, tid: u32) -> Vec<Label> {
+    /// The labels of a block- or mutex-profile sample of `tid`: a goroutine's
+    /// (`GOROUTINE_TID` and its wait reason: `wait_reason`, as Go names it) or a thread's.
+    fn event_labels(&self, tgid: u32, tid: u32) -> Vec<Label> {
         if tid & GOROUTINE_TID == 0 {
             return self.thread_labels(tgid, tid);
         }
@@ -260,7 +260,7 @@ pub fn block_profile(records: &[BlockRecord], rate_ns: u64, w: &Window) -> RawPr
         .iter()
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
-            labels.extend(w.block_labels(r.tgid, r.tid));
+            labels.extend(w.event_labels(r.tgid, r.tid));
             let count = (r.count_scaled + BLOCK_COUNT_SCALE / 2) / BLOCK_COUNT_SCALE;
             RawSample {
                 pid: r.tgid,
@@ -299,7 +299,7 @@ pub fn mutex_profile(records: &[MutexRecord], fraction: u64, w: &Window) -> RawP
         .map(|r| {
             let (stack, mut labels) = raw_stack(&r.user, &StackPart::Frames(Vec::new()));
             labels.insert(0, Label::Addr("lock".into(), r.uaddr));
-            labels.extend(w.thread_labels(r.tgid, r.tid));
+            labels.extend(w.event_labels(r.tgid, r.tid));
             RawSample {
                 pid: r.tgid,
                 stack,

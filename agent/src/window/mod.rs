@@ -306,8 +306,8 @@ impl Members {
         Ok(true)
     }
 
-    /// Follows the goroutines of every live Go member for the block profile (uprobes on its
-    /// runtime's `gopark` and `ready`). A Go member that cannot be followed is noted, not an
+    /// Follows the goroutines of every live Go member for the block and mutex profiles
+    /// (uprobes on its runtime's `gopark`, `ready` and lock waits). A Go member that cannot be followed is noted, not an
     /// error: its thread-level profile still is.
     fn follow_goroutines(&mut self, collector: &mut Collector) {
         let pids: Vec<u32> = self.live().filter(|p| !self.go.contains_key(p)).collect();
@@ -315,11 +315,11 @@ impl Members {
             if !crate::dump::goroutines::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
                 continue;
             }
-            let followed = crate::dump::goroutines::block_probes(pid)
+            let followed = crate::dump::goroutines::runtime_probes(pid)
                 .map_err(|e| e.to_string())
                 .and_then(|p| {
                     collector
-                        .attach_go_block(pid, &p.probes)
+                        .attach_go(pid, &p.probes)
                         .map(|()| p.wait_reasons)
                         .map_err(|e| e.to_string())
                 });
@@ -330,7 +330,7 @@ impl Members {
                 Err(e) => {
                     tracing::warn!("goroutines of Go process {pid} not followed: {e}");
                     self.go_notes.push(format!(
-                        "goroutines of Go process {pid} not followed by the block profile: {e}"
+                        "goroutines of Go process {pid} not followed by the block and mutex profiles: {e}"
                     ));
                 }
             }
@@ -413,7 +413,7 @@ async fn window(
     if flags != 0 {
         collector.start_offcpu()?;
     }
-    if wants(ProfileKind::Block) {
+    if wants(ProfileKind::Block) || wants(ProfileKind::Mutex) {
         members.follow_goroutines(collector);
     }
     // Every thread as it is now, probes recording: those already off CPU get their waits
@@ -754,24 +754,35 @@ pub(crate) fn assemble(
         raws.push(profiles::offcpu_profile(&offcpu, &window));
         runq_stats = profiles::runq_stats(&runq);
     }
-    if wants(ProfileKind::Block) {
-        let mut p = profiles::block_profile(&block, spec.rates.block_rate_ns, &window);
-        p.comments.extend(members.go_notes.iter().cloned());
+    let go_comments = |what: &str| {
+        let mut c = members.go_notes.clone();
         if !members.go.is_empty() {
-            p.comments.push(format!(
-                "goroutines followed (Go's block profile: channel operations, select, sync waits, from runtime.gopark to runtime.ready): process {}",
-                members.go.keys().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            c.push(format!(
+                "goroutines followed ({what}): process {}",
+                members
+                    .go
+                    .keys()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
+        c
+    };
+    if wants(ProfileKind::Block) {
+        let mut p = profiles::block_profile(&block, spec.rates.block_rate_ns, &window);
+        p.comments.extend(go_comments(
+            "Go's block profile: channel operations, select, sync waits, from runtime.gopark to runtime.ready",
+        ));
         raws.push(p);
     }
     let mut lock_waiters = None;
     if wants(ProfileKind::Mutex) {
-        raws.push(profiles::mutex_profile(
-            &holders,
-            spec.rates.mutex_fraction,
-            &window,
+        let mut p = profiles::mutex_profile(&holders, spec.rates.mutex_fraction, &window);
+        p.comments.extend(go_comments(
+            "Go's mutex profile: the waiters' time on a sync.Mutex or sync.RWMutex, charged to the goroutine that released it",
         ));
+        raws.push(p);
         lock_waiters = Some(profiles::mutex_profile(
             &waiters,
             spec.rates.mutex_fraction,

@@ -527,22 +527,29 @@ shared! {
 pub const GOROUTINE_TID: u32 = 0x8000_0000;
 
 shared! {
-    /// A Go program whose goroutines the block profile follows (`GO_PROCS`, by tgid): where
-    /// `runtime.g` keeps its saved registers, and which wait reasons Go's own block profile
-    /// records (bit `reason % 64` of word `reason / 64`), for this binary's Go version.
+    /// A Go program whose goroutines the block and mutex profiles follow (`GO_PROCS`, by
+    /// tgid): where its runtime keeps what the probes read, and which wait reasons Go's own
+    /// block and mutex profiles record (bit `reason % 64` of word `reason / 64`), for this
+    /// binary's Go version.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct GoProc {
         /// Offsets in `runtime.g` of `sched.pc`, `sched.sp`, `sched.bp`.
         pub sched_pc: u32,
         pub sched_sp: u32,
         pub sched_bp: u32,
+        /// Offset of `runtime.g.m`, and of `runtime.m.curg` (the goroutine an M runs).
+        pub g_m: u32,
+        pub m_curg: u32,
         pub _pad: u32,
         pub block_reasons: [u64; 4],
+        /// The reasons of a goroutine waiting for a `sync.Mutex` or `sync.RWMutex` (with
+        /// the lock's address from `runtime_SemacquireMutex`).
+        pub mutex_reasons: [u64; 4],
     }
 }
 
 shared! {
-    /// A parked goroutine (`GO_PARKED`): its process and its `g`.
+    /// A parked goroutine (`GO_PARKED`, `GO_SEMA`): its process and its `g`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct GoParkKey {
         pub tgid: u32,
@@ -551,14 +558,36 @@ shared! {
     }
 }
 
+/// `GoParked::flags`: the wait is a block-profile event.
+pub const GO_PARK_BLOCK: u32 = 1;
+/// `GoParked::flags`: the goroutine waits for the lock at `GoParked::addr` (mutex profile).
+pub const GO_PARK_LOCK: u32 = 2;
+
 shared! {
-    /// When a goroutine parked (ktime) and why (`runtime.waitReason`).
+    /// When a goroutine parked (ktime), why (`runtime.waitReason`), what for.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct GoParked {
         pub ts: u64,
-        pub reason: u64,
+        pub reason: u32,
+        pub flags: u32,
+        /// The lock's semaphore (`&sync.Mutex.sema`) of a `GO_PARK_LOCK` wait.
+        pub addr: u64,
     }
 }
+
+shared! {
+    /// A goroutine about to wait for a lock (`runtime_SemacquireMutex`): the semaphore's
+    /// address and when.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct GoSema {
+        pub addr: u64,
+        pub ts: u64,
+    }
+}
+
+/// A `GoSema` older than this at the goroutine's park is stale (the semaphore was acquired
+/// without parking; the park is for something else).
+pub const GO_SEMA_MAX_AGE_NS: u64 = 10_000_000;
 
 /// Goroutines parked at once that the block profile can follow.
 pub const GO_PARKED_ENTRIES: u32 = 65536;
@@ -942,6 +971,7 @@ mod pod {
     unsafe impl aya::Pod for GoProc {}
     unsafe impl aya::Pod for GoParkKey {}
     unsafe impl aya::Pod for GoParked {}
+    unsafe impl aya::Pod for GoSema {}
 }
 
 #[cfg(test)]

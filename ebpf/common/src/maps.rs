@@ -6,7 +6,7 @@
 //! whenever the agent opens a map.
 
 use crate::{
-    BlockKey, BlockValue, Config, CpuKey, FirstSeen, GoParkKey, GoParked, GoProc, LockKey,
+    BlockKey, BlockValue, Config, CpuKey, FirstSeen, GoParkKey, GoParked, GoProc, GoSema, LockKey,
     LockState, MutexKey, MutexValue, OffcpuKey, OffcpuValue, ProcMappings, RunqKey, ThreadExit,
     ThreadState, UnwindRow, UserStack, WalkCacheEntry, WalkCacheKey, dump::DumpConfig,
 };
@@ -87,4 +87,6 @@ maps! {
     GO_PROCS: u32 => GoProc;
     /// Parked goroutines (`gopark`) awaiting their `ready`.
     GO_PARKED: GoParkKey => GoParked;
+    /// Goroutines entering a lock's semaphore wait (`runtime_SemacquireMutex`).
+    GO_SEMA: GoParkKey => GoSema;
 }

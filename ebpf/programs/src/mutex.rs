@@ -49,7 +49,7 @@ fn xadd(p: *mut u64, v: u64) {
 /// block profile. The kept event's (count × `BLOCK_COUNT_SCALE`, delay) with both weights
 /// applied, or `None` to skip it. Decided before the stack is taken, which only kept events pay.
 #[inline(always)]
-fn sample(cfg: &Config, d: u64) -> Option<(u64, u64)> {
+pub fn sample(cfg: &Config, d: u64) -> Option<(u64, u64)> {
     let n = cfg.mutex_fraction;
     if n > 1 {
         // SAFETY: helper without arguments.
@@ -166,10 +166,18 @@ fn waiter_time(st: &LockState, now: u64) -> u64 {
 
 /// The current thread (a target's) wakes a waiter of `uaddr`: it ends the span; charge the
 /// waiting time accumulated since the last release to its stack (`stack`, taken only when
-/// recorded). One wake call that wakes several waiters ends the span at the first; the next
+/// recorded), under `tid` (the releasing thread, or `GOROUTINE_TID` and the waiter's reason
+/// for a goroutine that released a Go lock). One wake call that wakes several waiters ends the span at the first; the next
 /// ones find little or nothing more to charge.
 #[inline(always)]
-pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce() -> u64) {
+pub fn release(
+    cfg: &Config,
+    tgid: u32,
+    tid: u32,
+    uaddr: u64,
+    now: u64,
+    stack: impl FnOnce() -> u64,
+) {
     let key = LockKey {
         tgid,
         _pad: 0,
@@ -207,7 +215,7 @@ pub fn release(cfg: &Config, tgid: u32, uaddr: u64, now: u64, stack: impl FnOnce
     count(Counter::MutexEventsRecorded);
     let k = MutexKey {
         tgid,
-        tid: aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32,
+        tid,
         uaddr,
         user_stack: stack(),
     };

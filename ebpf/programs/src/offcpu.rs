@@ -660,7 +660,8 @@ fn futex_woken(tid: u32, st: &mut ThreadState, now: u64, cfg: &Config) {
     st.flags = 0;
     if lock_waiter {
         if current_wakes(tgid, uaddr) {
-            mutex::release(cfg, tgid, uaddr, now, || {
+            let releaser = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+            mutex::release(cfg, tgid, releaser, uaddr, now, || {
                 user_stack_handle::<SLOT_TRACEPOINT>(tgid)
             });
         }

@@ -6,8 +6,9 @@
 //   which Go's block profile does not record): about 1 goroutine-second per second (the
 //   sync.Mutex wait).
 //
-// main only sleeps. On SIGUSR1 it writes its own cumulative block profile to <dir>/block-<n>.pb.gz (n = 0, 1,
-// ...); the test takes the difference of two around the agent's window. It prints "ready"
+// main only sleeps. On SIGUSR1 it writes its own cumulative block and mutex profiles (rate
+// and fraction 1) to <dir>/block-<n>.pb.gz and <dir>/mutex-<n>.pb.gz (n = 0, 1, ...); the
+// test takes the difference of two around the agent's window. It prints "ready"
 // once every goroutine runs.
 package main
 
@@ -40,6 +41,21 @@ func lockWait() {
 	}
 }
 
+// write writes profile kind to path, atomically (the test waits for the file).
+func write(kind, path string) {
+	f, err := os.Create(path + ".tmp")
+	if err != nil {
+		panic(err)
+	}
+	if err := pprof.Lookup(kind).WriteTo(f, 0); err != nil {
+		panic(err)
+	}
+	f.Close()
+	if err := os.Rename(path+".tmp", path); err != nil {
+		panic(err)
+	}
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: goblock DIR")
@@ -47,6 +63,7 @@ func main() {
 	}
 	dir := os.Args[1]
 	runtime.SetBlockProfileRate(1)
+	runtime.SetMutexProfileFraction(1)
 	ch := make(chan int)
 	for i := 0; i < 3; i++ {
 		go recvSlow(ch)
@@ -70,18 +87,9 @@ func main() {
 			time.Sleep(10 * time.Millisecond)
 		}
 		<-sigs
-		path := fmt.Sprintf("%s/block-%d.pb.gz", dir, n)
-		f, err := os.Create(path + ".tmp")
-		if err != nil {
-			panic(err)
+		for _, kind := range []string{"mutex", "block"} {
+			write(kind, fmt.Sprintf("%s/%s-%d.pb.gz", dir, kind, n))
 		}
-		if err := pprof.Lookup("block").WriteTo(f, 0); err != nil {
-			panic(err)
-		}
-		f.Close()
-		if err := os.Rename(path+".tmp", path); err != nil {
-			panic(err)
-		}
-		fmt.Println("wrote", path)
+		fmt.Println("wrote", n)
 	}
 }
