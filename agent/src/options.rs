@@ -44,6 +44,13 @@ pub struct Rates {
     /// map. 64 to 1048576.
     #[arg(long, default_value_t = stallscope_common::AGG_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub map_entries: u32,
+
+    /// Most hits a second of a Go program's runtime uprobes (its goroutines' block and mutex
+    /// profiles) before they are detached for the rest of the window, said in the profiles:
+    /// each hit is a trap into the kernel that the target pays (about 5 us on the VM where it
+    /// was measured, 2 per goroutine wait). Checked every second. 0: no limit.
+    #[arg(long = "go-probe-limit", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub go_probe_limit: u64,
 }
 
 impl Rates {

@@ -285,6 +285,18 @@ fn delay_under(p: &agent::model::Profile, function: &str) -> i64 {
         .sum()
 }
 
+/// `goblock` (built as `bin`) writing its own profiles into `dir`, once it is ready.
+fn spawn_goblock(bin: &std::path::Path, dir: &TempDir) -> Workload {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(dir.path());
+    Workload::spawn_command(
+        "goblock",
+        cmd,
+        Some("ready"),
+        std::time::Duration::from_secs(20),
+    )
+}
+
 /// Go's own profile `kind` (`block`, `mutex`) over the window between two snapshots: the
 /// difference of each leaf function's delay, largest first.
 fn own_top(before: &agent::model::Profile, after: &agent::model::Profile) -> Vec<(String, i64)> {
@@ -367,14 +379,7 @@ fn a_go_programs_block_and_mutex_profiles_are_its_goroutines_and_agree_with_gos_
     for (go, bin) in &builds {
         eprintln!("== goblock built by {go}");
         let dir = TempDir::new("goblock");
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg(dir.path());
-        let w = Workload::spawn_command(
-            "goblock",
-            cmd,
-            Some("ready"),
-            std::time::Duration::from_secs(20),
-        );
+        let w = spawn_goblock(bin, &dir);
         // Both of Go's own profiles at snapshot `n` (the block one is written last).
         let snapshot = |n: u32| {
             let file = |kind: &str| dir.path().join(format!("{kind}-{n}.pb.gz"));
@@ -455,4 +460,40 @@ fn a_go_programs_block_and_mutex_profiles_are_its_goroutines_and_agree_with_gos_
         );
         agrees_with_gos_own(go, &mutex, (&mutex0, &mutex1), own_secs, &["main.lockWait"]);
     }
+}
+
+/// The goroutine probes cost the target a trap per hit: past `--go-probe-limit` hits a second
+/// they are detached for the rest of the window, and the profiles say so and keep what they
+/// recorded until then.
+#[test]
+fn the_goroutine_probes_are_detached_past_their_limit() {
+    require_root();
+    let dir = TempDir::new("goblock-limit");
+    let w = spawn_goblock(&workload_path("goblock"), &dir);
+    // goblock parks and readies a few hundred goroutines a second.
+    let run = attach_pid_ok(w.pid(), "4s", "block,mutex", &["--go-probe-limit", "20"]);
+    let block = read_profile(run.file("block.pb.gz"));
+    let mutex = read_profile(run.file("mutex.pb.gz"));
+    for p in [&block, &mutex] {
+        assert!(
+            p.comments
+                .iter()
+                .any(|c| c.contains("goroutines no longer followed after")
+                    && c.contains("--go-probe-limit 20")),
+            "{:?}: {:?}",
+            p.kind,
+            p.comments
+        );
+    }
+    // Recorded until then (the first check is a second in), not after.
+    let secs = delay_under(&block, "main.recvSlow") as f64 / 1e9;
+    assert!(
+        secs > 0.5 && secs < 3.0 * 2.5,
+        "{secs:.2} goroutine-seconds of recvSlow in a 4 s window (about 3 a second while followed)"
+    );
+    assert!(
+        run.output().contains("goroutines no longer followed"),
+        "{}",
+        run.output()
+    );
 }

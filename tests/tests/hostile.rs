@@ -369,6 +369,14 @@ fn rates_rows(rows: &mut Vec<CliRow>, base: &[&str]) {
             "is not in 64..=1048576",
         ));
     }
+    number_rows(rows, base, "--go-probe-limit", None);
+    rows.push(flag_row(
+        base,
+        "--go-probe-limit",
+        V::Lit("100000001"),
+        2,
+        "is not in 0..=100000000",
+    ));
 }
 
 /// A path flag (`-o`, `--archive`): anything but empty parses; the run then fails on the PID.

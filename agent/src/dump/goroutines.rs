@@ -391,14 +391,25 @@ impl GoProcess {
         for i in 0..self.wait_reasons.1.min(256) {
             reasons.push(go_string(mem, self.wait_reasons.0 + i * 16).unwrap_or_default());
         }
+        // Every g at once, then the stacks of the parked ones at once (100k goroutines, read
+        // one by one through the page cache, took over 1.5 s).
+        let n = len.min(MAX_GOROUTINES);
+        let gps: Vec<u64> = mem
+            .read_many(&[(ptr, 8 * n)])
+            .pop()
+            .flatten()
+            .map(|b| b.chunks_exact(8).map(|c| u64_at(c, 0)).collect())
+            .ok_or(GoError::Memory {
+                what: "runtime.allgs",
+            })?;
+        let structs = mem.read_many(
+            &gps.iter()
+                .map(|&g| (g, l.size as usize))
+                .collect::<Vec<_>>(),
+        );
         let mut goroutines = Vec::new();
-        for i in 0..len.min(MAX_GOROUTINES) {
-            let Some(gp) = mem.read_u64(ptr + 8 * i as u64) else {
-                continue;
-            };
-            let Some(b) = mem.read(gp, l.size as usize) else {
-                continue;
-            };
+        let mut stacks: Vec<(usize, u64, u64, (u64, u64))> = Vec::new();
+        for b in structs.into_iter().flatten() {
             let at = |o: u64| u64_at(&b, o as usize);
             let status = u32_at(&b, l.status as usize);
             if status & !GSCAN == GDEAD {
@@ -410,7 +421,15 @@ impl GoProcess {
                 .flatten()
                 .filter(|t| *t != 0)
                 .map(|t| t as u32);
-            let mut g = Goroutine {
+            if status & !GSCAN != GRUNNING {
+                stacks.push((
+                    goroutines.len(),
+                    at(l.sched_pc),
+                    at(l.sched_bp),
+                    (at(l.stack_lo), at(l.stack_hi)),
+                ));
+            }
+            goroutines.push(Goroutine {
                 goid: at(l.goid),
                 status,
                 wait_reason: b.get(l.waitreason as usize).copied().unwrap_or(0),
@@ -420,16 +439,29 @@ impl GoProcess {
                 parent_goid: l.parent_goid.map(at),
                 thread,
                 pcs: Vec::new(),
+            });
+        }
+        // Each parked stack from its frame pointer to its top, in one read where it is small.
+        let spans: Vec<(u64, usize)> = stacks
+            .iter()
+            .map(|&(_, _, bp, (lo, hi))| {
+                let ok = bp >= lo && bp < hi && hi - bp <= STACK_READ_MAX;
+                if ok { (bp, (hi - bp) as usize) } else { (0, 0) }
+            })
+            .collect();
+        let bufs = mem.read_many(&spans);
+        for ((i, pc, bp, bounds), (span, buf)) in stacks.into_iter().zip(spans.iter().zip(bufs)) {
+            goroutines[i].pcs = match buf.filter(|b| !b.is_empty()) {
+                Some(b) => {
+                    let base = span.0;
+                    let word = |a: u64| {
+                        let o = a.checked_sub(base)? as usize;
+                        b.get(o..o + 8).map(|w| u64_at(w, 0))
+                    };
+                    walk(word, pc, bp, bounds)
+                }
+                None => walk(|a| mem.read_u64(a), pc, bp, bounds),
             };
-            if status & !GSCAN != GRUNNING {
-                g.pcs = walk(
-                    mem,
-                    at(l.sched_pc),
-                    at(l.sched_bp),
-                    (at(l.stack_lo), at(l.stack_hi)),
-                );
-            }
-            goroutines.push(g);
         }
         let version = self
             .build_version
@@ -489,6 +521,27 @@ pub struct GoRuntimeProbes {
     pub wait_reasons: Vec<String>,
 }
 
+/// The address of the one `call rel32` instruction in `code` (loaded at `at`) that calls
+/// `callee`, if there is exactly one such byte pattern (a uprobe there is emulated by the
+/// kernel, not single-stepped; two matches could mean one is inside another instruction).
+fn call_site(code: &[u8], at: u64, callee: u64) -> Option<u64> {
+    let mut found = None;
+    for i in 0..code.len().saturating_sub(4) {
+        if code[i] != 0xe8 {
+            continue;
+        }
+        let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().ok()?) as i64;
+        let next = at as i64 + i as i64 + 5;
+        if next.wrapping_add(rel) as u64 == callee {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(at + i as u64);
+        }
+    }
+    found
+}
+
 /// The file offset of virtual address `vaddr` of the executable.
 fn file_offset(segments: &[Segment], vaddr: u64) -> Option<u64> {
     segments
@@ -533,19 +586,12 @@ pub fn runtime_probes(pid: u32) -> Result<GoRuntimeProbes, GoError> {
     ];
     wanted.extend_from_slice(SEMACQUIRE_MUTEX);
     let syms = elf.symbols(&wanted)?;
-    let sym = |name: &'static str| {
-        syms.get(name).map(|s| s.0).ok_or(GoError::Stripped {
+    if !(syms.contains_key("runtime.gopark") && syms.contains_key("runtime.ready")) {
+        return Err(GoError::Stripped {
             missing: "runtime.gopark and runtime.ready symbols",
-        })
-    };
-    let (gopark, ready, reasons_at) = (
-        sym("runtime.gopark")?,
-        sym("runtime.ready")?,
-        syms.get("runtime.waitReasonStrings").copied(),
-    );
-    let offset = |vaddr: u64, what: &'static str| {
-        file_offset(&elf.segments, vaddr).ok_or(GoError::Layout(format!("{what} in a segment")))
-    };
+        });
+    }
+    let reasons_at = syms.get("runtime.waitReasonStrings").copied();
     let structs = Structs::read(&elf, &["runtime.g", "runtime.gobuf", "runtime.m"])?;
     let sched = structs.member("runtime.g", "sched")?;
     let field = |m: &str| -> Result<u32, GoError> {
@@ -569,15 +615,38 @@ pub fn runtime_probes(pid: u32) -> Result<GoRuntimeProbes, GoError> {
             what: "runtime.waitReasonStrings",
         });
     }
+    // Where in `caller` to probe: its one call of `callee` when there is one, else its entry.
+    let probe_at = |caller: &str, callee: &str| -> Option<(u64, bool)> {
+        let &(start, size) = syms.get(caller)?;
+        let code_at = file_offset(&elf.segments, start)?;
+        let site = syms.get(callee).and_then(|&(target, _)| {
+            let mut code = vec![0u8; size.min(1 << 16) as usize];
+            elf.file.read_exact_at(&mut code, code_at).ok()?;
+            call_site(&code, start, target)
+        });
+        Some(match site {
+            Some(a) => (file_offset(&elf.segments, a)?, true),
+            None => (code_at, false),
+        })
+    };
+    let (gopark_offset, park_at_call) = probe_at("runtime.gopark", "runtime.mcall")
+        .ok_or_else(|| GoError::Layout("runtime.gopark in a loaded segment".into()))?;
+    let (ready_offset, _) = probe_at("runtime.ready", "runtime.casgstatus")
+        .ok_or_else(|| GoError::Layout("runtime.ready in a loaded segment".into()))?;
     let semacquire_offsets = SEMACQUIRE_MUTEX
         .iter()
-        .filter_map(|n| syms.get(*n))
-        .filter_map(|&(vaddr, _)| file_offset(&elf.segments, vaddr))
+        .filter_map(|n| probe_at(n, "runtime.semacquire1"))
+        .map(|(o, _)| o)
         .collect();
+    let park_reason_in_g = if park_at_call {
+        structs.member("runtime.g", "waitreason")? as u32
+    } else {
+        0
+    };
     Ok(GoRuntimeProbes {
         probes: crate::kernel::GoProbes {
-            gopark_offset: offset(gopark, "runtime.gopark")?,
-            ready_offset: offset(ready, "runtime.ready")?,
+            gopark_offset,
+            ready_offset,
             semacquire_offsets,
             proc: stallscope_common::GoProc {
                 sched_pc: field("pc")?,
@@ -585,7 +654,7 @@ pub fn runtime_probes(pid: u32) -> Result<GoRuntimeProbes, GoError> {
                 sched_bp: field("bp")?,
                 g_m: structs.member("runtime.g", "m")? as u32,
                 m_curg: structs.member("runtime.m", "curg")? as u32,
-                _pad: 0,
+                park_reason_in_g,
                 block_reasons: reason_mask(&wait_reasons, BLOCK_PROFILE_REASONS),
                 mutex_reasons: mutex_reason_mask(&wait_reasons),
             },
@@ -610,14 +679,20 @@ fn go_string(mem: &MemReader, addr: u64) -> Option<String> {
 
 /// Up the frame-pointer chain from a saved `pc`/`bp`, staying inside the goroutine's stack
 /// `[lo, hi)`: `[bp]` is the caller's frame pointer, `[bp+8]` the return address.
-fn walk(mem: &MemReader, pc: u64, mut bp: u64, (lo, hi): (u64, u64)) -> Vec<u64> {
+/// Most bytes of a goroutine's stack read at once for its walk (above its saved frame
+/// pointer); a deeper stack is walked a word at a time.
+const STACK_READ_MAX: u64 = 64 * 1024;
+
+/// A parked goroutine's frames: `pc`, then up the frame-pointer chain from `bp` within its
+/// stack `[lo, hi)`, reading the words with `word`.
+fn walk(word: impl Fn(u64) -> Option<u64>, pc: u64, mut bp: u64, (lo, hi): (u64, u64)) -> Vec<u64> {
     let mut pcs = Vec::new();
     if pc == 0 {
         return pcs;
     }
     pcs.push(pc);
     while pcs.len() < MAX_FRAMES && bp >= lo && bp + 16 <= hi && bp.is_multiple_of(8) {
-        let (Some(next), Some(ret)) = (mem.read_u64(bp), mem.read_u64(bp + 8)) else {
+        let (Some(next), Some(ret)) = (word(bp), word(bp + 8)) else {
             break;
         };
         if ret == 0 {
@@ -1034,6 +1109,12 @@ mod tests {
             memsz: 0x2000,
         }];
         assert_eq!(file_offset(&segs, 0x401234), Some(0x1234));
+        // call rel32 at 0x1002 (target 0x1002 + 5 + 0x10 = 0x1017); a second match refuses.
+        let code = [0x90, 0x90, 0xe8, 0x10, 0, 0, 0, 0xc3];
+        assert_eq!(call_site(&code, 0x1000, 0x1017), Some(0x1002));
+        assert_eq!(call_site(&code, 0x1000, 0x1018), None);
+        let twice = [0xe8, 0x10, 0, 0, 0, 0xe8, 0x0b, 0, 0, 0];
+        assert_eq!(call_site(&twice, 0x1000, 0x1015), None);
         assert_eq!(file_offset(&segs, 0x403000), None);
     }
 

@@ -1391,6 +1391,7 @@ pub(crate) mod tests {
                 mutex_fraction: 1,
                 mutex_rate_ns: 1,
                 map_entries: 64,
+                go_probe_limit: 10_000,
             },
             cpus: 2,
             counters,

@@ -263,6 +263,8 @@ pub(crate) struct Members {
     go: BTreeMap<u32, Vec<String>>,
     /// Why a Go member's goroutines are not followed (a stripped binary...), for the profile.
     go_notes: Vec<String>,
+    /// The Go probes' hit counter at the last cost check, and when (`None` once detached).
+    go_hits: Option<(Instant, u64)>,
 }
 
 impl Members {
@@ -326,6 +328,10 @@ impl Members {
             match followed {
                 Ok(reasons) => {
                     self.go.insert(pid, reasons);
+                    let hits = collector
+                        .counters()
+                        .map_or(0, |c| c.get(stallscope_common::Counter::GoProbeHits));
+                    self.go_hits = Some((Instant::now(), hits));
                 }
                 Err(e) => {
                     tracing::warn!("goroutines of Go process {pid} not followed: {e}");
@@ -335,6 +341,38 @@ impl Members {
                 }
             }
         }
+    }
+
+    /// Detaches the Go probes when they were hit more than `limit` times a second since the
+    /// last check (each hit is a trap the target pays): the profiles keep what they recorded
+    /// until then and say so.
+    fn check_go_cost(&mut self, collector: &mut Collector, limit: u64, since_start: Duration) {
+        let Some((then, before)) = self.go_hits else {
+            return;
+        };
+        if self.go.is_empty() || limit == 0 {
+            return;
+        }
+        let Ok(c) = collector.counters() else { return };
+        let (now, hits) = (
+            Instant::now(),
+            c.get(stallscope_common::Counter::GoProbeHits),
+        );
+        self.go_hits = Some((now, hits));
+        let rate = hits.saturating_sub(before) as f64 / now.duration_since(then).as_secs_f64();
+        if rate <= limit as f64 {
+            return;
+        }
+        collector.stop_go();
+        self.go_hits = None;
+        let pids: Vec<String> = self.go.keys().map(u32::to_string).collect();
+        let note = format!(
+            "goroutines no longer followed after {:.1} s: the Go runtime's probes were hit {rate:.0} times a second (over --go-probe-limit {limit}; each hit is a trap into the kernel the target pays); the goroutine waits until then are in the profiles (process {})",
+            since_start.as_secs_f64(),
+            pids.join(", ")
+        );
+        tracing::warn!("{note}");
+        self.go_notes.push(note);
     }
 
     /// Marks members that exited and stops recording them (their pid could be reused).
@@ -472,6 +510,9 @@ async fn window(
                     }
                 }
                 refresh_members(collector, unwind, maps, members);
+                if ticks.is_multiple_of(4) {
+                    members.check_go_cost(collector, spec.rates.go_probe_limit, t0.elapsed());
+                }
                 // --dump-when is checked every second (4 ticks).
                 if ticks.is_multiple_of(4)
                     && let (Some(t), Some(d)) = (trigger.as_mut(), spec.dumps.as_ref())

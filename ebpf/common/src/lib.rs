@@ -96,6 +96,7 @@ pub enum Counter {
     GoBlockEventsSeen = 32,
     GoBlockEventsRecorded = 33,
     GoParkedFull = 34,
+    GoProbeHits = 35,
 }
 
 /// What a counter counts, for `/metrics` (one family per group) and the summary.
@@ -124,7 +125,7 @@ pub struct CounterInfo {
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 33] = [
+    pub const ALL: [Counter; 34] = [
         Counter::CpuSamples,
         Counter::CpuSamplesTarget,
         Counter::UserStackLost,
@@ -158,6 +159,7 @@ impl Counter {
         Counter::GoBlockEventsSeen,
         Counter::GoBlockEventsRecorded,
         Counter::GoParkedFull,
+        Counter::GoProbeHits,
     ];
 
     pub const fn info(self) -> CounterInfo {
@@ -222,6 +224,11 @@ impl Counter {
                 "go_block_events_recorded",
                 Event,
                 "Goroutine waits kept by the block-rate sampling and recorded.",
+            ),
+            Counter::GoProbeHits => (
+                "go_probe_hits",
+                Event,
+                "Hits of the Go runtime's uprobes in targets (each a trap into the kernel, paid by the target).",
             ),
             Counter::GoParkedFull => (
                 "go_parked_full",
@@ -353,7 +360,7 @@ impl Counter {
 /// Number of slots in `COUNTERS` (room to grow without changing the map).
 pub const COUNTER_SLOTS: u32 = 64;
 
-const _: () = assert!((Counter::GoParkedFull as u32) < COUNTER_SLOTS);
+const _: () = assert!((Counter::GoProbeHits as u32) < COUNTER_SLOTS);
 
 shared! {
     /// Key of the CPU-sample aggregation map: one entry per (process, user stack, kernel stack).
@@ -540,7 +547,9 @@ shared! {
         /// Offset of `runtime.g.m`, and of `runtime.m.curg` (the goroutine an M runs).
         pub g_m: u32,
         pub m_curg: u32,
-        pub _pad: u32,
+        /// Offset of `runtime.g.waitreason` when `go_gopark` is at `gopark`'s call of
+        /// `mcall` (the reason is stored by then); 0 at its entry (the reason is in rcx).
+        pub park_reason_in_g: u32,
         pub block_reasons: [u64; 4],
         /// The reasons of a goroutine waiting for a `sync.Mutex` or `sync.RWMutex` (with
         /// the lock's address from `runtime_SemacquireMutex`).
@@ -991,7 +1000,7 @@ mod tests {
             assert!(i.help.ends_with('.') && !i.help.is_empty(), "{c:?}'s help");
         }
         // The last variant is in ALL (a new one added at the end must be listed).
-        assert_eq!(Counter::ALL.last(), Some(&Counter::GoParkedFull));
+        assert_eq!(Counter::ALL.last(), Some(&Counter::GoProbeHits));
     }
 
     use super::*;

@@ -4,13 +4,14 @@
 //! - `go_semacquire`, at `sync.runtime_SemacquireMutex` (and the RWMutex and `internal/sync`
 //!   variants): a goroutine (`g`, kept in r14 by Go's register ABI) is about to wait for the
 //!   lock whose semaphore is its first argument (rax); kept in `GO_SEMA` for its park.
-//! - `go_gopark`, at `runtime.gopark`'s entry: the goroutine parks for a wait reason (third
-//!   argument, rcx). One Go's block profile records (channel operations, select, sync waits:
+//! - `go_gopark`, at `runtime.gopark`'s call of `mcall` (or its entry): the goroutine parks
+//!   for a wait reason (in `g.waitreason` by then; the third argument, rcx, at the entry). One Go's block profile records (channel operations, select, sync waits:
 //!   `GoProc::block_reasons`) keeps its park time in `GO_PARKED`; a lock wait
 //!   (`GoProc::mutex_reasons` with a fresh `GO_SEMA`) also joins the lock's waiters in
 //!   `LOCKS`, as a thread's futex wait does. Other parks (network, sleep, the runtime's idle
 //!   workers) cost one or two map lookups.
-//! - `go_ready`, at `runtime.ready`'s entry (first argument `gp`, rax): another goroutine or
+//! - `go_ready`, at `runtime.ready`'s call of `casgstatus` (or its entry; `gp` in rax at
+//!   both): another goroutine or
 //!   the timer code makes it runnable, where Go ends a block event. The wait is sampled by
 //!   duration like every block event (`--block-rate`) and only a kept one is unwound, from
 //!   the parked goroutine's saved registers (`g.sched`, which `mcall` wrote before the
@@ -19,6 +20,9 @@
 //!   stack, read from its own `g.sched` (`ready` runs on the system stack: r14 is the M's
 //!   `g0`, and `g0.m.curg` the releasing goroutine, saved by `systemstack`).
 //!
+//! The probes sit on `call rel32` instructions where the agent finds exactly one call of the
+//! expected function: the kernel emulates a call instead of single-stepping it out of line,
+//! which saves a second trap per hit (a function's entry is a `cmp` with memory, stepped).
 //! No uretprobe (it rewrites return addresses on the stack, which Go's stack copying and
 //! traceback do not expect) and nothing written to the target's memory.
 
@@ -91,7 +95,11 @@ fn goroutine_stack(proc: &GoProc, tgid: u32, g: u64) -> u64 {
 #[uprobe]
 pub fn go_semacquire(ctx: ProbeContext) -> u32 {
     let tgid = ctx.tgid();
-    if !is_target(tgid) || config().flags & CONFIG_MUTEX == 0 {
+    if !is_target(tgid) {
+        return 0;
+    }
+    count(Counter::GoProbeHits);
+    if config().flags & CONFIG_MUTEX == 0 {
         return 0;
     }
     // SAFETY: a uprobe's context is the user registers at the probe (constant offsets).
@@ -112,6 +120,7 @@ pub fn go_gopark(ctx: ProbeContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
+    count(Counter::GoProbeHits);
     let flags = config().flags;
     if flags & (CONFIG_BLOCK | CONFIG_MUTEX) == 0 {
         return 0;
@@ -121,7 +130,16 @@ pub fn go_gopark(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: a uprobe's context is the user registers at the probe (constant offsets).
-    let (g, reason) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx & 0xff) };
+    let (g, rcx) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rcx) };
+    let reason = if proc.park_reason_in_g == 0 {
+        rcx & 0xff
+    } else {
+        // SAFETY: the helper checks the address and fails on a fault.
+        match unsafe { bpf_probe_read_user((g + proc.park_reason_in_g as u64) as *const u8) } {
+            Ok(r) => r as u64,
+            Err(_) => return 0,
+        }
+    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = GoParkKey { tgid, _pad: 0, g };
@@ -164,6 +182,7 @@ pub fn go_ready(ctx: ProbeContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
+    count(Counter::GoProbeHits);
     let cfg = config();
     // SAFETY: a uprobe's context is the user registers at the probe.
     let (gp, g0) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };

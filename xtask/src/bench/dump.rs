@@ -40,55 +40,23 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Dump> {
             .arg(&counter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        let mut child = spawn(&mut cmd)?;
-        let lines = line_reader(child.stdout.take().expect("piped"));
-        let w = Workload {
-            child,
-            stdin: None,
-            lines,
-            reaped: false,
-        };
-        wait_line(&w.lines, Duration::from_secs(60), "dump_many ready", |l| {
-            l == "ready"
-        })?;
+        let w = spawn_ready(&mut cmd, "dump_many ready")?;
         let read_counter = || -> u64 {
             std::fs::read(&counter)
                 .ok()
                 .and_then(|b| Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?)))
                 .unwrap_or(0)
         };
-        let run_dump = || -> Result<f64> {
-            let t = Instant::now();
-            let mut c = Command::new(&ctx.agent);
-            c.args(["dump", "--pid", &w.pid().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let status = spawn(&mut c)?.wait()?;
-            if !status.success() {
-                bail!("`{}` failed ({status})", display(&c));
-            }
-            Ok(t.elapsed().as_secs_f64())
-        };
-        run_dump()?; // warm-up (page cache, symbol files)
-        let (c0, t0) = (read_counter(), Instant::now());
-        std::thread::sleep(Duration::from_millis(500));
-        let rate_idle = (read_counter() - c0) as f64 / t0.elapsed().as_secs_f64();
-        let mut times = Vec::new();
-        let (c1, t1) = (read_counter(), Instant::now());
-        for _ in 0..reps {
-            check_interrupted()?;
-            times.push(run_dump()?);
-        }
-        let rate_dump = (read_counter() - c1) as f64 / t1.elapsed().as_secs_f64();
+        let (times, progress) = time_dumps(ctx, w.pid(), read_counter, reps)?;
         println!(
             "   {threads} threads: median {:.3} s, counter at {:.0}% of its idle rate",
             median(&times),
-            rate_dump / rate_idle * 100.0
+            progress.unwrap_or(0.0) * 100.0
         );
         rows.push(DumpRow {
             threads,
             times,
-            progress: (rate_idle > 0.0).then(|| rate_dump / rate_idle),
+            progress,
         });
         drop(w);
         let _ = std::fs::remove_file(&counter);
@@ -97,6 +65,54 @@ pub(super) fn measure(ctx: &Ctx) -> Result<Dump> {
         rows,
         missing: None,
     })
+}
+
+/// Starts `cmd` (stdout piped) and waits for its "ready".
+pub(super) fn spawn_ready(cmd: &mut Command, what: &str) -> Result<Workload> {
+    let mut child = spawn(cmd)?;
+    let lines = line_reader(child.stdout.take().expect("piped"));
+    let w = Workload {
+        child,
+        stdin: None,
+        lines,
+        reaped: false,
+    };
+    wait_line(&w.lines, Duration::from_secs(60), what, |l| l == "ready")?;
+    Ok(w)
+}
+
+/// `reps` timed `agent dump --pid PID` runs after a warm-up, and the target's progress during
+/// them: its counter's rate (read with `read_counter`) relative to its rate just before.
+pub(super) fn time_dumps(
+    ctx: &Ctx,
+    pid: u32,
+    read_counter: impl Fn() -> u64,
+    reps: usize,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let run_dump = || -> Result<f64> {
+        let t = Instant::now();
+        let mut c = Command::new(&ctx.agent);
+        c.args(["dump", "--pid", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let status = spawn(&mut c)?.wait()?;
+        if !status.success() {
+            bail!("`{}` failed ({status})", display(&c));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run_dump()?; // warm-up (page cache, symbol files)
+    let (c0, t0) = (read_counter(), Instant::now());
+    std::thread::sleep(Duration::from_millis(500));
+    let rate_idle = read_counter().saturating_sub(c0) as f64 / t0.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    let (c1, t1) = (read_counter(), Instant::now());
+    for _ in 0..reps {
+        check_interrupted()?;
+        times.push(run_dump()?);
+    }
+    let rate_dump = read_counter().saturating_sub(c1) as f64 / t1.elapsed().as_secs_f64();
+    Ok((times, (rate_idle > 0.0).then(|| rate_dump / rate_idle)))
 }
 
 impl Dump {

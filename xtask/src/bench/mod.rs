@@ -21,6 +21,7 @@
 mod attach;
 mod bpftrace;
 mod dump;
+mod golang;
 mod node;
 mod redis;
 mod report;
@@ -106,13 +107,16 @@ enum Part {
     Bpftrace,
     /// `agent dump` time for 10, 100 and 1000 threads (when the subcommand exists).
     Dump,
+    /// Go programs: goroutine dump time (10k, 100k), and the goroutine block and mutex
+    /// profiles' cost on a channel-heavy program next to Go's own profiling at rate 1.
+    Go,
     /// Every fuzz target for 60 s (10 with --quick); the figures go to RELIABILITY.md.
     Fuzz,
     /// `serve --all` over 500 processes in 50 containers, and concurrent profile windows.
     Node,
 }
 
-const ALL_PARTS: [Part; 10] = [
+const ALL_PARTS: [Part; 11] = [
     Part::Slowdown,
     Part::Redis,
     Part::Nontarget,
@@ -121,6 +125,7 @@ const ALL_PARTS: [Part; 10] = [
     Part::Latency,
     Part::Bpftrace,
     Part::Dump,
+    Part::Go,
     Part::Node,
     Part::Fuzz,
 ];
@@ -333,6 +338,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             Part::Latency => attach::measure(&ctx).map(|x| r.latency = Some(x)),
             Part::Bpftrace => bpftrace::measure(&ctx).map(|x| r.bpftrace = Some(x)),
             Part::Dump => dump::measure(&ctx).map(|x| r.dump = Some(x)),
+            Part::Go => golang::measure(&ctx).map(|x| r.go = Some(x)),
             Part::Redis => redis::measure(&ctx).map(|x| r.redis = Some(x)),
             Part::Node => node::measure(&ctx).map(|x| r.node = Some(x)),
             Part::Fuzz => crate::fuzz::fuzz(&crate::fuzz::FuzzArgs {

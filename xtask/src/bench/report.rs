@@ -15,6 +15,7 @@ pub(super) struct Report {
     pub(super) latency: Option<Latency>,
     pub(super) bpftrace: Option<Bpftrace>,
     pub(super) dump: Option<Dump>,
+    pub(super) go: Option<golang::GoFigures>,
     pub(super) node: Option<Node>,
     pub(super) redis: Option<Redis>,
     pub(super) failures: Vec<String>,
@@ -102,6 +103,7 @@ impl Report {
             latency: None,
             bpftrace: None,
             dump: None,
+            go: None,
             node: None,
             redis: None,
             failures: Vec::new(),
@@ -176,6 +178,9 @@ impl Report {
             x.render(&mut s, self.mode_figures("offcpu"));
         }
         if let Some(x) = &self.dump {
+            x.render(&mut s);
+        }
+        if let Some(x) = &self.go {
             x.render(&mut s);
         }
         if let Some(x) = &self.node {
@@ -480,6 +485,28 @@ impl Report {
                 let r = d.rows.iter().find(|r| r.threads == 1000)?;
                 let v = median(&r.times);
                 Some((format!("{v:.2} s (median)"), v < 1.0))
+            }),
+        );
+        row(
+            "goroutine dump of 100k goroutines < 1 s (issue 14)",
+            self.go.as_ref().and_then(|g| {
+                let r = g.dumps.iter().find(|r| r.goroutines == 100_000)?;
+                let v = median(&r.times);
+                Some((format!("{v:.2} s (median)"), v < 1.0))
+            }),
+        );
+        row(
+            "goroutine block+mutex profiles no costlier than Go's own at rate 1 (issue 14)",
+            self.go.as_ref().and_then(|g| {
+                let (agent, own) = g.chan.as_ref()?.medians();
+                Some((
+                    format!(
+                        "agent {:+.0}%, Go's own {:+.0}% (channel ping-pong)",
+                        agent * 100.0,
+                        own * 100.0
+                    ),
+                    agent <= own,
+                ))
             }),
         );
         let _ = writeln!(s);
