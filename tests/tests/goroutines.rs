@@ -68,12 +68,17 @@ fn parse(text: &str) -> Vec<G> {
 }
 
 fn dump_text(w: &Workload, extra: &[&str]) -> String {
+    dump_text_named(w, extra, "dump.txt")
+}
+
+/// `agent dump --pid N EXTRA -o DIR`'s `file`.
+fn dump_text_named(w: &Workload, extra: &[&str], file: &str) -> String {
     let pid = w.pid_str();
     let mut args = vec!["dump", "--pid", pid.as_str()];
     args.extend_from_slice(extra);
     let run = run_agent(&args);
     run.assert_success();
-    std::fs::read_to_string(run.file("dump.txt")).unwrap()
+    std::fs::read_to_string(run.file(file)).unwrap()
 }
 
 /// 105 goroutines: the dump has as many as the program counts (±2: Go's own count leaves out
@@ -193,6 +198,31 @@ fn check_dump(w: &Workload, go: &str) {
     assert!(status.contains("TracerPid:\t0"), "{status}");
     assert!(w.exit_status().is_none(), "goleak exited");
 
+    // The same as JSON (docs/dump-schema.md, "Goroutines").
+    let json: serde_json::Value =
+        serde_json::from_str(&dump_text_named(w, &["--format", "json"], "dump.json")).unwrap();
+    let listed = json["goroutines"].as_array().expect("goroutines");
+    assert_eq!(json["goroutines_total"].as_u64(), Some(listed.len() as u64));
+    assert!(
+        listed.len().abs_diff(own) <= 2,
+        "{go}: {} in the JSON",
+        listed.len()
+    );
+    assert!(
+        json["by_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s[0] == "chan receive" && s[1] == 100),
+        "{go}: {}",
+        json["by_state"]
+    );
+    let leaked_json = listed
+        .iter()
+        .filter(|g| g["frames"][0]["function"] == "main.leakedReceiver")
+        .count();
+    assert_eq!(leaked_json, 100, "{go}");
+
     // Its OS threads on request.
     let threads = dump_text(w, &["--threads"]);
     assert!(!threads.contains("goroutine profile"), "{threads:.300}");
@@ -232,7 +262,8 @@ fn a_stripped_go_programs_dump_says_why_and_shows_its_threads() {
 }
 
 /// `agent serve`'s `/debug/pprof/goroutine?pid=N&debug=2|1`: the goroutine text of a Go
-/// program, as its own `net/http/pprof` would serve it; `/debug/pprof/threads` its threads.
+/// program, as its own `net/http/pprof` would serve it, and without `debug` its goroutine
+/// profile in pprof (read by `go tool pprof` from the URL); `/debug/pprof/threads` its threads.
 #[test]
 fn serve_answers_the_goroutine_route_with_goroutines() {
     use stallscope_tests::serve_kit::Serve;
@@ -271,6 +302,40 @@ fn serve_answers_the_goroutine_route_with_goroutines() {
             .contains(&format!("thread dump of process {}", w.pid()))
             && !r.body.contains("goroutine 1 ["),
         "{:.500}",
+        r.body
+    );
+
+    // Without debug: Go's goroutine profile, in pprof, as a Go service serves it.
+    let path = format!("/debug/pprof/goroutine?pid={}", w.pid());
+    let r = serve.get(&path);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = agent::export::pprof::decode(&r.bytes).expect("a pprof profile");
+    assert_eq!(p.sample_types[0].r#type, "goroutine");
+    let count = total(&p, "goroutine");
+    assert!(count.abs_diff(105) <= 2, "{count} goroutines");
+    let leaked: Vec<_> = p
+        .samples
+        .iter()
+        .filter(|s| stack_has(&p, s, "main.leakedReceiver"))
+        .collect();
+    assert_eq!(leaked.len(), 1, "the 100 leaked goroutines are one sample");
+    assert_eq!(leaked[0].values[0], 100);
+    assert_eq!(
+        sample_label(leaked[0], "state").as_deref(),
+        Some("chan receive")
+    );
+    // go tool pprof reads it from the URL, as from a Go service.
+    let top = go_pprof(&["-top", "-nodecount=40"], serve.url(&path));
+    assert!(top.contains("main.leakedReceiver"), "{top}");
+    // A program that is not Go: the route says where its threads are.
+    let r = serve.get(&format!(
+        "/debug/pprof/goroutine?pid={}",
+        std::process::id()
+    ));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("not a Go program") && r.body.contains("/debug/pprof/threads?pid="),
+        "{}",
         r.body
     );
 }
@@ -496,4 +561,40 @@ fn the_goroutine_probes_are_detached_past_their_limit() {
         "{}",
         run.output()
     );
+}
+
+/// `agent capture` of a Go program: its goroutines at both ends of the window in Go's text,
+/// counted by state in summary.md, and the 100 leaked ones a finding, with where they wait
+/// and who created them.
+#[test]
+fn a_capture_of_a_go_program_triages_its_goroutines() {
+    require_root();
+    let w = Workload::spawn_command(
+        "goleak",
+        std::process::Command::new(workload_path("goleak")),
+        Some("ready"),
+        std::time::Duration::from_secs(20),
+    );
+    let run = capture_pid_ok(w.pid(), "2s", &[]);
+    let md = std::fs::read_to_string(run.file("summary.md")).unwrap();
+    let leak_at = format!("main.go:{}", line_of("LEAK_LINE"));
+    assert!(
+        md.contains("100 goroutines in chan receive at main.leakedReceiver"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&leak_at) && md.contains("created by `main.main"),
+        "{md}"
+    );
+    assert!(md.contains("## Goroutines by state"), "{md}");
+    assert!(md.contains("| chan receive | 100 |"), "{md}");
+    for stem in ["goroutines-start", "goroutines-end"] {
+        let text = std::fs::read_to_string(run.file(&format!("{stem}.txt"))).unwrap();
+        let gs = parse(&text);
+        assert!(
+            gs.len().abs_diff(105) <= 2,
+            "{stem}: {} goroutines",
+            gs.len()
+        );
+    }
 }

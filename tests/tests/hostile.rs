@@ -851,10 +851,10 @@ const BAD_SECONDS: &[(&str, &str)] = &[
     ("%FF", "not UTF-8"),
 ];
 const BAD_DEBUG: &[(&str, &str)] = &[
-    ("", "debug must be 1 or 2"),
-    ("-1", "debug must be 1 or 2"),
-    ("3", "debug must be 1 or 2"),
-    ("1000000000000000000000000000000", "debug must be 1 or 2"),
+    ("", "debug must be 0, 1 or 2"),
+    ("-1", "debug must be 0, 1 or 2"),
+    ("3", "debug must be 0, 1 or 2"),
+    ("1000000000000000000000000000000", "debug must be 0, 1 or 2"),
     ("%FF", "not UTF-8"),
 ];
 
@@ -1021,7 +1021,14 @@ fn http_rows(kthread: Option<u32>) -> Vec<HttpRow> {
         ),
     ];
     // Every route with every parameter's bad values.
-    for name in ["profile", "offcpu", "block", "mutex", "threads"] {
+    for name in [
+        "profile",
+        "offcpu",
+        "block",
+        "mutex",
+        "threads",
+        "goroutine",
+    ] {
         for (v, needle) in BAD_PID {
             rows.push(get_row(format!("/debug/pprof/{name}?pid={v}"), 400, needle));
         }
@@ -1032,7 +1039,7 @@ fn http_rows(kthread: Option<u32>) -> Vec<HttpRow> {
                 needle,
             ));
         }
-        if name == "threads" {
+        if name == "threads" || name == "goroutine" {
             for (v, needle) in BAD_DEBUG {
                 rows.push(get_row(
                     format!("/debug/pprof/{name}?pid={NO_PID}&debug={v}"),

@@ -240,6 +240,34 @@ fn list_files(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A Go program's goroutines now: written as `<stem>.txt` (Go's `debug=2` text), summarized
+/// for the triage. `None` for a program that is not Go (or whose goroutines cannot be read:
+/// noted).
+fn goroutines_now(
+    pid: u32,
+    maps: &MapsCache,
+    dir: &Path,
+    stem: &str,
+    notes: &mut Vec<String>,
+) -> Option<dump::goroutines::GoroutineSummary> {
+    if !dump::goroutines::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
+        return None;
+    }
+    let mut symbolizer = Symbolizer::new();
+    match dump::goroutines::dump_with_summary(pid, maps, &mut symbolizer) {
+        Ok((text, summary)) => {
+            if let Err(e) = write(&dir.join(format!("{stem}.txt")), text) {
+                notes.push(format!("writing {stem}: {e}"));
+            }
+            Some(summary)
+        }
+        Err(e) => {
+            notes.push(format!("goroutines ({stem}) not read: {e}"));
+            None
+        }
+    }
+}
+
 fn describe(rel: &Path) -> String {
     let s = rel.to_string_lossy();
     let what = if s.ends_with(".pb.gz") {
@@ -252,6 +280,8 @@ fn describe(rel: &Path) -> String {
         "thread dump (text)"
     } else if s.starts_with("threads-") && s.ends_with(".json") {
         "thread dump (JSON, docs/dump-schema.md)"
+    } else if s.starts_with("goroutines-") && s.ends_with(".txt") {
+        "goroutine dump (Go's debug=2 text)"
     } else if s.starts_with("proc/") {
         "process facts from /proc"
     } else if s == "threads_over_time.csv" {
@@ -298,6 +328,7 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         "threads-start",
         &mut notes,
     );
+    let goroutines_start = goroutines_now(target.pid, &maps, &dir, "goroutines-start", &mut notes);
     // A group's other processes: a dump of each (threads-start-PID), up to MAX_GROUP_DUMPS.
     let others: Vec<u32> = if group.selector.is_group() {
         group
@@ -393,6 +424,11 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         )
     } else {
         notes.push("the process exited during the window: no end-of-window thread dump".into());
+        None
+    };
+    let goroutines_end = if alive {
+        goroutines_now(target.pid, &maps, &dir, "goroutines-end", &mut notes)
+    } else {
         None
     };
     let live_others: Vec<u32> = members
@@ -502,6 +538,8 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
             .unwrap_or_default(),
         accounting: Some(&accounting),
         dump_end: dump_end.as_ref(),
+        goroutines_start: goroutines_start.as_ref(),
+        goroutines: goroutines_end.as_ref().or(goroutines_start.as_ref()),
         threads_by_state: last_dump
             .map(|d| {
                 d.summary
@@ -535,6 +573,31 @@ pub async fn run(args: &CaptureArgs) -> Result<String, Error> {
         cpus
     );
     md.push_str(&diagnosis);
+    if let Some(g) = input.goroutines {
+        let _ = writeln!(
+            md,
+            "## Goroutines by state ({} in all; goroutines-end.txt)\n\n| state | goroutines |\n|---|---|",
+            g.total
+        );
+        for (st, n) in &g.by_state {
+            let _ = writeln!(md, "| {st} | {n} |");
+        }
+        let _ = writeln!(md, "\nLargest groups (same state, place and creator):\n");
+        for x in g.groups.iter().take(5) {
+            let _ = writeln!(
+                md,
+                "- {} in {} at {}{}",
+                x.count,
+                x.state,
+                x.at,
+                x.created_by
+                    .as_deref()
+                    .map(|c| format!(", created by {c}"))
+                    .unwrap_or_default()
+            );
+        }
+        md.push('\n');
+    }
     if !input.threads_by_state.is_empty() {
         let _ = writeln!(
             md,

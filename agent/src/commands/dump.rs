@@ -119,9 +119,15 @@ fn run_one(args: &DumpArgs, pid: u32) -> Result<String, Error> {
     let mut symbolizer = Symbolizer::new();
     // A Go program: its goroutines, in Go's own format (read from its memory, not stopped).
     let mut go_note = None;
-    if !args.threads && args.format == DumpFormat::Text {
-        match goroutines::try_dump(pid, &maps, &mut symbolizer, args.debug == 1) {
+    if !args.threads {
+        let go = match args.format {
+            DumpFormat::Text => goroutines::try_dump(pid, &maps, &mut symbolizer, args.debug == 1),
+            DumpFormat::Json => goroutines::try_dump_json(pid, &maps, &mut symbolizer),
+        };
+        match go {
             Some(Ok(out)) => return deliver(args, out, "goroutines"),
+            // JSON has no room for a note before the document: it goes to stderr.
+            Some(Err(why)) if args.format == DumpFormat::Json => tracing::warn!("{why}"),
             Some(Err(why)) => go_note = Some(why),
             None => {}
         }

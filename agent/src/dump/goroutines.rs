@@ -910,22 +910,34 @@ fn symbolize(
         .collect()
 }
 
-/// The goroutine dump of Go process `pid` in Go's `debug=2` text (with `grouped`, its
-/// `debug=1` text: goroutines with the same stack counted once), after a header line that
-/// counts its goroutines by state. `maps` must have been refreshed for `pid`.
-pub fn dump_text(
-    pid: u32,
-    maps: &crate::unwind::maps::MapsCache,
-    symbolizer: &mut crate::symbolize::Symbolizer,
-    grouped: bool,
-) -> Result<String, GoError> {
-    use std::fmt::Write as _;
+/// Go process `pid`'s goroutines now.
+fn snapshot(pid: u32) -> Result<GoSnapshot, GoError> {
     let go = GoProcess::open(pid)?;
     let mem = MemReader::open(pid).map_err(|source| GoError::Io {
         path: format!("/proc/{pid}/mem"),
         source,
     })?;
-    let snap = go.read(&mem)?;
+    go.read(&mem)
+}
+
+/// A Go process's goroutines, read and symbolized, with the header of their dump.
+struct Collected {
+    snap: GoSnapshot,
+    /// Indexes of the goroutines shown (not the runtime's own), by id.
+    shown: Vec<usize>,
+    stacks: Vec<Vec<GoFrame>>,
+    creators: Vec<Vec<GoFrame>>,
+    now: i64,
+    header: String,
+}
+
+fn collect(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+) -> Result<Collected, GoError> {
+    use std::fmt::Write as _;
+    let snap = snapshot(pid)?;
     let now = monotonic_ns();
     // One batch: each goroutine's stack, the function it started in, where it was created
     // (the call's return address less one, as Go's traceback looks it up).
@@ -937,9 +949,10 @@ pub fn dump_text(
             .iter()
             .map(|g| vec![g.gopc.saturating_sub(1)]),
     );
-    let frames = symbolize(pid, stacks, maps, symbolizer);
-    let (stacks, rest) = frames.split_at(n);
-    let (starts, creators) = rest.split_at(n);
+    let mut frames = symbolize(pid, stacks, maps, symbolizer);
+    let creators = frames.split_off(2 * n);
+    let starts = frames.split_off(n);
+    let stacks = frames;
     let mut shown: Vec<usize> = (0..n)
         .filter(|&i| {
             let start = starts[i].last().map_or("", |f| f.function.as_str());
@@ -947,12 +960,6 @@ pub fn dump_text(
         })
         .collect();
     shown.sort_by_key(|&i| snap.goroutines[i].goid);
-    let mut by_state: HashMap<String, usize> = HashMap::new();
-    for &i in &shown {
-        *by_state.entry(snap.state(&snap.goroutines[i])).or_default() += 1;
-    }
-    let mut states: Vec<(String, usize)> = by_state.into_iter().collect();
-    states.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut s = format!(
         "goroutines of process {pid}{}: {} ({}; {} of the runtime's own left out, as Go \
          leaves them out)\n",
@@ -961,7 +968,7 @@ pub fn dump_text(
             .map(|v| format!(" ({v})"))
             .unwrap_or_default(),
         shown.len(),
-        states
+        by_state(&snap, &shown)
             .iter()
             .map(|(st, c)| format!("{c} {st}"))
             .collect::<Vec<_>>()
@@ -979,18 +986,311 @@ pub fn dump_text(
         s,
         "read from outside, not stopped (its OS threads: agent dump --pid {pid} --threads)"
     );
+    Ok(Collected {
+        snap,
+        shown,
+        stacks,
+        creators,
+        now,
+        header: s,
+    })
+}
+
+/// The shown goroutines' counts by state, largest first.
+fn by_state(snap: &GoSnapshot, shown: &[usize]) -> Vec<(String, usize)> {
+    let mut by: HashMap<String, usize> = HashMap::new();
+    for &i in shown {
+        *by.entry(snap.state(&snap.goroutines[i])).or_default() += 1;
+    }
+    let mut states: Vec<(String, usize)> = by.into_iter().collect();
+    states.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    states
+}
+
+/// Go's goroutine dump text of process `pid` (`debug=2`, or with `grouped` `debug=1`).
+pub fn dump_text(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+    grouped: bool,
+) -> Result<String, GoError> {
+    let c = collect(pid, maps, symbolizer)?;
+    Ok(render_collected(&c, grouped))
+}
+
+fn render_collected(c: &Collected, grouped: bool) -> String {
+    let mut s = c.header.clone();
     if grouped {
         s.push('\n');
-        s.push_str(&render_grouped(&snap, &shown, stacks));
-        return Ok(s);
+        s.push_str(&render_grouped(&c.snap, &c.shown, &c.stacks));
+        return s;
     }
-    for &i in &shown {
-        let g = &snap.goroutines[i];
-        let creator = creators[i].last();
+    for &i in &c.shown {
+        let g = &c.snap.goroutines[i];
         s.push('\n');
-        s.push_str(&render_goroutine(&snap, g, &stacks[i], creator, now));
+        s.push_str(&render_goroutine(
+            &c.snap,
+            g,
+            &c.stacks[i],
+            c.creators[i].last(),
+            c.now,
+        ));
     }
-    Ok(s)
+    s
+}
+
+/// What a capture's triage reads of a Go process's goroutines: how many in each state, and
+/// the largest groups waiting in the same state at the same place, created at the same place
+/// (a leak shows as one such group growing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GoroutineSummary {
+    pub pid: u32,
+    pub total: usize,
+    pub by_state: Vec<(String, usize)>,
+    /// Largest first.
+    pub groups: Vec<GoroutineGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoroutineGroup {
+    pub count: usize,
+    pub state: String,
+    /// Where they are: the first frame Go shows, `function (file:line)`.
+    pub at: String,
+    /// Where they were created, `function (file:line)` (none for goroutine 1).
+    pub created_by: Option<String>,
+    /// The longest time in the state that Go knows (`waitsince`, set by a garbage
+    /// collection), minutes.
+    pub minutes: Option<i64>,
+}
+
+/// Whether `function` is the program's own rather than the standard library's: package
+/// `main`, or a module path (its first element has a dot: `github.com/...`).
+fn is_program_frame(function: &str) -> bool {
+    let first = function.split('/').next().unwrap_or("");
+    function.starts_with("main.") || (function.contains('/') && first.contains('.'))
+}
+
+fn frame_at(f: &GoFrame) -> String {
+    let file = f.file.as_deref().map(|p| p.rsplit('/').next().unwrap_or(p));
+    match (file, f.line) {
+        (Some(file), Some(line)) => format!("{} ({file}:{line})", f.function),
+        _ => f.function.clone(),
+    }
+}
+
+fn summarize(c: &Collected) -> GoroutineSummary {
+    let mut groups: Vec<GoroutineGroup> = Vec::new();
+    for &i in &c.shown {
+        let g = &c.snap.goroutines[i];
+        let state = c.snap.state(g);
+        let at = c.stacks[i]
+            .iter()
+            .find(|f| is_program_frame(&f.function))
+            .or_else(|| c.stacks[i].iter().find(|f| shown(&f.function)))
+            .or(c.stacks[i].first())
+            .map_or_else(|| "(running: stack not read)".to_string(), frame_at);
+        let created_by = (g.goid != 1)
+            .then(|| c.creators[i].last().map(frame_at))
+            .flatten();
+        let minutes = c.snap.minutes(g, c.now);
+        match groups
+            .iter_mut()
+            .find(|x| x.state == state && x.at == at && x.created_by == created_by)
+        {
+            Some(x) => {
+                x.count += 1;
+                x.minutes = x.minutes.max(minutes);
+            }
+            None => groups.push(GoroutineGroup {
+                count: 1,
+                state,
+                at,
+                created_by,
+                minutes,
+            }),
+        }
+    }
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.at.cmp(&b.at)));
+    GoroutineSummary {
+        pid: c.snap.pid,
+        total: c.shown.len(),
+        by_state: by_state(&c.snap, &c.shown),
+        groups,
+    }
+}
+
+#[derive(serde::Serialize)]
+struct FrameJson<'a> {
+    function: &'a str,
+    file: Option<&'a str>,
+    line: Option<u32>,
+}
+
+impl<'a> From<&'a GoFrame> for FrameJson<'a> {
+    fn from(f: &'a GoFrame) -> Self {
+        FrameJson {
+            function: &f.function,
+            file: f.file.as_deref(),
+            line: f.line,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct CreatedJson<'a> {
+    #[serde(flatten)]
+    at: FrameJson<'a>,
+    /// The creating goroutine (Go 1.21 and later).
+    goroutine: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct GoroutineJson<'a> {
+    id: u64,
+    state: String,
+    /// Go's `waitsince` in minutes, when it knows.
+    minutes: Option<i64>,
+    /// The thread of the M running it (running or in a syscall).
+    thread: Option<u32>,
+    /// Innermost first, the frames Go's own traceback shows (all when it shows none).
+    frames: Vec<FrameJson<'a>>,
+    created_by: Option<CreatedJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct DumpJson<'a> {
+    pid: u32,
+    go_version: Option<&'a str>,
+    goroutines_total: usize,
+    runtime_left_out: usize,
+    by_state: Vec<(String, usize)>,
+    goroutines: Vec<GoroutineJson<'a>>,
+}
+
+fn render_json(c: &Collected) -> String {
+    let goroutines = c
+        .shown
+        .iter()
+        .map(|&i| {
+            let g = &c.snap.goroutines[i];
+            let visible: Vec<&GoFrame> =
+                c.stacks[i].iter().filter(|f| shown(&f.function)).collect();
+            let frames = if visible.is_empty() {
+                c.stacks[i].iter().map(FrameJson::from).collect()
+            } else {
+                visible.into_iter().map(FrameJson::from).collect()
+            };
+            GoroutineJson {
+                id: g.goid,
+                state: c.snap.state(g),
+                minutes: c.snap.minutes(g, c.now),
+                thread: g.thread,
+                frames,
+                created_by: (g.goid != 1)
+                    .then(|| c.creators[i].last())
+                    .flatten()
+                    .map(|f| CreatedJson {
+                        at: f.into(),
+                        goroutine: g.parent_goid,
+                    }),
+            }
+        })
+        .collect();
+    let doc = DumpJson {
+        pid: c.snap.pid,
+        go_version: c.snap.version.as_deref(),
+        goroutines_total: c.shown.len(),
+        runtime_left_out: c.snap.goroutines.len() - c.shown.len(),
+        by_state: by_state(&c.snap, &c.shown),
+        goroutines,
+    };
+    let mut out =
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    out.push('\n');
+    out
+}
+
+/// [`try_dump`] as JSON (docs/dump-schema.md, "Goroutines").
+pub fn try_dump_json(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+) -> Option<Result<String, String>> {
+    if !is_go(Path::new(&format!("/proc/{pid}/exe"))) {
+        return None;
+    }
+    Some(
+        collect(pid, maps, symbolizer)
+            .map(|c| render_json(&c))
+            .map_err(|e| {
+                format!(
+                    "this is a Go program, but its goroutines could not be read: {e}; the dump \
+                     of its OS threads follows"
+                )
+            }),
+    )
+}
+
+/// The goroutine dump text (`debug=2`) and its summary for triage, from one read.
+pub fn dump_with_summary(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+) -> Result<(String, GoroutineSummary), GoError> {
+    let c = collect(pid, maps, symbolizer)?;
+    Ok((render_collected(&c, false), summarize(&c)))
+}
+
+/// Go's goroutine profile of Go process `pid` (what `go tool pprof` reads from
+/// `/debug/pprof/goroutine`): one sample per distinct stack and state, its value the number
+/// of goroutines (`goroutine/count`), labelled `state` (Go's wait reason or status); the
+/// runtime's own goroutines left out as in the dump. A running goroutine's stack is its
+/// thread's, which is not read: it has no frames.
+pub fn goroutine_profile(
+    pid: u32,
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+) -> Result<crate::model::Profile, GoError> {
+    use crate::model::{Label, RawSample, RawStack, ValueType};
+    let snap = snapshot(pid)?;
+    let starts = symbolize(
+        pid,
+        snap.goroutines.iter().map(|g| vec![g.startpc]).collect(),
+        maps,
+        symbolizer,
+    );
+    let mut groups: std::collections::BTreeMap<(Vec<u64>, String), i64> = Default::default();
+    for (g, start) in snap.goroutines.iter().zip(&starts) {
+        if is_system(start.last().map_or("", |f| f.function.as_str())) {
+            continue;
+        }
+        *groups.entry((g.pcs.clone(), snap.state(g))).or_default() += 1;
+    }
+    let samples = groups
+        .into_iter()
+        .map(|((user, state), n)| RawSample {
+            pid,
+            stack: RawStack {
+                user,
+                kernel: vec![],
+            },
+            values: vec![n],
+            labels: vec![Label::Str("state".into(), state)],
+        })
+        .collect();
+    let mut p = super::capture::symbolize_stacks(samples, maps, symbolizer);
+    p.sample_types = vec![ValueType::new("goroutine", "count")];
+    p.period_type = ValueType::new("goroutine", "count");
+    p.default_sample_type = None;
+    p.comments.push(format!(
+        "goroutines of process {pid}{}, read from outside (not stopped)",
+        snap.version
+            .as_deref()
+            .map(|v| format!(" ({v})"))
+            .unwrap_or_default()
+    ));
+    Ok(p)
 }
 
 /// What `agent dump` and serve's `/debug/pprof/goroutine` show of process `pid`: `None` when
@@ -1116,6 +1416,26 @@ mod tests {
         let twice = [0xe8, 0x10, 0, 0, 0, 0xe8, 0x0b, 0, 0, 0];
         assert_eq!(call_site(&twice, 0x1000, 0x1015), None);
         assert_eq!(file_offset(&segs, 0x403000), None);
+    }
+
+    #[test]
+    fn the_programs_own_frames_are_told_from_the_standard_librarys() {
+        for f in [
+            "main.worker",
+            "main.main.func1",
+            "github.com/a/b.(*C).D",
+            "example.com/x.F",
+        ] {
+            assert!(is_program_frame(f), "{f}");
+        }
+        for f in [
+            "sync.(*Mutex).Lock",
+            "runtime.gopark",
+            "net/http.(*conn).serve",
+            "internal/poll.F",
+        ] {
+            assert!(!is_program_frame(f), "{f}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! facts of one capture, the findings that explain a hang, a leak or tail latency, most likely
 //! first, each naming its culprit (function and file:line) with the numbers behind it. Pure.
 
+use crate::dump::goroutines::GoroutineSummary;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
@@ -60,6 +61,91 @@ pub struct TriageInput<'a> {
     pub accounting: Option<&'a crate::profiles::accounting::Accounting>,
     /// The thread dump taken at the end of the window (states, wait objects and their owners).
     pub dump_end: Option<&'a crate::dump::Dump>,
+    /// A Go program's goroutines at the start of the window and at its end.
+    pub goroutines_start: Option<&'a GoroutineSummary>,
+    pub goroutines: Option<&'a GoroutineSummary>,
+}
+
+/// Goroutines in one group (same state, place and creator) worth a finding on their own.
+const GOROUTINE_PILE: usize = 100;
+/// Growth of a group over the window worth a finding.
+const GOROUTINE_GROWTH: usize = 10;
+
+/// Goroutines piling up where they wait: a leak when one group is large, or grew in the
+/// window (the start and end dumps compared).
+fn goroutine_findings(t: &TriageInput) -> Vec<Finding> {
+    let Some(end) = t.goroutines else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for g in end.groups.iter().take(3) {
+        if matches!(g.state.as_str(), "running" | "runnable" | "syscall") {
+            continue;
+        }
+        let before = t.goroutines_start.map(|s| {
+            s.groups
+                .iter()
+                .find(|x| x.state == g.state && x.at == g.at && x.created_by == g.created_by)
+                .map_or(0, |x| x.count)
+        });
+        let grew = before.map(|b| g.count.saturating_sub(b)).unwrap_or(0);
+        if g.count < GOROUTINE_PILE && grew < GOROUTINE_GROWTH {
+            continue;
+        }
+        let mut details = vec![format!(
+            "{} of the program's {} goroutines are in {} at `{}`{}.",
+            g.count,
+            end.total,
+            g.state,
+            g.at,
+            g.created_by
+                .as_deref()
+                .map(|c| format!(", created by `{c}`"))
+                .unwrap_or_default()
+        )];
+        match before {
+            Some(b) => details.push(format!(
+                "{b} were there when the window opened, {} at its end: {}.",
+                g.count,
+                if grew > 0 {
+                    format!("+{grew} in the window, a leak if it keeps growing")
+                } else {
+                    "not growing in this window".to_string()
+                }
+            )),
+            None => details.push("Compare with a later dump: a leak grows.".into()),
+        }
+        if let Some(m) = g.minutes.filter(|m| *m > 0) {
+            details.push(format!(
+                "The oldest has waited at least {m} minutes (Go's own `waitsince`)."
+            ));
+        }
+        details.push(
+            "Their stacks: goroutines-end.txt (Go's text: `grep -A4` and `uniq -c` work as on a Go dump)."
+                .into(),
+        );
+        out.push(Finding {
+            severity: if grew >= GOROUTINE_GROWTH || g.count >= GOROUTINE_PILE {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
+            weight: g.count as f64,
+            title: format!(
+                "{} goroutines in {} at {}{}",
+                g.count,
+                g.state,
+                short(&g.at),
+                if grew > 0 {
+                    format!(" (+{grew} in the window)")
+                } else {
+                    String::new()
+                }
+            ),
+            details,
+        });
+    }
+    out
 }
 
 /// The frame worth naming in a sample: its first application frame (the innermost one that is
@@ -1268,6 +1354,7 @@ pub fn diagnose(t: &TriageInput) -> Vec<Finding> {
         });
     }
 
+    out.extend(goroutine_findings(t));
     out.extend(idle_finding(t, &times, &stuck));
 
     out.sort_by(|a, b| {
@@ -2123,5 +2210,60 @@ mod tests {
                 .iter()
                 .any(|x| x.title.contains("Thread count"))
         );
+    }
+
+    #[test]
+    fn goroutines_piling_up_in_one_place_are_a_finding_with_their_growth() {
+        use crate::dump::goroutines::{GoroutineGroup, GoroutineSummary};
+        let group = |count, state: &str, at: &str| GoroutineGroup {
+            count,
+            state: state.into(),
+            at: at.into(),
+            created_by: Some("main.main (main.go:36)".into()),
+            minutes: Some(3),
+        };
+        let summary = |leaked| GoroutineSummary {
+            pid: 7,
+            total: leaked + 6,
+            by_state: vec![("chan receive".into(), leaked), ("select".into(), 6)],
+            groups: vec![
+                group(leaked, "chan receive", "main.leakedReceiver (main.go:18)"),
+                group(5, "select", "main.worker (main.go:50)"),
+                group(1, "running", "(running: stack not read)"),
+            ],
+        };
+        let (start, end) = (summary(90), summary(100));
+        let t = TriageInput {
+            duration: Duration::from_secs(10),
+            cpus: 2,
+            goroutines_start: Some(&start),
+            goroutines: Some(&end),
+            ..Default::default()
+        };
+        let f = goroutine_findings(&t);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert_eq!(
+            f[0].title,
+            "100 goroutines in chan receive at main.leakedReceiver (+10 in the window)"
+        );
+        let text = f[0].details.join("\n");
+        assert!(
+            text.contains("created by `main.main (main.go:36)`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("90 were there when the window opened"),
+            "{text}"
+        );
+        assert!(text.contains("at least 3 minutes"), "{text}");
+        // A small group that does not grow is no finding.
+        let small = summary(20);
+        let t = TriageInput {
+            goroutines_start: Some(&small),
+            goroutines: Some(&small),
+            ..t
+        };
+        assert!(goroutine_findings(&t).is_empty());
     }
 }

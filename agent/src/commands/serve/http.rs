@@ -280,6 +280,7 @@ async fn index(State(s): State<Arc<Shared>>) -> Response {
          /debug/pprof/block?pid=N&seconds=S     time blocked on futexes (Go block profile)\n  \
          /debug/pprof/mutex?pid=N&seconds=S     lock delay charged to the holder (Go mutex profile)\n  \
          /debug/pprof/threads?pid=N&debug=1|2   thread dump (1: grouped, 2: every thread)\n  \
+         /debug/pprof/goroutine?pid=N           a Go program's goroutine profile (pprof)\n  \
          /debug/pprof/goroutine?pid=N&debug=1|2 a Go program's goroutines, in Go's text (else threads)\n\n\
          in place of pid=N: pid=N&children=1 (and its descendants), container=ID,\n  \
          pod=UID or pod=NAMESPACE/NAME, cgroup=PATH; samples carry pid and comm labels\n\n\
@@ -338,10 +339,10 @@ pub fn parse_query(q: &HashMap<String, String>, max_seconds: u64) -> Result<Prof
         }
     };
     let debug = match q.get("debug").map(String::as_str) {
-        None | Some("2") => 2,
+        None | Some("0") => 0,
         Some("1") => 1,
-        Some("0") => 2,
-        Some(d) => return Err(format!("debug must be 1 or 2, not {}", shown(d))),
+        Some("2") => 2,
+        Some(d) => return Err(format!("debug must be 0, 1 or 2, not {}", shown(d))),
     };
     let mut keys: Vec<&String> = q.keys().collect();
     keys.sort();
@@ -508,7 +509,7 @@ async fn pprof(
             s.health.rejected.with_label_values(&["not_found"]).inc();
             return text(
                 StatusCode::NOT_FOUND,
-                "unknown profile (its name is not UTF-8 text once decoded); available: profile, offcpu, block, mutex, threads (see /debug/pprof/)",
+                "unknown profile (its name is not UTF-8 text once decoded); available: profile, offcpu, block, mutex, threads, goroutine (see /debug/pprof/)",
             );
         }
     };
@@ -523,7 +524,7 @@ async fn pprof(
             return text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "unknown profile {}; available: profile, offcpu, block, mutex, threads (see /debug/pprof/)",
+                    "unknown profile {}; available: profile, offcpu, block, mutex, threads, goroutine (see /debug/pprof/)",
                     shown(&name)
                 ),
             );
@@ -538,9 +539,21 @@ async fn pprof(
             text(code, m)
         }
         Ok(q) => match kind {
+            // Without debug, as Go serves it: the goroutine profile in pprof.
+            None if name == "goroutine" && q.debug == 0 => {
+                match s.profiler.goroutine_profile(q.target).await {
+                    Ok(bytes) => pprof_response(bytes),
+                    Err(e) => error_response(&s, e),
+                }
+            }
+            // The text (debug=1: grouped; 2, or none for the threads: every one).
             None => match s
                 .profiler
-                .dump(q.target, q.debug, name == "goroutine")
+                .dump(
+                    q.target,
+                    if q.debug == 0 { 2 } else { q.debug },
+                    name == "goroutine",
+                )
                 .await
             {
                 Ok(body) => text(StatusCode::OK, body),
@@ -580,24 +593,29 @@ async fn profile(s: &Arc<Shared>, kind: ProfileKind, q: ProfileQuery) -> Respons
             .await
     });
     match task.await {
-        Ok(Ok(bytes)) => (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "application/octet-stream"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"profile\"",
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
+        Ok(Ok(bytes)) => pprof_response(bytes),
         Ok(Err(e)) => error_response(s, e),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("profile task failed: {e}"),
         ),
     }
+}
+
+/// A gzipped pprof profile, as Go's net/http/pprof sends one.
+fn pprof_response(bytes: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"profile\"",
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 fn error_response(s: &Shared, e: ProfileError) -> Response {
@@ -633,7 +651,7 @@ mod tests {
         let ok = parse_query(&q(&[("pid", "42"), ("seconds", "5")]), 60).unwrap();
         assert_eq!(
             (&ok.target, ok.seconds, ok.capped_from, ok.debug),
-            (&Selector::Pid(42), 5, None, 2)
+            (&Selector::Pid(42), 5, None, 0)
         );
         let target = |pairs: &[(&str, &str)]| parse_query(&q(pairs), 60).map(|p| p.target);
         assert_eq!(
@@ -681,6 +699,12 @@ mod tests {
                 .debug,
             1
         );
+        // No debug, or 0: the goroutine route's pprof (the threads' route takes it as 2).
+        for d in [None, Some("0")] {
+            let mut pairs = vec![("pid", "1")];
+            pairs.extend(d.map(|d| ("debug", d)));
+            assert_eq!(parse_query(&q(&pairs), 60).unwrap().debug, 0, "{d:?}");
+        }
     }
 
     /// Rows: raw query, expected status, a substring of the message.

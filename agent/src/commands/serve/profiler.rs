@@ -53,6 +53,11 @@ enum Job {
         goroutines: bool,
         reply: oneshot::Sender<Result<String, Error>>,
     },
+    /// Go's goroutine profile of one Go process, gzipped pprof.
+    GoroutineProfile {
+        pid: u32,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    },
 }
 
 pub struct Profiler {
@@ -303,6 +308,29 @@ impl Profiler {
     }
 }
 
+impl Profiler {
+    /// Go's goroutine profile (pprof) of the Go process `selector` names
+    /// (`/debug/pprof/goroutine` without `debug`).
+    pub async fn goroutine_profile(&self, selector: Selector) -> Result<Vec<u8>, ProfileError> {
+        let Selector::Pid(pid) = selector else {
+            return Err(ProfileError::BadRequest(
+                "the goroutine profile is of one process (pid=N); for a group, ask for its text \
+                 with debug=1 or debug=2"
+                    .into(),
+            ));
+        };
+        let s = selector.clone();
+        tokio::task::spawn_blocking(move || window::check_selector(&s))
+            .await
+            .map_err(|e| ProfileError::Internal(e.to_string()))??;
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::GoroutineProfile { pid, reply })?;
+        Ok(rx
+            .await
+            .map_err(|_| ProfileError::Internal("the symbolizer thread is gone".into()))??)
+    }
+}
+
 /// Label value of a profile kind (the endpoint's name).
 pub fn kind_name(kind: ProfileKind) -> &'static str {
     match kind {
@@ -397,6 +425,30 @@ fn symbolizer_thread(rx: mpsc::Receiver<Job>, health: Health) {
                         );
                     }
                     Ok(text)
+                })();
+                let _ = reply.send(out);
+            }
+            Job::GoroutineProfile { pid, reply } => {
+                let out = (|| {
+                    let mut maps = MapsCache::new();
+                    maps.refresh(pid)
+                        .map_err(|e| Error::proc_read(pid, "maps", &e))?;
+                    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+                    if !dump::goroutines::is_go(&exe) {
+                        return Err(Error::Usage(format!(
+                            "process {pid} is not a Go program: it has no goroutines; its \
+                             threads are at /debug/pprof/threads?pid={pid}"
+                        )));
+                    }
+                    let p = dump::goroutines::goroutine_profile(pid, &maps, &mut symbolizer)
+                        .map_err(|e| {
+                            Error::Usage(format!(
+                                "the goroutines of Go process {pid} could not be read: {e}; \
+                                 its threads are at /debug/pprof/threads?pid={pid}"
+                            ))
+                        })?;
+                    export::pprof::encode(&p)
+                        .map_err(|e| Error::bug(format!("encoding the goroutine profile: {e}")))
                 })();
                 let _ = reply.send(out);
             }
