@@ -67,6 +67,42 @@ fn parse(text: &str) -> Vec<G> {
     out
 }
 
+/// What panicparse (`tests/workloads/goparse`, built against Debian's package) understood
+/// of a dump: per goroutine [id, state, first function, file:line, created by].
+fn panicparse(text: &str) -> Vec<Vec<String>> {
+    use std::io::Write as _;
+    let bin = stallscope_testkit::workloads::build_go_gopath(
+        "goparse",
+        "golang-github-maruel-panicparse-dev",
+        "github.com/maruel/panicparse/v2/stack",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut child = std::process::Command::new(bin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("goparse");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "panicparse could not read the dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.contains('\t'))
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
 fn dump_text(w: &Workload, extra: &[&str]) -> String {
     dump_text_named(w, extra, "dump.txt")
 }
@@ -197,6 +233,25 @@ fn check_dump(w: &Workload, go: &str) {
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
     assert!(status.contains("TracerPid:\t0"), "{status}");
     assert!(w.exit_status().is_none(), "goleak exited");
+
+    // panicparse, the parser Go users point at their dumps, reads it as one of Go's.
+    let parsed = panicparse(&text);
+    assert_eq!(
+        parsed.len(),
+        gs.len(),
+        "{go}: panicparse read {} goroutines",
+        parsed.len()
+    );
+    let leaked_pp = parsed
+        .iter()
+        .filter(|g| {
+            g[1] == "chan receive"
+                && g[2] == "main.leakedReceiver"
+                && g[3].ends_with(&leak_at)
+                && g[4].starts_with("main.main")
+        })
+        .count();
+    assert_eq!(leaked_pp, 100, "{go}: {parsed:?}");
 
     // The same as JSON (docs/dump-schema.md, "Goroutines").
     let json: serde_json::Value =

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::util::{find_in_path, is_root, probe, run};
 
 /// Debian packages the tests and the demo need: gcc (C workloads), golang-go (Go workload and
-/// `go tool pprof`), bpftrace and bpftool (debugging BPF by hand), prometheus (`promtool`),
+/// `go tool pprof`), panicparse (the Go dump parser the goroutine dumps are checked with), bpftrace and bpftool (debugging BPF by hand), prometheus (`promtool`),
 /// redis-server and redis-tools (`redis-benchmark`, `redis-cli`) and postgresql (`initdb`,
 /// `pg_ctl`, `pgbench`) for the tests against real software (tests/tests/real_software.rs).
 /// The GIL test uses the machine's own `python3` (a CPython with symbols); Debian's stripped
@@ -25,6 +25,7 @@ use crate::util::{find_in_path, is_root, probe, run};
 pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "golang-go",
+    "golang-github-maruel-panicparse-dev",
     "bpftrace",
     "bpftool",
     "prometheus",

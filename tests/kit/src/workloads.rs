@@ -172,6 +172,25 @@ fn go_build(
     Ok(bin)
 }
 
+/// Where Debian's Go library packages put their sources (a GOPATH).
+pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+/// Builds the Go program `tests/workloads/<name>/main.go` in GOPATH mode against Debian's Go
+/// library packages ([`DEBIAN_GOPATH`]: no module download, nothing from the network), into
+/// `target/workloads/<name>`. `package` is the Debian package it needs (named in the error).
+pub fn build_go_gopath(name: &str, package: &str, import: &str) -> Result<PathBuf> {
+    let dep = Path::new(DEBIAN_GOPATH).join("src").join(import);
+    if !dep.is_dir() {
+        bail!(
+            "{} is missing: `cargo xtask setup` installs it (Debian's {package})",
+            dep.display()
+        );
+    }
+    let mut go = go()?;
+    go.env("GO111MODULE", "off").env("GOPATH", DEBIAN_GOPATH);
+    go_build(name, go, name, &[], &[])
+}
+
 /// `go`, with the environment of every Go build and tool here, or an error saying how to
 /// install it.
 pub fn go() -> Result<Command> {
