@@ -653,3 +653,100 @@ fn a_capture_of_a_go_program_triages_its_goroutines() {
         );
     }
 }
+
+/// Whether process `pid`'s code of `function` (of its executable `bin`) differs from the
+/// file's: a uprobe in it is an int3 written over an instruction.
+fn code_patched(pid: u32, bin: &std::path::Path, function: &str) -> bool {
+    use std::os::unix::fs::FileExt;
+    let nm = stallscope_testkit::workloads::go()
+        .unwrap()
+        .args(["tool", "nm", "-size"])
+        .arg(bin)
+        .output()
+        .unwrap();
+    let (addr, size) = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[3] == function).then(|| {
+                (
+                    u64::from_str_radix(f[0], 16).unwrap(),
+                    f[1].parse::<u64>().unwrap(),
+                )
+            })
+        })
+        .unwrap_or_else(|| panic!("no {function} in {}", bin.display()));
+    let segs = agent::unwind::tables::load_segments(bin).unwrap();
+    let seg = segs
+        .iter()
+        .find(|s| addr >= s.vaddr && addr < s.vaddr + s.filesz)
+        .expect("a segment");
+    let mut file = vec![0u8; size as usize];
+    std::fs::File::open(bin)
+        .unwrap()
+        .read_exact_at(&mut file, addr - seg.vaddr + seg.offset)
+        .unwrap();
+    let mut mem = vec![0u8; size as usize];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .unwrap()
+        .read_exact_at(&mut mem, addr)
+        .unwrap();
+    file != mem
+}
+
+/// `agent serve`'s block and mutex profiles of a Go program follow its goroutines too (the
+/// probes attached for the window's process only, detached at its end), as `go tool pprof`
+/// asks for them.
+#[test]
+fn serve_block_and_mutex_profiles_of_a_go_program_are_its_goroutines() {
+    use stallscope_tests::serve_kit::Serve;
+    require_root();
+    let dir = TempDir::new("goblock-serve");
+    let bin = workload_path("goblock");
+    let w = spawn_goblock(&bin, &dir);
+    assert!(
+        !code_patched(w.pid(), &bin, "runtime.gopark"),
+        "patched before any window"
+    );
+    let serve = Serve::start(&[], false);
+    for (route, function) in [("block", "main.recvSlow"), ("mutex", "main.lockWait")] {
+        let r = std::thread::scope(|s| {
+            let get =
+                s.spawn(|| serve.get(&format!("/debug/pprof/{route}?pid={}&seconds=3", w.pid())));
+            // During the window, the probe's int3 is in the target's gopark.
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+            assert!(
+                code_patched(w.pid(), &bin, "runtime.gopark"),
+                "{route}: no uprobe in runtime.gopark during the window"
+            );
+            get.join().unwrap()
+        });
+        assert_eq!(r.status, 200, "{route}: {}", r.body);
+        let p = agent::export::pprof::decode(&r.bytes).expect("a pprof profile");
+        let goroutine_ns: i64 = p
+            .samples
+            .iter()
+            .filter(|s| sample_label(s, "wait_reason").is_some() && stack_has(&p, s, function))
+            .map(|s| s.values[value_index(&p, "delay")])
+            .sum();
+        // recvSlow: about 3 goroutine-seconds a second; lockWait's lock: about 1.
+        assert!(
+            goroutine_ns as f64 / 1e9 > 1.5,
+            "{route}: {:.2} s of goroutine waits under {function}: {:?}",
+            goroutine_ns as f64 / 1e9,
+            top_flat(&p, "delay")
+        );
+        assert!(
+            p.comments
+                .iter()
+                .any(|c| c.starts_with("goroutines followed")),
+            "{route}: {:?}",
+            p.comments
+        );
+        // Detached at the window's end: the code is the file's again.
+        assert!(
+            !code_patched(w.pid(), &bin, "runtime.gopark"),
+            "{route}: the uprobe stayed after the window"
+        );
+    }
+}

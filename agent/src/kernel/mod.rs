@@ -267,8 +267,8 @@ pub struct Collector {
     ebpf: Ebpf,
     cpu_links: Vec<PerfEventLinkId>,
     tp_links: Vec<(&'static str, BtfTracePointLinkId)>,
-    /// The Go runtime's uprobes, per process followed.
-    go_links: Vec<(&'static str, UProbeLinkId)>,
+    /// The Go runtime's uprobes: (process followed, program, link).
+    go_links: Vec<(u32, &'static str, UProbeLinkId)>,
     stacks: StackTraceMap<MapData>,
     btf: Option<Btf>,
 }
@@ -707,36 +707,52 @@ impl Collector {
                     .map_err(|e| Error::attach(format!("uprobe {name} on process {pid}"), e))?,
                 _ => return Err(Error::bug(format!("{name}: not a uprobe"))),
             };
-            self.go_links.push((name, link));
+            self.go_links.push((pid, name, link));
         }
         Ok(())
     }
 
     /// Detaches the Go runtime's uprobes and forgets the processes and goroutines they
-    /// followed (idempotent). What they recorded stays in `BLOCK`.
+    /// followed (idempotent). What they recorded stays in `BLOCK` and `MUTEX`.
     pub fn stop_go(&mut self) {
-        for (name, link) in self.go_links.drain(..) {
+        let pids: std::collections::HashSet<u32> = self.go_links.iter().map(|l| l.0).collect();
+        for pid in pids {
+            self.detach_go(pid);
+        }
+    }
+
+    /// [`Collector::stop_go`] for one process (a long-lived attachment's window ending).
+    pub fn detach_go(&mut self, pid: u32) {
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.go_links)
+            .into_iter()
+            .partition(|l| l.0 == pid);
+        self.go_links = others;
+        for (_, name, link) in mine {
             if let Some(Program::UProbe(p)) = self.ebpf.program_mut(name)
                 && let Err(e) = p.detach(link)
             {
-                tracing::warn!("detaching {name}: {e}");
+                tracing::warn!("detaching {name} from {pid}: {e}");
             }
         }
-        fn clear<M: MapSpec>(c: &mut Collector)
+        fn forget<M: MapSpec>(c: &mut Collector, gone: impl Fn(&M::Key) -> bool)
         where
             M::Key: aya::Pod,
             M::Value: aya::Pod,
         {
             if let Ok(mut map) = c.hash_mut::<M>() {
-                let keys: Vec<M::Key> = map.keys().filter_map(Result::ok).collect();
+                let keys: Vec<M::Key> = map
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| gone(k))
+                    .collect();
                 for k in keys {
                     let _ = map.remove(&k);
                 }
             }
         }
-        clear::<maps::GO_PROCS>(self);
-        clear::<maps::GO_PARKED>(self);
-        clear::<maps::GO_SEMA>(self);
+        forget::<maps::GO_PROCS>(self, |k| *k == pid);
+        forget::<maps::GO_PARKED>(self, |k| k.tgid == pid);
+        forget::<maps::GO_SEMA>(self, |k| k.tgid == pid);
     }
 
     /// Detaches the off-CPU/block/mutex programs and the fork follower (idempotent). Recorded data stays readable.

@@ -363,7 +363,9 @@ impl Members {
         if rate <= limit as f64 {
             return;
         }
-        collector.stop_go();
+        for pid in self.go.keys() {
+            collector.detach_go(*pid);
+        }
         self.go_hits = None;
         let pids: Vec<String> = self.go.keys().map(u32::to_string).collect();
         let note = format!(

@@ -373,6 +373,11 @@ impl Session {
                 Err(e) => tracing::warn!("adding member {pid}: {e}"),
             }
         }
+        if w.spec.profiles.contains(&ProfileKind::Block)
+            || w.spec.profiles.contains(&ProfileKind::Mutex)
+        {
+            w.members.follow_goroutines(&mut self.collector);
+        }
         // Every member's threads first, their stacks after (as a single window's first look).
         let start_tasks = look(&mut self.collector, &w.members);
         w.start_views = views(&start_tasks, &w.maps, stacks);
@@ -505,6 +510,12 @@ impl Session {
                 &mut w.maps,
                 &w.members,
             );
+            // The hit counter is the attachment's: another window's Go program counts too.
+            if w.ticks.is_multiple_of(4) {
+                let limit = w.spec.rates.go_probe_limit;
+                w.members
+                    .check_go_cost(&mut self.collector, limit, w.t0.elapsed());
+            }
         }
     }
 
@@ -531,6 +542,7 @@ impl Session {
         let elapsed = w.t0.elapsed();
         for &pid in w.members.by_pid.keys() {
             let _ = self.collector.remove_target(pid);
+            self.collector.detach_go(pid);
         }
         let program_stats = self.collector.program_stats();
         let stacks = w.flags() & CONFIG_OFFCPU != 0;
