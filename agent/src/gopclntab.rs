@@ -138,8 +138,8 @@ impl PcLnTab {
         }
     }
 
-    /// The function, file and line of virtual address `pc`.
-    pub fn lookup(&self, pc: u64) -> Option<(String, Option<String>, Option<u32>)> {
+    /// The functab entry of the function holding virtual address `pc`.
+    fn func_at(&self, pc: u64) -> Option<(u32, u32)> {
         let rel = pc.checked_sub(self.text_start)?;
         if self.nfunc == 0 || rel >= u64::from(self.ftab(self.nfunc)?.0) {
             return None;
@@ -154,7 +154,19 @@ impl PcLnTab {
                 hi = mid;
             }
         }
-        let (entry_off, func_off) = self.ftab(lo)?;
+        self.ftab(lo)
+    }
+
+    /// The entry address of the function holding virtual address `pc` (Go's dumps print a
+    /// frame's `+0x` offset from it).
+    pub fn entry(&self, pc: u64) -> Option<u64> {
+        self.func_at(pc)
+            .map(|(entry_off, _)| self.text_start + u64::from(entry_off))
+    }
+
+    /// The function, file and line of virtual address `pc`.
+    pub fn lookup(&self, pc: u64) -> Option<(String, Option<String>, Option<u32>)> {
+        let (entry_off, func_off) = self.func_at(pc)?;
         let f = self.functab + func_off as usize;
         let field = |i: usize| u32_at(&self.data, f + 4 * i);
         let name = cstr(&self.data, self.funcname + field(1)? as usize)?;

@@ -24,6 +24,8 @@ struct G {
     id: u64,
     state: String,
     frames: Vec<(String, String)>,
+    /// Each frame's `+0x` offset, when it has one.
+    offsets: Vec<Option<u64>>,
     created_by: Option<String>,
 }
 
@@ -44,6 +46,7 @@ fn parse(text: &str) -> Vec<G> {
                 id,
                 state: state.split(", ").next().unwrap().to_string(),
                 frames: vec![],
+                offsets: vec![],
                 created_by: None,
             });
             continue;
@@ -61,7 +64,13 @@ fn parse(text: &str) -> Vec<G> {
             let at = at
                 .strip_prefix('\t')
                 .unwrap_or_else(|| panic!("frame {l:?} without a \\tfile:line"));
+            // Go's `+0x...`: the pc's offset in its function (not on inlined frames).
+            let (at, offset) = match at.split_once(" +0x") {
+                Some((at, hex)) => (at, u64::from_str_radix(hex, 16).ok()),
+                None => (at, None),
+            };
             g.frames.push((f.0.to_string(), at.to_string()));
+            g.offsets.push(offset);
         }
     }
     out
@@ -169,6 +178,24 @@ fn check_dump(w: &Workload, go: &str) {
     );
 
     let leak_at = format!("goleak/main.go:{}", line_of("LEAK_LINE"));
+    // Go's own dump of itself, printed by the program.
+    let lines = w.stdout_lines();
+    let own_text: String = lines
+        .iter()
+        .skip_while(|l| *l != "own dump begin")
+        .skip(1)
+        .take_while(|l| *l != "own dump end")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let own_dump = parse(&own_text);
+    let own_leaked = own_dump
+        .iter()
+        .find(|g| {
+            g.frames
+                .first()
+                .is_some_and(|f| f.0.starts_with("main.leakedReceiver"))
+        })
+        .unwrap_or_else(|| panic!("{go}: no leaked receiver in its own dump:\n{own_text:.2000}"));
     let leaked: Vec<&G> = gs
         .iter()
         .filter(|g| {
@@ -181,6 +208,11 @@ fn check_dump(w: &Workload, go: &str) {
     for g in &leaked {
         assert_eq!(g.state, "chan receive", "{g:?}");
         assert!(g.frames[0].1.ends_with(&leak_at), "{g:?} not at {leak_at}");
+        // Go's +0x on the receiver's own frame, as in the program's own dump.
+        assert!(
+            g.offsets[0].is_some() && g.offsets[0] == own_leaked.offsets[0],
+            "{g:?}; Go's own: {own_leaked:?}"
+        );
         let by = g.created_by.as_deref().unwrap_or_default();
         assert!(
             by == "main.main" || by == "main.main in goroutine 1",

@@ -791,6 +791,9 @@ pub struct GoFrame {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The pc's offset from its function's entry, on the frame of the function whose code it
+    /// is (Go's `+0x...`; inlined frames have none).
+    pub offset: Option<u64>,
 }
 
 /// Whether Go's own traceback shows a frame of `function` (`runtime.showfuncinfo` at the
@@ -838,9 +841,10 @@ pub fn render_goroutine(
         let _ = writeln!(s, "{}(...)", f.function);
         let _ = writeln!(
             s,
-            "\t{}:{}",
+            "\t{}:{}{}",
             f.file.as_deref().unwrap_or("?"),
-            f.line.unwrap_or(0)
+            f.line.unwrap_or(0),
+            f.offset.map(|o| format!(" +{o:#x}")).unwrap_or_default()
         );
     }
     if let Some(c) = created_by
@@ -852,9 +856,10 @@ pub fn render_goroutine(
         }
         let _ = writeln!(
             s,
-            "\n\t{}:{}",
+            "\n\t{}:{}{}",
             c.file.as_deref().unwrap_or("?"),
-            c.line.unwrap_or(0)
+            c.line.unwrap_or(0),
+            c.offset.map(|o| format!(" +{o:#x}")).unwrap_or_default()
         );
     }
     s
@@ -879,6 +884,7 @@ fn symbolize(
     stacks: Vec<Vec<u64>>,
     maps: &crate::unwind::maps::MapsCache,
     symbolizer: &mut crate::symbolize::Symbolizer,
+    entry: &dyn Fn(u64) -> Option<u64>,
 ) -> Vec<Vec<GoFrame>> {
     use crate::model::{RawSample, RawStack};
     let samples = stacks
@@ -897,15 +903,24 @@ fn symbolize(
     p.samples
         .iter()
         .map(|s| {
-            s.locations
-                .iter()
-                .flat_map(|&li| p.locations[li].lines.iter())
-                .map(|l| GoFrame {
-                    function: l.function.clone(),
-                    file: l.file.clone(),
-                    line: l.line,
-                })
-                .collect()
+            let mut frames = Vec::new();
+            for (j, &li) in s.locations.iter().enumerate() {
+                let loc = &p.locations[li];
+                // The symbolizer looks a return address up less one (the call's line).
+                let pc = loc.address + u64::from(j > 0);
+                let n = loc.lines.len();
+                frames.extend(loc.lines.iter().enumerate().map(|(k, l)| {
+                    GoFrame {
+                        function: l.function.clone(),
+                        file: l.file.clone(),
+                        line: l.line,
+                        offset: (k + 1 == n)
+                            .then(|| entry(loc.address).map(|e| pc - e))
+                            .flatten(),
+                    }
+                }));
+            }
+            frames
         })
         .collect()
 }
@@ -949,8 +964,22 @@ fn collect(
             .iter()
             .map(|g| vec![g.gopc.saturating_sub(1)]),
     );
-    let mut frames = symbolize(pid, stacks, maps, symbolizer);
-    let creators = frames.split_off(2 * n);
+    // Function entries for Go's `+0x` offsets, from the binary's own table.
+    let table = crate::gopclntab::PcLnTab::open(Path::new(&format!("/proc/{pid}/exe")));
+    let bias = snap.bias;
+    let entry = |pc: u64| {
+        let t = table.as_ref()?;
+        Some(t.entry(pc.checked_sub(bias)?)? + bias)
+    };
+    let mut frames = symbolize(pid, stacks, maps, symbolizer, &entry);
+    let mut creators = frames.split_off(2 * n);
+    // A creator's frame is its `go` statement's pc (looked up less one): its offset is from
+    // that pc.
+    for (c, g) in creators.iter_mut().zip(&snap.goroutines) {
+        if let Some(f) = c.last_mut() {
+            f.offset = entry(g.gopc.saturating_sub(1)).map(|e| g.gopc - e);
+        }
+    }
     let starts = frames.split_off(n);
     let stacks = frames;
     let mut shown: Vec<usize> = (0..n)
@@ -1259,6 +1288,7 @@ pub fn goroutine_profile(
         snap.goroutines.iter().map(|g| vec![g.startpc]).collect(),
         maps,
         symbolizer,
+        &|_| None,
     );
     let mut groups: std::collections::BTreeMap<(Vec<u64>, String), i64> = Default::default();
     for (g, start) in snap.goroutines.iter().zip(&starts) {
@@ -1481,22 +1511,29 @@ mod tests {
     #[test]
     fn a_goroutine_prints_as_go_prints_it() {
         let s = snap(&["", "chan receive"]);
-        let f = |n: &str, l| GoFrame {
+        let f = |n: &str, l, offset| GoFrame {
             function: n.into(),
             file: Some("/src/app/main.go".into()),
             line: Some(l),
+            offset,
         };
         let text = render_goroutine(
             &s,
             &g(42, GWAITING, 1),
-            &[f("runtime.gopark", 1), f("main.leakedReceiver", 27)],
-            Some(&f("main.main", 41)),
+            &[
+                f("runtime.gopark", 1, Some(0x10)),
+                f("sync.(*Mutex).Lock", 90, None),
+                f("main.leakedReceiver", 27, Some(0x25)),
+            ],
+            Some(&f("main.main", 41, Some(0x6b))),
             0,
         );
+        // An inlined frame has no offset; the frame whose code the pc is in has Go's +0x.
         assert_eq!(
             text,
-            "goroutine 42 [chan receive]:\nmain.leakedReceiver(...)\n\t/src/app/main.go:27\n\
-             created by main.main in goroutine 1\n\t/src/app/main.go:41\n"
+            "goroutine 42 [chan receive]:\nsync.(*Mutex).Lock(...)\n\t/src/app/main.go:90\n\
+             main.leakedReceiver(...)\n\t/src/app/main.go:27 +0x25\n\
+             created by main.main in goroutine 1\n\t/src/app/main.go:41 +0x6b\n"
         );
         let running = render_goroutine(&s, &g(1, GRUNNING, 0), &[], None, 0);
         assert_eq!(

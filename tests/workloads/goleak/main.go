@@ -1,12 +1,15 @@
 // goleak has known goroutine populations, for the goroutine dump tests: 100 goroutines leaked
 // in a channel receive, 3 waiting for a sync.Mutex that main holds, one in time.Sleep, and
-// main blocked in an empty select. Once they are all parked it prints its own count
-// (runtime.NumGoroutine) and "ready".
+// main blocked in an empty select. Once they are all parked it prints its own goroutine dump
+// (between "own dump begin" and "own dump end"), its own count (runtime.NumGoroutine) and
+// "ready".
 package main
 
 import (
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"time"
 )
@@ -45,6 +48,10 @@ func main() {
 	go sleeper()
 	// Let every goroutine park before counting.
 	time.Sleep(300 * time.Millisecond)
+	// Its own dump (Go's debug=2 text), for the tests to compare with the agent's.
+	fmt.Println("own dump begin")
+	pprof.Lookup("goroutine").WriteTo(os.Stdout, 2)
+	fmt.Println("own dump end")
 	fmt.Printf("goroutines %d\nready\n", runtime.NumGoroutine())
 	select {}
 }
