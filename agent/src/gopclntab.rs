@@ -29,6 +29,11 @@ pub struct PcLnTab {
     filetab: usize,
     pctab: usize,
     functab: usize,
+    /// Where `_func.funcID` is: after `cuOffset` (Go 1.18, 1.19), after `startLine` (1.20+).
+    func_id_at: usize,
+    /// The funcID of the compiler's wrappers in this binary (their number moves between
+    /// versions), found once.
+    wrapper_id: std::sync::OnceLock<Option<u8>>,
     /// The loadable segments, to turn a file offset into an address.
     segments: Vec<Segment>,
 }
@@ -94,6 +99,8 @@ impl PcLnTab {
             filetab: word(5)?,
             pctab: word(6)?,
             functab: word(7)?,
+            func_id_at: if magic == MAGIC_118 { 36 } else { 40 },
+            wrapper_id: std::sync::OnceLock::new(),
             segments,
             data,
         };
@@ -155,6 +162,43 @@ impl PcLnTab {
             }
         }
         self.ftab(lo)
+    }
+
+    /// The funcID and name of functab entry `i`'s function.
+    fn func_id_and_name(&self, func_off: u32) -> Option<(u8, String)> {
+        let f = self.functab + func_off as usize;
+        let id = *self.data.get(f + self.func_id_at)?;
+        let name = cstr(
+            &self.data,
+            self.funcname + u32_at(&self.data, f + 4)? as usize,
+        )?;
+        Some((id, name))
+    }
+
+    /// The wrappers' funcID. Its number moves between versions (21 in Go 1.19, 23 in 1.25),
+    /// but from 1.18 to 1.25 it follows `systemstack_switch`'s, which every binary has: one
+    /// more than that.
+    fn wrapper_id(&self) -> Option<u8> {
+        *self.wrapper_id.get_or_init(|| {
+            (0..self.nfunc).find_map(|i| {
+                let (_, func_off) = self.ftab(i)?;
+                let (id, name) = self.func_id_and_name(func_off)?;
+                (name == "runtime.systemstack_switch" || name == "runtime.systemstack_switch.abi0")
+                    .then_some(id)
+                    .filter(|id| *id != 0)
+                    .and_then(|id| id.checked_add(1))
+            })
+        })
+    }
+
+    /// Whether the function holding `pc` is a wrapper the compiler made (a `go` or `defer`
+    /// statement's, a method value's): Go's tracebacks leave those out.
+    pub fn is_wrapper(&self, pc: u64) -> bool {
+        let Some((_, func_off)) = self.func_at(pc) else {
+            return false;
+        };
+        let id = self.func_id_and_name(func_off).map(|(id, _)| id);
+        id.is_some() && id == self.wrapper_id()
     }
 
     /// The entry address of the function holding virtual address `pc` (Go's dumps print a

@@ -208,6 +208,10 @@ fn check_dump(w: &Workload, go: &str) {
     for g in &leaked {
         assert_eq!(g.state, "chan receive", "{g:?}");
         assert!(g.frames[0].1.ends_with(&leak_at), "{g:?} not at {leak_at}");
+        // The frames Go's own dump shows, no more (the `go` statement's wrapper is left
+        // out), no fewer.
+        let names = |g: &G| g.frames.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(g), names(own_leaked), "{go}");
         // Go's +0x on the receiver's own frame, as in the program's own dump.
         assert!(
             g.offsets[0].is_some() && g.offsets[0] == own_leaked.offsets[0],

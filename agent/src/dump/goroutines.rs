@@ -794,6 +794,8 @@ pub struct GoFrame {
     /// The pc's offset from its function's entry, on the frame of the function whose code it
     /// is (Go's `+0x...`; inlined frames have none).
     pub offset: Option<u64>,
+    /// A wrapper the compiler made (a `go` statement's closure...): Go does not show it.
+    pub wrapper: bool,
 }
 
 /// Whether Go's own traceback shows a frame of `function` (`runtime.showfuncinfo` at the
@@ -831,7 +833,7 @@ pub fn render_goroutine(
     if g.status & !GSCAN == GRUNNING {
         s.push_str("\tgoroutine running on other thread; stack unavailable\n");
     }
-    let visible: Vec<&GoFrame> = frames.iter().filter(|f| shown(&f.function)).collect();
+    let visible: Vec<&GoFrame> = frames.iter().filter(|f| shown_frame(f)).collect();
     let frames: Vec<&GoFrame> = if visible.is_empty() {
         frames.iter().collect()
     } else {
@@ -884,7 +886,7 @@ fn symbolize(
     stacks: Vec<Vec<u64>>,
     maps: &crate::unwind::maps::MapsCache,
     symbolizer: &mut crate::symbolize::Symbolizer,
-    entry: &dyn Fn(u64) -> Option<u64>,
+    funcs: &dyn Fn(u64) -> Option<(u64, bool)>,
 ) -> Vec<Vec<GoFrame>> {
     use crate::model::{RawSample, RawStack};
     let samples = stacks
@@ -909,14 +911,15 @@ fn symbolize(
                 // The symbolizer looks a return address up less one (the call's line).
                 let pc = loc.address + u64::from(j > 0);
                 let n = loc.lines.len();
+                let func = funcs(loc.address);
                 frames.extend(loc.lines.iter().enumerate().map(|(k, l)| {
+                    let physical = k + 1 == n;
                     GoFrame {
                         function: l.function.clone(),
                         file: l.file.clone(),
                         line: l.line,
-                        offset: (k + 1 == n)
-                            .then(|| entry(loc.address).map(|e| pc - e))
-                            .flatten(),
+                        offset: func.filter(|_| physical).map(|(e, _)| pc - e),
+                        wrapper: physical && func.is_some_and(|(_, w)| w),
                     }
                 }));
             }
@@ -967,11 +970,12 @@ fn collect(
     // Function entries for Go's `+0x` offsets, from the binary's own table.
     let table = crate::gopclntab::PcLnTab::open(Path::new(&format!("/proc/{pid}/exe")));
     let bias = snap.bias;
-    let entry = |pc: u64| {
-        let t = table.as_ref()?;
-        Some(t.entry(pc.checked_sub(bias)?)? + bias)
+    let funcs = |pc: u64| {
+        let (t, at) = (table.as_ref()?, pc.checked_sub(bias)?);
+        Some((t.entry(at)? + bias, t.is_wrapper(at)))
     };
-    let mut frames = symbolize(pid, stacks, maps, symbolizer, &entry);
+    let entry = |pc: u64| funcs(pc).map(|f| f.0);
+    let mut frames = symbolize(pid, stacks, maps, symbolizer, &funcs);
     let mut creators = frames.split_off(2 * n);
     // A creator's frame is its `go` statement's pc (looked up less one): its offset is from
     // that pc.
@@ -1115,8 +1119,8 @@ fn summarize(c: &Collected) -> GoroutineSummary {
         let state = c.snap.state(g);
         let at = c.stacks[i]
             .iter()
-            .find(|f| is_program_frame(&f.function))
-            .or_else(|| c.stacks[i].iter().find(|f| shown(&f.function)))
+            .find(|f| is_program_frame(&f.function) && !f.wrapper)
+            .or_else(|| c.stacks[i].iter().find(|f| shown_frame(f)))
             .or(c.stacks[i].first())
             .map_or_else(|| "(running: stack not read)".to_string(), frame_at);
         let created_by = (g.goid != 1)
@@ -1203,8 +1207,7 @@ fn render_json(c: &Collected) -> String {
         .iter()
         .map(|&i| {
             let g = &c.snap.goroutines[i];
-            let visible: Vec<&GoFrame> =
-                c.stacks[i].iter().filter(|f| shown(&f.function)).collect();
+            let visible: Vec<&GoFrame> = c.stacks[i].iter().filter(|f| shown_frame(f)).collect();
             let frames = if visible.is_empty() {
                 c.stacks[i].iter().map(FrameJson::from).collect()
             } else {
@@ -1374,8 +1377,9 @@ fn render_grouped(snap: &GoSnapshot, shown: &[usize], stacks: &[Vec<GoFrame>]) -
     s
 }
 
+/// Whether Go's traceback shows frame `f`: [`shown`], and not a compiler's wrapper.
 fn shown_frame(f: &GoFrame) -> bool {
-    shown(&f.function)
+    shown(&f.function) && !f.wrapper
 }
 
 #[cfg(test)]
@@ -1516,6 +1520,7 @@ mod tests {
             file: Some("/src/app/main.go".into()),
             line: Some(l),
             offset,
+            wrapper: false,
         };
         let text = render_goroutine(
             &s,
