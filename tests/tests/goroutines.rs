@@ -8,6 +8,9 @@
 
 use stallscope_tests::*;
 
+/// The goroutines goleak counts itself (`runtime.NumGoroutine`).
+const GOLEAK_GOROUTINES: usize = 107;
+
 /// The line of `tests/workloads/goleak/main.go` that carries `marker`.
 fn line_of(marker: &str) -> u32 {
     let src = std::fs::read_to_string(workloads_src().join("goleak/main.go")).unwrap();
@@ -126,7 +129,7 @@ fn dump_text_named(w: &Workload, extra: &[&str], file: &str) -> String {
     std::fs::read_to_string(run.file(file)).unwrap()
 }
 
-/// 105 goroutines: the dump has as many as the program counts (±2: Go's own count leaves out
+/// 107 goroutines: the dump has as many as the program counts (±2: Go's own count leaves out
 /// a finalizer goroutine that runs none), the 100 leaked ones at the receive's line, created by
 /// main.main, the 3 mutex waiters in sync.Mutex.Lock, the sleeper in sleep; `--debug 1` groups
 /// the 100 as one; the program kept running (it was not stopped) and `--threads` still gives
@@ -160,7 +163,7 @@ fn check_dump(w: &Workload, go: &str) {
         .iter()
         .find_map(|l| l.strip_prefix("goroutines ")?.parse().ok())
         .expect("goleak prints its goroutine count");
-    assert_eq!(own, 105, "{go}: goleak's own count");
+    assert_eq!(own, GOLEAK_GOROUTINES, "{go}: goleak's own count");
     let text = dump_text(w, &[]);
     eprintln!("{}", &text[..text.len().min(3000)]);
     let gs = parse(&text);
@@ -243,6 +246,7 @@ fn check_dump(w: &Workload, go: &str) {
             "{g:?}: no sync.Mutex frame"
         );
     }
+    check_deadlock(&text, &gs, go);
     let sleeper = gs
         .iter()
         .find(|g| g.frames.iter().any(|f| f.0 == "main.sleeper"))
@@ -313,6 +317,20 @@ fn check_dump(w: &Workload, go: &str) {
         .filter(|g| g["frames"][0]["function"] == "main.leakedReceiver")
         .count();
     assert_eq!(leaked_json, 100, "{go}");
+    let dl = json["deadlocks"].as_array().expect("deadlocks");
+    assert_eq!(dl.len(), 1, "{go}: {}", json["deadlocks"]);
+    let waits = dl[0]["waits"].as_array().unwrap();
+    assert_eq!(waits.len(), 2);
+    assert_eq!(
+        waits[0]["held_by"], waits[1]["goroutine"],
+        "{go}: {waits:?}"
+    );
+    assert_eq!(
+        waits[1]["held_by"], waits[0]["goroutine"],
+        "{go}: {waits:?}"
+    );
+    assert_eq!(waits[0]["lock_type"], "sync.Mutex");
+    assert_ne!(waits[0]["lock"], waits[1]["lock"], "{go}: two locks");
 
     // Its OS threads on request.
     let threads = dump_text(w, &["--threads"]);
@@ -321,6 +339,64 @@ fn check_dump(w: &Workload, go: &str) {
         threads.contains(&format!("{}", w.pid())) && !threads.starts_with("goroutines of"),
         "{threads:.500}"
     );
+}
+
+/// The two transfers of goleak, each holding one account's mutex and waiting for the other's,
+/// are named as a deadlock in the dump's header, with both goroutines, where they wait and
+/// who holds what; the 3 goroutines waiting for the mutex main holds are in no deadlock.
+fn check_deadlock(text: &str, gs: &[G], go: &str) {
+    let at = format!("main.go:{}", line_of("DEADLOCK_LINE"));
+    let pair: Vec<&G> = gs
+        .iter()
+        .filter(|g| g.frames.iter().any(|f| f.0 == "main.transfer"))
+        .collect();
+    assert_eq!(pair.len(), 2, "{go}: the transfers");
+    for g in &pair {
+        assert!(
+            g.state == "semacquire" || g.state == "sync.Mutex.Lock",
+            "{go}: {g:?}"
+        );
+        let f = g.frames.iter().find(|f| f.0 == "main.transfer").unwrap();
+        assert!(f.1.ends_with(&at), "{go}: {g:?} not at {at}");
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("goroutine "))
+        .filter(|l| l.starts_with("DEADLOCK: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{go}: one deadlock named: {text:.1500}");
+    let (a, b) = (pair[0].id, pair[1].id);
+    let waits: Vec<&str> = lines[0]["DEADLOCK: ".len()..].split("; ").collect();
+    assert_eq!(waits.len(), 2, "{go}: {}", lines[0]);
+    // Each waits at the destination's Lock for a mutex the other holds.
+    for (w, (me, other)) in waits
+        .iter()
+        .zip([(a.min(b), a.max(b)), (a.max(b), a.min(b))])
+    {
+        assert!(
+            w.starts_with(&format!("goroutine {me} waits at main.transfer ("))
+                && w.contains(&at)
+                && w.contains("for the sync.Mutex at 0x")
+                && w.ends_with(&format!("which goroutine {other} holds")),
+            "{go}: {w:?}"
+        );
+    }
+    assert!(
+        text.contains("Go's locks do not record their holder"),
+        "{go}: how the holders are known is said"
+    );
+    let workers: Vec<u64> = gs
+        .iter()
+        .filter(|g| g.frames.iter().any(|f| f.0 == "main.lockWorker"))
+        .map(|g| g.id)
+        .collect();
+    for id in workers {
+        assert!(
+            !lines[0].contains(&format!("goroutine {id} ")),
+            "{go}: lock worker {id} in a deadlock: {}",
+            lines[0]
+        );
+    }
 }
 
 /// A stripped build (`-ldflags=-s -w`) has no symbol table or DWARF to find and lay out the
@@ -365,7 +441,7 @@ fn serve_answers_the_goroutine_route_with_goroutines() {
     assert_eq!(r.status, 200, "{}", r.body);
     let gs = parse(&r.body);
     assert!(
-        gs.len().abs_diff(105) <= 2,
+        gs.len().abs_diff(GOLEAK_GOROUTINES) <= 2,
         "{} goroutines: {:.500}",
         gs.len(),
         r.body
@@ -403,7 +479,10 @@ fn serve_answers_the_goroutine_route_with_goroutines() {
     let p = agent::export::pprof::decode(&r.bytes).expect("a pprof profile");
     assert_eq!(p.sample_types[0].r#type, "goroutine");
     let count = total(&p, "goroutine");
-    assert!(count.abs_diff(105) <= 2, "{count} goroutines");
+    assert!(
+        (count as usize).abs_diff(GOLEAK_GOROUTINES) <= 2,
+        "{count} goroutines"
+    );
     let leaked: Vec<_> = p
         .samples
         .iter()
@@ -678,12 +757,16 @@ fn a_capture_of_a_go_program_triages_its_goroutines() {
         "{md}"
     );
     assert!(md.contains("## Goroutines by state"), "{md}");
+    assert!(
+        md.contains("Deadlock of goroutines") && md.contains("waits at main.transfer ("),
+        "{md}"
+    );
     assert!(md.contains("| chan receive | 100 |"), "{md}");
     for stem in ["goroutines-start", "goroutines-end"] {
         let text = std::fs::read_to_string(run.file(&format!("{stem}.txt"))).unwrap();
         let gs = parse(&text);
         assert!(
-            gs.len().abs_diff(105) <= 2,
+            gs.len().abs_diff(GOLEAK_GOROUTINES) <= 2,
             "{stem}: {} goroutines",
             gs.len()
         );

@@ -14,6 +14,9 @@
 //! 4. Symbolized with the agent's symbolizer and printed in Go's own `debug=2` format, so
 //!    tools made for Go dumps read it; the runtime's internal frames and goroutines are left
 //!    out as Go leaves them out.
+//! 5. Which lock each goroutine waits for, from `runtime.semtable` (the semaphore waiters'
+//!    treaps), and what locks the waiters' stacks reference: their deadlocks
+//!    ([`super::golocks`]) are named in the dump's header.
 //!
 //! A stripped binary (no `.symtab`, no DWARF: release builds, distro packages) cannot be read
 //! this way yet: [`GoProcess::open`] says so, and the dump of its threads is printed instead.
@@ -275,6 +278,91 @@ struct GLayout {
     m_procid: u64,
 }
 
+/// Where the runtime queues goroutines waiting on a semaphore (`sync.Mutex`, `RWMutex`,
+/// `WaitGroup`...): `runtime.semtable`, an array of [`SEM_TAB_SIZE`] roots, each a treap of
+/// `sudog`s by semaphore address, each node with a list of the other waiters of its address.
+#[derive(Debug, Clone)]
+struct SemaLayout {
+    /// `runtime.semtable` (load bias applied) and its size in bytes.
+    table: u64,
+    table_size: u64,
+    /// `runtime.semaRoot.treap`.
+    treap: u64,
+    sudog_size: u64,
+    /// `runtime.sudog` fields: the goroutine, the treap's children, the semaphore's address,
+    /// the next waiter of the same address.
+    g: u64,
+    prev: u64,
+    next: u64,
+    elem: u64,
+    waitlink: u64,
+}
+
+/// `runtime.semTabSize`, the same in every Go version read.
+const SEM_TAB_SIZE: u64 = 251;
+/// Most semaphore waiters read (a runaway treap stays finite).
+const MAX_SUDOGS: usize = 1_000_000;
+
+impl SemaLayout {
+    fn from(s: &Structs, table: (u64, u64)) -> Result<SemaLayout, GoError> {
+        let q = |m: &str| s.member("runtime.sudog", m);
+        Ok(SemaLayout {
+            table: table.0,
+            table_size: table.1,
+            treap: s.member("runtime.semaRoot", "treap")?,
+            sudog_size: s.size("runtime.sudog")?,
+            g: q("g")?,
+            prev: q("prev")?,
+            next: q("next")?,
+            elem: q("elem")?,
+            waitlink: q("waitlink")?,
+        })
+    }
+
+    /// Each goroutine waiting on a semaphore now: its `g`'s address -> the semaphore's.
+    fn waiters(&self, mem: &MemReader) -> HashMap<u64, u64> {
+        let mut out = HashMap::new();
+        let entry = self.table_size / SEM_TAB_SIZE;
+        let Some(table) = mem
+            .read_many(&[(self.table, self.table_size as usize)])
+            .pop()
+            .flatten()
+        else {
+            return out;
+        };
+        let mut todo: Vec<u64> = (0..SEM_TAB_SIZE)
+            .map(|i| u64_at(&table, (i * entry + self.treap) as usize))
+            .filter(|p| *p != 0)
+            .collect();
+        // The treap changes as it is read: each node once, and a bound.
+        let mut seen = std::collections::HashSet::new();
+        while !todo.is_empty() && seen.len() < MAX_SUDOGS {
+            let batch: Vec<u64> = std::mem::take(&mut todo)
+                .into_iter()
+                .filter(|p| seen.insert(*p))
+                .collect();
+            let bufs = mem.read_many(
+                &batch
+                    .iter()
+                    .map(|&p| (p, self.sudog_size as usize))
+                    .collect::<Vec<_>>(),
+            );
+            for b in bufs.into_iter().flatten() {
+                let at = |o: u64| u64_at(&b, o as usize);
+                if at(self.g) != 0 && at(self.elem) != 0 {
+                    out.insert(at(self.g), at(self.elem));
+                }
+                todo.extend(
+                    [at(self.prev), at(self.next), at(self.waitlink)]
+                        .into_iter()
+                        .filter(|p| *p != 0),
+                );
+            }
+        }
+        out
+    }
+}
+
 impl GLayout {
     fn from(s: &Structs) -> Result<GLayout, GoError> {
         let g = |m: &str| s.member("runtime.g", m);
@@ -313,6 +401,8 @@ pub struct GoProcess {
     wait_reasons: (u64, u64),
     /// `runtime.buildVersion` (a Go string) when present.
     build_version: Option<u64>,
+    /// The semaphore waiters' table, when the binary describes it.
+    sema: Option<SemaLayout>,
     bias: u64,
 }
 
@@ -349,6 +439,7 @@ impl GoProcess {
             "runtime.allgs",
             "runtime.waitReasonStrings",
             "runtime.buildVersion",
+            "runtime.semtable",
         ])?;
         let Some(&(allgs, _)) = syms.get("runtime.allgs") else {
             return Err(GoError::Stripped {
@@ -357,10 +448,21 @@ impl GoProcess {
         };
         let structs = Structs::read(
             &elf,
-            &["runtime.g", "runtime.gobuf", "runtime.m", "runtime.stack"],
+            &[
+                "runtime.g",
+                "runtime.gobuf",
+                "runtime.m",
+                "runtime.stack",
+                "runtime.sudog",
+                "runtime.semaRoot",
+            ],
         )?;
         let layout = GLayout::from(&structs)?;
         let bias = load_bias(pid, &elf.segments);
+        // Without it the dump only cannot say which lock a goroutine waits for.
+        let sema = syms
+            .get("runtime.semtable")
+            .and_then(|&(a, size)| SemaLayout::from(&structs, (a.wrapping_add(bias), size)).ok());
         let wait_reasons = syms
             .get("runtime.waitReasonStrings")
             .map(|&(a, size)| (a.wrapping_add(bias), size / 16))
@@ -373,6 +475,7 @@ impl GoProcess {
             build_version: syms
                 .get("runtime.buildVersion")
                 .map(|&(a, _)| a.wrapping_add(bias)),
+            sema,
             bias,
         })
     }
@@ -407,9 +510,15 @@ impl GoProcess {
                 .map(|&g| (g, l.size as usize))
                 .collect::<Vec<_>>(),
         );
+        let sema_of = self
+            .sema
+            .as_ref()
+            .map(|s| s.waiters(mem))
+            .unwrap_or_default();
         let mut goroutines = Vec::new();
         let mut stacks: Vec<(usize, u64, u64, (u64, u64))> = Vec::new();
-        for b in structs.into_iter().flatten() {
+        for (&gp, b) in gps.iter().zip(structs) {
+            let Some(b) = b else { continue };
             let at = |o: u64| u64_at(&b, o as usize);
             let status = u32_at(&b, l.status as usize);
             if status & !GSCAN == GDEAD {
@@ -439,7 +548,28 @@ impl GoProcess {
                 parent_goid: l.parent_goid.map(at),
                 thread,
                 pcs: Vec::new(),
+                sema: (status & !GSCAN == GWAITING)
+                    .then(|| sema_of.get(&gp).copied())
+                    .flatten(),
+                lock_refs: Vec::new(),
+                mutex_state: None,
             });
+        }
+        // The addresses a lock could have, given a semaphore it is waited on by: a Mutex's is
+        // 4 bytes in, an RWMutex's writer's and readers' 8 and 12.
+        let lock_addrs: std::collections::HashSet<u64> = goroutines
+            .iter()
+            .filter_map(|g| g.sema)
+            .flat_map(|s| [4, 8, 12].map(|o| s.wrapping_sub(o)))
+            .collect();
+        let states = mem.read_many(
+            &goroutines
+                .iter()
+                .map(|g| g.sema.map_or((0, 0), |s| (s.wrapping_sub(4), 4)))
+                .collect::<Vec<_>>(),
+        );
+        for (g, st) in goroutines.iter_mut().zip(states) {
+            g.mutex_state = g.sema.and(st).map(|b| u32_at(&b, 0));
         }
         // Each parked stack from its frame pointer to its top, in one read where it is small.
         let spans: Vec<(u64, usize)> = stacks
@@ -453,6 +583,18 @@ impl GoProcess {
         for ((i, pc, bp, bounds), (span, buf)) in stacks.into_iter().zip(spans.iter().zip(bufs)) {
             goroutines[i].pcs = match buf.filter(|b| !b.is_empty()) {
                 Some(b) => {
+                    // A lock-waiting goroutine's references to the locks others wait for:
+                    // who may hold them (Go records no holder).
+                    if goroutines[i].sema.is_some() {
+                        let mut refs: Vec<u64> = b
+                            .chunks_exact(8)
+                            .map(|w| u64_at(w, 0))
+                            .filter(|w| lock_addrs.contains(w))
+                            .collect();
+                        refs.sort_unstable();
+                        refs.dedup();
+                        goroutines[i].lock_refs = refs;
+                    }
                     let base = span.0;
                     let word = |a: u64| {
                         let o = a.checked_sub(base)? as usize;
@@ -743,6 +885,13 @@ pub struct Goroutine {
     pub thread: Option<u32>,
     /// Its stack, innermost first (empty when it is running: the stack is the thread's).
     pub pcs: Vec<u64>,
+    /// The semaphore it waits on (from `runtime.semtable`), when it waits on one.
+    pub sema: Option<u64>,
+    /// Addresses of locks others wait for that its stack holds (only of a goroutine that
+    /// itself waits on a semaphore).
+    pub lock_refs: Vec<u64>,
+    /// The `sync.Mutex` state word beside its semaphore (bit 0: locked), when it waits on one.
+    pub mutex_state: Option<u32>,
 }
 
 /// All goroutines of a process at one moment.
@@ -947,6 +1096,103 @@ struct Collected {
     creators: Vec<Vec<GoFrame>>,
     now: i64,
     header: String,
+    deadlocks: Vec<GoDeadlock>,
+}
+
+/// Goroutines each waiting for a lock the next one holds, the last for the first's
+/// ([`super::golocks`]: the holders are inferred).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GoDeadlock {
+    pub waits: Vec<GoLockWait>,
+    /// One line: who waits for what, held by whom.
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GoLockWait {
+    pub goroutine: u64,
+    /// The lock's address (hex).
+    pub lock: String,
+    /// Its symbol, for a global (`main.accounts+0x10`).
+    pub lock_name: Option<String>,
+    /// `sync.Mutex` or `sync.RWMutex`.
+    pub lock_type: &'static str,
+    /// Where the goroutine waits, `function (file:line)`.
+    pub at: String,
+    /// The goroutine inferred to hold the lock.
+    pub held_by: u64,
+}
+
+/// How the holders of a Go deadlock are known, said under it.
+pub const GO_HOLDER_NOTE: &str = "Go's locks do not record their holder: each is the only other \
+     lock-waiting goroutine whose stack holds the lock's address (a deferred Unlock keeps it), \
+     and the lock is locked";
+
+/// The deadlocks among the shown goroutines waiting for locks.
+fn lock_cycles(
+    pid: u32,
+    snap: &GoSnapshot,
+    shown: &[usize],
+    stacks: &[Vec<GoFrame>],
+    maps: &crate::unwind::maps::MapsCache,
+    symbolizer: &mut crate::symbolize::Symbolizer,
+) -> Vec<GoDeadlock> {
+    use super::golocks::{LockKind, LockWait, cycles, holders};
+    let mut at = Vec::new();
+    let mut waits = Vec::new();
+    for &i in shown {
+        let g = &snap.goroutines[i];
+        let Some(sema) = g.sema else { continue };
+        let Some(kind) = LockKind::of(stacks[i].iter().map(|f| f.function.as_str())) else {
+            continue;
+        };
+        waits.push(LockWait {
+            goid: g.goid,
+            lock: sema.wrapping_sub(kind.sema_offset()),
+            kind,
+            refs: g.lock_refs.clone(),
+            // An RWMutex's state is not one word: only a Mutex's is checked.
+            locked: kind != LockKind::Mutex || g.mutex_state.is_some_and(|s| s & 1 != 0),
+        });
+        at.push(i);
+    }
+    let held = holders(&waits);
+    cycles(&waits)
+        .into_iter()
+        .map(|c| {
+            let waits: Vec<GoLockWait> = c
+                .iter()
+                .map(|&k| {
+                    let w = &waits[k];
+                    GoLockWait {
+                        goroutine: w.goid,
+                        lock: format!("{:#x}", w.lock),
+                        lock_name: symbolizer.data_symbol(pid, w.lock, maps),
+                        lock_type: w.kind.type_name(),
+                        at: place(&stacks[at[k]]),
+                        held_by: held[k].map_or(0, |h| waits[h].goid),
+                    }
+                })
+                .collect();
+            let description = waits
+                .iter()
+                .map(|w| {
+                    format!(
+                        "goroutine {} waits at {} for the {} {}, which goroutine {} holds",
+                        w.goroutine,
+                        w.at,
+                        w.lock_type,
+                        w.lock_name
+                            .clone()
+                            .unwrap_or_else(|| format!("at {}", w.lock)),
+                        w.held_by
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            GoDeadlock { waits, description }
+        })
+        .collect()
 }
 
 fn collect(
@@ -1019,6 +1265,13 @@ fn collect(
         s,
         "read from outside, not stopped (its OS threads: agent dump --pid {pid} --threads)"
     );
+    let deadlocks = lock_cycles(pid, &snap, &shown, &stacks, maps, symbolizer);
+    for d in &deadlocks {
+        let _ = writeln!(s, "DEADLOCK: {}", d.description);
+    }
+    if !deadlocks.is_empty() {
+        let _ = writeln!(s, "({GO_HOLDER_NOTE}.)");
+    }
     Ok(Collected {
         snap,
         shown,
@@ -1026,6 +1279,7 @@ fn collect(
         creators,
         now,
         header: s,
+        deadlocks,
     })
 }
 
@@ -1082,6 +1336,8 @@ pub struct GoroutineSummary {
     pub by_state: Vec<(String, usize)>,
     /// Largest first.
     pub groups: Vec<GoroutineGroup>,
+    /// Deadlocks on locks, one line each ([`GoDeadlock::description`]).
+    pub deadlocks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1112,17 +1368,22 @@ fn frame_at(f: &GoFrame) -> String {
     }
 }
 
+/// Where a goroutine is: its innermost frame of the program's own, else the first Go shows.
+fn place(stack: &[GoFrame]) -> String {
+    stack
+        .iter()
+        .find(|f| is_program_frame(&f.function) && !f.wrapper)
+        .or_else(|| stack.iter().find(|f| shown_frame(f)))
+        .or(stack.first())
+        .map_or_else(|| "(running: stack not read)".to_string(), frame_at)
+}
+
 fn summarize(c: &Collected) -> GoroutineSummary {
     let mut groups: Vec<GoroutineGroup> = Vec::new();
     for &i in &c.shown {
         let g = &c.snap.goroutines[i];
         let state = c.snap.state(g);
-        let at = c.stacks[i]
-            .iter()
-            .find(|f| is_program_frame(&f.function) && !f.wrapper)
-            .or_else(|| c.stacks[i].iter().find(|f| shown_frame(f)))
-            .or(c.stacks[i].first())
-            .map_or_else(|| "(running: stack not read)".to_string(), frame_at);
+        let at = place(&c.stacks[i]);
         let created_by = (g.goid != 1)
             .then(|| c.creators[i].last().map(frame_at))
             .flatten();
@@ -1150,6 +1411,7 @@ fn summarize(c: &Collected) -> GoroutineSummary {
         total: c.shown.len(),
         by_state: by_state(&c.snap, &c.shown),
         groups,
+        deadlocks: c.deadlocks.iter().map(|d| d.description.clone()).collect(),
     }
 }
 
@@ -1198,6 +1460,9 @@ struct DumpJson<'a> {
     goroutines_total: usize,
     runtime_left_out: usize,
     by_state: Vec<(String, usize)>,
+    /// Deadlocks on locks; how their holders are known is `holders_inferred`.
+    deadlocks: &'a [GoDeadlock],
+    holders_inferred: Option<&'static str>,
     goroutines: Vec<GoroutineJson<'a>>,
 }
 
@@ -1235,6 +1500,8 @@ fn render_json(c: &Collected) -> String {
         goroutines_total: c.shown.len(),
         runtime_left_out: c.snap.goroutines.len() - c.shown.len(),
         by_state: by_state(&c.snap, &c.shown),
+        deadlocks: &c.deadlocks,
+        holders_inferred: (!c.deadlocks.is_empty()).then_some(GO_HOLDER_NOTE),
         goroutines,
     };
     let mut out =
@@ -1409,6 +1676,9 @@ mod tests {
             parent_goid: Some(1),
             thread: None,
             pcs: vec![],
+            sema: None,
+            lock_refs: vec![],
+            mutex_state: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! 4. Text ([`text`]) or JSON (serde of [`model::Dump`], docs/dump-schema.md).
 
 pub mod capture;
+pub mod golocks;
 pub mod goroutines;
 pub mod model;
 pub mod stack;

@@ -78,6 +78,20 @@ fn goroutine_findings(t: &TriageInput) -> Vec<Finding> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    for d in &end.deadlocks {
+        let mut details = vec![format!("{d}.")];
+        if t.goroutines_start.is_some_and(|s| s.deadlocks.contains(d)) {
+            details.push("It was there when the window opened too.".into());
+        }
+        details.push(format!("{}.", crate::dump::goroutines::GO_HOLDER_NOTE));
+        details.push("Their stacks: goroutines-end.txt.".into());
+        out.push(Finding {
+            severity: Severity::Critical,
+            weight: f64::INFINITY,
+            title: "Deadlock of goroutines".into(),
+            details,
+        });
+    }
     for g in end.groups.iter().take(3) {
         if matches!(g.state.as_str(), "running" | "runnable" | "syscall") {
             continue;
@@ -2231,6 +2245,7 @@ mod tests {
                 group(5, "select", "main.worker (main.go:50)"),
                 group(1, "running", "(running: stack not read)"),
             ],
+            deadlocks: vec![],
         };
         let (start, end) = (summary(90), summary(100));
         let t = TriageInput {
@@ -2265,5 +2280,23 @@ mod tests {
             ..t
         };
         assert!(goroutine_findings(&t).is_empty());
+        // A deadlock of goroutines is critical whatever the counts.
+        let mut locked = small.clone();
+        locked.deadlocks = vec![
+            "goroutine 7 waits at main.f (main.go:3) for the sync.Mutex \
+             0xc000010000, which goroutine 8 holds; goroutine 8 waits ..."
+                .into(),
+        ];
+        let t = TriageInput {
+            goroutines_start: Some(&locked),
+            goroutines: Some(&locked),
+            ..t
+        };
+        let f = goroutine_findings(&t);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].title, "Deadlock of goroutines");
+        assert!(f[0].details[0].starts_with("goroutine 7 waits"), "{f:?}");
+        assert!(f[0].details[1].contains("when the window opened"), "{f:?}");
     }
 }

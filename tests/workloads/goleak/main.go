@@ -1,6 +1,7 @@
 // goleak has known goroutine populations, for the goroutine dump tests: 100 goroutines leaked
-// in a channel receive, 3 waiting for a sync.Mutex that main holds, one in time.Sleep, and
-// main blocked in an empty select. Once they are all parked it prints its own goroutine dump
+// in a channel receive, 3 waiting for a sync.Mutex that main holds, one in time.Sleep, two
+// deadlocked on two accounts' mutexes (each transfer locks its source, then its
+// destination), and main blocked in an empty select. Once they are all parked it prints its own goroutine dump
 // (between "own dump begin" and "own dump end"), its own count (runtime.NumGoroutine) and
 // "ready".
 package main
@@ -28,6 +29,26 @@ func lockWorker(wg *sync.WaitGroup) {
 	mu.Unlock()
 }
 
+type account struct {
+	name    string
+	mu      sync.Mutex
+	balance int
+}
+
+// transfer locks from, then to: two transfers the other way round deadlock.
+//
+//go:noinline
+func transfer(from, to *account, started *sync.WaitGroup) {
+	from.mu.Lock()
+	defer from.mu.Unlock()
+	started.Done()
+	started.Wait()
+	to.mu.Lock() // DEADLOCK_LINE
+	defer to.mu.Unlock()
+	from.balance--
+	to.balance++
+}
+
 //go:noinline
 func sleeper() {
 	time.Sleep(time.Hour) // SLEEP_LINE
@@ -45,6 +66,11 @@ func main() {
 		go lockWorker(&wg)
 	}
 	wg.Wait()
+	a, b := &account{name: "a"}, &account{name: "b"}
+	var started sync.WaitGroup
+	started.Add(2)
+	go transfer(a, b, &started)
+	go transfer(b, a, &started)
 	go sleeper()
 	// Let every goroutine park before counting.
 	time.Sleep(300 * time.Millisecond)
